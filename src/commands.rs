@@ -1,0 +1,610 @@
+//! The commands: each one connects, observes, plans and (for deploy and
+//! rollback) applies through the same path. Hosts are reached through a
+//! [`Connector`], so the whole flow also runs against fakes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::cli::Targets;
+use crate::config::{Config, HostAddr, Service};
+use crate::env;
+use crate::error::{Error, Secret};
+use crate::events::{Event, Sink};
+use crate::host::{Credentials, EngineError, Host};
+use crate::plan::{self, HostPlan, Observed, Plan};
+use crate::release::{self, RollbackTo};
+use crate::report::{Collector, Report};
+use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout};
+use crate::state::{self, Lease, Record, RecordInstance, StateError};
+
+/// Opens hosts. The real one is SSH; tests use fakes.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error>;
+    async fn close(&self);
+}
+
+pub struct SshConnector {
+    open: tokio::sync::Mutex<Vec<Arc<crate::ssh::SshHost>>>,
+}
+
+impl SshConnector {
+    pub fn new() -> Self {
+        SshConnector { open: tokio::sync::Mutex::new(Vec::new()) }
+    }
+}
+
+#[async_trait]
+impl Connector for SshConnector {
+    async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error> {
+        let (host, ssh) = crate::ssh::connect(addr, &config.ssh, &config.docker_socket)
+            .await
+            .map_err(|e| Error::Unreachable { host: addr.to_string(), message: e.message, hint: e.hint })?;
+        self.open.lock().await.push(ssh);
+        Ok(host)
+    }
+
+    async fn close(&self) {
+        for s in self.open.lock().await.drain(..) {
+            s.close().await;
+        }
+    }
+}
+
+/// What a command needs besides its arguments.
+pub struct Ctx<'a> {
+    pub config: &'a Config,
+    pub events: &'a dyn Sink,
+    pub connector: &'a dyn Connector,
+}
+
+impl Ctx<'_> {
+    fn info(&self, host: Option<&str>, message: impl Into<String>) {
+        self.events.emit(Event::Info { host: host.map(String::from), message: message.into() });
+    }
+
+    fn warn(&self, host: Option<&str>, message: impl Into<String>) {
+        self.events.emit(Event::Warn { host: host.map(String::from), message: message.into() });
+    }
+
+    fn services(&self, names: &[String]) -> Result<Vec<&Service>, Error> {
+        for n in names {
+            if self.config.service(n).is_none() {
+                return Err(Error::input(format!(
+                    "--service {n}: no such service in {} (services: {})",
+                    self.config.file.display(),
+                    self.config.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        Ok(self.config.services.iter().filter(|s| names.is_empty() || names.contains(&s.name)).collect())
+    }
+
+    fn hosts(&self, names: &[String]) -> Result<Vec<HostAddr>, Error> {
+        for n in names {
+            if !self.config.hosts.iter().any(|h| &h.to_string() == n || &h.host == n) {
+                return Err(Error::input(format!("--host {n}: not a host of {}", self.config.file.display())));
+            }
+        }
+        Ok(self
+            .config
+            .hosts
+            .iter()
+            .filter(|h| names.is_empty() || names.iter().any(|n| *n == h.to_string() || *n == h.host))
+            .cloned()
+            .collect())
+    }
+
+    /// Registry credentials from the environment, when the config names a registry.
+    fn credentials(&self) -> Result<Option<Credentials>, Error> {
+        let Some(r) = &self.config.registry else { return Ok(None) };
+        let password = env::var(&r.password_env).ok_or_else(|| {
+            Error::input_hint(
+                format!("{}: registry.password_env: the environment variable {} is not set", self.config.file.display(), r.password_env),
+                format!("export {} with the password or token for {}", r.password_env, r.server),
+            )
+        })?;
+        Ok(Some(Credentials { server: r.server.clone(), username: r.username.clone(), password: Secret::new(password) }))
+    }
+
+    async fn connect_all(&self, addrs: &[HostAddr]) -> Result<Vec<Host>, Error> {
+        let results = join_all(addrs.iter().map(|a| self.connector.connect(a, self.config))).await;
+        let mut hosts = Vec::new();
+        for r in results {
+            hosts.push(r?);
+        }
+        for h in &hosts {
+            self.info(Some(&h.name), "connected");
+        }
+        Ok(hosts)
+    }
+}
+
+async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> {
+    let unreachable = |e: EngineError| Error::Unreachable { host: host.name.clone(), message: e.to_string(), hint: None };
+    let mut o = Observed { all_names: host.engine.container_names().await.map_err(unreachable)?, ..Default::default() };
+    for svc in services {
+        for name in &svc.instances {
+            if let Some(c) = host.engine.inspect_container(name).await.map_err(unreachable)? {
+                let image = host.engine.inspect_image(&c.image_id).await.map_err(unreachable)?;
+                o.containers.insert(name.clone(), (c, image));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Resolves `repo:version` to `repo@sha256:…` once, through the first host's engine.
+async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Credentials>) -> Result<String, Error> {
+    let reference = release::tag_ref(&svc.image, version);
+    match host.engine.registry_digest(&reference, creds).await {
+        Ok(d) if d.starts_with("sha256:") => Ok(release::digest_ref(&svc.image, &d)),
+        Ok(d) => Err(Error::Unreachable { host: host.name.clone(), message: format!("{reference}: the registry answered an unexpected digest {d:?}"), hint: None }),
+        Err(EngineError::NotFound(m)) => Err(Error::input_hint(
+            format!("services.{}: image {reference} does not exist: {m}", svc.name),
+            "build and push it first (capstan build --push), or check --version",
+        )),
+        Err(EngineError::Auth(m)) => Err(Error::input_hint(
+            format!("services.{}: {m}", svc.name),
+            "check registry.username and the variable named by registry.password_env",
+        )),
+        Err(EngineError::Other(m)) => Err(Error::Unreachable { host: host.name.clone(), message: format!("cannot ask the registry about {reference}: {m}"), hint: None }),
+    }
+}
+
+/// What a deploy or a rollback asks for.
+pub enum Want {
+    Deploy { version: String },
+    Rollback { to: RollbackTo },
+}
+
+struct Roll<'a> {
+    command: &'static str,
+    version: Option<String>,
+    hosts: Vec<Host>,
+    services: Vec<&'a Service>,
+    plan: Plan,
+}
+
+/// Connects, observes, resolves and plans. Changes nothing.
+async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>) -> Result<Roll<'a>, Error> {
+    let services = ctx.services(&targets.services)?;
+    let addrs = ctx.hosts(&targets.hosts)?;
+    let hosts = ctx.connect_all(&addrs).await?;
+    let mut observed = Vec::new();
+    for h in &hosts {
+        observed.push(observe(h, &services).await?);
+    }
+    let (command, version, per_host): (&str, Option<String>, Vec<HashMap<(String, String), String>>) = match want {
+        Want::Deploy { version } => {
+            let mut images = HashMap::new();
+            for svc in &services {
+                let image = resolve(&hosts[0], svc, version, creds).await?;
+                ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
+                for i in &svc.instances {
+                    images.insert((svc.name.clone(), i.clone()), image.clone());
+                }
+            }
+            ("deploy", Some(version.clone()), vec![images; hosts.len()])
+        }
+        Want::Rollback { to } => {
+            let mut per_host = Vec::new();
+            let mut label = None;
+            for h in &hosts {
+                let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir)
+                    .await
+                    .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+                let target = release::rollback_target(&records, to).map_err(|e| Error::input(format!("{}: {e}", h.name)))?;
+                let target = match (target, to) {
+                    (Some(t), _) => t,
+                    (None, RollbackTo::Version(v)) => {
+                        ctx.warn(Some(&h.name), format!("{v} is not in the deployment log; using the registry's current {v} tag"));
+                        let mut images = HashMap::new();
+                        for svc in &services {
+                            let image = resolve(&hosts[0], svc, v, creds).await?;
+                            for i in &svc.instances {
+                                images.insert((svc.name.clone(), i.clone()), image.clone());
+                            }
+                        }
+                        release::RollbackTarget { version: Some(v.clone()), images }
+                    }
+                    (None, RollbackTo::Previous) => unreachable!("previous always has a target or an error"),
+                };
+                label = label.or(target.version.clone());
+                per_host.push(target.images);
+            }
+            ("rollback", label, per_host)
+        }
+    };
+    let mut host_plans: Vec<HostPlan> = Vec::new();
+    let mut problems = Vec::new();
+    for ((h, obs), images) in hosts.iter().zip(&observed).zip(&per_host) {
+        match plan::plan_host(&h.name, &services, obs, &|s, i| images.get(&(s.to_string(), i.to_string())).cloned()) {
+            Ok(p) => host_plans.push(p),
+            Err(mut e) => problems.append(&mut e),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::input(problems.join("\n")));
+    }
+    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans } })
+}
+
+pub struct RunOutput {
+    pub report: Report,
+    pub error: Option<Error>,
+}
+
+/// `deploy`, `rollback` and `check`: plan, then (unless `dry_run`) apply.
+pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: bool, collector: &Collector) -> Result<RunOutput, Error> {
+    let t0 = Instant::now();
+    let creds = ctx.credentials()?;
+    let roll = prepare(ctx, &want, targets, creds.as_ref()).await?;
+    let mut report = Report {
+        app: ctx.config.app.clone(),
+        command: roll.command.to_string(),
+        version: roll.version.clone(),
+        outcome: "succeeded".into(),
+        duration_ms: 0,
+        hosts: vec![],
+        plan: Some(roll.plan.clone()),
+        error: None,
+    };
+    ctx.info(None, crate::printer::render_plan(&roll.plan));
+    if dry_run {
+        ctx.info(None, "dry run: nothing was changed");
+        report.duration_ms = t0.elapsed().as_millis() as u64;
+        return Ok(RunOutput { report, error: None });
+    }
+    if roll.plan.changes() == 0 {
+        ctx.info(None, format!("nothing to do: every instance already runs {}", roll.version.as_deref().unwrap_or("the target")));
+        report.duration_ms = t0.elapsed().as_millis() as u64;
+        return Ok(RunOutput { report, error: None });
+    }
+
+    // Take the lock on every host before changing anything on any.
+    let now = OffsetDateTime::now_utc();
+    let lease = Lease {
+        id: state::new_id(),
+        holder: env::actor(),
+        command: roll.command.into(),
+        version: roll.version.clone(),
+        run_url: env::run_url(),
+        acquired_at: now,
+        expires_at: now + ctx.config.lock_lease,
+    };
+    let dir = &ctx.config.state_dir;
+    let mut locked: Vec<&Host> = Vec::new();
+    for h in &roll.hosts {
+        match state::acquire(h.shell.as_ref(), dir, &lease, now).await {
+            Ok(()) => locked.push(h),
+            Err(e) => {
+                for l in &locked {
+                    let _ = state::release(l.shell.as_ref(), dir, &lease.id).await;
+                }
+                return Err(match e {
+                    StateError::Held(l) => Error::Locked {
+                        host: h.name.clone(),
+                        holder: format!("{} ({} {})", l.holder, l.command, l.version.unwrap_or_default()),
+                        since: fmt_time(l.acquired_at),
+                        run_url: l.run_url,
+                        expires: fmt_time(l.expires_at),
+                    },
+                    StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
+                });
+            }
+        }
+    }
+
+    let started_at = OffsetDateTime::now_utc();
+    let runs = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| {
+        let creds = creds.clone();
+        let lease = lease.clone();
+        let services = roll.services.clone();
+        let version = roll.version.clone();
+        let command = roll.command;
+        async move {
+            let r = Rollout {
+                host: h,
+                events: ctx.events,
+                creds: creds.as_ref(),
+                t0,
+                lease: Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease }),
+            };
+            let result = r.run(hp, &services).await;
+            let record = record(ctx.config, h, command, version, started_at, &result, &lease);
+            if let Err(e) = state::append(h.shell.as_ref(), dir, &record).await {
+                ctx.warn(Some(&h.name), format!("could not append to the deployment log: {e}"));
+            }
+            match state::release(h.shell.as_ref(), dir, &lease.id).await {
+                Ok(true) => {}
+                Ok(false) => ctx.warn(Some(&h.name), "the deploy lock was no longer ours at the end"),
+                Err(e) => ctx.warn(Some(&h.name), format!("could not release the deploy lock: {e}")),
+            }
+            (h.name.clone(), result)
+        }
+    });
+    let results: Vec<(String, HostResult)> = join_all(runs).await;
+
+    report.hosts = collector.hosts();
+    report.duration_ms = t0.elapsed().as_millis() as u64;
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::Failed).collect();
+    let rolled: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::RolledBack).collect();
+    let error = if !failed.is_empty() {
+        report.outcome = "failed".into();
+        let msg = failed.iter().map(|(h, r)| format!("{h}: {}", r.error.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ");
+        Some(Error::NeedsAttention(msg))
+    } else if !rolled.is_empty() {
+        report.outcome = "rolled_back".into();
+        let msg = rolled.iter().map(|(h, r)| format!("{h}: {}", r.error.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ");
+        Some(Error::RolledBack(format!("{} {} was rolled back: {msg}", roll.command, roll.version.as_deref().unwrap_or(""))))
+    } else {
+        ctx.info(None, format!("{} {} succeeded in {:.1}s", roll.command, roll.version.as_deref().unwrap_or(""), t0.elapsed().as_secs_f64()));
+        None
+    };
+    report.error = error.as_ref().map(|e| e.to_string());
+    Ok(RunOutput { report, error })
+}
+
+fn record(config: &Config, h: &Host, command: &str, version: Option<String>, started: OffsetDateTime, r: &HostResult, lease: &Lease) -> Record {
+    Record {
+        time: started,
+        app: config.app.clone(),
+        host: h.name.clone(),
+        command: command.into(),
+        version,
+        outcome: r.outcome.as_str().into(),
+        actor: Some(lease.holder.clone()),
+        run_url: lease.run_url.clone(),
+        duration_ms: (OffsetDateTime::now_utc() - started).whole_milliseconds().max(0) as u64,
+        instances: r
+            .instances
+            .iter()
+            .map(|i| RecordInstance {
+                service: i.service.clone(),
+                name: i.plan.name.clone(),
+                from_image: i.plan.from_image.clone(),
+                to_image: i.plan.to_image.clone(),
+                outcome: serde_json::to_value(i.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            })
+            .collect(),
+        error: r.error.clone(),
+    }
+}
+
+pub fn fmt_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// status, history, lock
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub app: String,
+    pub command: &'static str,
+    pub hosts: Vec<HostStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostStatus {
+    pub host: String,
+    pub lock: Option<Lease>,
+    pub instances: Vec<InstanceStatus>,
+    pub leftovers: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub service: String,
+    pub name: String,
+    pub state: String,
+    pub image: Option<String>,
+    pub version: Option<String>,
+    pub healthy: Option<bool>,
+}
+
+pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Error> {
+    let services = ctx.services(&targets.services)?;
+    let hosts = ctx.connect_all(&ctx.hosts(&targets.hosts)?).await?;
+    let mut out = Vec::new();
+    for h in &hosts {
+        let host_err = |m: String| Error::Unreachable { host: h.name.clone(), message: m, hint: None };
+        let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| host_err(e.to_string()))?;
+        let lock = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| host_err(e.to_string()))?;
+        let obs = observe(h, &services).await?;
+        let mut instances = Vec::new();
+        for svc in &services {
+            for name in &svc.instances {
+                let st = match obs.containers.get(name) {
+                    None => InstanceStatus { service: svc.name.clone(), name: name.clone(), state: "missing".into(), image: None, version: None, healthy: None },
+                    Some((c, img)) => {
+                        let digests = img.as_ref().map(|i| i.repo_digests.clone()).unwrap_or_default();
+                        let image = release::best_reference(&svc.image, &digests, &c.image_id);
+                        let version = release::version_of_image(&records, &image)
+                            .or_else(|| img.as_ref().and_then(|i| i.repo_tags.iter().find(|t| release::repo_of(t) == svc.image).and_then(|t| release::tag_of(t).map(String::from))));
+                        let healthy = match (&svc.health.http, c.running) {
+                            (_, false) => Some(false),
+                            (Some(http), true) => {
+                                let (addr, port) = match c.addresses.first() {
+                                    Some(a) => (a.clone(), http.port),
+                                    None => ("127.0.0.1".into(), c.host_port_for(http.port).unwrap_or(http.port)),
+                                };
+                                Some(matches!(h.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await, Ok(a) if (200..400).contains(&a.status)))
+                            }
+                            (None, true) => c.docker_health.map(|d| d == crate::host::DockerHealth::Healthy),
+                        };
+                        InstanceStatus {
+                            service: svc.name.clone(),
+                            name: name.clone(),
+                            state: if c.running { "running".into() } else { "stopped".into() },
+                            image: Some(image),
+                            version,
+                            healthy,
+                        }
+                    }
+                };
+                instances.push(st);
+            }
+        }
+        let leftovers = obs.all_names.iter().filter(|n| n.ends_with(plan::OLD_SUFFIX)).cloned().collect();
+        out.push(HostStatus { host: h.name.clone(), lock, instances, leftovers });
+    }
+    Ok(StatusReport { app: ctx.config.app.clone(), command: "status", hosts: out })
+}
+
+pub fn render_status(s: &StatusReport) -> String {
+    let mut out = String::new();
+    for h in &s.hosts {
+        out.push_str(&format!("{}\n", h.host));
+        for i in &h.instances {
+            let health = match i.healthy {
+                Some(true) => "healthy",
+                Some(false) => "UNHEALTHY",
+                None => "-",
+            };
+            out.push_str(&format!(
+                "  {}/{:<14} {:<8} {:<9} {:<10} {}\n",
+                i.service,
+                i.name,
+                i.state,
+                health,
+                i.version.as_deref().unwrap_or("-"),
+                i.image.as_deref().map(crate::printer::short).unwrap_or_default()
+            ));
+        }
+        if let Some(l) = &h.lock {
+            out.push_str(&format!("  lock: held by {} ({}) since {}\n", l.holder, l.command, fmt_time(l.acquired_at)));
+        }
+        for l in &h.leftovers {
+            out.push_str(&format!("  leftover container: {l}\n"));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryReport {
+    pub app: String,
+    pub command: &'static str,
+    pub hosts: Vec<HostHistory>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostHistory {
+    pub host: String,
+    pub records: Vec<Record>,
+    pub unreadable_lines: usize,
+}
+
+pub async fn history(ctx: &Ctx<'_>, targets: &Targets, limit: usize) -> Result<HistoryReport, Error> {
+    let hosts = ctx.connect_all(&ctx.hosts(&targets.hosts)?).await?;
+    let mut out = Vec::new();
+    for h in &hosts {
+        let (mut records, bad) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir)
+            .await
+            .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+        if !targets.services.is_empty() {
+            records.retain(|r| r.instances.iter().any(|i| targets.services.contains(&i.service)));
+        }
+        let skip = records.len().saturating_sub(limit);
+        out.push(HostHistory { host: h.name.clone(), records: records.split_off(skip), unreadable_lines: bad });
+    }
+    Ok(HistoryReport { app: ctx.config.app.clone(), command: "history", hosts: out })
+}
+
+pub fn render_history(r: &HistoryReport) -> String {
+    let mut out = String::new();
+    for h in &r.hosts {
+        out.push_str(&format!("{}\n", h.host));
+        if h.records.is_empty() {
+            out.push_str("  no deployments recorded\n");
+        }
+        for rec in h.records.iter().rev() {
+            out.push_str(&format!(
+                "  {}  {:<8} {:<10} {:<11} {:>7}  {}\n",
+                fmt_time(rec.time),
+                rec.command,
+                rec.version.as_deref().unwrap_or("-"),
+                rec.outcome,
+                format!("{:.1}s", rec.duration_ms as f64 / 1000.0),
+                rec.actor.as_deref().unwrap_or("")
+            ));
+        }
+        if h.unreadable_lines > 0 {
+            out.push_str(&format!("  ({} unreadable line(s) skipped)\n", h.unreadable_lines));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct LockReport {
+    pub app: String,
+    pub command: &'static str,
+    pub hosts: Vec<HostLock>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostLock {
+    pub host: String,
+    pub lock: Option<Lease>,
+    pub expired: Option<bool>,
+    pub released: bool,
+}
+
+pub async fn lock(ctx: &Ctx<'_>, targets: &Targets, release: Option<bool>) -> Result<LockReport, Error> {
+    let hosts = ctx.connect_all(&ctx.hosts(&targets.hosts)?).await?;
+    let dir = &ctx.config.state_dir;
+    let now = OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for h in &hosts {
+        let err = |e: StateError| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None };
+        let current = state::read_lock(h.shell.as_ref(), dir).await.map_err(err)?;
+        let expired = current.as_ref().map(|l| l.expired(now));
+        let released = match (release, &current) {
+            (Some(true), Some(_)) => state::force_release(h.shell.as_ref(), dir).await.map_err(err)?.is_some(),
+            (Some(false), Some(l)) if l.expired(now) => state::release(h.shell.as_ref(), dir, &l.id).await.map_err(err)?,
+            (Some(false), Some(l)) => {
+                return Err(Error::input_hint(
+                    format!("{}: the lock is held by {} ({}) since {} and its lease runs until {}", h.name, l.holder, l.command, fmt_time(l.acquired_at), fmt_time(l.expires_at)),
+                    "if that deploy is dead, release it with `capstan lock release --force`",
+                ))
+            }
+            _ => false,
+        };
+        out.push(HostLock { host: h.name.clone(), lock: current, expired, released });
+    }
+    Ok(LockReport { app: ctx.config.app.clone(), command: "lock", hosts: out })
+}
+
+pub fn render_lock(r: &LockReport) -> String {
+    let mut out = String::new();
+    for h in &r.hosts {
+        match (&h.lock, h.released) {
+            (None, _) => out.push_str(&format!("{}: unlocked\n", h.host)),
+            (Some(l), true) => out.push_str(&format!("{}: released the lock held by {} since {}\n", h.host, l.holder, fmt_time(l.acquired_at))),
+            (Some(l), false) => out.push_str(&format!(
+                "{}: locked by {} ({} {}) since {}, lease until {}{}{}\n",
+                h.host,
+                l.holder,
+                l.command,
+                l.version.as_deref().unwrap_or(""),
+                fmt_time(l.acquired_at),
+                fmt_time(l.expires_at),
+                if h.expired == Some(true) { " (expired)" } else { "" },
+                l.run_url.as_deref().map(|u| format!(", {u}")).unwrap_or_default()
+            )),
+        }
+    }
+    out
+}

@@ -1,0 +1,705 @@
+//! `capstan.yml`: the shape users write, and its validation into [`Config`].
+//!
+//! Pure: reads a string, returns a validated value or every problem found, each
+//! with the file, the key path (`services.web.health.timeout`) and what was
+//! expected. Unknown keys are errors. Secrets are never in the file, only the
+//! names of the environment variables that hold them.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::names;
+
+// ---------------------------------------------------------------------------
+// The validated config
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub app: String,
+    pub hosts: Vec<HostAddr>,
+    pub ssh: Ssh,
+    pub registry: Option<Registry>,
+    pub state_dir: String,
+    pub docker_socket: String,
+    pub lock_lease: Duration,
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostAddr {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ssh {
+    pub identity_file: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registry {
+    pub server: String,
+    pub username: String,
+    pub password_env: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// The image repository, without tag: `ghcr.io/acme/web`.
+    pub image: String,
+    pub build: Option<Build>,
+    pub instances: Vec<String>,
+    pub health: Health,
+    pub drain: Drain,
+    pub traffic: Option<Traffic>,
+    pub pause: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Build {
+    pub context: String,
+    pub dockerfile: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub http: Option<HttpProbe>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Consecutive good probes needed before an instance counts as healthy.
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpProbe {
+    /// The container's port (not the published one).
+    pub port: u16,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drain {
+    pub method: DrainMethod,
+    /// How long to wait after draining for in-flight requests to finish.
+    pub wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DrainMethod {
+    None,
+    Nginx { upstream_conf: String, reload: String, port: Option<u16> },
+    Command { drain: String, undrain: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    pub url: String,
+    pub requests: u32,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// One problem in the file: where, and what was expected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub path: String,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<Issue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        if let [one] = self.issues.as_slice() {
+            return write!(f, "{}", render_issue(&file.to_string(), one));
+        }
+        write!(f, "{file}: {} problems", self.issues.len())?;
+        for i in &self.issues {
+            write!(f, "\n  {}", render_issue(&file.to_string(), i))?;
+        }
+        Ok(())
+    }
+}
+
+fn render_issue(file: &str, i: &Issue) -> String {
+    let at = match i.line {
+        Some(l) => format!("{file}:{l}"),
+        None => file.to_string(),
+    };
+    if i.path.is_empty() {
+        format!("{at}: {}", i.message)
+    } else {
+        format!("{at}: {}: {}", i.path, i.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The raw shape (what serde reads)
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    app: String,
+    hosts: Vec<String>,
+    #[serde(default)]
+    ssh: RawSsh,
+    registry: Option<RawRegistry>,
+    state_dir: Option<String>,
+    #[serde(default)]
+    docker: RawDocker,
+    #[serde(default)]
+    lock: RawLock,
+    services: IndexMap<String, RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    identity_file: Option<String>,
+    known_hosts: Option<String>,
+    config: Option<String>,
+    connect_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegistry {
+    server: String,
+    username: String,
+    password_env: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDocker {
+    socket: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLock {
+    lease: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    image: String,
+    build: Option<RawBuild>,
+    instances: Vec<String>,
+    #[serde(default)]
+    health: RawHealth,
+    drain: Option<RawDrain>,
+    traffic: Option<RawTraffic>,
+    pause: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuild {
+    #[serde(default = "dot")]
+    context: String,
+    #[serde(default = "dockerfile")]
+    dockerfile: String,
+}
+
+fn dot() -> String {
+    ".".into()
+}
+fn dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    http: Option<RawHttp>,
+    timeout: Option<String>,
+    interval: Option<String>,
+    healthy_after: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    port: u16,
+    path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDrain {
+    nginx: Option<RawNginx>,
+    command: Option<RawCommandDrain>,
+    wait: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNginx {
+    upstream_conf: String,
+    reload: Option<String>,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommandDrain {
+    drain: String,
+    undrain: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraffic {
+    url: String,
+    requests: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+// ---------------------------------------------------------------------------
+
+pub const DEFAULT_FILE: &str = "capstan.yml";
+
+/// Reads and validates a config file.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        issues: vec![Issue { path: String::new(), line: None, message: format!("cannot read the file: {e}") }],
+    })?;
+    parse(file, &text)
+}
+
+/// Parses and validates config text; `file` is only used in messages.
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let err = |issues| ConfigError { file: file.to_path_buf(), issues };
+    let raw: RawConfig = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            <serde_saphyr::Error as serde::de::Error>::custom(PathMarked(path, inner).to_string())
+        })
+    })
+    .map_err(|e| err(vec![serde_issue(&e)]))?;
+    let mut v = Validator { issues: Vec::new() };
+    let config = v.config(file, raw);
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(err(v.issues))
+    }
+}
+
+/// Carries the key path through serde-saphyr's error type.
+struct PathMarked(String, serde_saphyr::Error);
+
+const PATH_MARK: &str = "@@path=";
+const PATH_END: &str = "@@ ";
+
+impl fmt::Display for PathMarked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PATH_MARK}{}{PATH_END}{}", self.0, first_line(&self.1.to_string()))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_string()
+}
+
+fn serde_issue(e: &serde_saphyr::Error) -> Issue {
+    let mut line = e.location().map(|l| l.line()).filter(|l| *l > 0);
+    let mut text = first_line(&e.to_string());
+    // "… at line 18, column 21": keep the line, drop the suffix.
+    if let Some(i) = text.rfind(" at line ") {
+        let n: String = text[i + 9..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        line = line.or_else(|| n.parse().ok());
+        text.truncate(i);
+    }
+    let (path, message) = match text.split_once(PATH_MARK) {
+        Some((_, rest)) => match rest.split_once(PATH_END) {
+            Some((p, m)) => (if p == "." { String::new() } else { p.to_string() }, m.to_string()),
+            None => (String::new(), rest.to_string()),
+        },
+        None => (String::new(), text),
+    };
+    Issue { path, line, message: tidy_serde_message(&message) }
+}
+
+/// serde-saphyr prefixes messages with a location we already show.
+fn tidy_serde_message(m: &str) -> String {
+    let m = m.trim();
+    let m = m.strip_prefix("error: ").unwrap_or(m);
+    // "line 3 column 5: unknown field ..." -> "unknown field ..."
+    let m = match m.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") || head.starts_with("at line") => rest,
+        _ => m,
+    };
+    match m {
+        m if m.starts_with("invalid u16") => "expected a whole number from 1 to 65535".into(),
+        m if m.starts_with("invalid u32") || m.starts_with("invalid u64") => "expected a whole number".into(),
+        m => m.to_string(),
+    }
+}
+
+struct Validator {
+    issues: Vec<Issue>,
+}
+
+impl Validator {
+    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue { path: path.into(), line: None, message: message.into() });
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration) -> Duration {
+        let Some(s) = raw else { return default };
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) => d,
+            Err(_) => {
+                self.issue(path, format!("expected a duration like 500ms, 60s or 2m, got {s:?}"));
+                default
+            }
+        }
+    }
+
+    fn name(&mut self, path: &str, what: &str, value: &str, check: fn(&str) -> Result<(), String>) {
+        if let Err(e) = check(value) {
+            self.issue(path, format!("invalid {what} {value:?}: {e}"));
+        }
+    }
+
+    fn config(&mut self, file: &Path, raw: RawConfig) -> Config {
+        self.name("app", "app name", &raw.app, names::check_app);
+        if raw.hosts.is_empty() {
+            self.issue("hosts", "expected at least one host like deployer@203.0.113.10:22");
+        }
+        let mut hosts = Vec::new();
+        for (i, h) in raw.hosts.iter().enumerate() {
+            match names::parse_host(h) {
+                Ok(a) => {
+                    if hosts.contains(&a) {
+                        self.issue(format!("hosts[{i}]"), format!("host {h:?} is listed twice"));
+                    }
+                    hosts.push(a)
+                }
+                Err(e) => self.issue(format!("hosts[{i}]"), format!("invalid host {h:?}: {e}")),
+            }
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let ssh = Ssh {
+            identity_file: raw.ssh.identity_file.as_deref().map(|p| resolve_path(base, p)),
+            known_hosts: raw.ssh.known_hosts.as_deref().map(|p| resolve_path(base, p)),
+            config_file: raw.ssh.config.as_deref().map(|p| resolve_path(base, p)),
+            connect_timeout: self.duration(
+                "ssh.connect_timeout",
+                raw.ssh.connect_timeout.as_deref(),
+                Duration::from_secs(15),
+            ),
+        };
+        let registry = raw.registry.map(|r| {
+            if r.server.trim().is_empty() || r.server.contains(char::is_whitespace) || r.server.contains('/') {
+                self.issue("registry.server", format!("expected a registry host like ghcr.io or 10.0.0.2:5000, got {:?}", r.server));
+            }
+            if r.username.trim().is_empty() {
+                self.issue("registry.username", "expected a user name");
+            }
+            if !names::is_env_name(&r.password_env) {
+                self.issue(
+                    "registry.password_env",
+                    format!("expected the NAME of an environment variable that holds the password (like REGISTRY_TOKEN), got {:?}; secrets never go in the file", r.password_env),
+                );
+            }
+            Registry { server: r.server, username: r.username, password_env: r.password_env }
+        });
+        let state_dir = raw.state_dir.unwrap_or_else(|| format!("/var/lib/capstan/{}", raw.app));
+        if !state_dir.starts_with('/') {
+            self.issue("state_dir", format!("expected an absolute path on the host, got {state_dir:?}"));
+        }
+        let docker_socket = raw.docker.socket.unwrap_or_else(|| "/var/run/docker.sock".into());
+        if !docker_socket.starts_with('/') {
+            self.issue("docker.socket", format!("expected an absolute path on the host, got {docker_socket:?}"));
+        }
+        let lock_lease = self.duration("lock.lease", raw.lock.lease.as_deref(), Duration::from_secs(15 * 60));
+        if raw.services.is_empty() {
+            self.issue("services", "expected at least one service");
+        }
+        let mut services = Vec::new();
+        let mut seen_instances: Vec<(String, String)> = Vec::new();
+        for (name, s) in raw.services {
+            let p = format!("services.{name}");
+            self.name(&p, "service name", &name, names::check_service);
+            for (i, inst) in s.instances.iter().enumerate() {
+                let ip = format!("{p}.instances[{i}]");
+                self.name(&ip, "instance name", inst, names::check_container);
+                if let Some((other, _)) = seen_instances.iter().find(|(_, n)| n == inst) {
+                    self.issue(ip, format!("instance {inst:?} is already listed under services.{other}"));
+                }
+                seen_instances.push((name.clone(), inst.clone()));
+            }
+            if s.instances.is_empty() {
+                self.issue(format!("{p}.instances"), "expected the names of the containers to replace, like [web-1, web-2]");
+            }
+            self.name(&format!("{p}.image"), "image repository", &s.image, names::check_repository);
+            let health = self.health(&p, s.health);
+            let drain = self.drain(&p, s.drain);
+            let traffic = s.traffic.map(|t| {
+                if !(t.url.starts_with("http://")) {
+                    self.issue(format!("{p}.traffic.url"), format!("expected an http:// URL as seen from the host, got {:?}", t.url));
+                }
+                let requests = t.requests.unwrap_or(10);
+                if requests == 0 {
+                    self.issue(format!("{p}.traffic.requests"), "expected at least 1");
+                }
+                Traffic { url: t.url, requests }
+            });
+            let pause = self.duration(&format!("{p}.pause"), s.pause.as_deref(), Duration::from_secs(2));
+            services.push(Service {
+                name,
+                image: s.image,
+                build: s.build.map(|b| Build { context: b.context, dockerfile: b.dockerfile }),
+                instances: s.instances,
+                health,
+                drain,
+                traffic,
+                pause,
+            });
+        }
+        Config {
+            file: file.to_path_buf(),
+            app: raw.app,
+            hosts,
+            ssh,
+            registry,
+            state_dir,
+            docker_socket,
+            lock_lease,
+            services,
+        }
+    }
+
+    fn health(&mut self, p: &str, h: RawHealth) -> Health {
+        let http = h.http.map(|http| {
+            let path = http.path.unwrap_or_else(|| "/health".into());
+            if !path.starts_with('/') || path.contains(char::is_whitespace) {
+                self.issue(format!("{p}.health.http.path"), format!("expected a URL path like /health, got {path:?}"));
+            }
+            if http.port == 0 {
+                self.issue(format!("{p}.health.http.port"), "expected the container's port, 1-65535");
+            }
+            HttpProbe { port: http.port, path }
+        });
+        let timeout = self.duration(&format!("{p}.health.timeout"), h.timeout.as_deref(), Duration::from_secs(60));
+        let interval = self.duration(&format!("{p}.health.interval"), h.interval.as_deref(), Duration::from_secs(1));
+        if interval.is_zero() {
+            self.issue(format!("{p}.health.interval"), "expected a duration above zero");
+        }
+        if timeout < interval {
+            self.issue(format!("{p}.health.timeout"), "expected a timeout at least as long as health.interval");
+        }
+        let healthy_after = h.healthy_after.unwrap_or(3);
+        if healthy_after == 0 {
+            self.issue(format!("{p}.health.healthy_after"), "expected at least 1 consecutive good probe");
+        }
+        Health { http, timeout, interval, healthy_after }
+    }
+
+    fn drain(&mut self, p: &str, d: Option<RawDrain>) -> Drain {
+        let Some(d) = d else {
+            return Drain { method: DrainMethod::None, wait: Duration::ZERO };
+        };
+        let wait = self.duration(&format!("{p}.drain.wait"), d.wait.as_deref(), Duration::from_secs(1));
+        let method = match (d.nginx, d.command) {
+            (Some(_), Some(_)) => {
+                self.issue(format!("{p}.drain"), "expected one of nginx or command, not both");
+                DrainMethod::None
+            }
+            (Some(n), None) => {
+                if !n.upstream_conf.starts_with('/') {
+                    self.issue(format!("{p}.drain.nginx.upstream_conf"), format!("expected an absolute path on the host, got {:?}", n.upstream_conf));
+                }
+                let reload = n.reload.unwrap_or_else(|| "nginx -s reload".into());
+                if reload.trim().is_empty() {
+                    self.issue(format!("{p}.drain.nginx.reload"), "expected the command that reloads nginx");
+                }
+                DrainMethod::Nginx { upstream_conf: n.upstream_conf, reload, port: n.port }
+            }
+            (None, Some(c)) => {
+                if c.drain.trim().is_empty() || c.undrain.trim().is_empty() {
+                    self.issue(format!("{p}.drain.command"), "expected both drain and undrain commands");
+                }
+                DrainMethod::Command { drain: c.drain, undrain: c.undrain }
+            }
+            (None, None) => {
+                self.issue(format!("{p}.drain"), "expected nginx: {upstream_conf, reload} or command: {drain, undrain}");
+                DrainMethod::None
+            }
+        };
+        Drain { method, wait }
+    }
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let expanded = match p.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(rest),
+            None => PathBuf::from(p),
+        },
+        None => PathBuf::from(p),
+    };
+    if expanded.is_absolute() {
+        expanded
+    } else {
+        base.join(expanded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+app: shop
+hosts:
+  - deployer@203.0.113.10:22
+ssh:
+  identity_file: /keys/deploy
+  known_hosts: .github/known_hosts
+registry:
+  server: ghcr.io
+  username: octocat
+  password_env: REGISTRY_TOKEN
+services:
+  web:
+    image: ghcr.io/acme/web
+    build: { context: ., dockerfile: Dockerfile }
+    instances: [web-2, web-1]
+    health:
+      http: { port: 8080, path: /health }
+      timeout: 60s
+      interval: 1s
+    drain:
+      nginx: { upstream_conf: /etc/nginx/conf.d/shop.conf, reload: "nginx -s reload" }
+    traffic: { url: "http://127.0.0.1:80/" }
+    pause: 10s
+"#;
+
+    fn parse_str(s: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("/repo/capstan.yml"), s)
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let c = parse_str(GOOD).unwrap();
+        assert_eq!(c.app, "shop");
+        assert_eq!(c.hosts[0].to_string(), "deployer@203.0.113.10:22");
+        assert_eq!(c.ssh.known_hosts.as_deref(), Some(Path::new("/repo/.github/known_hosts")));
+        assert_eq!(c.state_dir, "/var/lib/capstan/shop");
+        let web = &c.services[0];
+        assert_eq!(web.instances, vec!["web-2", "web-1"]);
+        assert_eq!(web.health.timeout, Duration::from_secs(60));
+        assert_eq!(web.health.healthy_after, 3);
+        assert_eq!(web.pause, Duration::from_secs(10));
+        assert!(matches!(web.drain.method, DrainMethod::Nginx { .. }));
+        assert_eq!(web.traffic.as_ref().unwrap().requests, 10);
+    }
+
+    /// One bad edit of the good file per case: the error must name the key path and say what was expected.
+    #[test]
+    fn errors_name_the_key_and_the_expectation() {
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("timeout: 60s", "timeout: sixty", "services.web.health.timeout", "expected a duration"),
+            ("pause: 10s", "pause: 10 parsecs", "services.web.pause", "expected a duration"),
+            ("pause: 10s", "pause: 10s\n    paus: 1s", "services.web.paus", "unknown field `paus`"),
+            ("app: shop", "app: shop\nregion: eu", "region", "unknown field `region`"),
+            ("port: 8080", "port: eighty", "services.web.health.http.port", "expected a whole number from 1 to 65535"),
+            ("password_env: REGISTRY_TOKEN", "password_env: hunter2 secret", "registry.password_env", "NAME of an environment variable"),
+            ("instances: [web-2, web-1]", "instances: [web-2, \"web;rm -rf /\"]", "services.web.instances[1]", "invalid instance name"),
+            ("instances: [web-2, web-1]", "instances: []", "services.web.instances", "expected the names"),
+            ("deployer@203.0.113.10:22", "deployer@203.0.113.10:notaport", "hosts[0]", "port"),
+            ("deployer@203.0.113.10:22", "-oProxyCommand=evil", "hosts[0]", "invalid host"),
+            ("image: ghcr.io/acme/web", "image: ghcr.io/acme/web:v1", "services.web.image", "without a tag"),
+            ("upstream_conf: /etc/nginx/conf.d/shop.conf", "upstream_conf: shop.conf", "services.web.drain.nginx.upstream_conf", "absolute path"),
+            ("url: \"http://127.0.0.1:80/\"", "url: \"ftp://x\"", "services.web.traffic.url", "http://"),
+            ("app: shop", "app: \"sh op\"", "app", "invalid app name"),
+            ("interval: 1s", "interval: 2m", "services.web.health.timeout", "at least as long"),
+        ];
+        for (from, to, path, expect) in cases {
+            assert!(GOOD.contains(from), "bad case: {from}");
+            let text = GOOD.replacen(from, to, 1);
+            let err = parse_str(&text).expect_err(&format!("{to:?} should be refused"));
+            let shown = err.to_string();
+            assert!(
+                err.issues.iter().any(|i| i.path == *path && i.message.contains(expect)),
+                "case {to:?}: expected path {path:?} and {expect:?}, got:\n{shown}"
+            );
+            assert!(shown.starts_with("/repo/capstan.yml"), "names the file: {shown}");
+        }
+    }
+
+    #[test]
+    fn type_errors_carry_a_line() {
+        let text = GOOD.replacen("port: 8080", "port: eighty", 1);
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.issues[0].line, Some(18), "{err}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let text = GOOD.replacen("timeout: 60s", "timeout: x", 1).replacen("pause: 10s", "pause: y", 1);
+        let err = parse_str(&text).unwrap_err();
+        assert_eq!(err.issues.len(), 2, "{err}");
+        assert!(err.to_string().contains("2 problems"));
+    }
+
+    #[test]
+    fn an_instance_cannot_belong_to_two_services() {
+        let text = format!("{GOOD}  worker:\n    image: ghcr.io/acme/worker\n    instances: [web-1]\n");
+        let err = parse_str(&text).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.path == "services.worker.instances[0]" && i.message.contains("services.web")), "{err}");
+    }
+}

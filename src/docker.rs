@@ -1,0 +1,430 @@
+//! The host's Docker engine through bollard, over the socket that `ssh` forwards.
+//!
+//! Also the pure part of "replace everything but the image":
+//! [`spec_from_inspect`] turns an inspected container (and its image) into the
+//! create request for its successor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bollard::auth::DockerCredentials;
+use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageInspect, NetworkingConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StatsOptionsBuilder, TagImageOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+use crate::host::{ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, PublishedPort};
+
+pub struct DockerEngine {
+    docker: Docker,
+}
+
+impl DockerEngine {
+    /// Connects to an engine socket (a local path that ssh forwards to the host's socket).
+    pub async fn connect(socket: &Path) -> Result<Self, EngineError> {
+        let docker = Docker::connect_with_unix(&socket.to_string_lossy(), 300, bollard::API_DEFAULT_VERSION)
+            .map_err(|e| EngineError::Other(format!("cannot open the Docker socket: {e}")))?
+            .with_request_modifier(urlsafe_registry_auth);
+        // A newer bollard speaks a newer API than a 20.10 engine accepts: always negotiate.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
+        Ok(DockerEngine { docker })
+    }
+}
+
+/// bollard encodes `X-Registry-Auth` with the standard base64 alphabet; the
+/// engine decodes the URL-safe one and, when that fails, silently pulls with no
+/// credentials. Re-encode (see shared/CRATES.md).
+fn urlsafe_registry_auth(mut req: bollard::BollardRequest) -> bollard::BollardRequest {
+    for name in ["x-registry-auth", "x-registry-config"] {
+        let Some(v) = req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+            continue;
+        };
+        if let Some(fixed) = to_urlsafe(&v) {
+            if let Ok(h) = fixed.parse() {
+                req.headers_mut().insert(name, h);
+            }
+        }
+    }
+    req
+}
+
+fn to_urlsafe(v: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE.encode(raw))
+}
+
+fn creds(c: Option<&Credentials>) -> Option<DockerCredentials> {
+    c.map(|c| DockerCredentials {
+        username: Some(c.username.clone()),
+        password: Some(c.password.expose().to_string()),
+        serveraddress: Some(c.server.clone()),
+        ..Default::default()
+    })
+}
+
+fn classify(reference: &str, e: bollard::errors::Error) -> EngineError {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    if lower.contains("manifest unknown") || lower.contains("not found") || lower.contains("no such image") {
+        EngineError::NotFound(format!("{reference}: not found in the registry ({})", tidy(&text)))
+    } else if lower.contains("unauthorized") || lower.contains("no basic auth") || lower.contains("denied") || lower.contains("authentication required") {
+        EngineError::Auth(format!("{reference}: the registry refused the credentials ({})", tidy(&text)))
+    } else {
+        EngineError::Other(format!("{reference}: {}", tidy(&text)))
+    }
+}
+
+fn tidy(s: &str) -> String {
+    s.replace("Docker responded with status code", "status").trim().to_string()
+}
+
+fn other(what: &str, e: bollard::errors::Error) -> EngineError {
+    EngineError::Other(format!("{what}: {}", tidy(&e.to_string())))
+}
+
+fn is_404(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    async fn version(&self) -> Result<String, EngineError> {
+        let v = self.docker.version().await.map_err(|e| other("docker version", e))?;
+        Ok(format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+    }
+
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let c = match self.docker.inspect_container(name, None).await {
+            Ok(c) => c,
+            Err(e) if is_404(&e) => return Ok(None),
+            Err(e) => return Err(other(&format!("inspect {name}"), e)),
+        };
+        let image_id = c.image.clone().unwrap_or_default();
+        let image = self.docker.inspect_image(&image_id).await.ok();
+        Ok(Some(container_info(&c, image.as_ref())))
+    }
+
+    async fn container_names(&self) -> Result<Vec<String>, EngineError> {
+        let opts = ListContainersOptionsBuilder::new().all(true).build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| other("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .flat_map(|c| c.names.unwrap_or_default())
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect())
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Some(ImageInfo {
+                id: i.id.unwrap_or_default(),
+                repo_digests: i.repo_digests.unwrap_or_default(),
+                repo_tags: i.repo_tags.unwrap_or_default(),
+            })),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(other(&format!("inspect image {reference}"), e)),
+        }
+    }
+
+    async fn registry_digest(&self, reference: &str, c: Option<&Credentials>) -> Result<String, EngineError> {
+        let d = self.docker.inspect_registry_image(reference, creds(c)).await.map_err(|e| classify(reference, e))?;
+        Ok(d.descriptor.digest.unwrap_or_default())
+    }
+
+    async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), EngineError> {
+        let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
+        let mut stream = self.docker.create_image(Some(opts), None, creds(c));
+        // Errors arrive inside the stream: drain it to the end.
+        while let Some(item) = stream.next().await {
+            item.map_err(|e| classify(reference, e))?;
+        }
+        Ok(())
+    }
+
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let opts = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
+        self.docker.tag_image(image, Some(opts)).await.map_err(|e| other(&format!("tag {repo}:{tag}"), e))
+    }
+
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
+        let opts = RenameContainerOptionsBuilder::new().name(new_name).build();
+        self.docker.rename_container(name, opts).await.map_err(|e| other(&format!("rename {name} to {new_name}"), e))
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.stop_container(name, None).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(other(&format!("stop {name}"), e)),
+        }
+    }
+
+    async fn start(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.start_container(name, None).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(e) => Err(other(&format!("start {name}"), e)),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
+        match self.docker.remove_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_404(&e) => Ok(()),
+            Err(e) => Err(other(&format!("remove {name}"), e)),
+        }
+    }
+
+    async fn create(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String, EngineError> {
+        let mut body = spec.0.clone();
+        body.image = Some(image.to_string());
+        let opts = CreateContainerOptionsBuilder::new().name(name).build();
+        let r = self.docker.create_container(Some(opts), body).await.map_err(|e| other(&format!("create {name}"), e))?;
+        Ok(r.id)
+    }
+
+    async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError> {
+        let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
+        let mut s = self.docker.stats(name, Some(opts));
+        let stats = s
+            .next()
+            .await
+            .ok_or_else(|| EngineError::Other(format!("stats {name}: no answer")))?
+            .map_err(|e| other(&format!("stats {name}"), e))?;
+        Ok(stats.networks.unwrap_or_default().values().filter_map(|n| n.rx_bytes).sum())
+    }
+}
+
+/// The parts of an inspected container a rollout reads.
+pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>) -> ContainerInfo {
+    let state = c.state.clone().unwrap_or_default();
+    let config = c.config.clone().unwrap_or_default();
+    let settings = c.network_settings.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    for (key, bindings) in settings.ports.clone().unwrap_or_default() {
+        let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
+        if !key.ends_with("/tcp") {
+            continue;
+        }
+        for b in bindings.unwrap_or_default() {
+            if let Some(hp) = b.host_port.as_deref().and_then(|p| p.parse::<u16>().ok()) {
+                ports.push(PublishedPort { container_port: cport, host_ip: b.host_ip.unwrap_or_default(), host_port: hp });
+            }
+        }
+    }
+    ports.sort_by_key(|p| (p.container_port, p.host_port));
+    ports.dedup_by_key(|p| (p.container_port, p.host_port));
+    let mut addresses: Vec<String> = settings
+        .networks
+        .clone()
+        .unwrap_or_default()
+        .values()
+        .filter_map(|n| n.ip_address.clone())
+        .filter(|a| !a.is_empty())
+        .collect();
+    addresses.sort();
+    let docker_health = state.health.as_ref().and_then(|h| match h.status {
+        Some(bollard::models::HealthStatusEnum::HEALTHY) => Some(DockerHealth::Healthy),
+        Some(bollard::models::HealthStatusEnum::UNHEALTHY) => Some(DockerHealth::Unhealthy),
+        Some(bollard::models::HealthStatusEnum::STARTING) => Some(DockerHealth::Starting),
+        _ => None,
+    });
+    ContainerInfo {
+        id: c.id.clone().unwrap_or_default(),
+        name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
+        image_id: c.image.clone().unwrap_or_default(),
+        image_ref: config.image.clone().unwrap_or_default(),
+        running: state.running.unwrap_or(false),
+        docker_health,
+        ports,
+        addresses,
+        compose_project: config.labels.as_ref().and_then(|l| l.get("com.docker.compose.project").cloned()),
+        spec: spec_from_inspect(c, image),
+    }
+}
+
+/// The create request for a successor of `c`: what the user set on the old
+/// container, with values that merely came from the old image left unset so
+/// that the new image's own defaults (ENV, CMD, labels, HEALTHCHECK, …) apply.
+pub fn spec_from_inspect(c: &ContainerInspectResponse, image: Option<&ImageInspect>) -> ContainerSpec {
+    let cfg = c.config.clone().unwrap_or_default();
+    let img = image.and_then(|i| i.config.clone()).unwrap_or_default();
+    fn unless_same<T: PartialEq>(v: Option<T>, image: &Option<T>) -> Option<T> {
+        match (&v, image) {
+            (Some(a), Some(b)) if a == b => None,
+            _ => v,
+        }
+    }
+    // Env: keep the entries the image does not set to exactly that value.
+    let image_env: Vec<String> = img.env.clone().unwrap_or_default();
+    let env = cfg.env.clone().map(|env| env.into_iter().filter(|e| !image_env.contains(e)).collect::<Vec<_>>());
+    // Labels: same, per key.
+    let image_labels: HashMap<String, String> = img.labels.clone().unwrap_or_default();
+    let labels = cfg.labels.clone().map(|l| {
+        l.into_iter().filter(|(k, v)| image_labels.get(k) != Some(v)).collect::<HashMap<_, _>>()
+    });
+    let exposed: Option<Vec<String>> = cfg.exposed_ports.clone().map(|p| {
+        let from_image = img.exposed_ports.clone().unwrap_or_default();
+        p.into_iter().filter(|x| !from_image.contains(x)).collect()
+    });
+    // Networks: the endpoints with their aliases; drop the alias Docker adds for the old container's short ID.
+    let short_id: String = c.id.clone().unwrap_or_default().chars().take(12).collect();
+    let mut host_config = c.host_config.clone().unwrap_or_default();
+    let network_mode = host_config.network_mode.clone().unwrap_or_default();
+    let endpoints: HashMap<String, EndpointSettings> = c
+        .network_settings
+        .clone()
+        .and_then(|n| n.networks)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(net, ep)| {
+            let aliases = ep.aliases.map(|a| a.into_iter().filter(|x| *x != short_id).collect::<Vec<_>>());
+            (
+                net,
+                EndpointSettings {
+                    aliases,
+                    ipam_config: ep.ipam_config,
+                    links: ep.links,
+                    driver_opts: ep.driver_opts,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    // Containers joined to another container's namespace (`container:x`) or the host's keep their mode only.
+    let networking_config = if network_mode.starts_with("container:") || network_mode == "host" || endpoints.is_empty() {
+        None
+    } else {
+        Some(NetworkingConfig { endpoints_config: Some(endpoints) })
+    };
+    // Docker fills these at runtime; passing them back would pin stale values.
+    host_config.container_id_file = None;
+    ContainerSpec(ContainerCreateBody {
+        hostname: None,
+        domainname: cfg.domainname.filter(|d| !d.is_empty()),
+        user: unless_same(cfg.user, &img.user).filter(|u| !u.is_empty()),
+        exposed_ports: exposed.filter(|p| !p.is_empty()),
+        tty: cfg.tty,
+        open_stdin: cfg.open_stdin,
+        stdin_once: cfg.stdin_once,
+        env: env.filter(|e| !e.is_empty()),
+        cmd: unless_same(cfg.cmd, &img.cmd),
+        healthcheck: unless_same(cfg.healthcheck, &img.healthcheck),
+        image: None,
+        volumes: unless_same(cfg.volumes, &img.volumes),
+        working_dir: unless_same(cfg.working_dir, &img.working_dir).filter(|w| !w.is_empty()),
+        entrypoint: unless_same(cfg.entrypoint, &img.entrypoint),
+        labels: labels.filter(|l| !l.is_empty()),
+        stop_signal: unless_same(cfg.stop_signal, &img.stop_signal),
+        stop_timeout: cfg.stop_timeout,
+        host_config: Some(host_config),
+        networking_config,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inspect of a container created by `docker run -e APP_SETTING=kept --label team=web
+    /// --network shop-net --network-alias web -p 127.0.0.1:8081:8080 --restart unless-stopped`,
+    /// as Docker 20.10 returns it, with the image's own ENV and labels merged in.
+    fn fixture() -> (ContainerInspectResponse, ImageInspect) {
+        let c: ContainerInspectResponse = serde_json::from_value(serde_json::json!({
+            "Id": "0123456789abcdef0123",
+            "Name": "/shop-web-1",
+            "Image": "sha256:old",
+            "State": { "Running": true },
+            "Config": {
+                "Image": "registry.local/demo:v1",
+                "Env": ["APP_SETTING=kept", "DEMO_VERSION=v1", "PATH=/usr/bin"],
+                "Labels": { "team": "web", "org.opencontainers.image.version": "v1" },
+                "Cmd": null,
+                "Entrypoint": ["/capstan-demo"],
+                "ExposedPorts": { "8080/tcp": {} },
+                "StopSignal": "SIGTERM"
+            },
+            "HostConfig": {
+                "NetworkMode": "shop-net",
+                "RestartPolicy": { "Name": "unless-stopped", "MaximumRetryCount": 0 },
+                "PortBindings": { "8080/tcp": [ { "HostIp": "127.0.0.1", "HostPort": "8081" } ] },
+                "Binds": ["/srv/data:/data"]
+            },
+            "NetworkSettings": {
+                "Ports": { "8080/tcp": [ { "HostIp": "127.0.0.1", "HostPort": "8081" } ] },
+                "Networks": { "shop-net": { "Aliases": ["web", "0123456789ab"], "IPAddress": "172.18.0.2" } }
+            }
+        }))
+        .unwrap();
+        let i: ImageInspect = serde_json::from_value(serde_json::json!({
+            "Id": "sha256:old",
+            "Config": {
+                "Env": ["DEMO_VERSION=v1", "PATH=/usr/bin"],
+                "Labels": { "org.opencontainers.image.version": "v1" },
+                "Entrypoint": ["/capstan-demo"],
+                "ExposedPorts": { "8080/tcp": {} },
+                "StopSignal": "SIGTERM"
+            }
+        }))
+        .unwrap();
+        (c, i)
+    }
+
+    #[test]
+    fn keeps_what_the_user_set_and_leaves_image_defaults_to_the_new_image() {
+        let (c, i) = fixture();
+        let spec = spec_from_inspect(&c, Some(&i)).0;
+        assert_eq!(spec.env, Some(vec!["APP_SETTING=kept".to_string()]));
+        assert_eq!(spec.labels.unwrap(), HashMap::from([("team".to_string(), "web".to_string())]));
+        assert_eq!(spec.entrypoint, None, "the new image's entrypoint applies");
+        assert_eq!(spec.stop_signal, None);
+        assert_eq!(spec.image, None);
+        let hc = spec.host_config.unwrap();
+        assert_eq!(hc.binds, Some(vec!["/srv/data:/data".to_string()]));
+        assert_eq!(hc.restart_policy.unwrap().name.map(|n| n.to_string()), Some("unless-stopped".into()));
+        assert!(hc.port_bindings.unwrap().contains_key("8080/tcp"));
+        let eps = spec.networking_config.unwrap().endpoints_config.unwrap();
+        assert_eq!(eps["shop-net"].aliases, Some(vec!["web".to_string()]), "the old short ID is not an alias of the new container");
+    }
+
+    #[test]
+    fn without_the_image_everything_is_kept() {
+        let (c, _) = fixture();
+        let spec = spec_from_inspect(&c, None).0;
+        assert_eq!(spec.env.unwrap().len(), 3);
+        assert_eq!(spec.entrypoint, Some(vec!["/capstan-demo".to_string()]));
+    }
+
+    #[test]
+    fn reads_ports_addresses_and_state() {
+        let (c, i) = fixture();
+        let info = container_info(&c, Some(&i));
+        assert_eq!(info.name, "shop-web-1");
+        assert_eq!(info.host_port_for(8080), Some(8081));
+        assert_eq!(info.addresses, vec!["172.18.0.2"]);
+        assert!(info.running);
+        assert_eq!(info.docker_health, None);
+        assert_eq!(info.image_ref, "registry.local/demo:v1");
+    }
+
+    #[test]
+    fn registry_auth_is_reencoded_url_safe() {
+        // {"password":"p>?~"} encodes with '+' and '/' in the standard alphabet.
+        let std = base64::engine::general_purpose::STANDARD.encode(br#"{"password":"p>?~>>?"}"#);
+        assert!(std.contains('+') || std.contains('/'), "{std}");
+        let fixed = to_urlsafe(&std).unwrap();
+        assert!(!fixed.contains('+') && !fixed.contains('/'));
+        assert_eq!(base64::engine::general_purpose::URL_SAFE.decode(fixed).unwrap(), br#"{"password":"p>?~>>?"}"#);
+    }
+}

@@ -1,0 +1,37 @@
+//! Every environment variable capstan reads, declared once.
+
+/// The config file when `--config` is not given.
+pub const CAPSTAN_CONFIG: &str = "CAPSTAN_CONFIG";
+/// The ref of the triggering event (`refs/tags/v1.4.2`): the version to deploy when `--version` is not given.
+pub const GITHUB_REF: &str = "GITHUB_REF";
+/// Who triggered the run, recorded in the host's deployment log.
+pub const GITHUB_ACTOR: &str = "GITHUB_ACTOR";
+/// With `GITHUB_REPOSITORY` and `GITHUB_RUN_ID`: the run's URL, recorded in the lock and the log.
+pub const GITHUB_SERVER_URL: &str = "GITHUB_SERVER_URL";
+pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
+pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";
+/// Diagnostics filter for `tracing` (`-v` sets `debug`).
+pub const CAPSTAN_LOG: &str = "CAPSTAN_LOG";
+
+pub fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The URL of the GitHub Actions run, when running in one.
+pub fn run_url() -> Option<String> {
+    Some(format!("{}/{}/actions/runs/{}", var(GITHUB_SERVER_URL)?, var(GITHUB_REPOSITORY)?, var(GITHUB_RUN_ID)?))
+}
+
+/// Who is deploying: the GitHub actor, else the local user and machine.
+pub fn actor() -> String {
+    if let Some(a) = var(GITHUB_ACTOR) {
+        return a;
+    }
+    let user = var("USER").or_else(|| var("LOGNAME")).unwrap_or_else(|| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}

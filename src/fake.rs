@@ -1,0 +1,269 @@
+//! An in-memory host for the executor's tests: a fake Docker engine that keeps
+//! containers and images like the real one, a shell that runs the real host
+//! scripts locally in a temp dir, and a probe that answers from the fake
+//! containers' state. Failures can be injected per operation.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::host::*;
+
+#[derive(Clone, Debug)]
+pub struct FakeContainer {
+    pub id: String,
+    pub image: String,
+    pub running: bool,
+    pub spec: ContainerSpec,
+    pub host_port: u16,
+    pub address: String,
+    pub rx: u64,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub containers: HashMap<String, FakeContainer>,
+    /// Images present on the host, by reference.
+    pub images: HashSet<String>,
+    /// Images in the registry.
+    pub registry: HashMap<String, String>,
+    /// Operations that fail once: "pull", "rename", "stop", "create", "start", "remove", "rx", "reload", "tag".
+    pub fail: HashSet<String>,
+    /// Images whose containers never turn healthy, or exit right after their health gate.
+    pub broken: HashSet<String>,
+    pub crash_after_healthy: HashSet<String>,
+    pub log: Vec<String>,
+    next_id: u64,
+    healthy_probes: HashMap<String, u32>,
+}
+
+pub struct FakeHost {
+    pub state: Mutex<State>,
+    pub dir: tempfile::TempDir,
+}
+
+impl FakeHost {
+    pub fn new() -> Arc<Self> {
+        Arc::new(FakeHost { state: Mutex::new(State::default()), dir: tempfile::tempdir().unwrap() })
+    }
+
+    pub fn host(self: &Arc<Self>) -> Host {
+        Host { name: "fake".into(), engine: self.clone(), shell: self.clone(), probe: self.clone() }
+    }
+
+    pub fn add_container(&self, name: &str, image: &str, host_port: u16) {
+        let mut s = self.state.lock().unwrap();
+        s.next_id += 1;
+        let id = format!("{:012x}", s.next_id);
+        let address = format!("10.0.0.{}", s.next_id);
+        s.images.insert(image.into());
+        let mut spec = ContainerSpec::default();
+        spec.0.env = Some(vec!["APP_SETTING=kept".into()]);
+        s.containers.insert(name.into(), FakeContainer { id, image: image.into(), running: true, spec, host_port, address, rx: 0 });
+    }
+
+    pub fn fail(&self, op: &str) {
+        self.state.lock().unwrap().fail.insert(op.into());
+    }
+
+    pub fn image_of(&self, name: &str) -> Option<String> {
+        self.state.lock().unwrap().containers.get(name).map(|c| c.image.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.state.lock().unwrap().containers.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    fn check(&self, op: &str, s: &mut State, what: &str) -> Result<(), EngineError> {
+        s.log.push(format!("{op} {what}"));
+        // An injected failure strikes once: the undo that follows meets a working engine.
+        if s.fail.remove(op) {
+            return Err(EngineError::Other(format!("injected failure: {op} {what}")));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Engine for FakeHost {
+    async fn version(&self) -> Result<String, EngineError> {
+        Ok("fake".into())
+    }
+
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
+        let mut s = self.state.lock().unwrap();
+        let crash = s.crash_after_healthy.clone();
+        let Some(c) = s.containers.get_mut(name) else { return Ok(None) };
+        // A container of a "crash after healthy" image dies once it has been probed healthy a few times.
+        if crash.contains(&c.image) && c.rx > 0 {
+            c.running = false;
+        }
+        let c = c.clone();
+        Ok(Some(ContainerInfo {
+            id: c.id.clone(),
+            name: name.into(),
+            image_id: format!("id:{}", c.image),
+            image_ref: c.image.clone(),
+            running: c.running,
+            docker_health: None,
+            ports: vec![PublishedPort { container_port: 8080, host_ip: "127.0.0.1".into(), host_port: c.host_port }],
+            addresses: vec![c.address.clone()],
+            compose_project: None,
+            spec: c.spec.clone(),
+        }))
+    }
+
+    async fn container_names(&self) -> Result<Vec<String>, EngineError> {
+        Ok(self.names())
+    }
+
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
+        let s = self.state.lock().unwrap();
+        let r = reference.strip_prefix("id:").unwrap_or(reference);
+        Ok(s.images.contains(r).then(|| ImageInfo { id: format!("id:{r}"), repo_digests: vec![r.to_string()], repo_tags: vec![] }))
+    }
+
+    async fn registry_digest(&self, reference: &str, _c: Option<&Credentials>) -> Result<String, EngineError> {
+        let s = self.state.lock().unwrap();
+        s.registry.get(reference).cloned().ok_or_else(|| EngineError::NotFound(format!("{reference}: manifest unknown")))
+    }
+
+    async fn pull(&self, reference: &str, _c: Option<&Credentials>) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("pull", &mut s, reference)?;
+        s.images.insert(reference.into());
+        Ok(())
+    }
+
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("tag", &mut s, &format!("{image} {repo}:{tag}"))
+    }
+
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("rename", &mut s, &format!("{name} {new_name}"))?;
+        if s.containers.contains_key(new_name) {
+            return Err(EngineError::Other(format!("name {new_name} in use")));
+        }
+        let c = s.containers.remove(name).ok_or_else(|| EngineError::Other(format!("no container {name}")))?;
+        s.containers.insert(new_name.into(), c);
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("stop", &mut s, name)?;
+        s.containers.get_mut(name).ok_or_else(|| EngineError::Other(format!("no container {name}")))?.running = false;
+        Ok(())
+    }
+
+    async fn start(&self, name: &str) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("start", &mut s, name)?;
+        // Published ports must be free: two running containers cannot share one.
+        let port = s.containers.get(name).map(|c| c.host_port).ok_or_else(|| EngineError::Other(format!("no container {name}")))?;
+        if s.containers.iter().any(|(n, c)| n != name && c.running && c.host_port == port) {
+            return Err(EngineError::Other(format!("port {port} is already allocated")));
+        }
+        s.containers.get_mut(name).unwrap().running = true;
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("remove", &mut s, name)?;
+        s.containers.remove(name);
+        Ok(())
+    }
+
+    async fn create(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String, EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("create", &mut s, &format!("{name} {image}"))?;
+        if s.containers.contains_key(name) {
+            return Err(EngineError::Other(format!("name {name} in use")));
+        }
+        if !s.images.contains(image) {
+            return Err(EngineError::NotFound(format!("no such image {image}")));
+        }
+        // The fake keeps the published port as part of the spec: the old one's.
+        let port = s.containers.get(&format!("{name}.capstan-old")).map(|c| c.host_port).unwrap_or(9999);
+        s.next_id += 1;
+        let id = format!("{:012x}", s.next_id);
+        let address = format!("10.0.0.{}", s.next_id);
+        s.containers.insert(name.into(), FakeContainer { id: id.clone(), image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
+        Ok(id)
+    }
+
+    async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("rx", &mut s, name)?;
+        s.containers.get(name).map(|c| c.rx).ok_or_else(|| EngineError::Other(format!("no container {name}")))
+    }
+}
+
+#[async_trait]
+impl Shell for FakeHost {
+    /// Runs the command for real, locally: the state and drain scripts are exercised as written.
+    async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
+        if argv.len() >= 3 && argv[0] == "sh" && argv[2].contains("reload") && self.state.lock().unwrap().fail.remove("reload") {
+            return Ok(CmdOutput { status: 1, stdout: String::new(), stderr: "injected reload failure".into() });
+        }
+        self.state.lock().unwrap().log.push(format!("run {}", argv.first().unwrap_or(&"")));
+        let mut cmd = tokio::process::Command::new(argv[0]);
+        cmd.args(&argv[1..]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| ShellError(e.to_string()))?;
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut w = child.stdin.take().unwrap();
+            if let Some(data) = stdin {
+                w.write_all(data).await.map_err(|e| ShellError(e.to_string()))?;
+            }
+        }
+        let out = child.wait_with_output().await.map_err(|e| ShellError(e.to_string()))?;
+        Ok(CmdOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        })
+    }
+}
+
+#[async_trait]
+impl Probe for FakeHost {
+    /// A container address answers by its image's health; anything else is the
+    /// load balancer, which spreads requests over the running containers whose
+    /// `server` line is not `down` in the upstream file.
+    async fn http_get(&self, addr: &str, _port: u16, _path: &str, _t: Duration) -> Result<HttpAnswer, String> {
+        let upstream = std::fs::read_to_string(self.dir.path().join("upstream.conf")).unwrap_or_default();
+        let mut s = self.state.lock().unwrap();
+        let broken = s.broken.clone();
+        if let Some((name, c)) = s.containers.iter().find(|(_, c)| c.address == addr).map(|(n, c)| (n.clone(), c.clone())) {
+            if !c.running {
+                return Err("connection refused".into());
+            }
+            if broken.contains(&c.image) {
+                return Ok(HttpAnswer { status: 500 });
+            }
+            *s.healthy_probes.entry(name).or_default() += 1;
+            return Ok(HttpAnswer { status: 200 });
+        }
+        let up: Vec<String> = s
+            .containers
+            .iter()
+            .filter(|(_, c)| c.running && !upstream.contains(&format!(":{} down;", c.host_port)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if up.is_empty() {
+            return Ok(HttpAnswer { status: 502 });
+        }
+        for n in up {
+            s.containers.get_mut(&n).unwrap().rx += 300;
+        }
+        Ok(HttpAnswer { status: 200 })
+    }
+}

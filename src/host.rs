@@ -1,0 +1,147 @@
+//! The effects a rollout needs from one host, behind three narrow traits:
+//! [`Engine`] (the host's Docker engine), [`Shell`] (a few quoted commands) and
+//! [`Probe`] (HTTP as seen from the host). The real implementations are
+//! `docker::DockerEngine` and `ssh::SshHost`; `fake::FakeHost` implements all
+//! three in memory for the executor's tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Secret;
+
+/// Registry credentials handed to the host's engine for pulls.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub server: String,
+    pub username: String,
+    pub password: Secret,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerHealth {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// How to create a container again: everything the user set on the old one
+/// (env, ports, volumes, networks and aliases, labels, restart policy,
+/// healthcheck, command), minus the image. Built by `docker::spec_from_inspect`.
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec(pub bollard::models::ContainerCreateBody);
+
+#[derive(Clone, Debug)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    /// The image ID (`sha256:…` of the image config).
+    pub image_id: String,
+    /// What the container was created from (`Config.Image`): a tag, a digest reference or an ID.
+    pub image_ref: String,
+    pub running: bool,
+    /// `None` when the container has no Docker HEALTHCHECK.
+    pub docker_health: Option<DockerHealth>,
+    pub ports: Vec<PublishedPort>,
+    /// The container's addresses on its networks, reachable from the host.
+    pub addresses: Vec<String>,
+    pub compose_project: Option<String>,
+    pub spec: ContainerSpec,
+}
+
+impl ContainerInfo {
+    pub fn host_port_for(&self, container_port: u16) -> Option<u16> {
+        self.ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    pub repo_digests: Vec<String>,
+    pub repo_tags: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum EngineError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[async_trait]
+pub trait Engine: Send + Sync {
+    async fn version(&self) -> Result<String, EngineError>;
+    async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError>;
+    /// Names of all containers, running or not.
+    async fn container_names(&self) -> Result<Vec<String>, EngineError>;
+    async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError>;
+    /// Asks the registry (through the engine) which manifest digest a tag points to, without pulling.
+    async fn registry_digest(&self, reference: &str, creds: Option<&Credentials>) -> Result<String, EngineError>;
+    async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), EngineError>;
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError>;
+    async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError>;
+    /// Stops with the container's own stop signal and timeout.
+    async fn stop(&self, name: &str) -> Result<(), EngineError>;
+    async fn start(&self, name: &str) -> Result<(), EngineError>;
+    async fn remove(&self, name: &str) -> Result<(), EngineError>;
+    async fn create(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String, EngineError>;
+    /// Bytes received on all of the container's interfaces.
+    async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CmdOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    pub fn ok(&self) -> bool {
+        self.status == 0
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+#[error("{0}")]
+pub struct ShellError(pub String);
+
+/// Runs a program on the host. Every element of `argv` is quoted for the
+/// remote shell by the implementation: callers never build shell strings.
+#[async_trait]
+pub trait Shell: Send + Sync {
+    async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError>;
+}
+
+/// An HTTP answer as seen from the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpAnswer {
+    pub status: u16,
+}
+
+#[async_trait]
+pub trait Probe: Send + Sync {
+    /// `GET http://{addr}:{port}{path}`, connecting from the host.
+    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String>;
+}
+
+/// One connected host: its name as configured and its three effect handles.
+#[derive(Clone)]
+pub struct Host {
+    pub name: String,
+    pub engine: Arc<dyn Engine>,
+    pub shell: Arc<dyn Shell>,
+    pub probe: Arc<dyn Probe>,
+}

@@ -1,0 +1,178 @@
+//! capstan: zero-downtime rolling deploys of Docker services over SSH.
+//! See ARCHITECTURE.md for the map.
+
+mod cli;
+mod commands;
+mod config;
+mod docker;
+mod drain;
+mod env;
+mod error;
+mod events;
+#[cfg(test)]
+mod fake;
+mod host;
+mod names;
+mod plan;
+mod printer;
+mod release;
+mod report;
+mod rollout;
+mod ssh;
+mod state;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, LockAction};
+use crate::commands::{Connector, Ctx, SshConnector, Want};
+use crate::error::{exit, Error};
+use crate::events::{Fanout, Sink};
+use crate::printer::{Printer, Verbosity};
+use crate::report::{Collector, Report};
+
+fn main() {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime");
+    let code = runtime.block_on(run(cli));
+    std::process::exit(code);
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "capstan=debug",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::CAPSTAN_LOG).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
+        .clone()
+        .or_else(|| env::var(env::CAPSTAN_CONFIG).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_FILE))
+}
+
+/// Writes the JSON document on stdout (the only thing capstan writes there).
+fn print_json<T: serde::Serialize>(value: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+async fn run(cli: Cli) -> i32 {
+    let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }));
+    let command_name = match &cli.command {
+        Command::Deploy(_) => "deploy",
+        Command::Rollback(_) => "rollback",
+        Command::Check(_) => "check",
+        Command::Status(_) => "status",
+        Command::History(_) => "history",
+        Command::Lock { .. } => "lock",
+    };
+    let failed_report = |app: &str, e: &Error| Report {
+        app: app.to_string(),
+        command: command_name.into(),
+        version: None,
+        outcome: "failed".into(),
+        duration_ms: 0,
+        hosts: vec![],
+        plan: None,
+        error: Some(e.to_string()),
+    };
+    let config = match config::load(&config_path(&cli)) {
+        Ok(c) => c,
+        Err(e) => {
+            let e = Error::from(e);
+            if cli.json {
+                print_json(&failed_report("", &e));
+            }
+            printer.always(&e.render());
+            return e.exit_code();
+        }
+    };
+    let collector = Arc::new(Collector::default());
+    let sink = Fanout(vec![printer.clone() as Arc<dyn Sink>, collector.clone() as Arc<dyn Sink>]);
+    let connector = SshConnector::new();
+    let ctx = Ctx { config: &config, events: &sink, connector: &connector };
+    let result = dispatch(&ctx, &cli, &printer, &collector).await;
+    connector.close().await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if cli.json {
+                print_json(&failed_report(&config.app, &e));
+            }
+            printer.always(&e.render());
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Collector) -> Result<i32, Error> {
+    let finish = |out: commands::RunOutput| -> i32 {
+        if cli.json {
+            print_json(&out.report);
+        }
+        match out.error {
+            None => exit::OK,
+            Some(e) => {
+                printer.always(&e.render());
+                e.exit_code()
+            }
+        }
+    };
+    match &cli.command {
+        Command::Deploy(a) => {
+            let version = release::version(a.version.as_deref(), env::var(env::GITHUB_REF).as_deref()).map_err(Error::input)?;
+            if !a.skip_build && ctx.config.services.iter().any(|s| s.build.is_some()) {
+                printer.line("note: building images arrives with `capstan build`; deploying images already in the registry");
+            }
+            Ok(finish(commands::roll(ctx, Want::Deploy { version }, &a.targets, a.dry_run, collector).await?))
+        }
+        Command::Rollback(a) => {
+            let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
+            Ok(finish(commands::roll(ctx, Want::Rollback { to }, &a.targets, a.dry_run, collector).await?))
+        }
+        Command::Check(a) => {
+            let version = release::version(a.version.as_deref(), env::var(env::GITHUB_REF).as_deref()).map_err(Error::input)?;
+            let mut out = commands::roll(ctx, Want::Deploy { version }, &a.targets, true, collector).await?;
+            out.report.command = "check".into();
+            Ok(finish(out))
+        }
+        Command::Status(t) => {
+            let s = commands::status(ctx, t).await?;
+            if cli.json {
+                print_json(&s);
+            }
+            printer.always(commands::render_status(&s).trim_end());
+            Ok(exit::OK)
+        }
+        Command::History(a) => {
+            let h = commands::history(ctx, &a.targets, a.limit).await?;
+            if cli.json {
+                print_json(&h);
+            }
+            printer.always(commands::render_history(&h).trim_end());
+            Ok(exit::OK)
+        }
+        Command::Lock { action } => {
+            let (targets, release) = match action {
+                LockAction::Status(t) => (t, None),
+                LockAction::Release { force, targets } => (targets, Some(*force)),
+            };
+            let r = commands::lock(ctx, targets, release).await?;
+            if cli.json {
+                print_json(&r);
+            }
+            printer.always(commands::render_lock(&r).trim_end());
+            Ok(exit::OK)
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The plan: for each host, service and instance, which image it runs now and
+//! which it will run. Pure: computed from the config, what was observed on the
+//! host and the resolved targets. `check`, `deploy --dry-run`, `deploy` and
+//! `rollback` all go through it.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::config::Service;
+use crate::host::{ContainerInfo, ImageInfo};
+use crate::release;
+
+/// What was seen on one host before anything changed.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Per instance name: the container and its image, `None` when absent.
+    pub containers: HashMap<String, (ContainerInfo, Option<ImageInfo>)>,
+    /// Names of every container on the host (to spot leftovers of an interrupted run).
+    pub all_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Plan {
+    pub hosts: Vec<HostPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostPlan {
+    pub host: String,
+    pub services: Vec<ServicePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ServicePlan {
+    pub service: String,
+    pub instances: Vec<InstancePlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InstancePlan {
+    pub name: String,
+    pub from_image: String,
+    pub to_image: String,
+    /// False when the instance already runs the target image.
+    pub replace: bool,
+}
+
+impl Plan {
+    pub fn changes(&self) -> usize {
+        self.hosts.iter().flat_map(|h| &h.services).flat_map(|s| &s.instances).filter(|i| i.replace).count()
+    }
+}
+
+/// The suffix of the kept old container while its successor proves itself.
+pub const OLD_SUFFIX: &str = ".capstan-old";
+
+/// Plans one host. `target(service, instance)` is the exact image reference
+/// (`repo@sha256:…` or an image ID) the instance must run.
+pub fn plan_host(
+    host: &str,
+    services: &[&Service],
+    observed: &Observed,
+    target: &dyn Fn(&str, &str) -> Option<String>,
+) -> Result<HostPlan, Vec<String>> {
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    for svc in services {
+        let mut instances = Vec::new();
+        for (i, name) in svc.instances.iter().enumerate() {
+            let leftover = format!("{name}{OLD_SUFFIX}");
+            if observed.all_names.contains(&leftover) {
+                problems.push(format!(
+                    "{host}: container {leftover} is left from an interrupted deploy; check which of {name} and {leftover} should run, then remove the other"
+                ));
+                continue;
+            }
+            let Some((c, image)) = observed.containers.get(name) else {
+                problems.push(format!(
+                    "{host}: container {name} (services.{}.instances[{i}]) does not exist; capstan replaces running containers, start it first (for example with docker compose up -d)",
+                    svc.name
+                ));
+                continue;
+            };
+            let Some(to) = target(&svc.name, name) else {
+                problems.push(format!("{host}: no image to run for {}/{name}", svc.name));
+                continue;
+            };
+            let digests = image.as_ref().map(|i| i.repo_digests.clone()).unwrap_or_default();
+            let from = release::best_reference(&svc.image, &digests, &c.image_id);
+            let runs_target = to == c.image_id || digests.contains(&to);
+            instances.push(InstancePlan { name: name.clone(), from_image: from, to_image: to, replace: !runs_target });
+        }
+        out.push(ServicePlan { service: svc.name.clone(), instances });
+    }
+    if problems.is_empty() {
+        Ok(HostPlan { host: host.to_string(), services: out })
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::host::ContainerSpec;
+    use std::path::Path;
+
+    fn service() -> Service {
+        let yaml = "app: shop\nhosts: [h]\nservices:\n  web:\n    image: r/demo\n    instances: [web-1, web-2]\n";
+        config::parse(Path::new("c.yml"), yaml).unwrap().services.remove(0)
+    }
+
+    fn container(name: &str, image_id: &str) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image_id: image_id.into(),
+            image_ref: "r/demo:v1".into(),
+            running: true,
+            docker_health: None,
+            ports: vec![],
+            addresses: vec![],
+            compose_project: None,
+            spec: ContainerSpec::default(),
+        }
+    }
+
+    fn observed(entries: &[(&str, &str, &[&str])]) -> Observed {
+        let mut o = Observed::default();
+        for (name, id, digests) in entries {
+            let img = ImageInfo { id: id.to_string(), repo_digests: digests.iter().map(|d| d.to_string()).collect(), repo_tags: vec![] };
+            o.containers.insert(name.to_string(), (container(name, id), Some(img)));
+            o.all_names.push(name.to_string());
+        }
+        o
+    }
+
+    fn check(obs: &Observed, to: &str, want: Result<Vec<(&str, &str, bool)>, &str>) {
+        let svc = service();
+        let got = plan_host("h", &[&svc], obs, &|_, _| Some(to.to_string()));
+        match (want, got) {
+            (Ok(w), Ok(p)) => {
+                let g: Vec<_> = p.services[0].instances.iter().map(|i| (i.name.as_str(), i.from_image.as_str(), i.replace)).collect();
+                assert_eq!(g, w);
+            }
+            (Err(w), Err(e)) => assert!(e.iter().any(|m| m.contains(w)), "{e:?}"),
+            (w, g) => panic!("want {w:?}, got {g:?}"),
+        }
+    }
+
+    #[test]
+    fn plans() {
+        let v1 = ["r/demo@sha256:v1"];
+        check(
+            &observed(&[("web-1", "sha256:i1", &v1), ("web-2", "sha256:i1", &v1)]),
+            "r/demo@sha256:v2",
+            Ok(vec![("web-1", "r/demo@sha256:v1", true), ("web-2", "r/demo@sha256:v1", true)]),
+        );
+        // Already on the target: unchanged (by digest or by image ID).
+        check(
+            &observed(&[("web-1", "sha256:i2", &["r/demo@sha256:v2"]), ("web-2", "sha256:i1", &v1)]),
+            "r/demo@sha256:v2",
+            Ok(vec![("web-1", "r/demo@sha256:v2", false), ("web-2", "r/demo@sha256:v1", true)]),
+        );
+        check(&observed(&[("web-1", "sha256:i1", &[]), ("web-2", "sha256:i1", &[])]), "sha256:i1", Ok(vec![("web-1", "sha256:i1", false), ("web-2", "sha256:i1", false)]));
+        // A missing container is refused, naming the key.
+        check(&observed(&[("web-1", "sha256:i1", &v1)]), "r/demo@sha256:v2", Err("container web-2 (services.web.instances[1]) does not exist"));
+        // A leftover from an interrupted run is refused.
+        let mut o = observed(&[("web-1", "sha256:i1", &v1), ("web-2", "sha256:i1", &v1)]);
+        o.all_names.push("web-2.capstan-old".into());
+        check(&o, "r/demo@sha256:v2", Err("web-2.capstan-old is left from an interrupted deploy"));
+    }
+}

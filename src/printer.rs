@@ -1,0 +1,107 @@
+//! Human output, on stderr: progress lines with per-step timings, the plan,
+//! and summaries. Fed by rollout events; the only place that writes to the
+//! terminal besides `main` (which prints the final error and the JSON report).
+
+use std::io::Write;
+
+use crate::events::{Event, InstanceOutcome, Sink};
+use crate::plan::Plan;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Verbosity {
+    Quiet,
+    Normal,
+}
+
+pub struct Printer {
+    verbosity: Verbosity,
+}
+
+impl Printer {
+    pub fn new(verbosity: Verbosity) -> Self {
+        Printer { verbosity }
+    }
+
+    pub fn line(&self, text: &str) {
+        if self.verbosity == Verbosity::Normal {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        }
+    }
+
+    pub fn always(&self, text: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+    }
+
+    pub fn plan(&self, plan: &Plan) {
+        self.line(&render_plan(plan));
+    }
+}
+
+pub fn render_plan(plan: &Plan) -> String {
+    let mut out = String::from("plan:");
+    for h in &plan.hosts {
+        out.push_str(&format!("\n  {}", h.host));
+        for s in &h.services {
+            for i in &s.instances {
+                let what = if i.replace { format!("{} -> {}", short(&i.from_image), short(&i.to_image)) } else { format!("{} (unchanged)", short(&i.from_image)) };
+                out.push_str(&format!("\n    {}/{:<14} {}", s.service, i.name, what));
+            }
+        }
+    }
+    out.push_str(&format!("\n  {} instance(s) to replace", plan.changes()));
+    out
+}
+
+/// `repo@sha256:0123456789ab…` -> `repo@sha256:0123456789ab`.
+pub fn short(image: &str) -> String {
+    match image.split_once("sha256:") {
+        Some((head, hex)) => format!("{head}sha256:{}", &hex[..hex.len().min(12)]),
+        None => image.to_string(),
+    }
+}
+
+fn ms(d: u64) -> String {
+    if d >= 10_000 {
+        format!("{:.1}s", d as f64 / 1000.0)
+    } else {
+        format!("{d}ms")
+    }
+}
+
+impl Sink for Printer {
+    fn emit(&self, e: Event) {
+        match e {
+            Event::Info { host, message } => match host {
+                Some(h) => self.line(&format!("{h}: {message}")),
+                None => self.line(&message),
+            },
+            Event::Warn { host, message } => match host {
+                Some(h) => self.always(&format!("warning: {h}: {message}")),
+                None => self.always(&format!("warning: {message}")),
+            },
+            Event::Step(s) => {
+                let status = if s.ok { "ok" } else { "FAILED" };
+                let detail = if s.detail.is_empty() { String::new() } else { format!("  {}", s.detail) };
+                let text = format!("  {} {}/{:<14} {:<16} {:<6} {:>8}{detail}", s.host, s.service, s.instance, s.step, status, ms(s.duration_ms));
+                if s.ok {
+                    self.line(&text)
+                } else {
+                    self.always(&text)
+                }
+            }
+            Event::Instance { host, service, instance, from_image, to_image, outcome } => {
+                let text = match outcome {
+                    InstanceOutcome::Replaced => format!("  {host} {service}/{instance}: {} -> {}", short(&from_image), short(&to_image)),
+                    InstanceOutcome::Reverted => format!("  {host} {service}/{instance}: reverted to {}", short(&from_image)),
+                    InstanceOutcome::Unchanged => format!("  {host} {service}/{instance}: unchanged ({})", short(&from_image)),
+                    InstanceOutcome::Failed => format!("  {host} {service}/{instance}: FAILED, not restored; it needs attention"),
+                };
+                if outcome == InstanceOutcome::Failed {
+                    self.always(&text)
+                } else {
+                    self.line(&text)
+                }
+            }
+        }
+    }
+}

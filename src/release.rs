@@ -1,0 +1,215 @@
+//! Which release to run: the version asked for, the image references it
+//! becomes, and for a rollback the exact digests recorded for an earlier
+//! release. Pure.
+
+use std::collections::HashMap;
+
+use crate::names;
+use crate::state::Record;
+
+/// The version to deploy: `--version`, else the tag of `GITHUB_REF` (`refs/tags/v1.4.2`).
+pub fn version(cli: Option<&str>, github_ref: Option<&str>) -> Result<String, String> {
+    let v = match (cli, github_ref.and_then(|r| r.strip_prefix("refs/tags/"))) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(tag)) => tag.to_string(),
+        (None, None) => {
+            return Err("no version to deploy: pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/…)".into())
+        }
+    };
+    names::check_tag(&v).map_err(|e| format!("version {v:?} cannot be an image tag: {e}"))?;
+    Ok(v)
+}
+
+pub fn tag_ref(repo: &str, tag: &str) -> String {
+    format!("{repo}:{tag}")
+}
+
+pub fn digest_ref(repo: &str, digest: &str) -> String {
+    format!("{repo}@{digest}")
+}
+
+/// The repository part of `repo:tag` or `repo@sha256:…`.
+pub fn repo_of(reference: &str) -> &str {
+    let no_digest = reference.split('@').next().unwrap_or(reference);
+    match no_digest.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => no_digest,
+    }
+}
+
+/// The tag of `repo:tag`, if it has one (not a digest reference).
+pub fn tag_of(reference: &str) -> Option<&str> {
+    if reference.contains('@') {
+        return None;
+    }
+    match reference.rsplit_once(':') {
+        Some((_, tag)) if !tag.contains('/') => Some(tag),
+        _ => None,
+    }
+}
+
+/// The image reference that names an image for the record: its digest
+/// reference in the service's repository when it has one, else its ID.
+pub fn best_reference(repo: &str, repo_digests: &[String], image_id: &str) -> String {
+    repo_digests
+        .iter()
+        .find(|d| repo_of(d) == repo)
+        .or_else(|| repo_digests.first())
+        .cloned()
+        .unwrap_or_else(|| image_id.to_string())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RollbackTo {
+    Previous,
+    Version(String),
+}
+
+impl RollbackTo {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "previous" {
+            return Ok(RollbackTo::Previous);
+        }
+        names::check_tag(s).map_err(|e| format!("--to {s:?} is neither `previous` nor a version: {e}"))?;
+        Ok(RollbackTo::Version(s.to_string()))
+    }
+}
+
+/// What a rollback runs on one host: per (service, instance), an exact image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RollbackTarget {
+    /// The version name, when the log knows it.
+    pub version: Option<String>,
+    pub images: HashMap<(String, String), String>,
+}
+
+fn succeeded(r: &Record) -> bool {
+    r.outcome == "succeeded"
+}
+
+/// Finds in a host's log what to roll back to. `None` for a version means the
+/// log does not know it (the caller may then resolve the tag in the registry).
+pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<RollbackTarget>, String> {
+    let ok: Vec<&Record> = records.iter().filter(|r| succeeded(r)).collect();
+    match to {
+        RollbackTo::Previous => {
+            let Some(current) = ok.last() else {
+                return Err("the deployment log has no successful deploy to go back from".into());
+            };
+            let images: HashMap<_, _> = current
+                .instances
+                .iter()
+                .map(|i| ((i.service.clone(), i.name.clone()), i.from_image.clone()))
+                .collect();
+            // Name it after the newest earlier release that ran exactly these images.
+            let version = ok[..ok.len() - 1]
+                .iter()
+                .rev()
+                .find(|r| r.instances.iter().all(|i| images.get(&(i.service.clone(), i.name.clone())) == Some(&i.to_image)))
+                .and_then(|r| r.version.clone());
+            Ok(Some(RollbackTarget { version, images }))
+        }
+        RollbackTo::Version(v) => {
+            let Some(r) = ok.iter().rev().find(|r| r.version.as_deref() == Some(v)) else {
+                return Ok(None);
+            };
+            let images =
+                r.instances.iter().map(|i| ((i.service.clone(), i.name.clone()), i.to_image.clone())).collect();
+            Ok(Some(RollbackTarget { version: Some(v.clone()), images }))
+        }
+    }
+}
+
+/// The version a digest ran as, according to the log.
+pub fn version_of_image(records: &[Record], image: &str) -> Option<String> {
+    records
+        .iter()
+        .rev()
+        .filter(|r| succeeded(r))
+        .find(|r| r.instances.iter().any(|i| i.to_image == image))
+        .and_then(|r| r.version.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::RecordInstance;
+
+    #[test]
+    fn versions() {
+        let cases: &[(Option<&str>, Option<&str>, Result<&str, &str>)] = &[
+            (Some("v1.4.2"), None, Ok("v1.4.2")),
+            (Some("v2"), Some("refs/tags/v1"), Ok("v2")),
+            (None, Some("refs/tags/v1.4.2"), Ok("v1.4.2")),
+            (None, Some("refs/heads/main"), Err("no version to deploy")),
+            (None, None, Err("no version to deploy")),
+            (Some("v1;rm -rf /"), None, Err("cannot be an image tag")),
+            (Some("-v1"), None, Err("cannot be an image tag")),
+        ];
+        for (cli, gref, want) in cases {
+            let got = version(*cli, *gref);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{g}"),
+                _ => panic!("{cli:?} {gref:?}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(repo_of("127.0.0.1:5000/demo:v1"), "127.0.0.1:5000/demo");
+        assert_eq!(repo_of("127.0.0.1:5000/demo@sha256:ab"), "127.0.0.1:5000/demo");
+        assert_eq!(repo_of("127.0.0.1:5000/demo"), "127.0.0.1:5000/demo");
+        assert_eq!(repo_of("demo:latest"), "demo");
+        assert_eq!(tag_of("127.0.0.1:5000/demo:v1"), Some("v1"));
+        assert_eq!(tag_of("127.0.0.1:5000/demo"), None);
+        assert_eq!(tag_of("demo@sha256:ab"), None);
+        let digests = vec!["other/x@sha256:1".to_string(), "r/demo@sha256:2".to_string()];
+        assert_eq!(best_reference("r/demo", &digests, "sha256:id"), "r/demo@sha256:2");
+        assert_eq!(best_reference("r/demo", &[], "sha256:id"), "sha256:id");
+    }
+
+    fn rec(version: &str, outcome: &str, from: &str, to: &str) -> Record {
+        Record {
+            time: time::macros::datetime!(2026-11-22 10:00 UTC),
+            app: "shop".into(),
+            host: "h".into(),
+            command: "deploy".into(),
+            version: Some(version.into()),
+            outcome: outcome.into(),
+            actor: None,
+            run_url: None,
+            duration_ms: 1,
+            instances: ["web-1", "web-2"]
+                .iter()
+                .map(|n| RecordInstance {
+                    service: "web".into(),
+                    name: n.to_string(),
+                    from_image: from.into(),
+                    to_image: to.into(),
+                    outcome: "replaced".into(),
+                })
+                .collect(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn rollback_targets() {
+        let log = vec![rec("v2", "succeeded", "d1", "d2"), rec("v3", "succeeded", "d2", "d3"), rec("v4", "rolled_back", "d3", "d4")];
+        let prev = rollback_target(&log, &RollbackTo::Previous).unwrap().unwrap();
+        assert_eq!(prev.version.as_deref(), Some("v2"), "previous of v3 is v2, the failed v4 does not count");
+        assert_eq!(prev.images[&("web".to_string(), "web-1".to_string())], "d2");
+        let v2 = rollback_target(&log, &RollbackTo::Version("v2".into())).unwrap().unwrap();
+        assert_eq!(v2.images[&("web".to_string(), "web-2".to_string())], "d2");
+        assert_eq!(rollback_target(&log, &RollbackTo::Version("v1".into())).unwrap(), None, "v1 is only known as a from-image");
+        // The first deploy's previous is the image it replaced, whose version the log does not know.
+        let first = rollback_target(&log[..1], &RollbackTo::Previous).unwrap().unwrap();
+        assert_eq!((first.version, first.images[&("web".to_string(), "web-1".to_string())].as_str()), (None, "d1"));
+        assert!(rollback_target(&[], &RollbackTo::Previous).is_err());
+        assert_eq!(version_of_image(&log, "d3").as_deref(), Some("v3"));
+        assert_eq!(version_of_image(&log, "d4"), None, "a reverted release never ran as that version");
+        assert!(RollbackTo::parse("v1;id").is_err());
+    }
+}

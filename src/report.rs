@@ -1,0 +1,136 @@
+//! The report of one run (the `--json` document of DESIGN.md), assembled from
+//! rollout events by [`Collector`]. Rendering it is pure.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::plan::Plan;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub app: String,
+    pub command: String,
+    pub version: Option<String>,
+    pub outcome: String,
+    pub duration_ms: u64,
+    pub hosts: Vec<HostReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HostReport {
+    pub host: String,
+    pub instances: Vec<InstanceReport>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InstanceReport {
+    pub service: String,
+    pub name: String,
+    pub from_image: String,
+    pub to_image: String,
+    pub outcome: Option<InstanceOutcome>,
+    pub steps: Vec<StepEvent>,
+}
+
+/// Builds the per-host, per-instance part of the report from events.
+#[derive(Default)]
+pub struct Collector {
+    hosts: Mutex<Vec<HostReport>>,
+}
+
+impl Collector {
+    fn with_instance(&self, host: &str, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
+        let mut hosts = self.hosts.lock().unwrap();
+        let h = match hosts.iter().position(|h| h.host == host) {
+            Some(i) => &mut hosts[i],
+            None => {
+                hosts.push(HostReport { host: host.into(), instances: vec![] });
+                hosts.last_mut().unwrap()
+            }
+        };
+        let i = match h.instances.iter().position(|i| i.name == name && i.service == service) {
+            Some(i) => &mut h.instances[i],
+            None => {
+                h.instances.push(InstanceReport {
+                    service: service.into(),
+                    name: name.into(),
+                    from_image: String::new(),
+                    to_image: String::new(),
+                    outcome: None,
+                    steps: vec![],
+                });
+                h.instances.last_mut().unwrap()
+            }
+        };
+        f(i)
+    }
+
+    pub fn hosts(&self) -> Vec<HostReport> {
+        self.hosts.lock().unwrap().clone()
+    }
+}
+
+impl Sink for Collector {
+    fn emit(&self, e: Event) {
+        match e {
+            Event::Step(s) => {
+                let (h, sv, n) = (s.host.clone(), s.service.clone(), s.instance.clone());
+                self.with_instance(&h, &sv, &n, |i| i.steps.push(s));
+            }
+            Event::Instance { host, service, instance, from_image, to_image, outcome } => {
+                self.with_instance(&host, &service, &instance, |i| {
+                    i.from_image = from_image;
+                    i.to_image = to_image;
+                    i.outcome = Some(outcome);
+                });
+            }
+            Event::Info { .. } | Event::Warn { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_and_outcomes_land_under_their_instance() {
+        let c = Collector::default();
+        let step = |inst: &str, step: &str| {
+            Event::Step(StepEvent {
+                host: "h".into(),
+                service: "web".into(),
+                instance: inst.into(),
+                step: step.into(),
+                started_ms: 1,
+                duration_ms: 2,
+                ok: true,
+                detail: String::new(),
+            })
+        };
+        c.emit(step("web-1", "drain"));
+        c.emit(step("web-2", "drain"));
+        c.emit(step("web-1", "health"));
+        c.emit(Event::Instance {
+            host: "h".into(),
+            service: "web".into(),
+            instance: "web-1".into(),
+            from_image: "a".into(),
+            to_image: "b".into(),
+            outcome: InstanceOutcome::Replaced,
+        });
+        let hosts = c.hosts();
+        assert_eq!(hosts.len(), 1);
+        let names: Vec<_> = hosts[0].instances.iter().map(|i| (i.name.as_str(), i.steps.len())).collect();
+        assert_eq!(names, vec![("web-1", 2), ("web-2", 1)]);
+        let json = serde_json::to_value(&hosts[0].instances[0]).unwrap();
+        assert_eq!(json["outcome"], "replaced");
+        assert_eq!(json["steps"][0]["step"], "drain");
+        assert_eq!(json["steps"][0]["duration_ms"], 2);
+    }
+}

@@ -1,0 +1,712 @@
+//! The rolling update on one host: per service in config order, per instance
+//! in the listed order: pull, drain, stop (keep the old container), start the
+//! new one, health gate, undrain, traffic check, pause, remove the old one.
+//!
+//! Any failure undoes the instance in flight (the kept old container comes
+//! back) and then reverts every instance this run already replaced, in reverse
+//! order, through the same replace procedure and the same discipline.
+//! Drives only the [`Host`] traits, so tests run it against `fake::FakeHost`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use time::OffsetDateTime;
+
+use crate::config::{DrainMethod, Service};
+use crate::drain;
+use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::host::{ContainerSpec, Credentials, DockerHealth, Host};
+use crate::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
+use crate::release;
+use crate::state::{self, Lease};
+
+/// Bytes an instance must receive during the traffic check to count as reached.
+/// A single proxied HTTP request is several hundred bytes; ARP noise is 42.
+const MIN_TRAFFIC_BYTES: u64 = 100;
+
+pub struct Rollout<'a> {
+    pub host: &'a Host,
+    pub events: &'a dyn Sink,
+    pub creds: Option<&'a Credentials>,
+    /// The run's start, so that step times line up across hosts.
+    pub t0: Instant,
+    /// Our lease on the host's deploy lock, renewed after each instance.
+    pub lease: Option<LeaseKeeper>,
+}
+
+pub struct LeaseKeeper {
+    pub dir: String,
+    pub lease: tokio::sync::Mutex<Lease>,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostOutcome {
+    Succeeded,
+    RolledBack,
+    /// Something could not be put back: the host needs attention.
+    Failed,
+}
+
+impl HostOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HostOutcome::Succeeded => "succeeded",
+            HostOutcome::RolledBack => "rolled_back",
+            HostOutcome::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InstanceResult {
+    pub service: String,
+    pub plan: InstancePlan,
+    pub outcome: InstanceOutcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostResult {
+    pub outcome: HostOutcome,
+    pub instances: Vec<InstanceResult>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    restored: bool,
+}
+
+/// What a replace has done so far, so that an undo knows what to put back.
+#[derive(Default, Debug)]
+struct Progress {
+    drained: bool,
+    renamed: bool,
+    stopped: bool,
+    created: bool,
+}
+
+/// An instance this run replaced, and what it ran before.
+struct Done<'s> {
+    service: &'s Service,
+    name: String,
+    spec: ContainerSpec,
+    from_image: String,
+}
+
+type StepResult<T> = Result<(T, String), String>;
+
+impl<'a> Rollout<'a> {
+    pub async fn run(&self, plan: &HostPlan, services: &[&Service]) -> HostResult {
+        let mut done: Vec<Done> = Vec::new();
+        let mut results: Vec<InstanceResult> = Vec::new();
+        let mut failure: Option<(String, Failure)> = None;
+
+        'services: for sp in &plan.services {
+            let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
+            let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
+            if let Some(first) = to_replace.first() {
+                let images: BTreeSet<&str> = to_replace.iter().map(|i| i.to_image.as_str()).collect();
+                let pulled = self.step(&svc.name, &first.name, "pull", self.pull(&images)).await;
+                if let Err(message) = pulled {
+                    failure = Some((first.name.clone(), Failure { message, restored: true }));
+                    results.extend(sp.instances.iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                    break 'services;
+                }
+            }
+            for (idx, ip) in sp.instances.iter().enumerate() {
+                if !ip.replace {
+                    results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome: InstanceOutcome::Unchanged });
+                    continue;
+                }
+                let current = match self.host.engine.inspect_container(&ip.name).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        failure = Some((ip.name.clone(), Failure { message: format!("container {} disappeared", ip.name), restored: true }));
+                        results.extend(sp.instances[idx..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                        break 'services;
+                    }
+                    Err(e) => {
+                        failure = Some((ip.name.clone(), Failure { message: e.to_string(), restored: true }));
+                        results.extend(sp.instances[idx..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                        break 'services;
+                    }
+                };
+                match self.replace(svc, &ip.name, &current.spec, &ip.to_image, "").await {
+                    Ok(()) => {
+                        results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome: InstanceOutcome::Replaced });
+                        done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image: ip.from_image.clone() });
+                        self.renew_lease().await;
+                    }
+                    Err(f) => {
+                        let outcome = if f.restored { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
+                        results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome });
+                        results.extend(sp.instances[idx + 1..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                        failure = Some((ip.name.clone(), f));
+                        break 'services;
+                    }
+                }
+            }
+        }
+        // Services after a failing one were never reached.
+        for sp in &plan.services {
+            if !results.iter().any(|r| r.service == sp.service) {
+                results.extend(sp.instances.iter().map(|i| InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+            }
+        }
+
+        let Some((at, f)) = failure else {
+            self.emit_instances(&results);
+            return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None };
+        };
+        self.info(format!("{at} failed: {}; reverting {} replaced instance(s)", f.message, done.len()));
+        let mut all_restored = f.restored;
+        for d in done.iter().rev() {
+            let ok = match self.host.engine.inspect_container(&d.name).await {
+                Ok(Some(_)) => self.replace(d.service, &d.name, &d.spec, &d.from_image, "revert ").await.is_ok(),
+                _ => false,
+            };
+            let r = results.iter_mut().find(|r| r.plan.name == d.name && r.service == d.service.name).expect("done instances are in results");
+            r.outcome = if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
+            all_restored &= ok;
+        }
+        self.emit_instances(&results);
+        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        let error = if all_restored {
+            format!("{at}: {}; every replaced instance was reverted", f.message)
+        } else {
+            format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
+        };
+        HostResult { outcome, instances: results, error: Some(error) }
+    }
+
+    fn emit_instances(&self, results: &[InstanceResult]) {
+        for r in results {
+            self.events.emit(Event::Instance {
+                host: self.host.name.clone(),
+                service: r.service.clone(),
+                instance: r.plan.name.clone(),
+                from_image: r.plan.from_image.clone(),
+                to_image: r.plan.to_image.clone(),
+                outcome: r.outcome,
+            });
+        }
+    }
+
+    fn info(&self, message: String) {
+        self.events.emit(Event::Info { host: Some(self.host.name.clone()), message });
+    }
+
+    fn warn(&self, message: String) {
+        self.events.emit(Event::Warn { host: Some(self.host.name.clone()), message });
+    }
+
+    /// Runs one step, timing it and reporting it as an event.
+    async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, String> {
+        let start = Instant::now();
+        let r = fut.await;
+        self.events.emit(Event::Step(StepEvent {
+            host: self.host.name.clone(),
+            service: service.into(),
+            instance: instance.into(),
+            step: name.into(),
+            started_ms: start.duration_since(self.t0).as_millis() as u64,
+            duration_ms: start.elapsed().as_millis() as u64,
+            ok: r.is_ok(),
+            detail: match &r {
+                Ok((_, d)) => d.clone(),
+                Err(e) => e.clone(),
+            },
+        }));
+        r.map(|(t, _)| t)
+    }
+
+    async fn pull(&self, images: &BTreeSet<&str>) -> StepResult<()> {
+        let mut details = Vec::new();
+        for image in images {
+            if self.host.engine.inspect_image(image).await.map_err(|e| e.to_string())?.is_some() {
+                details.push(format!("{} present", crate::printer::short(image)));
+                continue;
+            }
+            self.host.engine.pull(image, self.creds).await.map_err(|e| e.to_string())?;
+            details.push(format!("pulled {}", crate::printer::short(image)));
+        }
+        Ok(((), details.join(", ")))
+    }
+
+    /// Replaces container `name` by a new one from `spec` running `to_image`.
+    /// On failure the old container is put back before returning.
+    async fn replace(&self, svc: &Service, name: &str, spec: &ContainerSpec, to_image: &str, prefix: &str) -> Result<(), Failure> {
+        let current = match self.host.engine.inspect_container(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(Failure { message: format!("container {name} does not exist"), restored: false }),
+            Err(e) => return Err(Failure { message: e.to_string(), restored: false }),
+        };
+        let port = svc.health.http.as_ref().map(|h| h.port);
+        let host_port = port.and_then(|p| current.host_port_for(p)).or_else(|| current.ports.first().map(|p| p.host_port));
+        let target = match (&svc.drain.method, host_port) {
+            (DrainMethod::None, _) => drain::Target { service: &svc.name, instance: name, host_port: host_port.unwrap_or(0) },
+            (_, Some(hp)) => drain::Target { service: &svc.name, instance: name, host_port: hp },
+            (_, None) => {
+                return Err(Failure {
+                    message: format!("{name} publishes no port, so capstan cannot find it in the load balancer"),
+                    restored: true,
+                })
+            }
+        };
+        let old = format!("{name}{OLD_SUFFIX}");
+        let compose = compose_reference(&current, spec);
+        let spec = match &compose {
+            Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
+            None => spec.clone(),
+        };
+        let mut p = Progress::default();
+        let forward = self.forward(svc, name, &spec, to_image, &target, &old, &mut p, prefix).await;
+        match forward {
+            Ok(()) => {
+                if let Some(r) = compose {
+                    self.point_tag(name, &r, to_image).await;
+                }
+                Ok(())
+            }
+            Err(message) => {
+                let restored = self.undo(svc, name, &old, &target, &p, prefix).await;
+                Err(Failure { message, restored })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        svc: &Service,
+        name: &str,
+        spec: &ContainerSpec,
+        to_image: &str,
+        target: &drain::Target<'_>,
+        old: &str,
+        p: &mut Progress,
+        prefix: &str,
+    ) -> Result<(), String> {
+        let s = &svc.name;
+        let engine = &self.host.engine;
+        let step = |n: &str| format!("{prefix}{n}");
+        if svc.drain.method != DrainMethod::None {
+            self.step(s, name, &step("drain"), async {
+                let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                p.drained = true;
+                tokio::time::sleep(svc.drain.wait).await;
+                Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
+            })
+            .await?;
+        }
+        self.step(s, name, &step("stop"), async {
+            engine.rename(name, old).await.map_err(|e| e.to_string())?;
+            p.renamed = true;
+            engine.stop(old).await.map_err(|e| e.to_string())?;
+            p.stopped = true;
+            Ok(((), format!("kept as {old}")))
+        })
+        .await?;
+        self.step(s, name, &step("start"), async {
+            p.created = true;
+            engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
+            engine.start(name).await.map_err(|e| e.to_string())?;
+            Ok(((), crate::printer::short(to_image)))
+        })
+        .await?;
+        self.step(s, name, &step("health"), self.health_gate(svc, name)).await?;
+        if svc.drain.method != DrainMethod::None {
+            self.step(s, name, &step("undrain"), async {
+                let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                p.drained = false;
+                Ok(((), d))
+            })
+            .await?;
+        }
+        self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
+        self.step(s, name, &step("pause"), async {
+            tokio::time::sleep(svc.pause).await;
+            let c = engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+            match c {
+                Some(c) if c.running => Ok(((), format!("still running after {}", humantime::format_duration(svc.pause)))),
+                _ => Err(format!("{name} stopped during the pause")),
+            }
+        })
+        .await?;
+        // The new container has proved itself: the old one can go.
+        if let Err(e) = self.step(s, name, &step("cleanup"), async {
+            engine.remove(old).await.map_err(|e| e.to_string())?;
+            Ok(((), format!("removed {old}")))
+        })
+        .await
+        {
+            self.warn(format!("could not remove {old}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Puts the kept old container back in place of a failed new one.
+    async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target<'_>, p: &Progress, prefix: &str) -> bool {
+        let s = &svc.name;
+        let engine = &self.host.engine;
+        let step = |n: &str| format!("{prefix}restore {n}");
+        let mut drained = p.drained;
+        let mut ok = true;
+        if p.created {
+            if !drained && svc.drain.method != DrainMethod::None {
+                drained = self
+                    .step(s, name, &step("drain"), async {
+                        let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                        tokio::time::sleep(svc.drain.wait).await;
+                        Ok(((), d))
+                    })
+                    .await
+                    .is_ok();
+            }
+            ok &= self
+                .step(s, name, &step("remove new"), async {
+                    engine.stop(name).await.ok();
+                    engine.remove(name).await.map_err(|e| e.to_string())?;
+                    Ok(((), format!("removed the new {name}")))
+                })
+                .await
+                .is_ok();
+        }
+        if p.renamed {
+            ok &= self
+                .step(s, name, &step("old back"), async {
+                    engine.rename(old, name).await.map_err(|e| e.to_string())?;
+                    if p.stopped {
+                        engine.start(name).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok(((), format!("{old} is {name} again")))
+                })
+                .await
+                .is_ok();
+            if ok && p.stopped {
+                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name)).await.is_ok();
+            }
+        }
+        if drained && ok {
+            ok &= self
+                .step(s, name, &step("undrain"), async {
+                    let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                    Ok(((), d))
+                })
+                .await
+                .is_ok();
+        }
+        ok
+    }
+
+    async fn health_gate(&self, svc: &Service, name: &str) -> StepResult<()> {
+        let h = &svc.health;
+        let started = Instant::now();
+        let deadline = started + h.timeout;
+        let probe_timeout = Duration::from_secs(2).min(h.timeout);
+        let (mut good, mut probes) = (0u32, 0u32);
+        let mut last = String::from("no probe answered yet");
+        loop {
+            probes += 1;
+            let c = self
+                .host
+                .engine
+                .inspect_container(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{name} disappeared"))?;
+            let mut ok = c.running;
+            if !c.running {
+                last = "the container is not running".into();
+            }
+            if let (true, Some(http)) = (ok, &h.http) {
+                let (addr, port) = match c.addresses.first() {
+                    Some(a) => (a.clone(), http.port),
+                    None => ("127.0.0.1".to_string(), c.host_port_for(http.port).unwrap_or(http.port)),
+                };
+                match self.host.probe.http_get(&addr, port, &http.path, probe_timeout).await {
+                    Ok(a) if (200..400).contains(&a.status) => {}
+                    Ok(a) => {
+                        ok = false;
+                        last = format!("GET {} answered {}", http.path, a.status);
+                    }
+                    Err(e) => {
+                        ok = false;
+                        last = format!("GET {}: {e}", http.path);
+                    }
+                }
+            }
+            match c.docker_health {
+                None | Some(DockerHealth::Healthy) => {}
+                Some(DockerHealth::Starting) if ok => {
+                    ok = false;
+                    last = "Docker HEALTHCHECK still starting".into();
+                }
+                Some(DockerHealth::Unhealthy) if ok => {
+                    ok = false;
+                    last = "Docker HEALTHCHECK reports unhealthy".into();
+                }
+                _ => {}
+            }
+            if ok {
+                good += 1;
+                if good >= h.healthy_after {
+                    return Ok(((), format!("{good} good probes in a row ({probes} probes)")));
+                }
+            } else {
+                good = 0;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)));
+            }
+            tokio::time::sleep(h.interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    async fn traffic_check(&self, svc: &Service, name: &str) -> StepResult<()> {
+        let Some(t) = &svc.traffic else {
+            return Ok(((), "skipped: no traffic.url".into()));
+        };
+        let url = reqwest::Url::parse(&t.url).map_err(|e| format!("traffic.url {}: {e}", t.url))?;
+        let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let rx0 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
+        let mut failed = Vec::new();
+        for _ in 0..t.requests {
+            match self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)).await {
+                Ok(a) if a.status < 500 => {}
+                Ok(a) => failed.push(format!("HTTP {}", a.status)),
+                Err(e) => failed.push(e),
+            }
+        }
+        let rx1 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
+        if !failed.is_empty() {
+            return Err(format!("{}/{} requests through {} failed (last: {})", failed.len(), t.requests, t.url, failed.last().unwrap()));
+        }
+        let delta = rx1.saturating_sub(rx0);
+        if delta < MIN_TRAFFIC_BYTES {
+            return Err(format!("{name} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests));
+        }
+        Ok(((), format!("{}/{} ok through {}, {name} received +{delta} bytes", t.requests, t.requests, t.url)))
+    }
+
+    /// Compose decides what to run from the tag its file names: point that tag
+    /// at what now runs, so that a later `docker compose up -d` keeps it.
+    async fn point_tag(&self, name: &str, reference: &str, image: &str) {
+        let (Some(tag), repo) = (release::tag_of(reference), release::repo_of(reference)) else { return };
+        match self.host.engine.tag(image, repo, tag).await {
+            Ok(()) => self.info(format!("{name}: compose tag {repo}:{tag} now points at {}", crate::printer::short(image))),
+            Err(e) => self.warn(format!("{name}: could not move the compose tag {repo}:{tag}: {e}")),
+        }
+    }
+
+    async fn renew_lease(&self) {
+        let Some(k) = &self.lease else { return };
+        let mut lease = k.lease.lock().await;
+        lease.expires_at = OffsetDateTime::now_utc() + k.duration;
+        if let Err(e) = state::renew(self.host.shell.as_ref(), &k.dir, &lease).await {
+            self.warn(format!("could not renew the deploy lock: {e}"));
+        }
+    }
+}
+
+/// Where capstan remembers the `repo:tag` a Compose file names, once the
+/// container itself runs a digest.
+pub const COMPOSE_IMAGE_LABEL: &str = "dev.capstan.compose-image";
+
+/// For a Compose-managed container: the tag reference its compose file uses.
+fn compose_reference(current: &crate::host::ContainerInfo, spec: &ContainerSpec) -> Option<String> {
+    current.compose_project.as_ref()?;
+    if let Some(r) = spec.0.labels.as_ref().and_then(|l| l.get(COMPOSE_IMAGE_LABEL)) {
+        return Some(r.clone());
+    }
+    release::tag_of(&current.image_ref).map(|_| current.image_ref.clone())
+}
+
+fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
+    let mut s = spec.clone();
+    s.0.labels.get_or_insert_with(Default::default).insert(key.to_string(), value.to_string());
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::events::{Event, Recorder};
+    use crate::fake::FakeHost;
+    use crate::plan::{plan_host, Observed};
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const V1: &str = "r/demo@sha256:v1";
+    const V2: &str = "r/demo@sha256:v2";
+    const UPSTREAM: &str = "upstream demo {\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n}\n";
+
+    struct World {
+        fake: Arc<FakeHost>,
+        config: config::Config,
+    }
+
+    fn world(extra: &str) -> World {
+        let fake = FakeHost::new();
+        let upstream = fake.dir.path().join("upstream.conf");
+        std::fs::write(&upstream, UPSTREAM).unwrap();
+        fake.add_container("web-1", V1, 8081);
+        fake.add_container("web-2", V1, 8082);
+        fake.state.lock().unwrap().images.insert(V2.into());
+        let yaml = format!(
+            "app: shop\nhosts: [h]\nstate_dir: {state}\nservices:\n  web:\n    image: r/demo\n    instances: [web-1, web-2]\n    health: {{ http: {{ port: 8080 }}, timeout: 5s, interval: 100ms, healthy_after: 2 }}\n    drain: {{ nginx: {{ upstream_conf: {up}, reload: \"true # reload\" }}, wait: 10ms }}\n    traffic: {{ url: \"http://127.0.0.1:80/\", requests: 3 }}\n    pause: 50ms\n{extra}",
+            state = fake.dir.path().join("state").display(),
+            up = upstream.display(),
+        );
+        let config = config::parse(Path::new("capstan.yml"), &yaml).unwrap();
+        World { fake, config }
+    }
+
+    async fn run(w: &World, to: &str) -> (HostResult, Vec<Event>) {
+        let host = w.fake.host();
+        let services: Vec<&Service> = w.config.services.iter().collect();
+        let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
+        for n in ["web-1", "web-2"] {
+            let c = host.engine.inspect_container(n).await.unwrap().unwrap();
+            let i = host.engine.inspect_image(&c.image_id).await.unwrap();
+            obs.containers.insert(n.into(), (c, i));
+        }
+        let plan = plan_host("fake", &services, &obs, &|_, _| Some(to.to_string())).unwrap();
+        let rec = Recorder::default();
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None };
+        let result = r.run(&plan, &services).await;
+        let events = rec.0.lock().unwrap().clone();
+        (result, events)
+    }
+
+    fn steps(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Step(s) => Some(format!("{} {}{}", s.instance, s.step, if s.ok { "" } else { " FAILED" })),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn upstream(w: &World) -> String {
+        std::fs::read_to_string(w.fake.dir.path().join("upstream.conf")).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replaces_every_instance_in_order_through_every_step() {
+        let w = world("");
+        let (r, events) = run(&w, V2).await;
+        assert_eq!(r.outcome, HostOutcome::Succeeded, "{:?}", r.error);
+        assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V2));
+        assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V2));
+        assert_eq!(w.fake.names(), vec!["web-1", "web-2"], "old containers removed");
+        assert_eq!(upstream(&w), UPSTREAM, "every server is back up");
+        let want: Vec<String> = ["pull", "drain", "stop", "start", "health", "undrain", "traffic", "pause", "cleanup"]
+            .iter()
+            .map(|s| format!("web-1 {s}"))
+            .chain(["drain", "stop", "start", "health", "undrain", "traffic", "pause", "cleanup"].iter().map(|s| format!("web-2 {s}")))
+            .collect();
+        assert_eq!(steps(&events), want);
+        // The new container has what the old one had, but the image.
+        let env = w.fake.state.lock().unwrap().containers["web-1"].spec.0.env.clone();
+        assert_eq!(env, Some(vec!["APP_SETTING=kept".to_string()]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unchanged_instances_are_left_alone() {
+        let w = world("");
+        let (r, events) = run(&w, V1).await;
+        assert_eq!(r.outcome, HostOutcome::Succeeded);
+        assert!(steps(&events).is_empty());
+        assert!(r.instances.iter().all(|i| i.outcome == InstanceOutcome::Unchanged));
+    }
+
+    /// A failure injected at each step of the second instance: every instance
+    /// ends on its old image, nothing is left drained, no container is left over.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_at_any_step_puts_every_instance_back() {
+        let cases: &[(&str, &str)] = &[
+            ("pull", "web-1 pull FAILED"),
+            ("reload", "web-1 drain FAILED"),
+            ("rename", "web-1 stop FAILED"),
+            ("create", "web-1 start FAILED"),
+            ("broken", "web-1 health FAILED"),
+            ("rx", "web-1 traffic FAILED"),
+            ("crash", "web-1 pause FAILED"),
+            ("start-second", "web-2 start FAILED"),
+            ("broken-second", "web-2 health FAILED"),
+        ];
+        for (inject, failed_step) in cases {
+            let w = world("");
+            match *inject {
+                "broken" => {
+                    w.fake.state.lock().unwrap().broken.insert(V2.into());
+                }
+                "crash" => {
+                    w.fake.state.lock().unwrap().crash_after_healthy.insert(V2.into());
+                }
+                "start-second" | "broken-second" => {}
+                "pull" => {
+                    w.fake.state.lock().unwrap().images.remove(V2);
+                    w.fake.fail("pull");
+                }
+                op => w.fake.fail(op),
+            }
+            let host = w.fake.host();
+            let services: Vec<&Service> = w.config.services.iter().collect();
+            let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
+            for n in ["web-1", "web-2"] {
+                let c = host.engine.inspect_container(n).await.unwrap().unwrap();
+                obs.containers.insert(n.into(), (c.clone(), host.engine.inspect_image(&c.image_id).await.unwrap()));
+            }
+            let plan = plan_host("fake", &services, &obs, &|_, _| Some(V2.to_string())).unwrap();
+            let rec = Recorder::default();
+            // Second-instance failures are injected once the first instance is done.
+            let fake = w.fake.clone();
+            let inject2 = inject.to_string();
+            let watcher = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    let done = fake.state.lock().unwrap().log.iter().any(|l| l == "remove web-1.capstan-old");
+                    if done {
+                        match inject2.as_str() {
+                            "start-second" => fake.fail("start"),
+                            "broken-second" => {
+                                fake.state.lock().unwrap().broken.insert(V2.into());
+                            }
+                            _ => {}
+                        }
+                        return;
+                    }
+                }
+            });
+            let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None };
+            let result = r.run(&plan, &services).await;
+            watcher.abort();
+            // Injected faults stop after the run so that checks see the real state.
+            w.fake.state.lock().unwrap().fail.clear();
+            let events = rec.0.lock().unwrap().clone();
+            let s = steps(&events);
+            assert!(s.contains(&failed_step.to_string()), "{inject}: expected {failed_step} in {s:#?}");
+            assert_eq!(result.outcome, HostOutcome::RolledBack, "{inject}: {:?}\n{s:#?}", result.error);
+            assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "{inject}: web-1\n{s:#?}");
+            assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1), "{inject}: web-2\n{s:#?}");
+            assert_eq!(w.fake.names(), vec!["web-1", "web-2"], "{inject}: no leftovers");
+            assert!(w.fake.state.lock().unwrap().containers.values().all(|c| c.running), "{inject}: all running");
+            assert_eq!(upstream(&w), UPSTREAM, "{inject}: nothing left drained");
+            assert!(result.error.unwrap().contains("reverted"));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! One OpenSSH master connection per host for the whole run (the openssh
+//! crate, process-mux). Through it: quoted commands ([`Shell`]), the host's
+//! Docker socket forwarded to a local socket, and TCP tunnels for HTTP probes
+//! ([`Probe`]). Host keys are always checked strictly; nothing is accepted new.
+//! This is the only module that spawns processes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::config::{HostAddr, Ssh};
+use crate::docker::DockerEngine;
+use crate::host::{CmdOutput, Host, HttpAnswer, Probe, Shell, ShellError};
+
+pub struct SshHost {
+    session: Session,
+    name: String,
+    /// Local TCP ports forwarded to (address, port) on the host, opened on first use.
+    tunnels: Mutex<HashMap<(String, u16), u16>>,
+    http: reqwest::Client,
+    docker_socket: Mutex<Option<(PathBuf, String)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ConnectError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Short, private directory for control and forwarded sockets (Unix socket paths are ~100 bytes at most).
+fn socket_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("capstan-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    }
+    dir
+}
+
+/// Opens the master connection and the Docker socket forward: a ready [`Host`].
+pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<(Host, Arc<SshHost>), ConnectError> {
+    let name = addr.to_string();
+    let mut b = SessionBuilder::default();
+    b.known_hosts_check(KnownHosts::Strict)
+        .connect_timeout(ssh.connect_timeout)
+        .server_alive_interval(Duration::from_secs(10))
+        .control_directory(socket_dir());
+    if let Some(u) = &addr.user {
+        b.user(u.clone());
+    }
+    if let Some(p) = addr.port {
+        b.port(p);
+    }
+    if let Some(k) = &ssh.identity_file {
+        if !k.exists() {
+            return Err(ConnectError {
+                message: format!("ssh.identity_file {} does not exist", k.display()),
+                hint: None,
+            });
+        }
+        b.keyfile(k);
+    }
+    if let Some(kh) = &ssh.known_hosts {
+        if !kh.exists() {
+            return Err(ConnectError {
+                message: format!("ssh.known_hosts {} does not exist", kh.display()),
+                hint: Some("add the host's key with `ssh-keyscan -p PORT HOST >> known_hosts` and check it out of band".into()),
+            });
+        }
+        b.user_known_hosts_file(kh);
+    }
+    if let Some(c) = &ssh.config_file {
+        b.config_file(c);
+    }
+    let session = b.connect(&addr.host).await.map_err(|e| connect_error(&name, e))?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None })?;
+    let ssh_host = Arc::new(SshHost {
+        session,
+        name: name.clone(),
+        tunnels: Mutex::new(HashMap::new()),
+        http,
+        docker_socket: Mutex::new(None),
+    });
+    let local = ssh_host.forward_docker(docker_socket).await?;
+    let engine = DockerEngine::connect(&local).await.map_err(|e| ConnectError {
+        message: format!("{name}: {e}"),
+        hint: Some(format!("check that Docker runs on the host and that the ssh user may use {docker_socket}")),
+    })?;
+    let host = Host { name, engine: Arc::new(engine), shell: ssh_host.clone(), probe: ssh_host.clone() };
+    Ok((host, ssh_host))
+}
+
+fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
+    let text = format!("{e}");
+    let detail = match &e {
+        openssh::Error::Connect(io) => format!("{text}: {io}"),
+        _ => text,
+    };
+    let lower = detail.to_lowercase();
+    if lower.contains("host key verification failed") || lower.contains("identification has changed") {
+        ConnectError {
+            message: format!("{name}: the host's key is not the one in known_hosts; refusing to connect ({detail})"),
+            hint: Some("if the host was rebuilt, verify its new key out of band and update ssh.known_hosts".into()),
+        }
+    } else if lower.contains("permission denied") {
+        ConnectError {
+            message: format!("{name}: ssh authentication failed ({detail})"),
+            hint: Some("check ssh.identity_file (mode 0600, unencrypted) or the ssh agent".into()),
+        }
+    } else {
+        ConnectError { message: format!("{name}: cannot connect over ssh ({detail})"), hint: None }
+    }
+}
+
+impl SshHost {
+    async fn forward_docker(&self, remote: &str) -> Result<PathBuf, ConnectError> {
+        let local = socket_dir().join(format!("d{}.sock", rand::random::<u32>()));
+        let _ = std::fs::remove_file(&local);
+        self.session
+            .request_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote))
+            .await
+            .map_err(|e| ConnectError {
+                message: format!("{}: cannot forward the Docker socket {remote}: {e}", self.name),
+                hint: Some("the host's sshd must allow stream-local forwarding (AllowStreamLocalForwarding)".into()),
+            })?;
+        *self.docker_socket.lock().await = Some((local.clone(), remote.to_string()));
+        Ok(local)
+    }
+
+    async fn tunnel(&self, addr: &str, port: u16) -> Result<u16, String> {
+        let mut tunnels = self.tunnels.lock().await;
+        if let Some(p) = tunnels.get(&(addr.to_string(), port)) {
+            return Ok(*p);
+        }
+        let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free local port: {e}"))?
+            .port();
+        self.session
+            .request_port_forward(
+                ForwardType::Local,
+                Socket::new("127.0.0.1", local_port),
+                Socket::new(addr.to_string(), port),
+            )
+            .await
+            .map_err(|e| format!("cannot open a tunnel to {addr}:{port}: {e}"))?;
+        tunnels.insert((addr.to_string(), port), local_port);
+        Ok(local_port)
+    }
+
+    /// Closes forwards and the master connection.
+    pub async fn close(self: Arc<Self>) {
+        if let Some((local, remote)) = self.docker_socket.lock().await.take() {
+            let _ = self.session.close_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote)).await;
+            let _ = std::fs::remove_file(local);
+        }
+        for ((addr, port), lp) in self.tunnels.lock().await.drain() {
+            let _ = self
+                .session
+                .close_port_forward(ForwardType::Local, Socket::new("127.0.0.1", lp), Socket::new(addr, port))
+                .await;
+        }
+        if let Ok(me) = Arc::try_unwrap(self) {
+            let _ = me.session.close().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Shell for SshHost {
+    async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
+        let (prog, args) = argv.split_first().ok_or_else(|| ShellError("empty command".into()))?;
+        let mut cmd = self.session.command(*prog);
+        cmd.args(args.iter().copied());
+        cmd.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
+        cmd.stdin(if stdin.is_some() { openssh::Stdio::piped() } else { openssh::Stdio::null() });
+        let mut child = cmd.spawn().await.map_err(|e| ShellError(format!("{}: {prog}: {e}", self.name)))?;
+        if let (Some(data), Some(mut w)) = (stdin, child.stdin().take()) {
+            w.write_all(data).await.map_err(|e| ShellError(format!("{}: writing to {prog}: {e}", self.name)))?;
+            w.shutdown().await.ok();
+            drop(w);
+        }
+        let out = child.wait_with_output().await.map_err(|e| ShellError(format!("{}: {prog}: {e}", self.name)))?;
+        let _ = Stdio::null();
+        Ok(CmdOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+#[async_trait]
+impl Probe for SshHost {
+    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+        let local = self.tunnel(addr, port).await?;
+        let url = format!("http://127.0.0.1:{local}{path}");
+        let host_header = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
+        let resp = self
+            .http
+            .get(&url)
+            .header(reqwest::header::HOST, host_header)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| short_reqwest_error(&e))?;
+        Ok(HttpAnswer { status: resp.status().as_u16() })
+    }
+}
+
+fn short_reqwest_error(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused".into()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s = inner.to_string();
+            src = inner.source();
+        }
+        s
+    }
+}
