@@ -218,7 +218,11 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
                     }
                     (None, RollbackTo::Previous) => unreachable!("previous always has a target or an error"),
                 };
-                label = label.or(target.version.clone());
+                let version = match &target.version {
+                    Some(v) => Some(v.clone()),
+                    None => version_from_tags(h, &services, &target.images).await,
+                };
+                label = label.or(version);
                 per_host.push(target.images);
             }
             ("rollback", label, per_host)
@@ -236,6 +240,18 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
         return Err(Error::input(problems.join("\n")));
     }
     Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans } })
+}
+
+/// A version name for images the log does not know: the tag they carry on the host, if any.
+async fn version_from_tags(h: &Host, services: &[&Service], images: &HashMap<(String, String), String>) -> Option<String> {
+    for svc in services {
+        let Some(image) = images.iter().find(|((s, _), _)| *s == svc.name).map(|(_, i)| i) else { continue };
+        let info = h.engine.inspect_image(image).await.ok().flatten()?;
+        if let Some(tag) = info.repo_tags.iter().filter(|t| release::repo_of(t) == svc.image).filter_map(|t| release::tag_of(t)).find(|t| *t != "latest") {
+            return Some(tag.to_string());
+        }
+    }
+    None
 }
 
 pub struct RunOutput {

@@ -78,8 +78,8 @@ fn edit_server_line(line: &str, port: u16, down: bool) -> Option<String> {
     }
 }
 
-/// Replaces a file on the host atomically with the content on stdin.
-const WRITE_ATOMIC: &str = r#"set -e; t="$1.capstan.$$"; cat > "$t"; chmod --reference="$1" "$t" 2>/dev/null || true; mv -f "$t" "$1""#;
+/// Replaces file `$1` atomically with the content on stdin, then runs the reload command `$2`.
+const WRITE_AND_RELOAD: &str = r#"set -e; t="$1.capstan.$$"; cat > "$t"; chmod --reference="$1" "$t" 2>/dev/null || true; mv -f "$t" "$1"; sh -c "$2""#;
 
 pub struct Target<'a> {
     pub service: &'a str,
@@ -98,18 +98,15 @@ pub async fn apply(shell: &dyn Shell, method: &DrainMethod, t: &Target<'_>, down
                 return Err(DrainError::Host(format!("cannot read {upstream_conf}: {}", read.stderr.trim())));
             }
             let edited = set_down(upstream_conf, &read.stdout, port, down)?;
-            if edited != read.stdout {
-                write(shell, upstream_conf, &edited).await?;
-            }
-            let r = shell.run(&["sh", "-c", reload], None).await.map_err(|e| DrainError::Host(e.0))?;
+            // One round trip: replace the file, then reload.
+            let r = shell
+                .run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", upstream_conf, reload], Some(edited.as_bytes()))
+                .await
+                .map_err(|e| DrainError::Host(e.0))?;
             if !r.ok() {
                 // Put the file back as it was so that the next reload does not surprise anyone.
-                let _ = write(shell, upstream_conf, &read.stdout).await;
-                return Err(DrainError::Host(format!(
-                    "`{reload}` failed with exit {}: {}",
-                    r.status,
-                    r.stderr.trim()
-                )));
+                let _ = shell.run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", upstream_conf, "true"], Some(read.stdout.as_bytes())).await;
+                return Err(DrainError::Host(format!("`{reload}` failed with exit {}: {}", r.status, r.stderr.trim())));
             }
             Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }))
         }
@@ -128,17 +125,6 @@ pub async fn apply(shell: &dyn Shell, method: &DrainMethod, t: &Target<'_>, down
             Ok(format!("ran `{cmd}`"))
         }
     }
-}
-
-async fn write(shell: &dyn Shell, path: &str, content: &str) -> Result<(), DrainError> {
-    let w = shell
-        .run(&["sh", "-c", WRITE_ATOMIC, "capstan-write", path], Some(content.as_bytes()))
-        .await
-        .map_err(|e| DrainError::Host(e.0))?;
-    if !w.ok() {
-        return Err(DrainError::Host(format!("cannot write {path}: {}", w.stderr.trim())));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ impl Engine for FakeHost {
 impl Shell for FakeHost {
     /// Runs the command for real, locally: the state and drain scripts are exercised as written.
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
-        if argv.len() >= 3 && argv[0] == "sh" && argv[2].contains("reload") && self.state.lock().unwrap().fail.remove("reload") {
+        if argv.iter().any(|a| a.contains("# reload")) && self.state.lock().unwrap().fail.remove("reload") {
             return Ok(CmdOutput { status: 1, stdout: String::new(), stderr: "injected reload failure".into() });
         }
         self.state.lock().unwrap().log.push(format!("run {}", argv.first().unwrap_or(&"")));

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use time::OffsetDateTime;
@@ -370,7 +371,7 @@ impl<'a> Rollout<'a> {
             }
             ok &= self
                 .step(s, name, &step("remove new"), async {
-                    engine.stop(name).await.ok();
+                    // Drained (and waited on) by now: no request is lost by removing it at once.
                     engine.remove(name).await.map_err(|e| e.to_string())?;
                     Ok(((), format!("removed the new {name}")))
                 })
@@ -480,14 +481,20 @@ impl<'a> Rollout<'a> {
             None => url.path().to_string(),
         };
         let rx0 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
-        let mut failed = Vec::new();
-        for _ in 0..t.requests {
-            match self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)).await {
-                Ok(a) if a.status < 500 => {}
-                Ok(a) => failed.push(format!("HTTP {}", a.status)),
-                Err(e) => failed.push(e),
-            }
-        }
+        // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
+        let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
+            .map(|_| self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)))
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        let failed: Vec<String> = answers
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(a) if a.status < 500 => None,
+                Ok(a) => Some(format!("HTTP {}", a.status)),
+                Err(e) => Some(e),
+            })
+            .collect();
         let rx1 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
         if !failed.is_empty() {
             return Err(format!("{}/{} requests through {} failed (last: {})", failed.len(), t.requests, t.url, failed.last().unwrap()));
