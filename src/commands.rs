@@ -122,7 +122,10 @@ impl Ctx<'_> {
             hosts.push(r?);
         }
         for h in &hosts {
-            self.info(Some(&h.name), "connected");
+            match h.engine.version().await {
+                Ok(v) => self.info(Some(&h.name), format!("connected, Docker {v}")),
+                Err(e) => return Err(Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None }),
+            }
         }
         Ok(hosts)
     }

@@ -240,8 +240,6 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
         _ => None,
     });
     ContainerInfo {
-        id: c.id.clone().unwrap_or_default(),
-        name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
         image_id: c.image.clone().unwrap_or_default(),
         image_ref: config.image.clone().unwrap_or_default(),
         running: state.running.unwrap_or(false),
@@ -410,7 +408,6 @@ mod tests {
     fn reads_ports_addresses_and_state() {
         let (c, i) = fixture();
         let info = container_info(&c, Some(&i));
-        assert_eq!(info.name, "shop-web-1");
         assert_eq!(info.host_port_for(8080), Some(8081));
         assert_eq!(info.addresses, vec!["172.18.0.2"]);
         assert!(info.running);

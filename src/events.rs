@@ -55,9 +55,11 @@ impl Sink for Fanout {
 }
 
 /// Keeps every event: for tests.
+#[cfg(test)]
 #[derive(Default)]
 pub struct Recorder(pub std::sync::Mutex<Vec<Event>>);
 
+#[cfg(test)]
 impl Sink for Recorder {
     fn emit(&self, e: Event) {
         self.0.lock().unwrap().push(e);

@@ -13,7 +13,6 @@ use crate::host::*;
 
 #[derive(Clone, Debug)]
 pub struct FakeContainer {
-    pub id: String,
     pub image: String,
     pub running: bool,
     pub spec: ContainerSpec,
@@ -56,12 +55,11 @@ impl FakeHost {
     pub fn add_container(&self, name: &str, image: &str, host_port: u16) {
         let mut s = self.state.lock().unwrap();
         s.next_id += 1;
-        let id = format!("{:012x}", s.next_id);
         let address = format!("10.0.0.{}", s.next_id);
         s.images.insert(image.into());
         let mut spec = ContainerSpec::default();
         spec.0.env = Some(vec!["APP_SETTING=kept".into()]);
-        s.containers.insert(name.into(), FakeContainer { id, image: image.into(), running: true, spec, host_port, address, rx: 0 });
+        s.containers.insert(name.into(), FakeContainer { image: image.into(), running: true, spec, host_port, address, rx: 0 });
     }
 
     pub fn fail(&self, op: &str) {
@@ -104,8 +102,6 @@ impl Engine for FakeHost {
         }
         let c = c.clone();
         Ok(Some(ContainerInfo {
-            id: c.id.clone(),
-            name: name.into(),
             image_id: format!("id:{}", c.image),
             image_ref: c.image.clone(),
             running: c.running,
@@ -195,7 +191,7 @@ impl Engine for FakeHost {
         s.next_id += 1;
         let id = format!("{:012x}", s.next_id);
         let address = format!("10.0.0.{}", s.next_id);
-        s.containers.insert(name.into(), FakeContainer { id: id.clone(), image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
+        s.containers.insert(name.into(), FakeContainer { image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
         Ok(id)
     }
 

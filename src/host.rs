@@ -41,8 +41,6 @@ pub struct ContainerSpec(pub bollard::models::ContainerCreateBody);
 
 #[derive(Clone, Debug)]
 pub struct ContainerInfo {
-    pub id: String,
-    pub name: String,
     /// The image ID (`sha256:…` of the image config).
     pub image_id: String,
     /// What the container was created from (`Config.Image`): a tag, a digest reference or an ID.

@@ -112,10 +112,8 @@ mod tests {
         config::parse(Path::new("c.yml"), yaml).unwrap().services.remove(0)
     }
 
-    fn container(name: &str, image_id: &str) -> ContainerInfo {
+    fn container(image_id: &str) -> ContainerInfo {
         ContainerInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
             image_id: image_id.into(),
             image_ref: "r/demo:v1".into(),
             running: true,
@@ -131,7 +129,7 @@ mod tests {
         let mut o = Observed::default();
         for (name, id, digests) in entries {
             let img = ImageInfo { id: id.to_string(), repo_digests: digests.iter().map(|d| d.to_string()).collect(), repo_tags: vec![] };
-            o.containers.insert(name.to_string(), (container(name, id), Some(img)));
+            o.containers.insert(name.to_string(), (container(id), Some(img)));
             o.all_names.push(name.to_string());
         }
         o

@@ -31,10 +31,6 @@ impl Printer {
     pub fn always(&self, text: &str) {
         let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
-
-    pub fn plan(&self, plan: &Plan) {
-        self.line(&render_plan(plan));
-    }
 }
 
 pub fn render_plan(plan: &Plan) -> String {
