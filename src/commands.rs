@@ -56,6 +56,7 @@ impl Connector for SshConnector {
         for s in self.open.lock().await.drain(..) {
             s.close().await;
         }
+        crate::ssh::remove_socket_dir();
     }
 }
 

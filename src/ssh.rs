@@ -47,6 +47,11 @@ fn socket_dir() -> PathBuf {
     dir
 }
 
+/// Removes this process's socket directory once every connection is closed.
+pub fn remove_socket_dir() {
+    let _ = std::fs::remove_dir_all(socket_dir());
+}
+
 /// Opens the master connection and the Docker socket forward: a ready [`Host`].
 pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<(Host, Arc<SshHost>), ConnectError> {
     let name = addr.to_string();
