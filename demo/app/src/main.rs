@@ -1,0 +1,335 @@
+//! capstan-demo: a tiny HTTP/1.x service used by capstan's tests and demo.
+//!
+//! Built as a static binary and run as PID 1 in a `FROM scratch` image, so:
+//! - it installs its own SIGTERM/SIGINT handlers (PID 1 gets no default action);
+//! - it performs no host-name lookups (no NSS in a scratch image).
+//!
+//! Environment:
+//! - `DEMO_PORT` (default 8080): listens on 0.0.0.0:$DEMO_PORT;
+//! - `DEMO_VERSION` (default "dev"): reported by `/version`, `/` and the `X-Demo-Version` header;
+//! - `DEMO_HEALTH` (`ok` default | `broken`): `/health` answers 500 when broken;
+//! - `DEMO_START_DELAY_MS` (default 0): sleep before binding the listener (a slow start).
+//!
+//! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`. One request per
+//! connection, always `Connection: close`. On SIGTERM/SIGINT it closes the
+//! listener, finishes the requests in flight and exits 0.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Longest a single `?sleep_ms=` may ask for.
+const MAX_SLEEP_MS: u64 = 120_000;
+/// Longest we wait for in-flight requests after a stop signal.
+const DRAIN_LIMIT: Duration = Duration::from_secs(150);
+/// Accept poll interval: how quickly a stop signal is noticed.
+const POLL: Duration = Duration::from_millis(2);
+/// Largest request head we accept.
+const MAX_HEAD: usize = 16 * 1024;
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: a zeroed sigaction is valid; the handler only stores an atomic.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
+                eprintln!(
+                    "capstan-demo: cannot install handler for signal {sig}: {}",
+                    io::Error::last_os_error()
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+struct Settings {
+    version: String,
+    instance: String,
+    healthy: bool,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
+        _ => default.to_string(),
+    }
+}
+
+fn instance_name() -> String {
+    if let Ok(s) = std::fs::read_to_string("/etc/hostname") {
+        let s = s.trim();
+        if !s.is_empty() {
+            return s.to_string();
+        }
+    }
+    env_or("HOSTNAME", "unknown")
+}
+
+fn log(msg: &str) {
+    // Ignore errors: a closed stdout must not kill the server.
+    let _ = writeln!(io::stdout(), "capstan-demo: {msg}");
+}
+
+fn main() {
+    install_signal_handlers();
+
+    let port: u16 = match env_or("DEMO_PORT", "8080").parse() {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!("capstan-demo: DEMO_PORT must be a port number");
+            std::process::exit(2);
+        }
+    };
+    let delay_ms: u64 = match env_or("DEMO_START_DELAY_MS", "0").parse() {
+        Ok(d) => d,
+        Err(_) => {
+            eprintln!("capstan-demo: DEMO_START_DELAY_MS must be a number of milliseconds");
+            std::process::exit(2);
+        }
+    };
+    let settings = Arc::new(Settings {
+        version: env_or("DEMO_VERSION", "dev"),
+        instance: instance_name(),
+        healthy: env_or("DEMO_HEALTH", "ok") != "broken",
+    });
+
+    // Simulated slow start; a stop signal during it ends the process at once.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(delay_ms) {
+        if STOP.load(Ordering::SeqCst) {
+            log("stopped during start delay");
+            std::process::exit(0);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("capstan-demo: cannot listen on 0.0.0.0:{port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = listener.set_nonblocking(true) {
+        eprintln!("capstan-demo: set_nonblocking: {e}");
+        std::process::exit(1);
+    }
+    log(&format!(
+        "version {} listening on 0.0.0.0:{port} (health {})",
+        settings.version,
+        if settings.healthy { "ok" } else { "broken" }
+    ));
+
+    loop {
+        let stopping = STOP.load(Ordering::SeqCst);
+        match listener.accept() {
+            Ok((stream, _peer)) => spawn_handler(stream, &settings),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Once stopping, the backlog is empty: stop accepting.
+                if stopping {
+                    break;
+                }
+                thread::sleep(POLL);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                // E.g. ECONNABORTED or EMFILE: keep serving.
+                eprintln!("capstan-demo: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    drop(listener);
+    log("stop signal: listener closed, finishing requests in flight");
+
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        thread::sleep(POLL);
+    }
+    let left = IN_FLIGHT.load(Ordering::SeqCst);
+    if left > 0 {
+        log(&format!("exiting with {left} request(s) still in flight"));
+    } else {
+        log("all requests finished; exiting");
+    }
+    let _ = io::stdout().flush();
+    std::process::exit(0);
+}
+
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn spawn_handler(stream: TcpStream, settings: &Arc<Settings>) {
+    // Counted before the thread starts, so the drain loop cannot miss it.
+    let guard = InFlight::enter();
+    let settings = Arc::clone(settings);
+    let spawned = thread::Builder::new()
+        .name("conn".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _guard = guard;
+            let _ = handle(stream, &settings);
+        });
+    if let Err(e) = spawned {
+        // The closure (and with it the guard and the stream) was dropped.
+        eprintln!("capstan-demo: cannot spawn a thread: {e}");
+    }
+}
+
+struct Response {
+    status: u16,
+    body: String,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        _ => "Unknown",
+    }
+}
+
+fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
+    // Accepted sockets do not inherit O_NONBLOCK on Linux; make sure anyway.
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let _ = stream.set_nodelay(true);
+
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 2048];
+    let complete = loop {
+        if find(&head, b"\r\n\r\n").is_some() || find(&head, b"\n\n").is_some() {
+            break true;
+        }
+        if head.len() > MAX_HEAD {
+            break false;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                if head.is_empty() {
+                    return Ok(()); // connected and closed: a port probe
+                }
+                break true; // take what we have
+            }
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+
+    let (head_only, response) = if !complete {
+        (false, Response { status: 431, body: "request head too large\n".into() })
+    } else {
+        route(&head, settings)
+    };
+
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         X-Demo-Version: {}\r\nX-Demo-Instance: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.body.len(),
+        settings.version,
+        settings.instance,
+    )
+    .into_bytes();
+    if !head_only {
+        out.extend_from_slice(response.body.as_bytes());
+    }
+    stream.write_all(&out)?;
+    stream.flush()?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    // Read what the client may still send (until it closes, briefly), so
+    // closing does not turn into a reset that could eat the response.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Returns (is HEAD, response).
+fn route(head: &[u8], settings: &Settings) -> (bool, Response) {
+    let text = String::from_utf8_lossy(head);
+    let line = text.lines().next().unwrap_or("");
+    let mut parts = line.split_whitespace();
+    let (method, target, proto) = (parts.next(), parts.next(), parts.next());
+    let (method, target) = match (method, target, proto) {
+        (Some(m), Some(t), Some(p)) if p.starts_with("HTTP/1.") => (m, t),
+        _ => return (false, Response { status: 400, body: "bad request\n".into() }),
+    };
+    let is_head = method == "HEAD";
+    if method != "GET" && !is_head {
+        return (false, Response { status: 405, body: "only GET and HEAD\n".into() });
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target, ""),
+    };
+    let response = match path {
+        "/health" => {
+            if settings.healthy {
+                Response { status: 200, body: "ok".into() }
+            } else {
+                Response { status: 500, body: "broken".into() }
+            }
+        }
+        "/version" => Response { status: 200, body: settings.version.clone() },
+        "/" => {
+            if let Some(ms) = query_param(query, "sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
+                thread::sleep(Duration::from_millis(ms.min(MAX_SLEEP_MS)));
+            }
+            Response { status: 200, body: format!("hello from {}\n", settings.version) }
+        }
+        _ => Response { status: 404, body: "not found\n".into() },
+    };
+    (is_head, response)
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
