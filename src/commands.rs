@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::cancel::Cancel;
 use crate::cli::Targets;
 use crate::config::{Config, HostAddr, Service};
 use crate::env;
@@ -65,6 +66,7 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     pub events: &'a dyn Sink,
     pub connector: &'a dyn Connector,
+    pub cancel: &'a Cancel,
 }
 
 impl Ctx<'_> {
@@ -179,10 +181,22 @@ struct Roll<'a> {
 }
 
 /// Connects, observes, resolves and plans. Changes nothing.
-async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>) -> Result<Roll<'a>, Error> {
+async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>, dry_run: bool) -> Result<Roll<'a>, Error> {
     let services = ctx.services(&targets.services)?;
     let addrs = ctx.hosts(&targets.hosts)?;
     let hosts = ctx.connect_all(&addrs).await?;
+    // A deploy in progress explains whatever half-done state the hosts are in: say so first.
+    let now = OffsetDateTime::now_utc();
+    for h in &hosts {
+        let lease = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir)
+            .await
+            .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+        match lease {
+            Some(l) if !l.expired(now) && !dry_run => return Err(locked(&h.name, l)),
+            Some(l) if !l.expired(now) => ctx.warn(Some(&h.name), format!("deploy lock held by {} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at))),
+            _ => {}
+        }
+    }
     let mut observed = Vec::new();
     for h in &hosts {
         observed.push(observe(h, &services).await?);
@@ -267,7 +281,7 @@ pub struct RunOutput {
 pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: bool, collector: &Collector) -> Result<RunOutput, Error> {
     let t0 = Instant::now();
     let creds = ctx.credentials()?;
-    let roll = prepare(ctx, &want, targets, creds.as_ref()).await?;
+    let roll = prepare(ctx, &want, targets, creds.as_ref(), dry_run).await?;
     let mut report = Report {
         app: ctx.config.app.clone(),
         command: roll.command.to_string(),
@@ -290,6 +304,9 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
         return Ok(RunOutput { report, error: None });
     }
 
+    if let Some(why) = ctx.cancel.reason() {
+        return Err(Error::RolledBack(format!("{why} before any change; nothing was changed")));
+    }
     // Take the lock on every host before changing anything on any.
     let now = OffsetDateTime::now_utc();
     let lease = Lease {
@@ -302,22 +319,16 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
         expires_at: now + ctx.config.lock_lease,
     };
     let dir = &ctx.config.state_dir;
-    let mut locked: Vec<&Host> = Vec::new();
+    let mut taken: Vec<&Host> = Vec::new();
     for h in &roll.hosts {
         match state::acquire(h.shell.as_ref(), dir, &lease, now).await {
-            Ok(()) => locked.push(h),
+            Ok(()) => taken.push(h),
             Err(e) => {
-                for l in &locked {
+                for l in &taken {
                     let _ = state::release(l.shell.as_ref(), dir, &lease.id).await;
                 }
                 return Err(match e {
-                    StateError::Held(l) => Error::Locked {
-                        host: h.name.clone(),
-                        holder: format!("{} ({} {})", l.holder, l.command, l.version.unwrap_or_default()),
-                        since: fmt_time(l.acquired_at),
-                        run_url: l.run_url,
-                        expires: fmt_time(l.expires_at),
-                    },
+                    StateError::Held(l) => locked(&h.name, l),
                     StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
                 });
             }
@@ -338,6 +349,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
                 creds: creds.as_ref(),
                 t0,
                 lease: Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease }),
+                cancel: ctx.cancel,
             };
             let result = r.run(hp, &services).await;
             let record = record(ctx.config, h, command, version, started_at, &result, &lease);
@@ -372,6 +384,16 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
     };
     report.error = error.as_ref().map(|e| e.to_string());
     Ok(RunOutput { report, error })
+}
+
+fn locked(host: &str, l: Lease) -> Error {
+    Error::Locked {
+        host: host.to_string(),
+        holder: format!("{} ({} {})", l.holder, l.command, l.version.unwrap_or_default()),
+        since: fmt_time(l.acquired_at),
+        run_url: l.run_url,
+        expires: fmt_time(l.expires_at),
+    }
 }
 
 fn record(config: &Config, h: &Host, command: &str, version: Option<String>, started: OffsetDateTime, r: &HostResult, lease: &Lease) -> Record {

@@ -243,6 +243,7 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
         image_id: c.image.clone().unwrap_or_default(),
         image_ref: config.image.clone().unwrap_or_default(),
         running: state.running.unwrap_or(false),
+        pid: state.pid.unwrap_or(0),
         docker_health,
         ports,
         addresses,

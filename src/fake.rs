@@ -105,6 +105,7 @@ impl Engine for FakeHost {
             image_id: format!("id:{}", c.image),
             image_ref: c.image.clone(),
             running: c.running,
+            pid: 0,
             docker_health: None,
             ports: vec![PublishedPort { container_port: 8080, host_ip: "127.0.0.1".into(), host_port: c.host_port }],
             addresses: vec![c.address.clone()],

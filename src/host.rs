@@ -46,6 +46,8 @@ pub struct ContainerInfo {
     /// What the container was created from (`Config.Image`): a tag, a digest reference or an ID.
     pub image_ref: String,
     pub running: bool,
+    /// The main process's PID on the host (0 when not running).
+    pub pid: i64,
     /// `None` when the container has no Docker HEALTHCHECK.
     pub docker_health: Option<DockerHealth>,
     pub ports: Vec<PublishedPort>,

@@ -1,6 +1,7 @@
 //! capstan: zero-downtime rolling deploys of Docker services over SSH.
 //! See ARCHITECTURE.md for the map.
 
+mod cancel;
 mod cli;
 mod commands;
 mod config;
@@ -100,7 +101,9 @@ async fn run(cli: Cli) -> i32 {
     let collector = Arc::new(Collector::default());
     let sink = Fanout(vec![printer.clone() as Arc<dyn Sink>, collector.clone() as Arc<dyn Sink>]);
     let connector = SshConnector::new();
-    let ctx = Ctx { config: &config, events: &sink, connector: &connector };
+    let cancel = cancel::Cancel::new();
+    cancel::on_signals(cancel.clone(), printer.clone());
+    let ctx = Ctx { config: &config, events: &sink, connector: &connector, cancel: &cancel };
     let result = dispatch(&ctx, &cli, &printer, &collector).await;
     connector.close().await;
     match result {

@@ -117,6 +117,7 @@ mod tests {
             image_id: image_id.into(),
             image_ref: "r/demo:v1".into(),
             running: true,
+            pid: 0,
             docker_health: None,
             ports: vec![],
             addresses: vec![],

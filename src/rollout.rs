@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use time::OffsetDateTime;
 
+use crate::cancel::Cancel;
 use crate::config::{DrainMethod, Service};
 use crate::drain;
 use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
@@ -36,6 +37,8 @@ pub struct Rollout<'a> {
     pub t0: Instant,
     /// Our lease on the host's deploy lock, renewed after each instance.
     pub lease: Option<LeaseKeeper>,
+    /// Once triggered, no new step starts; what was changed is reverted.
+    pub cancel: &'a Cancel,
 }
 
 pub struct LeaseKeeper {
@@ -112,7 +115,10 @@ impl<'a> Rollout<'a> {
             let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
             if let Some(first) = to_replace.first() {
                 let images: BTreeSet<&str> = to_replace.iter().map(|i| i.to_image.as_str()).collect();
-                let pulled = self.step(&svc.name, &first.name, "pull", self.pull(&images)).await;
+                let pulled = match self.cancel.reason() {
+                    Some(why) => Err(why),
+                    None => self.step(&svc.name, &first.name, "pull", self.pull(&images)).await,
+                };
                 if let Err(message) = pulled {
                     failure = Some((first.name.clone(), Failure { message, restored: true }));
                     results.extend(sp.instances.iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
@@ -296,15 +302,19 @@ impl<'a> Rollout<'a> {
         let s = &svc.name;
         let engine = &self.host.engine;
         let step = |n: &str| format!("{prefix}{n}");
+        // A revert runs to the end even when the run is cancelled.
+        let cancellable = prefix.is_empty();
+        self.go_on(cancellable)?;
         if svc.drain.method != DrainMethod::None {
             self.step(s, name, &step("drain"), async {
                 let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
                 p.drained = true;
-                tokio::time::sleep(svc.drain.wait).await;
+                self.wait(svc.drain.wait, cancellable).await?;
                 Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
             })
             .await?;
         }
+        self.go_on(cancellable)?;
         self.step(s, name, &step("stop"), async {
             engine.rename(name, old).await.map_err(|e| e.to_string())?;
             p.renamed = true;
@@ -313,6 +323,7 @@ impl<'a> Rollout<'a> {
             Ok(((), format!("kept as {old}")))
         })
         .await?;
+        self.go_on(cancellable)?;
         self.step(s, name, &step("start"), async {
             p.created = true;
             engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
@@ -320,7 +331,8 @@ impl<'a> Rollout<'a> {
             Ok(((), crate::printer::short(to_image)))
         })
         .await?;
-        self.step(s, name, &step("health"), self.health_gate(svc, name)).await?;
+        self.go_on(cancellable)?;
+        self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
         if svc.drain.method != DrainMethod::None {
             self.step(s, name, &step("undrain"), async {
                 let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
@@ -329,9 +341,10 @@ impl<'a> Rollout<'a> {
             })
             .await?;
         }
+        self.go_on(cancellable)?;
         self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
         self.step(s, name, &step("pause"), async {
-            tokio::time::sleep(svc.pause).await;
+            self.wait(svc.pause, cancellable).await?;
             let c = engine.inspect_container(name).await.map_err(|e| e.to_string())?;
             match c {
                 Some(c) if c.running => Ok(((), format!("still running after {}", humantime::format_duration(svc.pause)))),
@@ -390,7 +403,7 @@ impl<'a> Rollout<'a> {
                 .await
                 .is_ok();
             if ok && p.stopped {
-                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name)).await.is_ok();
+                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false)).await.is_ok();
             }
         }
         if drained && ok {
@@ -405,7 +418,29 @@ impl<'a> Rollout<'a> {
         ok
     }
 
-    async fn health_gate(&self, svc: &Service, name: &str) -> StepResult<()> {
+    /// Err once the run is cancelled: no new step starts.
+    fn go_on(&self, cancellable: bool) -> Result<(), String> {
+        match self.cancel.reason() {
+            Some(why) if cancellable => Err(why),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sleeps, unless the run is cancelled first.
+    async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), String> {
+        if !cancellable {
+            tokio::time::sleep(d).await;
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => Ok(()),
+            _ = self.cancel.cancelled() => Err(self.cancel.reason().unwrap_or_default()),
+        }
+    }
+
+    /// Waits for `healthy_after` good probes in a row. A forward gate gives up
+    /// when the run is cancelled; an undo's gate does not.
+    async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<()> {
         let h = &svc.health;
         let started = Instant::now();
         let deadline = started + h.timeout;
@@ -465,7 +500,8 @@ impl<'a> Rollout<'a> {
             if Instant::now() >= deadline {
                 return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)));
             }
-            tokio::time::sleep(h.interval.min(deadline.saturating_duration_since(Instant::now()))).await;
+            let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
+            self.wait(nap, cancellable).await?;
         }
     }
 
@@ -480,7 +516,7 @@ impl<'a> Rollout<'a> {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
-        let rx0 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
+        let rx0 = self.rx_bytes(name).await?;
         // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
             .map(|_| self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)))
@@ -495,7 +531,7 @@ impl<'a> Rollout<'a> {
                 Err(e) => Some(e),
             })
             .collect();
-        let rx1 = self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())?;
+        let rx1 = self.rx_bytes(name).await?;
         if !failed.is_empty() {
             return Err(format!("{}/{} requests through {} failed (last: {})", failed.len(), t.requests, t.url, failed.last().unwrap()));
         }
@@ -504,6 +540,22 @@ impl<'a> Rollout<'a> {
             return Err(format!("{name} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests));
         }
         Ok(((), format!("{}/{} ok through {}, {name} received +{delta} bytes", t.requests, t.requests, t.url)))
+    }
+
+    /// Bytes the container has received: from its network namespace's
+    /// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
+    /// (which answers at most once a second).
+    async fn rx_bytes(&self, name: &str) -> Result<u64, String> {
+        let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+        if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
+            let path = format!("/proc/{pid}/net/dev");
+            if let Ok(out) = self.host.shell.run(&["cat", &path], None).await {
+                if let Some(rx) = out.ok().then(|| parse_net_dev(&out.stdout)).flatten() {
+                    return Ok(rx);
+                }
+            }
+        }
+        self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())
     }
 
     /// Compose decides what to run from the tag its file names: point that tag
@@ -524,6 +576,20 @@ impl<'a> Rollout<'a> {
             self.warn(format!("could not renew the deploy lock: {e}"));
         }
     }
+}
+
+/// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
+fn parse_net_dev(text: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines().skip(2) {
+        let (iface, counters) = line.split_once(':')?;
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let rx: u64 = counters.split_whitespace().next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0) + rx);
+    }
+    total
 }
 
 /// Where capstan remembers the `repo:tag` a Compose file names, once the
@@ -591,7 +657,8 @@ mod tests {
         }
         let plan = plan_host("fake", &services, &obs, &|_, _| Some(to.to_string())).unwrap();
         let rec = Recorder::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None };
+        let cancel = Cancel::default();
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
         (result, events)
@@ -629,6 +696,13 @@ mod tests {
         // The new container has what the old one had, but the image.
         let env = w.fake.state.lock().unwrap().containers["web-1"].spec.0.env.clone();
         assert_eq!(env, Some(vec!["APP_SETTING=kept".to_string()]));
+    }
+
+    #[test]
+    fn net_dev_counters() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    7942     103    0    0    0     0          0         0     9117      89    0    0    0     0       0          0\n  eth1:      58       1    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n";
+        assert_eq!(parse_net_dev(text), Some(8000));
+        assert_eq!(parse_net_dev("garbage"), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -699,7 +773,8 @@ mod tests {
                     }
                 }
             });
-            let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None };
+            let cancel = Cancel::default();
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
             let result = r.run(&plan, &services).await;
             watcher.abort();
             // Injected faults stop after the run so that checks see the real state.
@@ -715,5 +790,42 @@ mod tests {
             assert_eq!(upstream(&w), UPSTREAM, "{inject}: nothing left drained");
             assert!(result.error.unwrap().contains("reverted"));
         }
+    }
+
+    /// SIGTERM after the first instance: nothing new starts, everything changed is reverted.
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_run_reverts_what_it_changed() {
+        let w = world("");
+        let host = w.fake.host();
+        let services: Vec<&Service> = w.config.services.iter().collect();
+        let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
+        for n in ["web-1", "web-2"] {
+            let c = host.engine.inspect_container(n).await.unwrap().unwrap();
+            obs.containers.insert(n.into(), (c.clone(), host.engine.inspect_image(&c.image_id).await.unwrap()));
+        }
+        let plan = plan_host("fake", &services, &obs, &|_, _| Some(V2.to_string())).unwrap();
+        let rec = Recorder::default();
+        let cancel = Arc::new(Cancel::default());
+        let (fake, c2) = (w.fake.clone(), cancel.clone());
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if fake.state.lock().unwrap().log.iter().any(|l| l == "start web-2") {
+                    c2.trigger("cancelled by SIGTERM");
+                    return;
+                }
+            }
+        });
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
+        let result = r.run(&plan, &services).await;
+        watcher.abort();
+        let s = steps(&rec.0.lock().unwrap());
+        assert_eq!(result.outcome, HostOutcome::RolledBack, "{s:#?}");
+        assert!(result.error.unwrap().contains("cancelled by SIGTERM"));
+        assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1));
+        assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
+        assert_eq!(w.fake.names(), vec!["web-1", "web-2"]);
+        assert_eq!(upstream(&w), UPSTREAM);
+        assert!(!s.iter().any(|x| x == "web-2 traffic"), "no step starts after the signal: {s:#?}");
     }
 }

@@ -1,5 +1,6 @@
 //! One OpenSSH master connection per host for the whole run (the openssh
-//! crate, process-mux). Through it: quoted commands ([`Shell`]), the host's
+//! crate; commands are multiplexed over the master's control socket by the
+//! native-mux client, with no `ssh` process per command). Through it: quoted commands ([`Shell`]), the host's
 //! Docker socket forwarded to a local socket, and TCP tunnels for HTTP probes
 //! ([`Probe`]). Host keys are always checked strictly; nothing is accepted new.
 //! This is the only module that spawns processes.
@@ -87,7 +88,7 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
     if let Some(c) = &ssh.config_file {
         b.config_file(c);
     }
-    let session = b.connect(&addr.host).await.map_err(|e| connect_error(&name, e))?;
+    let session = b.connect_mux(&addr.host).await.map_err(|e| connect_error(&name, e))?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

@@ -329,3 +329,45 @@ fn compose_tags_follow_what_runs() {
     assert_eq!(app.images(), vec![tag_now.clone(), tag_now], "and follows a rollback too");
     docker(&["rmi", &moving]);
 }
+
+/// What a cancelled GitHub Actions run does: SIGTERM in the middle of the rollout.
+#[test]
+fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
+    let sb = sandbox();
+    let app = app("sigterm");
+    app.write_config(&app.default_config());
+    let load = app.load(200);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["deploy", "--version", "v2"])
+        .current_dir(app.dir())
+        .env("REGISTRY_PASSWORD", sb.registry_password())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the second instance is being replaced, the first one already runs v2.
+    let kept = format!("{}.capstan-old", app.instances()[1]);
+    support::wait_for(Duration::from_secs(60), Duration::from_millis(10), || app.containers().contains(&kept).then_some(()))
+        .expect("the deploy reached the second instance");
+    let signalled = Instant::now();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    let took = signalled.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+
+    assert_eq!(status.code(), Some(1), "exit 1 after reverting:\n{stderr}");
+    assert!(stderr.contains("SIGTERM received"), "{stderr}");
+    assert!(took < Duration::from_secs(60), "bounded: took {took:?}");
+    assert_eq!(app.versions(), vec!["v1", "v1"], "{stderr}");
+    assert!(!app.containers().iter().any(|c| c.ends_with(".capstan-old")), "{:?}", app.containers());
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    assert!(!app.state_dir().join("lock.json").exists(), "lock released");
+    let log = log_records(&app);
+    let last = log.last().expect("the cancelled run is recorded");
+    assert_eq!(last["outcome"], "rolled_back");
+    assert!(last["error"].as_str().unwrap().contains("cancelled by SIGTERM"), "{last}");
+}
