@@ -19,6 +19,8 @@ const PAUSE_MS: u64 = 500;
 const DRAIN_WAIT_MS: u64 = 300;
 
 struct Sample {
+    /// capstan only: milliseconds per step name, summed over instances.
+    steps: std::collections::BTreeMap<String, u64>,
     wall_ms: u64,
     unavoidable_ms: u64,
     sent: u64,
@@ -67,8 +69,10 @@ fn capstan_run(sb: &Sandbox) -> Sample {
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     // The waits no tool can avoid: the pull, start-to-healthy, and the configured pause and drain wait.
     let mut unavoidable = 0;
+    let mut steps = std::collections::BTreeMap::new();
     for i in report["hosts"][0]["instances"].as_array().unwrap() {
         for s in i["steps"].as_array().unwrap() {
+            *steps.entry(s["step"].as_str().unwrap().to_string()).or_insert(0) += s["duration_ms"].as_u64().unwrap();
             match s["step"].as_str().unwrap() {
                 "pull" | "start" | "health" => unavoidable += s["duration_ms"].as_u64().unwrap(),
                 "pause" => unavoidable += PAUSE_MS,
@@ -77,7 +81,9 @@ fn capstan_run(sb: &Sandbox) -> Sample {
             }
         }
     }
-    Sample { wall_ms, unavoidable_ms: unavoidable, sent: stats.sent, failed: stats.failed }
+    let in_steps: u64 = steps.values().sum();
+    steps.insert("(outside steps: connect, resolve, plan, lock, log)".into(), wall_ms.saturating_sub(in_steps));
+    Sample { steps, wall_ms, unavoidable_ms: unavoidable, sent: stats.sent, failed: stats.failed }
 }
 
 /// What the `appleboy/ssh-action` + shell script deploys do: stop, run, wait healthy, pause.
@@ -120,7 +126,7 @@ fn old_way_run(sb: &Sandbox) -> Sample {
     std::thread::sleep(Duration::from_millis(500));
     let stats = load.stop();
     assert_eq!(app.versions(), vec!["v2", "v2"]);
-    Sample { wall_ms, unavoidable_ms: unavoidable, sent: stats.sent, failed: stats.failed }
+    Sample { steps: Default::default(), wall_ms, unavoidable_ms: unavoidable, sent: stats.sent, failed: stats.failed }
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -157,4 +163,10 @@ fn main() {
     let (cw, _) = row("capstan (drain, health gate, traffic check)", &capstan);
     let (ow, _) = row("old way (stop, run, wait healthy, pause)", &old);
     println!("\ndeploy time ratio capstan / old way: {:.2}", cw as f64 / ow.max(1) as f64);
+    println!("\ncapstan's time by step (median over runs, both instances summed):\n");
+    println!("| step | ms |");
+    println!("|---|---|");
+    for name in capstan[0].steps.keys() {
+        println!("| {name} | {} |", median(capstan.iter().map(|s| s.steps.get(name).copied().unwrap_or(0)).collect()));
+    }
 }

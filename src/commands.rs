@@ -477,10 +477,7 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
                         let healthy = match (&svc.health.http, c.running) {
                             (_, false) => Some(false),
                             (Some(http), true) => {
-                                let (addr, port) = match c.addresses.first() {
-                                    Some(a) => (a.clone(), http.port),
-                                    None => ("127.0.0.1".into(), c.host_port_for(http.port).unwrap_or(http.port)),
-                                };
+                                let (addr, port) = c.probe_addr(http.port);
                                 Some(matches!(h.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await, Ok(a) if (200..400).contains(&a.status)))
                             }
                             (None, true) => c.docker_health.map(|d| d == crate::host::DockerHealth::Healthy),

@@ -61,6 +61,14 @@ impl ContainerInfo {
     pub fn host_port_for(&self, container_port: u16) -> Option<u16> {
         self.ports.iter().find(|p| p.container_port == container_port).map(|p| p.host_port)
     }
+
+    /// Where the host reaches the container's `port`: its own address, else the published port.
+    pub fn probe_addr(&self, port: u16) -> (String, u16) {
+        match self.addresses.first() {
+            Some(a) => (a.clone(), port),
+            None => ("127.0.0.1".to_string(), self.host_port_for(port).unwrap_or(port)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

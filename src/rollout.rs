@@ -461,10 +461,7 @@ impl<'a> Rollout<'a> {
                 last = "the container is not running".into();
             }
             if let (true, Some(http)) = (ok, &h.http) {
-                let (addr, port) = match c.addresses.first() {
-                    Some(a) => (a.clone(), http.port),
-                    None => ("127.0.0.1".to_string(), c.host_port_for(http.port).unwrap_or(http.port)),
-                };
+                let (addr, port) = c.probe_addr(http.port);
                 match self.host.probe.http_get(&addr, port, &http.path, probe_timeout).await {
                     Ok(a) if (200..400).contains(&a.status) => {}
                     Ok(a) => {
@@ -646,7 +643,8 @@ mod tests {
         World { fake, config }
     }
 
-    async fn run(w: &World, to: &str) -> (HostResult, Vec<Event>) {
+    /// Observes the fake host and plans every instance onto `to`.
+    async fn prepared<'w>(w: &'w World, to: &str) -> (Host, Vec<&'w Service>, HostPlan) {
         let host = w.fake.host();
         let services: Vec<&Service> = w.config.services.iter().collect();
         let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
@@ -656,6 +654,11 @@ mod tests {
             obs.containers.insert(n.into(), (c, i));
         }
         let plan = plan_host("fake", &services, &obs, &|_, _| Some(to.to_string())).unwrap();
+        (host, services, plan)
+    }
+
+    async fn run(w: &World, to: &str) -> (HostResult, Vec<Event>) {
+        let (host, services, plan) = prepared(w, to).await;
         let rec = Recorder::default();
         let cancel = Cancel::default();
         let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
@@ -745,14 +748,7 @@ mod tests {
                 }
                 op => w.fake.fail(op),
             }
-            let host = w.fake.host();
-            let services: Vec<&Service> = w.config.services.iter().collect();
-            let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
-            for n in ["web-1", "web-2"] {
-                let c = host.engine.inspect_container(n).await.unwrap().unwrap();
-                obs.containers.insert(n.into(), (c.clone(), host.engine.inspect_image(&c.image_id).await.unwrap()));
-            }
-            let plan = plan_host("fake", &services, &obs, &|_, _| Some(V2.to_string())).unwrap();
+            let (host, services, plan) = prepared(&w, V2).await;
             let rec = Recorder::default();
             // Second-instance failures are injected once the first instance is done.
             let fake = w.fake.clone();
@@ -796,14 +792,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_run_reverts_what_it_changed() {
         let w = world("");
-        let host = w.fake.host();
-        let services: Vec<&Service> = w.config.services.iter().collect();
-        let mut obs = Observed { all_names: w.fake.names(), ..Default::default() };
-        for n in ["web-1", "web-2"] {
-            let c = host.engine.inspect_container(n).await.unwrap().unwrap();
-            obs.containers.insert(n.into(), (c.clone(), host.engine.inspect_image(&c.image_id).await.unwrap()));
-        }
-        let plan = plan_host("fake", &services, &obs, &|_, _| Some(V2.to_string())).unwrap();
+        let (host, services, plan) = prepared(&w, V2).await;
         let rec = Recorder::default();
         let cancel = Arc::new(Cancel::default());
         let (fake, c2) = (w.fake.clone(), cancel.clone());

@@ -371,3 +371,34 @@ fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
     assert_eq!(last["outcome"], "rolled_back");
     assert!(last["error"].as_str().unwrap().contains("cancelled by SIGTERM"), "{last}");
 }
+
+/// The user's ssh config is honoured: a host alias reached through a ProxyJump
+/// (here the sandbox sshd jumps to itself), with strict host key checks on both hops.
+#[test]
+fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
+    let sb = sandbox();
+    let app = app("jump");
+    let port = sb.ssh_host().rsplit(':').next().unwrap().to_string();
+    let cfg = app.dir().join("ssh_config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "Host capstan-bastion\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n\
+             Host capstan-target\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  UserKnownHostsFile {kh}\n  ProxyJump capstan-bastion\n",
+            user = sb.ssh_user(),
+            key = sb.identity_file().display(),
+            kh = sb.known_hosts().display(),
+        ),
+    )
+    .unwrap();
+    let yaml = app
+        .default_config()
+        .replace(&format!("  - {}", sb.ssh_host()), "  - capstan-target")
+        .replace("ssh:\n", &format!("ssh:\n  config: {}\n", cfg.display()));
+    app.write_config(&yaml);
+    let run = app.capstan(&["status", "--json"]);
+    ok(&run);
+    let status = json(&run);
+    assert_eq!(status["hosts"][0]["host"], "capstan-target");
+    assert_eq!(status["hosts"][0]["instances"][0]["healthy"], true, "{status}");
+}
