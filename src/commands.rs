@@ -353,13 +353,15 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
             };
             let result = r.run(hp, &services).await;
             let record = record(ctx.config, h, command, version, started_at, &result, &lease);
-            if let Err(e) = state::append(h.shell.as_ref(), dir, &record).await {
-                ctx.warn(Some(&h.name), format!("could not append to the deployment log: {e}"));
-            }
-            match state::release(h.shell.as_ref(), dir, &lease.id).await {
+            match state::append_and_release(h.shell.as_ref(), dir, &record, &lease.id).await {
                 Ok(true) => {}
                 Ok(false) => ctx.warn(Some(&h.name), "the deploy lock was no longer ours at the end"),
-                Err(e) => ctx.warn(Some(&h.name), format!("could not release the deploy lock: {e}")),
+                Err(e) => {
+                    ctx.warn(Some(&h.name), format!("could not record the run and release the lock ({e}); trying the release alone"));
+                    if let Err(e) = state::release(h.shell.as_ref(), dir, &lease.id).await {
+                        ctx.warn(Some(&h.name), format!("could not release the deploy lock: {e}"));
+                    }
+                }
             }
             (h.name.clone(), result)
         }

@@ -565,10 +565,16 @@ impl<'a> Rollout<'a> {
         }
     }
 
+    /// Extends the lease once less than half of it is left: a short deploy
+    /// spends no round trip on it, a long one never lets it lapse.
     async fn renew_lease(&self) {
         let Some(k) = &self.lease else { return };
         let mut lease = k.lease.lock().await;
-        lease.expires_at = OffsetDateTime::now_utc() + k.duration;
+        let now = OffsetDateTime::now_utc();
+        if lease.expires_at - now > k.duration / 2 {
+            return;
+        }
+        lease.expires_at = now + k.duration;
         if let Err(e) = state::renew(self.host.shell.as_ref(), &k.dir, &lease).await {
             self.warn(format!("could not renew the deploy lock: {e}"));
         }

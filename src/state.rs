@@ -91,7 +91,10 @@ d=$1; cat "$d/lock.json" 2>/dev/null || true; rm -f "$d/lock.json""#;
 
 const READ_LOCK: &str = r#"cat "$1/lock.json" 2>/dev/null || true"#;
 
-const APPEND: &str = r#"set -eu; mkdir -p "$1"; cat >> "$1/deploys.jsonl""#;
+/// Appends the record, then releases the lock if it is still lease `$2`: the end of a run in one round trip.
+const APPEND_AND_RELEASE: &str = r#"set -eu
+d=$1; mkdir -p "$d"; cat >> "$d/deploys.jsonl"
+if grep -q "\"id\":\"$2\"" "$d/lock.json" 2>/dev/null; then rm -f "$d/lock.json"; echo released; else echo not-held; fi"#;
 
 const READ_LOG: &str = r#"cat "$1/deploys.jsonl" 2>/dev/null || true"#;
 
@@ -170,10 +173,11 @@ pub async fn read_lock(shell: &dyn Shell, dir: &str) -> Result<Option<Lease>, St
     Ok(parse_lease(&sh(shell, READ_LOCK, &[dir], None).await?))
 }
 
-pub async fn append(shell: &dyn Shell, dir: &str, record: &Record) -> Result<(), StateError> {
+/// Appends `record` and releases lease `id`; returns whether the lease was still ours.
+pub async fn append_and_release(shell: &dyn Shell, dir: &str, record: &Record, id: &str) -> Result<bool, StateError> {
     let mut line = serde_json::to_string(record).expect("record serializes");
     line.push('\n');
-    sh(shell, APPEND, &[dir], Some(line.as_bytes())).await.map(|_| ())
+    Ok(sh(shell, APPEND_AND_RELEASE, &[dir, id], Some(line.as_bytes())).await?.trim() == "released")
 }
 
 /// Reads the log; lines that do not parse (a torn write, a hand edit) are skipped and counted.
@@ -221,5 +225,69 @@ mod tests {
         let (records, bad) = parse_log(&format!("{line}\n{{broken\n\n{line}\n"));
         assert_eq!(records, vec![r.clone(), r]);
         assert_eq!(bad, 1);
+    }
+
+    fn lease(id: &str, holder: &str, expires: OffsetDateTime) -> Lease {
+        Lease {
+            id: id.into(),
+            holder: holder.into(),
+            command: "deploy".into(),
+            version: Some("v2".into()),
+            run_url: None,
+            acquired_at: time::macros::datetime!(2026-11-22 10:00 UTC),
+            expires_at: expires,
+        }
+    }
+
+    /// The real host scripts, run by a local shell in a temp dir.
+    #[tokio::test]
+    async fn the_lock_is_exclusive_expires_and_is_released_only_by_its_holder() {
+        let host = crate::fake::FakeHost::new();
+        let dir = host.dir.path().join("state").display().to_string();
+        let shell: &dyn Shell = host.as_ref();
+        let now = time::macros::datetime!(2026-11-22 10:05 UTC);
+        let later = time::macros::datetime!(2026-11-22 10:15 UTC);
+        let a = lease("00000000000000aa", "alice", later);
+        let b = lease("00000000000000bb", "bob", later);
+
+        acquire(shell, &dir, &a, now).await.unwrap();
+        assert_eq!(read_lock(shell, &dir).await.unwrap(), Some(a.clone()));
+        // A second holder is refused and told who holds it.
+        assert_eq!(acquire(shell, &dir, &b, now).await, Err(StateError::Held(a.clone())));
+        // Only the holder releases it.
+        assert!(!release(shell, &dir, &b.id).await.unwrap());
+        assert!(renew(shell, &dir, &b).await.is_err());
+        renew(shell, &dir, &a).await.unwrap();
+        // Once expired, it is taken over.
+        let after_expiry = time::macros::datetime!(2026-11-22 10:20 UTC);
+        acquire(shell, &dir, &b, after_expiry).await.unwrap();
+        assert_eq!(read_lock(shell, &dir).await.unwrap().unwrap().holder, "bob");
+        assert!(!release(shell, &dir, &a.id).await.unwrap(), "the old holder cannot release the new lease");
+        // The end of a run: the record appended and the lease released in one go.
+        let (records, _) = read_log(shell, &dir).await.unwrap();
+        assert!(records.is_empty());
+        let r = Record {
+            time: now,
+            app: "shop".into(),
+            host: "h".into(),
+            command: "deploy".into(),
+            version: Some("v2".into()),
+            outcome: "succeeded".into(),
+            actor: None,
+            run_url: None,
+            duration_ms: 1,
+            instances: vec![],
+            error: None,
+        };
+        assert!(append_and_release(shell, &dir, &r, &b.id).await.unwrap());
+        assert_eq!(read_lock(shell, &dir).await.unwrap(), None);
+        assert_eq!(read_log(shell, &dir).await.unwrap().0, vec![r.clone()]);
+        // Appending without the lease records but reports it no longer held.
+        assert!(!append_and_release(shell, &dir, &r, &b.id).await.unwrap());
+        assert_eq!(read_log(shell, &dir).await.unwrap().0.len(), 2);
+        // --force removes whoever holds it.
+        acquire(shell, &dir, &a, now).await.unwrap();
+        assert_eq!(force_release(shell, &dir).await.unwrap(), Some(a));
+        assert_eq!(read_lock(shell, &dir).await.unwrap(), None);
     }
 }
