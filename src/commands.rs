@@ -350,6 +350,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
                 t0,
                 lease: Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease }),
                 cancel: ctx.cancel,
+                drainer: Default::default(),
             };
             let result = r.run(hp, &services).await;
             let record = record(ctx.config, h, command, version, started_at, &result, &lease);

@@ -2,8 +2,12 @@
 //!
 //! The nginx method edits the upstream file: the `server` line whose port is
 //! the instance's published port gets the `down` flag (pure: [`set_down`]),
-//! the file is replaced atomically on the host and nginx reloaded. The
+//! the file is replaced atomically on the host and nginx reloaded (one round
+//! trip when the file is as capstan last wrote it). The
 //! command method runs the user's commands with the instance in the environment.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::config::DrainMethod;
 use crate::host::Shell;
@@ -78,8 +82,13 @@ fn edit_server_line(line: &str, port: u16, down: bool) -> Option<String> {
     }
 }
 
-/// Replaces file `$1` atomically with the content on stdin, then runs the reload command `$2`.
-const WRITE_AND_RELOAD: &str = r#"set -e; t="$1.capstan.$$"; cat > "$t"; chmod --reference="$1" "$t" 2>/dev/null || true; mv -f "$t" "$1"; sh -c "$2""#;
+/// Replaces file `$1` atomically with the content on stdin, then runs the reload
+/// command `$3`. With a SHA-256 in `$2`, only if the file still has that digest
+/// (else it prints `stale` and changes nothing).
+const WRITE_AND_RELOAD: &str = r#"set -e; f=$1
+if [ -n "$2" ] && [ "$(sha256sum "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
+t="$f.capstan.$$"; cat > "$t"; chmod --reference="$f" "$t" 2>/dev/null || true; mv -f "$t" "$f"
+sh -c "$3"; echo written"#;
 
 pub struct Target<'a> {
     pub service: &'a str,
@@ -87,43 +96,78 @@ pub struct Target<'a> {
     pub host_port: u16,
 }
 
-/// Drains (`down = true`) or undrains an instance. Returns a short description of what was done.
-pub async fn apply(shell: &dyn Shell, method: &DrainMethod, t: &Target<'_>, down: bool) -> Result<String, DrainError> {
-    match method {
-        DrainMethod::None => Ok("no load balancer configured".into()),
-        DrainMethod::Nginx { upstream_conf, reload, port } => {
-            let port = port.unwrap_or(t.host_port);
-            let read = shell.run(&["cat", "--", upstream_conf], None).await.map_err(|e| DrainError::Host(e.0))?;
-            if !read.ok() {
-                return Err(DrainError::Host(format!("cannot read {upstream_conf}: {}", read.stderr.trim())));
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Drains and undrains instances. Remembers what it last wrote to each
+/// upstream file, so that the next edit is one round trip (write if unchanged,
+/// reload) instead of two (read, then write and reload).
+#[derive(Default)]
+pub struct Drainer {
+    known: Mutex<HashMap<String, String>>,
+}
+
+impl Drainer {
+    /// Drains (`down = true`) or undrains an instance. Returns a short description of what was done.
+    pub async fn apply(&self, shell: &dyn Shell, method: &DrainMethod, t: &Target<'_>, down: bool) -> Result<String, DrainError> {
+        match method {
+            DrainMethod::None => Ok("no load balancer configured".into()),
+            DrainMethod::Nginx { upstream_conf, reload, port } => {
+                let port = port.unwrap_or(t.host_port);
+                let known = self.known.lock().unwrap().get(upstream_conf).cloned();
+                if let Some(current) = known {
+                    if self.write(shell, upstream_conf, reload, &current, port, down, true).await? {
+                        return Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }));
+                    }
+                }
+                let read = shell.run(&["cat", "--", upstream_conf], None).await.map_err(|e| DrainError::Host(e.0))?;
+                if !read.ok() {
+                    return Err(DrainError::Host(format!("cannot read {upstream_conf}: {}", read.stderr.trim())));
+                }
+                self.write(shell, upstream_conf, reload, &read.stdout, port, down, false).await?;
+                Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }))
             }
-            let edited = set_down(upstream_conf, &read.stdout, port, down)?;
-            // One round trip: replace the file, then reload.
-            let r = shell
-                .run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", upstream_conf, reload], Some(edited.as_bytes()))
-                .await
-                .map_err(|e| DrainError::Host(e.0))?;
-            if !r.ok() {
-                // Put the file back as it was so that the next reload does not surprise anyone.
-                let _ = shell.run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", upstream_conf, "true"], Some(read.stdout.as_bytes())).await;
-                return Err(DrainError::Host(format!("`{reload}` failed with exit {}: {}", r.status, r.stderr.trim())));
+            DrainMethod::Command { drain, undrain } => {
+                let cmd = if down { drain } else { undrain };
+                let inst = format!("CAPSTAN_INSTANCE={}", t.instance);
+                let svc = format!("CAPSTAN_SERVICE={}", t.service);
+                let port = format!("CAPSTAN_PORT={}", t.host_port);
+                let r = shell
+                    .run(&["env", &inst, &svc, &port, "sh", "-c", cmd], None)
+                    .await
+                    .map_err(|e| DrainError::Host(e.0))?;
+                if !r.ok() {
+                    return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
+                }
+                Ok(format!("ran `{cmd}`"))
             }
-            Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }))
         }
-        DrainMethod::Command { drain, undrain } => {
-            let cmd = if down { drain } else { undrain };
-            let inst = format!("CAPSTAN_INSTANCE={}", t.instance);
-            let svc = format!("CAPSTAN_SERVICE={}", t.service);
-            let port = format!("CAPSTAN_PORT={}", t.host_port);
-            let r = shell
-                .run(&["env", &inst, &svc, &port, "sh", "-c", cmd], None)
-                .await
-                .map_err(|e| DrainError::Host(e.0))?;
-            if !r.ok() {
-                return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
-            }
-            Ok(format!("ran `{cmd}`"))
+    }
+
+    /// Writes `current` edited for `port` and reloads. With `guarded`, only if the
+    /// file on the host is still `current`: returns false when it was not.
+    #[allow(clippy::too_many_arguments)]
+    async fn write(&self, shell: &dyn Shell, file: &str, reload: &str, current: &str, port: u16, down: bool, guarded: bool) -> Result<bool, DrainError> {
+        let edited = set_down(file, current, port, down)?;
+        let guard = if guarded { sha256_hex(current) } else { String::new() };
+        let r = shell
+            .run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", file, &guard, reload], Some(edited.as_bytes()))
+            .await
+            .map_err(|e| DrainError::Host(e.0))?;
+        if r.ok() && r.stdout.trim_end().ends_with("stale") {
+            self.known.lock().unwrap().remove(file);
+            return Ok(false);
         }
+        if !r.ok() {
+            self.known.lock().unwrap().remove(file);
+            // Put the file back as it was so that the next reload does not surprise anyone.
+            let _ = shell.run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", file, "", "true"], Some(current.as_bytes())).await;
+            return Err(DrainError::Host(format!("`{reload}` failed with exit {}: {}", r.status, r.stderr.trim())));
+        }
+        self.known.lock().unwrap().insert(file.to_string(), edited);
+        Ok(true)
     }
 }
 
@@ -164,5 +208,36 @@ mod tests {
     fn ipv6_and_hostnames() {
         assert_eq!(set_down("f", "server [::1]:8081;", 8081, true).unwrap(), "server [::1]:8081 down;");
         assert_eq!(set_down("f", "  server app:8081 weight=2;", 8081, true).unwrap(), "  server app:8081 weight=2 down;");
+    }
+
+    /// The real script, run by a local shell: one round trip when the file is as
+    /// last written, a re-read when someone else changed it meanwhile.
+    #[tokio::test]
+    async fn edits_in_one_round_trip_unless_the_file_changed() {
+        let host = crate::fake::FakeHost::new();
+        let file = host.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let marker = host.dir.path().join("reloads");
+        let method = DrainMethod::Nginx {
+            upstream_conf: file.display().to_string(),
+            reload: format!("echo reload >> {}", marker.display()),
+            port: None,
+        };
+        let t = Target { service: "web", instance: "web-1", host_port: 8081 };
+        let d = Drainer::default();
+        let runs = || host.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run ")).count();
+        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
+        assert_eq!(runs(), 2, "read, then write and reload");
+        assert!(std::fs::read_to_string(&file).unwrap().contains("server 127.0.0.1:8081 down;"));
+        d.apply(host.as_ref(), &method, &t, false).await.unwrap();
+        assert_eq!(runs(), 3, "the undrain needs no read");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+        // Someone edits the file between two drains: capstan notices, re-reads, keeps their edit.
+        let theirs = CONF.replace("max_fails=3", "max_fails=5");
+        std::fs::write(&file, &theirs).unwrap();
+        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
+        assert_eq!(runs(), 6, "a stale write, a read, a write");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), theirs.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081 down;"));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 3, "reloaded once per edit");
     }
 }

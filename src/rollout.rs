@@ -39,6 +39,7 @@ pub struct Rollout<'a> {
     pub lease: Option<LeaseKeeper>,
     /// Once triggered, no new step starts; what was changed is reverted.
     pub cancel: &'a Cancel,
+    pub drainer: drain::Drainer,
 }
 
 pub struct LeaseKeeper {
@@ -307,7 +308,7 @@ impl<'a> Rollout<'a> {
         self.go_on(cancellable)?;
         if svc.drain.method != DrainMethod::None {
             self.step(s, name, &step("drain"), async {
-                let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
                 p.drained = true;
                 self.wait(svc.drain.wait, cancellable).await?;
                 Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
@@ -335,7 +336,7 @@ impl<'a> Rollout<'a> {
         self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
         if svc.drain.method != DrainMethod::None {
             self.step(s, name, &step("undrain"), async {
-                let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
                 p.drained = false;
                 Ok(((), d))
             })
@@ -375,7 +376,7 @@ impl<'a> Rollout<'a> {
             if !drained && svc.drain.method != DrainMethod::None {
                 drained = self
                     .step(s, name, &step("drain"), async {
-                        let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                        let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
                         tokio::time::sleep(svc.drain.wait).await;
                         Ok(((), d))
                     })
@@ -409,7 +410,7 @@ impl<'a> Rollout<'a> {
         if drained && ok {
             ok &= self
                 .step(s, name, &step("undrain"), async {
-                    let d = drain::apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                    let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
                     Ok(((), d))
                 })
                 .await
@@ -667,7 +668,7 @@ mod tests {
         let (host, services, plan) = prepared(w, to).await;
         let rec = Recorder::default();
         let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
         (result, events)
@@ -776,7 +777,7 @@ mod tests {
                 }
             });
             let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
             let result = r.run(&plan, &services).await;
             watcher.abort();
             // Injected faults stop after the run so that checks see the real state.
@@ -811,7 +812,7 @@ mod tests {
                 }
             }
         });
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
         let result = r.run(&plan, &services).await;
         watcher.abort();
         let s = steps(&rec.0.lock().unwrap());

@@ -202,6 +202,24 @@ mod tests {
     #[test]
     fn log_lines_round_trip_and_bad_lines_are_counted() {
         let r = Record {
+            instances: vec![RecordInstance {
+                service: "web".into(),
+                name: "web-1".into(),
+                from_image: "r@sha256:a".into(),
+                to_image: "r@sha256:b".into(),
+                outcome: "replaced".into(),
+            }],
+            ..record()
+        };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains('\n'));
+        let (records, bad) = parse_log(&format!("{line}\n{{broken\n\n{line}\n"));
+        assert_eq!(records, vec![r.clone(), r]);
+        assert_eq!(bad, 1);
+    }
+
+    fn record() -> Record {
+        Record {
             time: time::macros::datetime!(2026-11-22 10:00 UTC),
             app: "shop".into(),
             host: "h".into(),
@@ -211,20 +229,9 @@ mod tests {
             actor: None,
             run_url: None,
             duration_ms: 5,
-            instances: vec![RecordInstance {
-                service: "web".into(),
-                name: "web-1".into(),
-                from_image: "r@sha256:a".into(),
-                to_image: "r@sha256:b".into(),
-                outcome: "replaced".into(),
-            }],
+            instances: vec![],
             error: None,
-        };
-        let line = serde_json::to_string(&r).unwrap();
-        assert!(!line.contains('\n'));
-        let (records, bad) = parse_log(&format!("{line}\n{{broken\n\n{line}\n"));
-        assert_eq!(records, vec![r.clone(), r]);
-        assert_eq!(bad, 1);
+        }
     }
 
     fn lease(id: &str, holder: &str, expires: OffsetDateTime) -> Lease {
@@ -266,19 +273,7 @@ mod tests {
         // The end of a run: the record appended and the lease released in one go.
         let (records, _) = read_log(shell, &dir).await.unwrap();
         assert!(records.is_empty());
-        let r = Record {
-            time: now,
-            app: "shop".into(),
-            host: "h".into(),
-            command: "deploy".into(),
-            version: Some("v2".into()),
-            outcome: "succeeded".into(),
-            actor: None,
-            run_url: None,
-            duration_ms: 1,
-            instances: vec![],
-            error: None,
-        };
+        let r = record();
         assert!(append_and_release(shell, &dir, &r, &b.id).await.unwrap());
         assert_eq!(read_lock(shell, &dir).await.unwrap(), None);
         assert_eq!(read_log(shell, &dir).await.unwrap().0, vec![r.clone()]);

@@ -44,6 +44,18 @@ fn log_records(app: &App) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("every log line is JSON")).collect()
 }
 
+/// Starts `capstan deploy --version V` in the background; stderr is piped.
+fn spawn_deploy(app: &App, version: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["deploy", "--version", version])
+        .current_dir(app.dir())
+        .env("REGISTRY_PASSWORD", sandbox().registry_password())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn ok(run: &Run) {
     assert_eq!(run.status, 0, "capstan failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
 }
@@ -171,17 +183,9 @@ fn rollback_history_and_status() {
 
 #[test]
 fn a_second_deploy_is_refused_by_the_lock() {
-    let sb = sandbox();
     let app = app("lock");
     app.write_config(&app.default_config().replace("pause: 500ms", "pause: 2s"));
-    let mut first = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["deploy", "--version", "v2"])
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sb.registry_password())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_deploy(&app, "v2");
     let lock = app.state_dir().join("lock.json");
     let t = Instant::now();
     while !lock.exists() {
@@ -333,18 +337,10 @@ fn compose_tags_follow_what_runs() {
 /// What a cancelled GitHub Actions run does: SIGTERM in the middle of the rollout.
 #[test]
 fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
-    let sb = sandbox();
     let app = app("sigterm");
     app.write_config(&app.default_config());
     let load = app.load(200);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["deploy", "--version", "v2"])
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sb.registry_password())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_deploy(&app, "v2");
     // Once the second instance is being replaced, the first one already runs v2.
     let kept = format!("{}.capstan-old", app.instances()[1]);
     support::wait_for(Duration::from_secs(60), Duration::from_millis(10), || app.containers().contains(&kept).then_some(()))
