@@ -44,10 +44,12 @@ fn main() {
 }
 
 fn init_tracing(verbose: u8) {
+    // Never bollard's debug output by default: it logs request bodies, and a
+    // container's create request carries the app's environment (its secrets).
     let default = match verbose {
         0 => "warn",
-        1 => "capstan=debug",
-        _ => "debug",
+        1 => "warn,capstan=debug",
+        _ => "warn,capstan=trace,openssh=debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env(env::CAPSTAN_LOG).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
