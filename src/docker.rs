@@ -210,8 +210,15 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
     let state = c.state.clone().unwrap_or_default();
     let config = c.config.clone().unwrap_or_default();
     let settings = c.network_settings.clone().unwrap_or_default();
+    // A stopped container has no live port map: its bindings are in HostConfig.
+    let port_map = settings
+        .ports
+        .clone()
+        .filter(|m| !m.is_empty())
+        .or_else(|| c.host_config.as_ref().and_then(|h| h.port_bindings.clone()))
+        .unwrap_or_default();
     let mut ports = Vec::new();
-    for (key, bindings) in settings.ports.clone().unwrap_or_default() {
+    for (key, bindings) in port_map {
         let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
         if !key.ends_with("/tcp") {
             continue;

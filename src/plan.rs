@@ -71,7 +71,7 @@ pub fn plan_host(
             let leftover = format!("{name}{OLD_SUFFIX}");
             if observed.all_names.contains(&leftover) {
                 problems.push(format!(
-                    "{host}: container {leftover} is left from an interrupted deploy; check which of {name} and {leftover} should run, then remove the other"
+                    "{host}: container {leftover} is left from an interrupted deploy; `capstan deploy` or `capstan rollback` puts it back as {name} before anything else"
                 ));
                 continue;
             }

@@ -365,6 +365,45 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
+    /// Finishes the revert of an instance that a killed run left half-replaced:
+    /// the kept `<name>.capstan-old` comes back as `<name>`, drained while it
+    /// happens, health-checked, then undrained.
+    pub async fn recover(&self, svc: &Service, name: &str) -> Result<(), String> {
+        let old = format!("{name}{OLD_SUFFIX}");
+        let engine = &self.host.engine;
+        let kept = engine.inspect_container(&old).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{old} is gone"))?;
+        let port = svc.health.http.as_ref().map(|h| h.port);
+        let host_port = port.and_then(|p| kept.host_port_for(p)).or_else(|| kept.ports.first().map(|p| p.host_port)).unwrap_or(0);
+        let target = drain::Target { service: &svc.name, instance: name, host_port };
+        let (s, lb) = (&svc.name, svc.drain.method != DrainMethod::None);
+        if lb {
+            self.step(s, name, "recover drain", async {
+                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, &target, true).await.map_err(|e| e.to_string())?;
+                tokio::time::sleep(svc.drain.wait).await;
+                Ok(((), d))
+            })
+            .await?;
+        }
+        self.step(s, name, "recover old back", async {
+            if engine.inspect_container(name).await.map_err(|e| e.to_string())?.is_some() {
+                engine.remove(name).await.map_err(|e| e.to_string())?;
+            }
+            engine.rename(&old, name).await.map_err(|e| e.to_string())?;
+            engine.start(name).await.map_err(|e| e.to_string())?;
+            Ok(((), format!("{old} is {name} again")))
+        })
+        .await?;
+        self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
+        if lb {
+            self.step(s, name, "recover undrain", async {
+                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, &target, false).await.map_err(|e| e.to_string())?;
+                Ok(((), d))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Puts the kept old container back in place of a failed new one.
     async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target<'_>, p: &Progress, prefix: &str) -> bool {
         let s = &svc.name;

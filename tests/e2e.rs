@@ -398,3 +398,34 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
     assert_eq!(status["hosts"][0]["host"], "capstan-target");
     assert_eq!(status["hosts"][0]["instances"][0]["healthy"], true, "{status}");
 }
+
+/// A run killed outright (SIGKILL: no chance to revert) leaves a half-replaced
+/// instance and a held lock. Once the lock is cleared, the next deploy puts the
+/// kept container back first, records that, and deploys; nobody edits files.
+#[test]
+fn the_next_deploy_recovers_from_a_killed_run() {
+    let app = app("killed");
+    app.write_config(&app.default_config());
+    let load = app.load(200);
+    let mut child = spawn_deploy(&app, "v2");
+    let kept = format!("{}.capstan-old", app.instances()[0]);
+    support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || app.containers().contains(&kept).then_some(()))
+        .expect("the deploy reached the first instance");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(app.containers().contains(&kept), "the killed run left {kept}");
+
+    let refused = app.capstan(&["deploy", "--version", "v2"]);
+    assert_eq!(refused.status, 3, "the dead run's lease still holds: {}", refused.stderr);
+    ok(&app.capstan(&["lock", "release", "--force"]));
+    let run = app.capstan(&["deploy", "--version", "v2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    ok(&run);
+    assert!(run.stderr.contains("half-replaced") && run.stderr.contains("recover old back"), "{}", run.stderr);
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    assert!(!app.containers().iter().any(|c| c.ends_with(".capstan-old")), "{:?}", app.containers());
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    let commands: Vec<String> = log_records(&app).iter().map(|r| format!("{} {}", r["command"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    assert_eq!(commands, vec!["recover succeeded", "deploy succeeded"]);
+}
