@@ -250,6 +250,14 @@ struct Roll<'a> {
 async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>, dry_run: bool) -> Result<Roll<'a>, Error> {
     let services = ctx.services(&targets.services)?;
     let addrs = ctx.hosts(&targets.hosts)?;
+    if ctx.config.hosts.len() == 1 {
+        for s in services.iter().filter(|s| s.instances.len() == 1) {
+            ctx.warn(None, format!(
+                "services.{}: one instance on one host cannot be replaced without a gap: while it is drained, nothing serves (list two instances for zero downtime)",
+                s.name
+            ));
+        }
+    }
     let hosts = ctx.connect_all(&addrs).await?;
     // A deploy in progress explains whatever half-done state the hosts are in: say so first.
     let now = OffsetDateTime::now_utc();
@@ -719,4 +727,75 @@ pub fn render_lock(r: &LockReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Recorder;
+    use crate::fake::{world, FakeHost, V1, V2};
+
+    /// The whole command flow (connect, observe, resolve, plan, lock, roll out,
+    /// record) against the fake host: the lock and log scripts run for real.
+    struct FakeConnector(Arc<FakeHost>);
+
+    #[async_trait]
+    impl Connector for FakeConnector {
+        async fn connect(&self, _addr: &HostAddr, _config: &Config) -> Result<Host, Error> {
+            Ok(self.0.host())
+        }
+        async fn close(&self) {}
+    }
+
+    async fn roll_fake(w: &crate::fake::World, want: Want, dry_run: bool) -> (Result<RunOutput, Error>, Vec<Event>) {
+        let rec = Recorder::default();
+        let connector = FakeConnector(w.fake.clone());
+        let cancel = Cancel::default();
+        let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel };
+        let out = roll(&ctx, want, &Targets::default(), dry_run, &Collector::default()).await;
+        let events = rec.0.lock().unwrap().clone();
+        (out, events)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deploy_records_and_rollback_returns_to_the_recorded_images() {
+        let w = world("");
+        let (dry, _) = roll_fake(&w, Want::Deploy { version: "v2".into() }, true).await;
+        assert_eq!(dry.unwrap().report.plan.unwrap().changes(), 2);
+        assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "a dry run changes nothing");
+
+        let (out, _) = roll_fake(&w, Want::Deploy { version: "v2".into() }, false).await;
+        let out = out.unwrap();
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!(out.report.outcome, "succeeded");
+        assert_eq!((w.fake.image_of("web-1").unwrap(), w.fake.image_of("web-2").unwrap()), (V2.to_string(), V2.to_string()));
+        let dir = &w.config.state_dir;
+        let (log, _) = state::read_log(w.fake.as_ref(), dir).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].instances[0].to_image, V2);
+        assert_eq!(state::read_lock(w.fake.as_ref(), dir).await.unwrap(), None, "released");
+
+        let (out, _) = roll_fake(&w, Want::Rollback { to: RollbackTo::Previous }, false).await;
+        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
+
+        // An unknown tag is bad input, and nothing is taken or changed.
+        let (out, _) = roll_fake(&w, Want::Deploy { version: "v9".into() }, false).await;
+        let err = out.err().expect("v9 is refused");
+        assert_eq!(err.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(err.to_string().contains("r/demo:v9 does not exist"), "{err}");
+        assert_eq!(state::read_log(w.fake.as_ref(), dir).await.unwrap().0.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_instance_on_a_single_host_is_warned_about() {
+        let w = world("  worker:\n    image: r/worker\n    instances: [worker-1]\n");
+        w.fake.add_container("worker-1", "r/worker@sha256:w1", 8090);
+        let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into() }, true).await;
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))),
+            "{events:?}"
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.web"))));
+    }
 }

@@ -9,7 +9,40 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::config;
 use crate::host::*;
+
+pub const V1: &str = "r/demo@sha256:v1";
+pub const V2: &str = "r/demo@sha256:v2";
+pub const UPSTREAM: &str = "upstream demo {\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n}\n";
+
+/// A fake host running web-1 and web-2 on V1 behind an nginx upstream file, V2
+/// in its image store and as `r/demo:v2` in the registry; and a config for it
+/// (`extra` is appended to the YAML).
+pub struct World {
+    pub fake: Arc<FakeHost>,
+    pub config: config::Config,
+}
+
+pub fn world(extra: &str) -> World {
+    let fake = FakeHost::new();
+    let upstream = fake.dir.path().join("upstream.conf");
+    std::fs::write(&upstream, UPSTREAM).unwrap();
+    fake.add_container("web-1", V1, 8081);
+    fake.add_container("web-2", V1, 8082);
+    {
+        let mut s = fake.state.lock().unwrap();
+        s.images.insert(V2.into());
+        s.registry.insert("r/demo:v2".into(), "sha256:v2".into());
+    }
+    let yaml = format!(
+        "app: shop\nhosts: [h]\nstate_dir: {state}\nservices:\n  web:\n    image: r/demo\n    instances: [web-1, web-2]\n    health: {{ http: {{ port: 8080 }}, timeout: 5s, interval: 100ms, healthy_after: 2 }}\n    drain: {{ nginx: {{ upstream_conf: {up}, reload: \"true # reload\" }}, wait: 10ms }}\n    traffic: {{ url: \"http://127.0.0.1:80/\", requests: 3 }}\n    pause: 50ms\n{extra}",
+        state = fake.dir.path().join("state").display(),
+        up = upstream.display(),
+    );
+    let config = config::parse(std::path::Path::new("capstan.yml"), &yaml).unwrap();
+    World { fake, config }
+}
 
 #[derive(Clone, Debug)]
 pub struct FakeContainer {

@@ -664,30 +664,7 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    const V1: &str = "r/demo@sha256:v1";
-    const V2: &str = "r/demo@sha256:v2";
-    const UPSTREAM: &str = "upstream demo {\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082;\n}\n";
-
-    struct World {
-        fake: Arc<FakeHost>,
-        config: config::Config,
-    }
-
-    fn world(extra: &str) -> World {
-        let fake = FakeHost::new();
-        let upstream = fake.dir.path().join("upstream.conf");
-        std::fs::write(&upstream, UPSTREAM).unwrap();
-        fake.add_container("web-1", V1, 8081);
-        fake.add_container("web-2", V1, 8082);
-        fake.state.lock().unwrap().images.insert(V2.into());
-        let yaml = format!(
-            "app: shop\nhosts: [h]\nstate_dir: {state}\nservices:\n  web:\n    image: r/demo\n    instances: [web-1, web-2]\n    health: {{ http: {{ port: 8080 }}, timeout: 5s, interval: 100ms, healthy_after: 2 }}\n    drain: {{ nginx: {{ upstream_conf: {up}, reload: \"true # reload\" }}, wait: 10ms }}\n    traffic: {{ url: \"http://127.0.0.1:80/\", requests: 3 }}\n    pause: 50ms\n{extra}",
-            state = fake.dir.path().join("state").display(),
-            up = upstream.display(),
-        );
-        let config = config::parse(Path::new("capstan.yml"), &yaml).unwrap();
-        World { fake, config }
-    }
+    use crate::fake::{world, World, UPSTREAM, V1, V2};
 
     /// Observes the fake host and plans every instance onto `to`.
     async fn prepared<'w>(w: &'w World, to: &str) -> (Host, Vec<&'w Service>, HostPlan) {
