@@ -108,7 +108,17 @@ type StepResult<T> = Result<(T, String), String>;
 impl<'a> Rollout<'a> {
     pub async fn run(&self, plan: &HostPlan, services: &[&Service]) -> HostResult {
         let mut done: Vec<Done> = Vec::new();
-        let mut results: Vec<InstanceResult> = Vec::new();
+        // Every instance starts as unchanged; the loop records what happened to each.
+        let mut results: Vec<InstanceResult> = plan
+            .services
+            .iter()
+            .flat_map(|sp| sp.instances.iter().map(|i| InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }))
+            .collect();
+        let mut set = |service: &str, name: &str, outcome| {
+            if let Some(r) = results.iter_mut().find(|r| r.service == service && r.plan.name == name) {
+                r.outcome = outcome;
+            }
+        };
         let mut failure: Option<(String, Failure)> = None;
 
         'services: for sp in &plan.services {
@@ -122,48 +132,30 @@ impl<'a> Rollout<'a> {
                 };
                 if let Err(message) = pulled {
                     failure = Some((first.name.clone(), Failure { message, restored: true }));
-                    results.extend(sp.instances.iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
                     break 'services;
                 }
             }
-            for (idx, ip) in sp.instances.iter().enumerate() {
-                if !ip.replace {
-                    results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome: InstanceOutcome::Unchanged });
-                    continue;
-                }
+            for ip in to_replace {
                 let current = match self.host.engine.inspect_container(&ip.name).await {
                     Ok(Some(c)) => c,
-                    Ok(None) => {
-                        failure = Some((ip.name.clone(), Failure { message: format!("container {} disappeared", ip.name), restored: true }));
-                        results.extend(sp.instances[idx..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
-                        break 'services;
-                    }
-                    Err(e) => {
-                        failure = Some((ip.name.clone(), Failure { message: e.to_string(), restored: true }));
-                        results.extend(sp.instances[idx..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                    found => {
+                        let message = found.err().map(|e| e.to_string()).unwrap_or_else(|| format!("container {} disappeared", ip.name));
+                        failure = Some((ip.name.clone(), Failure { message, restored: true }));
                         break 'services;
                     }
                 };
                 match self.replace(svc, &ip.name, &current.spec, &ip.to_image, "").await {
                     Ok(()) => {
-                        results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome: InstanceOutcome::Replaced });
+                        set(&svc.name, &ip.name, InstanceOutcome::Replaced);
                         done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image: ip.from_image.clone() });
                         self.renew_lease().await;
                     }
                     Err(f) => {
-                        let outcome = if f.restored { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
-                        results.push(InstanceResult { service: svc.name.clone(), plan: ip.clone(), outcome });
-                        results.extend(sp.instances[idx + 1..].iter().map(|i| InstanceResult { service: svc.name.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
+                        set(&svc.name, &ip.name, if f.restored { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
                         failure = Some((ip.name.clone(), f));
                         break 'services;
                     }
                 }
-            }
-        }
-        // Services after a failing one were never reached.
-        for sp in &plan.services {
-            if !results.iter().any(|r| r.service == sp.service) {
-                results.extend(sp.instances.iter().map(|i| InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged }));
             }
         }
 
@@ -178,8 +170,7 @@ impl<'a> Rollout<'a> {
                 Ok(Some(_)) => self.replace(d.service, &d.name, &d.spec, &d.from_image, "revert ").await.is_ok(),
                 _ => false,
             };
-            let r = results.iter_mut().find(|r| r.plan.name == d.name && r.service == d.service.name).expect("done instances are in results");
-            r.outcome = if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
+            set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
             all_restored &= ok;
         }
         self.emit_instances(&results);
@@ -254,8 +245,7 @@ impl<'a> Rollout<'a> {
             Ok(None) => return Err(Failure { message: format!("container {name} does not exist"), restored: false }),
             Err(e) => return Err(Failure { message: e.to_string(), restored: false }),
         };
-        let port = svc.health.http.as_ref().map(|h| h.port);
-        let host_port = port.and_then(|p| current.host_port_for(p)).or_else(|| current.ports.first().map(|p| p.host_port));
+        let host_port = lb_port(svc, &current);
         let target = match (&svc.drain.method, host_port) {
             (DrainMethod::None, _) => drain::Target { service: &svc.name, instance: name, host_port: host_port.unwrap_or(0) },
             (_, Some(hp)) => drain::Target { service: &svc.name, instance: name, host_port: hp },
@@ -372,8 +362,7 @@ impl<'a> Rollout<'a> {
         let old = format!("{name}{OLD_SUFFIX}");
         let engine = &self.host.engine;
         let kept = engine.inspect_container(&old).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{old} is gone"))?;
-        let port = svc.health.http.as_ref().map(|h| h.port);
-        let host_port = port.and_then(|p| kept.host_port_for(p)).or_else(|| kept.ports.first().map(|p| p.host_port)).unwrap_or(0);
+        let host_port = lb_port(svc, &kept).unwrap_or(0);
         let target = drain::Target { service: &svc.name, instance: name, host_port };
         let (s, lb) = (&svc.name, svc.drain.method != DrainMethod::None);
         if lb {
@@ -619,6 +608,12 @@ impl<'a> Rollout<'a> {
             self.warn(format!("could not renew the deploy lock: {e}"));
         }
     }
+}
+
+/// The published port that identifies an instance in the load balancer: the one
+/// of its health port, else its first.
+fn lb_port(svc: &Service, c: &crate::host::ContainerInfo) -> Option<u16> {
+    svc.health.http.as_ref().and_then(|h| c.host_port_for(h.port)).or_else(|| c.ports.first().map(|p| p.host_port))
 }
 
 /// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.

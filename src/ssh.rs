@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,7 +200,6 @@ impl Shell for SshHost {
             drop(w);
         }
         let out = child.wait_with_output().await.map_err(|e| ShellError(format!("{}: {prog}: {e}", self.name)))?;
-        let _ = Stdio::null();
         Ok(CmdOutput {
             status: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
