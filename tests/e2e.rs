@@ -429,3 +429,22 @@ fn the_next_deploy_recovers_from_a_killed_run() {
     let commands: Vec<String> = log_records(&app).iter().map(|r| format!("{} {}", r["command"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
     assert_eq!(commands, vec!["recover succeeded", "deploy succeeded"]);
 }
+
+/// An image's own Docker HEALTHCHECK gates the rollout too: a release whose
+/// HTTP health is fine but whose HEALTHCHECK fails is reverted; one whose
+/// HEALTHCHECK passes goes through once Docker reports it healthy.
+#[test]
+fn the_image_healthcheck_gates_the_rollout() {
+    let app = app("dockerhc");
+    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: 6s"));
+    let run = app.capstan(&["deploy", "--version", "hc-bad", "--json"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert!(json(&run)["error"].as_str().unwrap().contains("HEALTHCHECK"), "{}", run.stderr);
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+
+    let run = app.capstan(&["deploy", "--version", "hc-ok"]);
+    ok(&run);
+    assert_eq!(app.versions(), vec!["hc-ok", "hc-ok"]);
+    let health = docker(&["inspect", "-f", "{{.State.Health.Status}}", &app.instances()[0]]);
+    assert_eq!(health, "healthy");
+}

@@ -12,9 +12,16 @@ use super::http;
 use super::proc::{self, cmd, run, run_ok, run_ok_input, spawn_persistent, ChildGuard};
 use super::{free_port, port_open, random_hex, repo_root, set_mode, short_tempdir, wait_for, write_file};
 
-/// The image tags pushed to the registry, with (DEMO_VERSION, DEMO_HEALTH).
-pub const DEMO_TAGS: [(&str, &str, &str); 4] =
-    [("v1", "v1", "ok"), ("v2", "v2", "ok"), ("v3", "v3", "ok"), ("broken", "broken", "broken")];
+/// The image tags pushed to the registry, with (DEMO_VERSION, DEMO_HEALTH, Dockerfile, PROBE_PORT).
+/// `hc-ok` and `hc-bad` carry a Docker HEALTHCHECK; `hc-bad`'s checks a dead port.
+pub const DEMO_TAGS: [(&str, &str, &str, &str, &str); 6] = [
+    ("v1", "v1", "ok", "Dockerfile", ""),
+    ("v2", "v2", "ok", "Dockerfile", ""),
+    ("v3", "v3", "ok", "Dockerfile", ""),
+    ("broken", "broken", "broken", "Dockerfile", ""),
+    ("hc-ok", "hc-ok", "ok", "Dockerfile.healthcheck", "8080"),
+    ("hc-bad", "hc-bad", "ok", "Dockerfile.healthcheck", "9999"),
+];
 /// Tags that stay in the local engine after the push (the others must be pulled).
 pub const LOCAL_TAGS: [&str; 1] = ["v1"];
 
@@ -306,13 +313,15 @@ fn build_demo_binary() -> PathBuf {
 
 fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &str, password: &str) {
     fs::create_dir_all(ctx).expect("create the build context dir");
-    fs::copy(repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).expect("copy demo/app/Dockerfile");
+    for f in ["Dockerfile", "Dockerfile.healthcheck"] {
+        fs::copy(repo_root().join("demo/app").join(f), ctx.join(f)).unwrap_or_else(|e| panic!("copy demo/app/{f}: {e}"));
+    }
     fs::copy(binary, ctx.join("capstan-demo")).expect("copy the demo binary");
     let ctx_s = ctx.display().to_string();
     // The four builds run in parallel (each is a few metadata steps and one COPY).
     let builds: Vec<_> = DEMO_TAGS
         .iter()
-        .map(|&(tag, version, health)| {
+        .map(|&(tag, version, health, dockerfile, probe_port)| {
             let (config, ctx_s) = (config.to_path_buf(), ctx_s.clone());
             let image = format!("{registry}/{REPO}:{tag}");
             thread::spawn(move || {
@@ -322,12 +331,16 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
                         &[
                             "build",
                             "-q",
+                            "-f",
+                            &format!("{ctx_s}/{dockerfile}"),
                             "-t",
                             &image,
                             "--build-arg",
                             &format!("DEMO_VERSION={version}"),
                             "--build-arg",
                             &format!("DEMO_HEALTH={health}"),
+                            "--build-arg",
+                            &format!("PROBE_PORT={probe_port}"),
                             &ctx_s,
                         ],
                     ),
@@ -350,7 +363,7 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
     // mostly mount it.
     let pushes: Vec<_> = DEMO_TAGS
         .iter()
-        .map(|(tag, _, _)| {
+        .map(|(tag, ..)| {
             let image = format!("{registry}/{REPO}:{tag}");
             let config = config.to_path_buf();
             thread::spawn(move || {
@@ -363,7 +376,7 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
             std::panic::resume_unwind(e);
         }
     }
-    for (tag, _, _) in DEMO_TAGS {
+    for (tag, ..) in DEMO_TAGS {
         if !LOCAL_TAGS.contains(&tag) {
             run_ok(&mut docker_cmd(config, &["rmi", &format!("{registry}/{REPO}:{tag}")]), DOCKER_TIMEOUT);
         }

@@ -86,6 +86,10 @@ fn log(msg: &str) {
 }
 
 fn main() {
+    // `capstan-demo probe`: the image's Docker HEALTHCHECK (a scratch image has no curl).
+    if std::env::args().nth(1).as_deref() == Some("probe") {
+        std::process::exit(probe());
+    }
     install_signal_handlers();
 
     let port: u16 = match env_or("DEMO_PORT", "8080").parse() {
@@ -332,4 +336,24 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// GET /health on 127.0.0.1:$DEMO_PROBE_PORT (default $DEMO_PORT, 8080): exit 0 on 200, else 1.
+fn probe() -> i32 {
+    let port = std::env::var("DEMO_PROBE_PORT")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| env_or("DEMO_PORT", "8080"));
+    let Ok(port) = port.parse::<u16>() else { return 1 };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else { return 1 };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
+        return 1;
+    }
+    let mut head = [0u8; 16];
+    match s.read(&mut head) {
+        Ok(n) if head[..n].starts_with(b"HTTP/1.1 200") || head[..n].starts_with(b"HTTP/1.0 200") => 0,
+        _ => 1,
+    }
 }
