@@ -240,4 +240,23 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), theirs.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081 down;"));
         assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 3, "reloaded once per edit");
     }
+
+    /// The generic method runs the user's commands with the instance in the environment.
+    #[tokio::test]
+    async fn command_drain_gets_the_instance_in_its_environment() {
+        let host = crate::fake::FakeHost::new();
+        let out = host.dir.path().join("calls");
+        let method = DrainMethod::Command {
+            drain: format!("echo \"drain $CAPSTAN_SERVICE $CAPSTAN_INSTANCE $CAPSTAN_PORT\" >> {}", out.display()),
+            undrain: format!("echo \"undrain $CAPSTAN_INSTANCE\" >> {}", out.display()),
+        };
+        let t = Target { service: "web", instance: "web-1", host_port: 8081 };
+        let d = Drainer::default();
+        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
+        d.apply(host.as_ref(), &method, &t, false).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "drain web web-1 8081\nundrain web-1\n");
+        let failing = DrainMethod::Command { drain: "exit 3".into(), undrain: "true".into() };
+        let err = d.apply(host.as_ref(), &failing, &t, true).await.unwrap_err();
+        assert!(err.to_string().contains("`exit 3` failed with exit 3"), "{err}");
+    }
 }
