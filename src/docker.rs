@@ -22,6 +22,9 @@ use crate::host::{ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engin
 
 pub struct DockerEngine {
     docker: Docker,
+    /// Image inspects by image ID (immutable), so that the health gate's
+    /// per-probe container inspect does not inspect the image again each time.
+    images: std::sync::Mutex<HashMap<String, ImageInspect>>,
 }
 
 impl DockerEngine {
@@ -35,7 +38,7 @@ impl DockerEngine {
             .negotiate_version()
             .await
             .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
-        Ok(DockerEngine { docker })
+        Ok(DockerEngine { docker, images: Default::default() })
     }
 }
 
@@ -108,7 +111,17 @@ impl Engine for DockerEngine {
             Err(e) => return Err(other(&format!("inspect {name}"), e)),
         };
         let image_id = c.image.clone().unwrap_or_default();
-        let image = self.docker.inspect_image(&image_id).await.ok();
+        let cached = self.images.lock().unwrap().get(&image_id).cloned();
+        let image = match cached {
+            Some(i) => Some(i),
+            None => {
+                let i = self.docker.inspect_image(&image_id).await.ok();
+                if let Some(i) = &i {
+                    self.images.lock().unwrap().insert(image_id, i.clone());
+                }
+                i
+            }
+        };
         Ok(Some(container_info(&c, image.as_ref())))
     }
 

@@ -20,7 +20,7 @@ use crate::cancel::Cancel;
 use crate::config::{DrainMethod, Service};
 use crate::drain;
 use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
-use crate::host::{ContainerSpec, Credentials, DockerHealth, Host};
+use crate::host::{ContainerInfo, ContainerSpec, Credentials, DockerHealth, Host};
 use crate::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
 use crate::release;
 use crate::state::{self, Lease};
@@ -144,7 +144,7 @@ impl<'a> Rollout<'a> {
                         break 'services;
                     }
                 };
-                match self.replace(svc, &ip.name, &current.spec, &ip.to_image, "").await {
+                match self.replace(svc, &ip.name, &current, &current.spec, &ip.to_image, "").await {
                     Ok(()) => {
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
                         done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image: ip.from_image.clone() });
@@ -167,7 +167,7 @@ impl<'a> Rollout<'a> {
         let mut all_restored = f.restored;
         for d in done.iter().rev() {
             let ok = match self.host.engine.inspect_container(&d.name).await {
-                Ok(Some(_)) => self.replace(d.service, &d.name, &d.spec, &d.from_image, "revert ").await.is_ok(),
+                Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ").await.is_ok(),
                 _ => false,
             };
             set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
@@ -239,13 +239,8 @@ impl<'a> Rollout<'a> {
 
     /// Replaces container `name` by a new one from `spec` running `to_image`.
     /// On failure the old container is put back before returning.
-    async fn replace(&self, svc: &Service, name: &str, spec: &ContainerSpec, to_image: &str, prefix: &str) -> Result<(), Failure> {
-        let current = match self.host.engine.inspect_container(name).await {
-            Ok(Some(c)) => c,
-            Ok(None) => return Err(Failure { message: format!("container {name} does not exist"), restored: false }),
-            Err(e) => return Err(Failure { message: e.to_string(), restored: false }),
-        };
-        let host_port = lb_port(svc, &current);
+    async fn replace(&self, svc: &Service, name: &str, current: &ContainerInfo, spec: &ContainerSpec, to_image: &str, prefix: &str) -> Result<(), Failure> {
+        let host_port = lb_port(svc, current);
         let target = match (&svc.drain.method, host_port) {
             (DrainMethod::None, _) => drain::Target { service: &svc.name, instance: name, host_port: host_port.unwrap_or(0) },
             (_, Some(hp)) => drain::Target { service: &svc.name, instance: name, host_port: hp },
@@ -257,7 +252,7 @@ impl<'a> Rollout<'a> {
             }
         };
         let old = format!("{name}{OLD_SUFFIX}");
-        let compose = compose_reference(&current, spec);
+        let compose = compose_reference(current, spec);
         let spec = match &compose {
             Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
             None => spec.clone(),
@@ -612,7 +607,7 @@ impl<'a> Rollout<'a> {
 
 /// The published port that identifies an instance in the load balancer: the one
 /// of its health port, else its first.
-fn lb_port(svc: &Service, c: &crate::host::ContainerInfo) -> Option<u16> {
+fn lb_port(svc: &Service, c: &ContainerInfo) -> Option<u16> {
     svc.health.http.as_ref().and_then(|h| c.host_port_for(h.port)).or_else(|| c.ports.first().map(|p| p.host_port))
 }
 
@@ -635,7 +630,7 @@ fn parse_net_dev(text: &str) -> Option<u64> {
 pub const COMPOSE_IMAGE_LABEL: &str = "dev.capstan.compose-image";
 
 /// For a Compose-managed container: the tag reference its compose file uses.
-fn compose_reference(current: &crate::host::ContainerInfo, spec: &ContainerSpec) -> Option<String> {
+fn compose_reference(current: &ContainerInfo, spec: &ContainerSpec) -> Option<String> {
     current.compose_project.as_ref()?;
     if let Some(r) = spec.0.labels.as_ref().and_then(|l| l.get(COMPOSE_IMAGE_LABEL)) {
         return Some(r.clone());
