@@ -232,6 +232,26 @@ async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Crede
     }
 }
 
+/// The image every instance of every service runs for `version`: each service's
+/// tag resolved once to its digest.
+async fn resolve_release(
+    ctx: &Ctx<'_>,
+    host: &Host,
+    services: &[&Service],
+    version: &str,
+    creds: Option<&Credentials>,
+) -> Result<HashMap<(String, String), String>, Error> {
+    let mut images = HashMap::new();
+    for svc in services {
+        let image = resolve(host, svc, version, creds).await?;
+        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
+        for i in &svc.instances {
+            images.insert((svc.name.clone(), i.clone()), image.clone());
+        }
+    }
+    Ok(images)
+}
+
 /// What a deploy or a rollback asks for.
 pub enum Want {
     Deploy { version: String },
@@ -281,19 +301,14 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     }
     let (command, version, per_host): (&str, Option<String>, Vec<HashMap<(String, String), String>>) = match want {
         Want::Deploy { version } => {
-            let mut images = HashMap::new();
-            for svc in &services {
-                let image = resolve(&hosts[0], svc, version, creds).await?;
-                ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
-                for i in &svc.instances {
-                    images.insert((svc.name.clone(), i.clone()), image.clone());
-                }
-            }
+            let images = resolve_release(ctx, &hosts[0], &services, version, creds).await?;
             ("deploy", Some(version.clone()), vec![images; hosts.len()])
         }
         Want::Rollback { to } => {
             let mut per_host = Vec::new();
             let mut label = None;
+            // Asked of the registry once, for every host whose log does not know the version.
+            let mut from_registry = None;
             for h in &hosts {
                 let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir)
                     .await
@@ -303,14 +318,10 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
                     (Some(t), _) => t,
                     (None, RollbackTo::Version(v)) => {
                         ctx.warn(Some(&h.name), format!("{v} is not in the deployment log; using the registry's current {v} tag"));
-                        let mut images = HashMap::new();
-                        for svc in &services {
-                            let image = resolve(&hosts[0], svc, v, creds).await?;
-                            for i in &svc.instances {
-                                images.insert((svc.name.clone(), i.clone()), image.clone());
-                            }
+                        if from_registry.is_none() {
+                            from_registry = Some(resolve_release(ctx, &hosts[0], &services, v, creds).await?);
                         }
-                        release::RollbackTarget { version: Some(v.clone()), images }
+                        release::RollbackTarget { version: Some(v.clone()), images: from_registry.clone().unwrap_or_default() }
                     }
                     (None, RollbackTo::Previous) => unreachable!("previous always has a target or an error"),
                 };
