@@ -647,14 +647,10 @@ fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
     use crate::events::{Event, Recorder};
-    use crate::fake::FakeHost;
-    use crate::plan::{plan_host, Observed};
-    use std::path::Path;
-    use std::sync::Arc;
-
     use crate::fake::{world, World, UPSTREAM, V1, V2};
+    use crate::plan::{plan_host, Observed};
+    use std::sync::Arc;
 
     /// Observes the fake host and plans every instance onto `to`.
     async fn prepared<'w>(w: &'w World, to: &str) -> (Host, Vec<&'w Service>, HostPlan) {

@@ -56,6 +56,18 @@ fn spawn_deploy(app: &App, version: &str) -> std::process::Child {
         .unwrap()
 }
 
+/// Starts a v2 deploy in the background under 200 req/s, and returns once it is
+/// replacing instance `i` (its old container is kept as `<name>.capstan-old`).
+fn deploy_under_load_until_replacing(app: &App, i: usize) -> (support::LoadGen, std::process::Child) {
+    app.write_config(&app.default_config());
+    let load = app.load(200);
+    let child = spawn_deploy(app, "v2");
+    let kept = format!("{}.capstan-old", app.instances()[i]);
+    support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || app.containers().contains(&kept).then_some(()))
+        .unwrap_or_else(|| panic!("the deploy never reached instance {i}"));
+    (load, child)
+}
+
 fn ok(run: &Run) {
     assert_eq!(run.status, 0, "capstan failed:\nstdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
 }
@@ -338,13 +350,8 @@ fn compose_tags_follow_what_runs() {
 #[test]
 fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
     let app = app("sigterm");
-    app.write_config(&app.default_config());
-    let load = app.load(200);
-    let mut child = spawn_deploy(&app, "v2");
     // Once the second instance is being replaced, the first one already runs v2.
-    let kept = format!("{}.capstan-old", app.instances()[1]);
-    support::wait_for(Duration::from_secs(60), Duration::from_millis(10), || app.containers().contains(&kept).then_some(()))
-        .expect("the deploy reached the second instance");
+    let (load, mut child) = deploy_under_load_until_replacing(&app, 1);
     let signalled = Instant::now();
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
@@ -405,12 +412,8 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
 #[test]
 fn the_next_deploy_recovers_from_a_killed_run() {
     let app = app("killed");
-    app.write_config(&app.default_config());
-    let load = app.load(200);
-    let mut child = spawn_deploy(&app, "v2");
+    let (load, mut child) = deploy_under_load_until_replacing(&app, 0);
     let kept = format!("{}.capstan-old", app.instances()[0]);
-    support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || app.containers().contains(&kept).then_some(()))
-        .expect("the deploy reached the first instance");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(app.containers().contains(&kept), "the killed run left {kept}");

@@ -239,22 +239,14 @@ impl App {
             let child = spawn_persistent(c, libc::SIGTERM).unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
             let mut guard = ChildGuard::new(child, "nginx");
             let url = format!("http://127.0.0.1:{lb_port}/");
-            let mut exited = None;
-            let ready = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
-                if let Some(e) = guard.exited() {
-                    exited = Some(e);
-                    return Some(false);
-                }
-                match http::get_with(&url, &[], Duration::from_secs(2)) {
-                    Ok(r) if r.status == 200 => Some(true),
-                    _ => None,
-                }
+            let ready = guard.wait_ready(Duration::from_secs(30), Duration::from_millis(50), || {
+                matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)
             });
-            if ready == Some(true) {
+            let Err(exited) = ready else {
                 self.lb_port = lb_port;
                 self.nginx = Some(guard);
                 return;
-            }
+            };
             let out = fs::read_to_string(nd.join("nginx.out")).unwrap_or_default();
             let err = fs::read_to_string(nd.join("error.log")).unwrap_or_default();
             last = format!(

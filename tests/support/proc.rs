@@ -223,6 +223,23 @@ impl ChildGuard {
         }
     }
 
+    /// Polls `ready` every `every` until it holds: `Err(Some(why))` if the child
+    /// exits first, `Err(None)` if `timeout` passes.
+    pub fn wait_ready(&mut self, timeout: Duration, every: Duration, mut ready: impl FnMut() -> bool) -> Result<(), Option<String>> {
+        let mut exited = None;
+        let ok = super::wait_for(timeout, every, || {
+            if let Some(e) = self.exited() {
+                exited = Some(e);
+                return Some(false);
+            }
+            ready().then_some(true)
+        });
+        match ok {
+            Some(true) => Ok(()),
+            _ => Err(exited),
+        }
+    }
+
     /// SIGTERM, then SIGKILL after `grace`.
     pub fn terminate(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {

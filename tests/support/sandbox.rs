@@ -435,21 +435,13 @@ fn start_registry(dir: &Path, password: &str) -> (ChildGuard, String) {
         let child = spawn_persistent(c, libc::SIGKILL).unwrap_or_else(|e| panic!("cannot start docker-registry: {e}"));
         let mut guard = ChildGuard::new(child, "docker-registry");
         let url = format!("http://{addr}/v2/");
-        let mut exited = None;
-        let ready = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
-            if let Some(e) = guard.exited() {
-                exited = Some(e);
-                return Some(false);
-            }
-            match http::get_with(&url, &[], Duration::from_secs(2)) {
-                Ok(r) if r.status == 401 => Some(true),
-                _ => None,
-            }
+        let ready = guard.wait_ready(Duration::from_secs(20), Duration::from_millis(50), || {
+            matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 401)
         });
         let log_text = fs::read_to_string(&log_path).unwrap_or_default();
         match ready {
-            Some(true) => return (guard, addr),
-            _ => {
+            Ok(()) => return (guard, addr),
+            Err(exited) => {
                 last_err = format!(
                     "docker-registry on {addr} {}; log:\n{log_text}",
                     exited.unwrap_or_else(|| "did not answer 401 on /v2/ within 20 s".into())
@@ -547,15 +539,7 @@ fn start_sshd(dir: &Path) -> (ChildGuard, u16, String, PathBuf, PathBuf) {
         c.arg("-D").arg("-e").arg("-f").arg(&config).stdin(Stdio::null()).stdout(log.try_clone().expect("dup")).stderr(log);
         let child = spawn_persistent(c, libc::SIGKILL).unwrap_or_else(|e| panic!("cannot start sshd: {e}"));
         let mut guard = ChildGuard::new(child, "sshd");
-        let mut exited = None;
-        let ready = wait_for(Duration::from_secs(20), Duration::from_millis(25), || {
-            if let Some(e) = guard.exited() {
-                exited = Some(e);
-                return Some(false);
-            }
-            port_open(port).then_some(true)
-        });
-        if ready != Some(true) {
+        if let Err(exited) = guard.wait_ready(Duration::from_secs(20), Duration::from_millis(25), || port_open(port)) {
             let log_text = fs::read_to_string(&log_path).unwrap_or_default();
             last_err = format!(
                 "sshd on port {port} {}; log:\n{log_text}",
