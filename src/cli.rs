@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Roll a release out to the hosts, one instance at a time
     Deploy(DeployArgs),
+    /// Build the services' images for a release; with --push, push every tag
+    Build(BuildArgs),
     /// Roll back to the release before, or to a given one, by the digests the hosts recorded
     Rollback(RollbackArgs),
     /// Validate, resolve the release, connect, print the plan; change nothing
@@ -62,9 +64,28 @@ pub struct DeployArgs {
     /// Do not build images (images are expected in the registry)
     #[arg(long)]
     pub skip_build: bool,
+    /// How many services build at once [default: the number of cores, at most 4]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BuildArgs {
+    /// The release to build [default: the tag of GITHUB_REF]
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Push the images and every tag to the registry
+    #[arg(long)]
+    pub push: bool,
+    /// Only this service (repeatable)
+    #[arg(long = "service", value_name = "S")]
+    pub services: Vec<String>,
+    /// How many services build at once [default: the number of cores, at most 4]
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -78,7 +78,7 @@ impl Ctx<'_> {
         self.events.emit(Event::Warn { host: host.map(String::from), message: message.into() });
     }
 
-    fn services(&self, names: &[String]) -> Result<Vec<&Service>, Error> {
+    pub fn services(&self, names: &[String]) -> Result<Vec<&Service>, Error> {
         for n in names {
             if self.config.service(n).is_none() {
                 return Err(Error::input(format!(
@@ -107,7 +107,7 @@ impl Ctx<'_> {
     }
 
     /// Registry credentials from the environment, when the config names a registry.
-    fn credentials(&self) -> Result<Option<Credentials>, Error> {
+    pub fn credentials(&self) -> Result<Option<Credentials>, Error> {
         let Some(r) = &self.config.registry else { return Ok(None) };
         let password = env::var(&r.password_env).ok_or_else(|| {
             Error::input_hint(
@@ -233,17 +233,22 @@ async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Crede
 }
 
 /// The image every instance of every service runs for `version`: each service's
-/// tag resolved once to its digest.
+/// tag resolved once to its digest, unless `pinned` already names its image
+/// (the digest this run's build pushed).
 async fn resolve_release(
     ctx: &Ctx<'_>,
     host: &Host,
     services: &[&Service],
     version: &str,
+    pinned: &HashMap<String, String>,
     creds: Option<&Credentials>,
 ) -> Result<HashMap<(String, String), String>, Error> {
     let mut images = HashMap::new();
     for svc in services {
-        let image = resolve(host, svc, version, creds).await?;
+        let image = match pinned.get(&svc.name) {
+            Some(i) => i.clone(),
+            None => resolve(host, svc, version, creds).await?,
+        };
         ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
         for i in &svc.instances {
             images.insert((svc.name.clone(), i.clone()), image.clone());
@@ -254,7 +259,8 @@ async fn resolve_release(
 
 /// What a deploy or a rollback asks for.
 pub enum Want {
-    Deploy { version: String },
+    /// `pinned`: per service, the image this run built and pushed (its digest reference).
+    Deploy { version: String, pinned: HashMap<String, String> },
     Rollback { to: RollbackTo },
 }
 
@@ -300,8 +306,8 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
         observed.push(o);
     }
     let (command, version, per_host): (&str, Option<String>, Vec<HashMap<(String, String), String>>) = match want {
-        Want::Deploy { version } => {
-            let images = resolve_release(ctx, &hosts[0], &services, version, creds).await?;
+        Want::Deploy { version, pinned } => {
+            let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
             ("deploy", Some(version.clone()), vec![images; hosts.len()])
         }
         Want::Rollback { to } => {
@@ -319,7 +325,7 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
                     (None, RollbackTo::Version(v)) => {
                         ctx.warn(Some(&h.name), format!("{v} is not in the deployment log; using the registry's current {v} tag"));
                         if from_registry.is_none() {
-                            from_registry = Some(resolve_release(ctx, &hosts[0], &services, v, creds).await?);
+                            from_registry = Some(resolve_release(ctx, &hosts[0], &services, v, &HashMap::new(), creds).await?);
                         }
                         release::RollbackTarget { version: Some(v.clone()), images: from_registry.clone().unwrap_or_default() }
                     }
@@ -378,6 +384,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
         outcome: "succeeded".into(),
         duration_ms: 0,
         hosts: vec![],
+        build: collector.builds(),
         plan: Some(roll.plan.clone()),
         error: None,
     };
@@ -771,11 +778,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn deploy_records_and_rollback_returns_to_the_recorded_images() {
         let w = world("");
-        let (dry, _) = roll_fake(&w, Want::Deploy { version: "v2".into() }, true).await;
+        let (dry, _) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
         assert_eq!(dry.unwrap().report.plan.unwrap().changes(), 2);
         assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "a dry run changes nothing");
 
-        let (out, _) = roll_fake(&w, Want::Deploy { version: "v2".into() }, false).await;
+        let (out, _) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false).await;
         let out = out.unwrap();
         assert!(out.error.is_none(), "{:?}", out.error);
         assert_eq!(out.report.outcome, "succeeded");
@@ -791,7 +798,7 @@ mod tests {
         assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
 
         // An unknown tag is bad input, and nothing is taken or changed.
-        let (out, _) = roll_fake(&w, Want::Deploy { version: "v9".into() }, false).await;
+        let (out, _) = roll_fake(&w, Want::Deploy { version: "v9".into(), pinned: HashMap::new() }, false).await;
         let err = out.err().expect("v9 is refused");
         assert_eq!(err.exit_code(), crate::error::exit::BAD_INPUT);
         assert!(err.to_string().contains("r/demo:v9 does not exist"), "{err}");
@@ -802,7 +809,7 @@ mod tests {
     async fn a_single_instance_on_a_single_host_is_warned_about() {
         let w = world("  worker:\n    image: r/worker\n    instances: [worker-1]\n");
         w.fake.add_container("worker-1", "r/worker@sha256:w1", 8090);
-        let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into() }, true).await;
+        let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
         assert!(
             events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))),
             "{events:?}"

@@ -28,6 +28,8 @@ pub struct Config {
     pub state_dir: String,
     pub docker_socket: String,
     pub lock_lease: Duration,
+    /// `release.raw_tags`: deploy versions that are not semver.
+    pub raw_tags: bool,
     pub services: Vec<Service>,
 }
 
@@ -85,8 +87,14 @@ pub struct Service {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Build {
-    pub context: String,
-    pub dockerfile: String,
+    /// The context directory, resolved against the config file's directory.
+    pub context: PathBuf,
+    /// The Dockerfile, resolved the same way.
+    pub dockerfile: PathBuf,
+    pub args: IndexMap<String, String>,
+    pub target: Option<String>,
+    pub labels: IndexMap<String, String>,
+    pub tags: Vec<crate::tags::TagKind>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -194,6 +202,8 @@ struct RawConfig {
     docker: RawDocker,
     #[serde(default)]
     lock: RawLock,
+    #[serde(default)]
+    release: RawRelease,
     services: IndexMap<String, RawService>,
 }
 
@@ -226,6 +236,13 @@ struct RawLock {
     lease: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRelease {
+    #[serde(default)]
+    raw_tags: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -244,15 +261,17 @@ struct RawService {
 struct RawBuild {
     #[serde(default = "dot")]
     context: String,
-    #[serde(default = "dockerfile")]
-    dockerfile: String,
+    dockerfile: Option<String>,
+    #[serde(default)]
+    args: IndexMap<String, String>,
+    target: Option<String>,
+    #[serde(default)]
+    labels: IndexMap<String, String>,
+    tags: Option<Vec<String>>,
 }
 
 fn dot() -> String {
     ".".into()
-}
-fn dockerfile() -> String {
-    "Dockerfile".into()
 }
 
 #[derive(Deserialize, Default)]
@@ -501,7 +520,7 @@ impl Validator {
             services.push(Service {
                 name,
                 image: s.image,
-                build: s.build.map(|b| Build { context: b.context, dockerfile: b.dockerfile }),
+                build: s.build.map(|b| self.build(&p, base, b)),
                 instances: s.instances,
                 health,
                 drain,
@@ -518,8 +537,49 @@ impl Validator {
             state_dir,
             docker_socket,
             lock_lease,
+            raw_tags: raw.release.raw_tags,
             services,
         }
+    }
+
+    fn build(&mut self, p: &str, base: &Path, b: RawBuild) -> Build {
+        let p = format!("{p}.build");
+        let context = resolve_path(base, &b.context);
+        // Like Compose: the Dockerfile is relative to the context.
+        let dockerfile = context.join(b.dockerfile.as_deref().unwrap_or("Dockerfile"));
+        for key in b.args.keys() {
+            if key.is_empty() || key.contains('=') || key.contains(char::is_whitespace) {
+                self.issue(format!("{p}.args"), format!("invalid build argument name {key:?}"));
+            }
+        }
+        for key in b.labels.keys() {
+            if key.is_empty() || key.contains(char::is_whitespace) || key.contains('=') {
+                self.issue(format!("{p}.labels"), format!("invalid label name {key:?}"));
+            }
+        }
+        if let Some(t) = &b.target {
+            let ok = !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                self.issue(format!("{p}.target"), format!("expected the name of a build stage (FROM … AS name), got {t:?}"));
+            }
+        }
+        let tags = match b.tags {
+            None => crate::tags::TagKind::ALL.to_vec(),
+            Some(list) => {
+                let mut kinds = Vec::new();
+                for (i, t) in list.iter().enumerate() {
+                    match crate::tags::TagKind::parse(t) {
+                        Some(k) => kinds.push(k),
+                        None => self.issue(
+                            format!("{p}.tags[{i}]"),
+                            format!("unknown tag kind {t:?}: expected version, minor, major, latest or sha"),
+                        ),
+                    }
+                }
+                kinds
+            }
+        };
+        Build { context, dockerfile, args: b.args, target: b.target, labels: b.labels, tags }
     }
 
     fn health(&mut self, p: &str, h: RawHealth) -> Health {
@@ -646,6 +706,32 @@ services:
         assert_eq!(web.pause, Duration::from_secs(10));
         assert!(matches!(web.drain.method, DrainMethod::Nginx { .. }));
         assert_eq!(web.traffic.as_ref().unwrap().requests, 10);
+        let build = web.build.as_ref().unwrap();
+        assert_eq!(build.context, Path::new("/repo/."));
+        assert_eq!(build.dockerfile, Path::new("/repo/./Dockerfile"));
+        assert_eq!(build.tags, crate::tags::TagKind::ALL.to_vec());
+        assert!(!c.raw_tags);
+    }
+
+    #[test]
+    fn build_blocks() {
+        let c = parse_str(&GOOD.replace(
+            "build: { context: ., dockerfile: Dockerfile }",
+            "build:\n      context: app\n      dockerfile: docker/Dockerfile.prod\n      args: { RUST_VERSION: \"1.80\" }\n      target: runtime\n      labels: { team: storefront }\n      tags: [version, latest]",
+        ).replace("app: shop", "app: shop\nrelease: { raw_tags: true }"))
+        .unwrap();
+        let b = c.services[0].build.as_ref().unwrap();
+        assert_eq!(b.context, Path::new("/repo/app"));
+        assert_eq!(b.dockerfile, Path::new("/repo/app/docker/Dockerfile.prod"));
+        assert_eq!(b.args["RUST_VERSION"], "1.80");
+        assert_eq!(b.target.as_deref(), Some("runtime"));
+        assert_eq!(b.labels["team"], "storefront");
+        assert_eq!(b.tags, vec![crate::tags::TagKind::Version, crate::tags::TagKind::Latest]);
+        assert!(c.raw_tags);
+        let e = parse_str(&GOOD.replace("dockerfile: Dockerfile }", "dockerfile: Dockerfile, tags: [version, nightly], target: \"a b\" }")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("services.web.build.tags[1]: unknown tag kind \"nightly\""), "{text}");
+        assert!(text.contains("services.web.build.target: expected the name of a build stage"), "{text}");
     }
 
     /// One bad edit of the good file per case: the error must name the key path and say what was expected.

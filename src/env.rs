@@ -4,6 +4,11 @@
 pub const CAPSTAN_CONFIG: &str = "CAPSTAN_CONFIG";
 /// The ref of the triggering event (`refs/tags/v1.4.2`): the version to deploy when `--version` is not given.
 pub const GITHUB_REF: &str = "GITHUB_REF";
+/// The short ref name and its type (`tag` or `branch`): the version when `GITHUB_REF` is not a tag ref.
+pub const GITHUB_REF_NAME: &str = "GITHUB_REF_NAME";
+pub const GITHUB_REF_TYPE: &str = "GITHUB_REF_TYPE";
+/// The commit being built: the `sha-…` tag and the `org.opencontainers.image.revision` label.
+pub const GITHUB_SHA: &str = "GITHUB_SHA";
 /// Who triggered the run, recorded in the host's deployment log.
 pub const GITHUB_ACTOR: &str = "GITHUB_ACTOR";
 /// With `GITHUB_REPOSITORY` and `GITHUB_RUN_ID`: the run's URL, recorded in the lock and the log.

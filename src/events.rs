@@ -21,6 +21,10 @@ pub enum Event {
     Warn { host: Option<String>, message: String },
     Step(StepEvent),
     Instance { host: String, service: String, instance: String, from_image: String, to_image: String, outcome: InstanceOutcome },
+    /// One line of a service's build output.
+    BuildOutput { service: String, line: String },
+    /// A service was built (and pushed, when it has a digest).
+    Built(crate::build::Built),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

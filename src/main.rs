@@ -1,11 +1,14 @@
 //! capstan: zero-downtime rolling deploys of Docker services over SSH.
 //! See ARCHITECTURE.md for the map.
 
+mod build;
 mod cancel;
 mod cli;
 mod commands;
 mod config;
+mod context;
 mod docker;
+mod dockerignore;
 mod drain;
 mod env;
 mod error;
@@ -16,11 +19,14 @@ mod host;
 mod names;
 mod plan;
 mod printer;
+mod registry;
 mod release;
 mod report;
 mod rollout;
 mod ssh;
 mod state;
+mod tags;
+mod tls;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +44,7 @@ use crate::report::{Collector, Report};
 fn main() {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    tls::install_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime");
     let code = runtime.block_on(run(cli));
     std::process::exit(code);
@@ -73,6 +80,7 @@ async fn run(cli: Cli) -> i32 {
     let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }));
     let command_name = match &cli.command {
         Command::Deploy(_) => "deploy",
+        Command::Build(_) => "build",
         Command::Rollback(_) => "rollback",
         Command::Check(_) => "check",
         Command::Status(_) => "status",
@@ -86,6 +94,7 @@ async fn run(cli: Cli) -> i32 {
         outcome: "failed".into(),
         duration_ms: 0,
         hosts: vec![],
+        build: vec![],
         plan: None,
         error: Some(e.to_string()),
     };
@@ -134,20 +143,59 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
         }
     };
     match &cli.command {
-        Command::Deploy(a) => {
-            let version = release::version(a.version.as_deref(), env::var(env::GITHUB_REF).as_deref()).map_err(Error::input)?;
-            if !a.skip_build && ctx.config.services.iter().any(|s| s.build.is_some()) {
-                printer.line("note: building images arrives with `capstan build`; deploying images already in the registry");
+        Command::Build(a) => {
+            let t0 = std::time::Instant::now();
+            let version = version_of(ctx, a.version.as_deref())?;
+            let services = ctx.services(&a.services)?;
+            if !services.iter().any(|s| s.build.is_some()) {
+                return Err(Error::input(format!("{}: no selected service has a build: block; nothing to build", ctx.config.file.display())));
             }
-            Ok(finish(commands::roll(ctx, Want::Deploy { version }, &a.targets, a.dry_run, collector).await?))
+            let creds = ctx.credentials()?;
+            let jobs = a.jobs.unwrap_or_else(build::default_jobs);
+            build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), a.push, jobs).await?;
+            let report = Report {
+                app: ctx.config.app.clone(),
+                command: "build".into(),
+                version: Some(version.text.clone()),
+                outcome: "succeeded".into(),
+                duration_ms: t0.elapsed().as_millis() as u64,
+                hosts: vec![],
+                build: collector.builds(),
+                plan: None,
+                error: None,
+            };
+            Ok(finish(commands::RunOutput { report, error: None }))
+        }
+        Command::Deploy(a) => {
+            let version = version_of(ctx, a.version.as_deref())?;
+            let services = ctx.services(&a.targets.services)?;
+            let mut pinned = std::collections::HashMap::new();
+            if a.skip_build {
+            } else if a.dry_run {
+                // A dry run builds nothing: the plan names the tag the build would push.
+                for s in services.iter().filter(|s| s.build.is_some()) {
+                    pinned.insert(s.name.clone(), format!("{} (to be built)", release::tag_ref(&s.image, &version.text)));
+                }
+            } else {
+                let creds = ctx.credentials()?;
+                let jobs = a.jobs.unwrap_or_else(build::default_jobs);
+                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs).await? {
+                    if let Some(r) = b.reference() {
+                        pinned.insert(b.service.clone(), r);
+                    }
+                }
+            }
+            let want = Want::Deploy { version: version.text, pinned };
+            Ok(finish(commands::roll(ctx, want, &a.targets, a.dry_run, collector).await?))
         }
         Command::Rollback(a) => {
             let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
             Ok(finish(commands::roll(ctx, Want::Rollback { to }, &a.targets, a.dry_run, collector).await?))
         }
         Command::Check(a) => {
-            let version = release::version(a.version.as_deref(), env::var(env::GITHUB_REF).as_deref()).map_err(Error::input)?;
-            let mut out = commands::roll(ctx, Want::Deploy { version }, &a.targets, true, collector).await?;
+            let version = version_of(ctx, a.version.as_deref())?;
+            let want = Want::Deploy { version: version.text, pinned: Default::default() };
+            let mut out = commands::roll(ctx, want, &a.targets, true, collector).await?;
             out.report.command = "check".into();
             Ok(finish(out))
         }
@@ -180,4 +228,16 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             Ok(exit::OK)
         }
     }
+}
+
+/// The release of this run: `--version`, else the tag GitHub ran for.
+fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Error> {
+    let (gref, name, kind) = (env::var(env::GITHUB_REF), env::var(env::GITHUB_REF_NAME), env::var(env::GITHUB_REF_TYPE));
+    let src = release::VersionSource {
+        cli,
+        github_ref: gref.as_deref(),
+        github_ref_name: name.as_deref(),
+        github_ref_type: kind.as_deref(),
+    };
+    release::version(src, ctx.config.raw_tags).map_err(Error::input)
 }

@@ -98,6 +98,15 @@ impl Sink for Printer {
                     self.line(&text)
                 }
             }
+            Event::BuildOutput { service, line } => self.line(&format!("  {service} | {line}")),
+            Event::Built(b) => {
+                let what = match b.reference() {
+                    Some(r) => format!("pushed {}", short(&r)),
+                    None => format!("built {} (not pushed)", short(&b.image_id)),
+                };
+                let push = b.push_ms.map(|p| format!(", push {}", ms(p))).unwrap_or_default();
+                self.line(&format!("{}: {what} as {} (build {}{push})", b.service, b.tags.join(", "), ms(b.build_ms)));
+            }
         }
     }
 }

@@ -7,17 +7,62 @@ use std::collections::HashMap;
 use crate::names;
 use crate::state::Record;
 
-/// The version to deploy: `--version`, else the tag of `GITHUB_REF` (`refs/tags/v1.4.2`).
-pub fn version(cli: Option<&str>, github_ref: Option<&str>) -> Result<String, String> {
-    let v = match (cli, github_ref.and_then(|r| r.strip_prefix("refs/tags/"))) {
-        (Some(v), _) => v.to_string(),
-        (None, Some(tag)) => tag.to_string(),
-        (None, None) => {
-            return Err("no version to deploy: pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/…)".into())
-        }
+/// Where the version of a run can come from, in order: `--version`, the tag of
+/// `GITHUB_REF` (`refs/tags/v1.4.2`), `GITHUB_REF_NAME` when `GITHUB_REF_TYPE` is `tag`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct VersionSource<'a> {
+    pub cli: Option<&'a str>,
+    pub github_ref: Option<&'a str>,
+    pub github_ref_name: Option<&'a str>,
+    pub github_ref_type: Option<&'a str>,
+}
+
+/// A release: the tag text as given (it is the image tag too), and its semver
+/// reading when it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub text: String,
+    pub semver: Option<semver::Version>,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// `v1.4.2`, `1.4.2`, `v2.0.0-rc.1` -> semver; anything else -> `None`.
+pub fn parse_semver(tag: &str) -> Option<semver::Version> {
+    semver::Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()
+}
+
+/// The version of this run. Non-semver tags are refused unless `raw_tags` (the
+/// config's `release.raw_tags`) allows them.
+pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, String> {
+    let (text, from) = if let Some(v) = src.cli {
+        (v.to_string(), "--version")
+    } else if let Some(tag) = src.github_ref.and_then(|r| r.strip_prefix("refs/tags/")) {
+        (tag.to_string(), "GITHUB_REF")
+    } else if let (Some(name), Some("tag")) = (src.github_ref_name, src.github_ref_type) {
+        (name.to_string(), "GITHUB_REF_NAME")
+    } else {
+        let why = match src.github_ref {
+            Some(r) => format!("GITHUB_REF is {r}, not a tag"),
+            None => "no --version and no GITHUB_REF".into(),
+        };
+        return Err(format!(
+            "no version to deploy ({why}): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)"
+        ));
     };
-    names::check_tag(&v).map_err(|e| format!("version {v:?} cannot be an image tag: {e}"))?;
-    Ok(v)
+    names::check_tag(&text).map_err(|e| format!("{from}: version {text:?} cannot be an image tag: {e}"))?;
+    let semver = parse_semver(&text);
+    if semver.is_none() && !raw_tags {
+        return Err(format!(
+            "{from}: version {text:?} is not semver (like v1.4.2, 1.4.2 or v2.0.0-rc.1); \
+             set `release: {{ raw_tags: true }}` in the config to deploy tags that are not"
+        ));
+    }
+    Ok(Version { text, semver })
 }
 
 pub fn tag_ref(repo: &str, tag: &str) -> String {
@@ -137,23 +182,42 @@ mod tests {
 
     #[test]
     fn versions() {
-        let cases: &[(Option<&str>, Option<&str>, Result<&str, &str>)] = &[
-            (Some("v1.4.2"), None, Ok("v1.4.2")),
-            (Some("v2"), Some("refs/tags/v1"), Ok("v2")),
-            (None, Some("refs/tags/v1.4.2"), Ok("v1.4.2")),
-            (None, Some("refs/heads/main"), Err("no version to deploy")),
-            (None, None, Err("no version to deploy")),
-            (Some("v1;rm -rf /"), None, Err("cannot be an image tag")),
-            (Some("-v1"), None, Err("cannot be an image tag")),
+        let src = |cli: Option<&'static str>, gref: Option<&'static str>| VersionSource { cli, github_ref: gref, ..Default::default() };
+        let cases: &[(VersionSource, bool, Result<&str, &str>)] = &[
+            (src(Some("v1.4.2"), None), false, Ok("v1.4.2")),
+            (src(Some("1.4.2"), None), false, Ok("1.4.2")),
+            (src(Some("v2.0.0-rc.1"), None), false, Ok("v2.0.0-rc.1")),
+            (src(Some("v2.0.0"), Some("refs/tags/v1.0.0")), false, Ok("v2.0.0")),
+            (src(None, Some("refs/tags/v1.4.2")), false, Ok("v1.4.2")),
+            (
+                VersionSource { github_ref_name: Some("v1.5.0"), github_ref_type: Some("tag"), ..Default::default() },
+                false,
+                Ok("v1.5.0"),
+            ),
+            (
+                VersionSource { github_ref: Some("refs/heads/main"), github_ref_name: Some("main"), github_ref_type: Some("branch"), ..Default::default() },
+                false,
+                Err("GITHUB_REF is refs/heads/main, not a tag"),
+            ),
+            (src(None, None), false, Err("no version to deploy")),
+            (src(Some("v2"), None), false, Err("is not semver")),
+            (src(Some("release-7"), None), false, Err("raw_tags: true")),
+            (src(Some("release-7"), None), true, Ok("release-7")),
+            (src(Some("v1.4"), None), false, Err("is not semver")),
+            (src(Some("v1;rm -rf /"), None), true, Err("cannot be an image tag")),
+            (src(Some("-v1"), None), true, Err("cannot be an image tag")),
+            (src(Some("v1.0.0+build.5"), None), false, Err("cannot be an image tag")),
         ];
-        for (cli, gref, want) in cases {
-            let got = version(*cli, *gref);
+        for (s, raw, want) in cases {
+            let got = version(*s, *raw);
             match (want, &got) {
-                (Ok(w), Ok(g)) => assert_eq!(w, g),
+                (Ok(w), Ok(g)) => assert_eq!(*w, g.text),
                 (Err(w), Err(g)) => assert!(g.contains(w), "{g}"),
-                _ => panic!("{cli:?} {gref:?}: got {got:?}"),
+                _ => panic!("{s:?}: got {got:?}"),
             }
         }
+        assert!(version(src(Some("v2.0.0-rc.1"), None), false).unwrap().semver.is_some_and(|v| !v.pre.is_empty()));
+        assert_eq!(version(src(Some("edge"), None), true).unwrap().semver, None);
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub struct Report {
     pub outcome: String,
     pub duration_ms: u64,
     pub hosts: Vec<HostReport>,
+    /// Per built service: image, tags, digest, build and push durations.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub build: Vec<crate::build::Built>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub error: Option<String>,
@@ -41,6 +44,7 @@ pub struct InstanceReport {
 #[derive(Default)]
 pub struct Collector {
     hosts: Mutex<Vec<HostReport>>,
+    builds: Mutex<Vec<crate::build::Built>>,
 }
 
 impl Collector {
@@ -73,6 +77,10 @@ impl Collector {
     pub fn hosts(&self) -> Vec<HostReport> {
         self.hosts.lock().unwrap().clone()
     }
+
+    pub fn builds(&self) -> Vec<crate::build::Built> {
+        self.builds.lock().unwrap().clone()
+    }
 }
 
 impl Sink for Collector {
@@ -89,7 +97,8 @@ impl Sink for Collector {
                     i.outcome = Some(outcome);
                 });
             }
-            Event::Info { .. } | Event::Warn { .. } => {}
+            Event::Built(b) => self.builds.lock().unwrap().push(b),
+            Event::Info { .. } | Event::Warn { .. } | Event::BuildOutput { .. } => {}
         }
     }
 }

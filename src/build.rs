@@ -1,0 +1,597 @@
+//! `capstan build`, and the build step of `deploy`: each service with a
+//! `build:` block is built on the local Docker engine, tagged by the release
+//! rules of [`crate::tags`], and (with `--push`) pushed; the pushed digest is
+//! what the deploy that follows runs.
+//!
+//! Order, so that a failure leaves nothing half-done: ask the registry which
+//! tags exist (this also checks the credentials) → build every service
+//! (bounded parallelism) → only if all built, push. Planning
+//! ([`plan`]) is pure; the engine is behind [`Images`] and the registry behind
+//! [`Registry`], with fakes in the tests below.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::config::{Config, Service};
+use crate::error::Error;
+use crate::events::{Event, Sink};
+use crate::host::Credentials;
+use crate::registry::{Registry, RegistryError};
+use crate::release::{self, Version};
+use crate::tags::{self, Tags};
+
+/// Where the source came from, for the OCI labels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The commit (`GITHUB_SHA`, else `git rev-parse HEAD`).
+    pub revision: Option<String>,
+    /// The repository URL (`$GITHUB_SERVER_URL/$GITHUB_REPOSITORY`, else the `origin` remote).
+    pub url: Option<String>,
+}
+
+/// What to build for one service. Pure data, made by [`plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildPlan {
+    pub service: String,
+    pub repo: String,
+    pub tags: Tags,
+    pub labels: BTreeMap<String, String>,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// The previous release, to take the build cache from on an engine that has none.
+    pub cache_from: Option<String>,
+}
+
+pub fn plan(svc: &Service, version: &Version, pushed: &[String], source: &Source, created: &str) -> BuildPlan {
+    let b = svc.build.as_ref().expect("plan is only called for services with a build block");
+    let tags = tags::derive(version, &b.tags, pushed, source.revision.as_deref());
+    let mut labels: BTreeMap<String, String> = BTreeMap::new();
+    labels.insert("org.opencontainers.image.version".into(), version.text.clone());
+    labels.insert("org.opencontainers.image.created".into(), created.to_string());
+    if let Some(r) = &source.revision {
+        labels.insert("org.opencontainers.image.revision".into(), r.clone());
+    }
+    if let Some(u) = &source.url {
+        labels.insert("org.opencontainers.image.source".into(), u.clone());
+    }
+    // The service's own labels win: the user said so explicitly.
+    for (k, v) in &b.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    BuildPlan {
+        service: svc.name.clone(),
+        repo: svc.image.clone(),
+        tags,
+        labels,
+        args: b.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        target: b.target.clone(),
+        cache_from: tags::previous_release(version, pushed).map(|t| release::tag_ref(&svc.image, &t)),
+    }
+}
+
+/// What went into one `/build` call.
+pub struct BuildRequest<'a> {
+    pub context: &'a [u8],
+    pub dockerfile: &'a str,
+    /// `repo:tag` the engine names the image with.
+    pub tag: &'a str,
+    pub args: &'a BTreeMap<String, String>,
+    pub labels: &'a BTreeMap<String, String>,
+    pub target: Option<&'a str>,
+    pub cache_from: &'a [String],
+}
+
+/// A build that failed: the step it failed at, the output of that step and the engine's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    pub step: Option<String>,
+    pub output: Vec<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushFailure {
+    Auth(String),
+    Other(String),
+}
+
+/// The local Docker engine, as the build needs it. Real: `docker::LocalImages`.
+#[async_trait]
+pub trait Images: Send + Sync {
+    /// Builds; each output line goes to `out`. Returns the image ID.
+    async fn build(&self, req: BuildRequest<'_>, out: &(dyn Fn(String) + Send + Sync)) -> Result<String, BuildFailure>;
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), String>;
+    /// Pushes `repo:tag`; returns the manifest digest the registry stored.
+    async fn push(&self, repo: &str, tag: &str, creds: Option<&Credentials>) -> Result<String, PushFailure>;
+    /// Whether the engine has any image of `repo` (then its own cache is warm).
+    async fn has_any(&self, repo: &str) -> bool;
+    async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), String>;
+}
+
+/// One service's build, in the report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Built {
+    pub service: String,
+    pub image: String,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_tags: Vec<String>,
+    /// `sha256:…` of the pushed manifest; `None` when not pushed.
+    pub digest: Option<String>,
+    pub image_id: String,
+    /// `local`, `from <ref>`, or `none`.
+    pub cache: String,
+    pub context_files: usize,
+    pub context_bytes: usize,
+    pub build_ms: u64,
+    pub push_ms: Option<u64>,
+}
+
+impl Built {
+    /// `repo@sha256:…`: what a deploy runs.
+    pub fn reference(&self) -> Option<String> {
+        self.digest.as_ref().map(|d| release::digest_ref(&self.image, d))
+    }
+}
+
+pub struct Builder<'a> {
+    pub config: &'a Config,
+    pub events: &'a dyn Sink,
+    pub images: &'a dyn Images,
+    pub registry: &'a dyn Registry,
+    pub creds: Option<&'a Credentials>,
+    pub source: Source,
+    /// RFC 3339, for `org.opencontainers.image.created`.
+    pub created: String,
+    /// How many services build at once.
+    pub jobs: usize,
+}
+
+impl Builder<'_> {
+    fn info(&self, message: String) {
+        self.events.emit(Event::Info { host: None, message });
+    }
+
+    fn warn(&self, message: String) {
+        self.events.emit(Event::Warn { host: None, message });
+    }
+
+    fn registry_name(&self, repo: &str) -> String {
+        crate::registry::split_repo(repo).0.split("://").nth(1).unwrap_or(repo).to_string()
+    }
+
+    /// Builds `services` that have a `build:` block; with `push`, pushes them.
+    pub async fn run(&self, services: &[&Service], version: &Version, push: bool) -> Result<Vec<Built>, Error> {
+        let todo: Vec<&Service> = services.iter().copied().filter(|s| s.build.is_some()).collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        // 1. The registry: which tags exist. A refused password stops here, before any build.
+        let mut plans = Vec::new();
+        for svc in &todo {
+            let pushed = match self.registry.tags(&svc.image).await {
+                Ok(t) => t,
+                Err(e) if push => return Err(self.registry_error(svc, e)),
+                Err(e) => {
+                    self.warn(format!("services.{}: cannot list the tags of {} ({e}); deciding tags as if it had none", svc.name, svc.image));
+                    Vec::new()
+                }
+            };
+            let p = plan(svc, version, &pushed, &self.source, &self.created);
+            self.info(format!("{}: {} -> {}", svc.name, svc.image, p.tags.tags.join(", ")));
+            for s in &p.tags.skipped {
+                self.info(format!("{}: not tagged {s}", svc.name));
+            }
+            plans.push((*svc, p));
+        }
+
+        // 2. Build everything; push nothing unless every build succeeded.
+        let results: Vec<Result<Built, Error>> = stream::iter(plans.iter().map(|(svc, p)| self.build_one(svc, p)))
+            .buffered(self.jobs.max(1))
+            .collect()
+            .await;
+        let mut built = Vec::new();
+        let mut failures = Vec::new();
+        for r in results {
+            match r {
+                Ok(b) => built.push(b),
+                Err(e) => failures.push(e),
+            }
+        }
+        if let Some(first) = failures.into_iter().next() {
+            return Err(first);
+        }
+        if !push {
+            for b in &built {
+                self.events.emit(Event::Built(b.clone()));
+            }
+            return Ok(built);
+        }
+
+        // 3. Push: the release's own tag first (its digest is what deploys run), then the rest.
+        let pushed: Vec<Result<Built, Error>> =
+            stream::iter(built.into_iter().map(|b| self.push_one(b))).buffered(self.jobs.max(1)).collect().await;
+        let mut out = Vec::new();
+        for r in pushed {
+            let b = r?;
+            self.events.emit(Event::Built(b.clone()));
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    async fn build_one(&self, svc: &Service, p: &BuildPlan) -> Result<Built, Error> {
+        let b = svc.build.as_ref().expect("only services with a build block");
+        let key = |k: &str| format!("services.{}.build.{k}", svc.name);
+        let t0 = Instant::now();
+        let (context, dockerfile) = (b.context.clone(), b.dockerfile.clone());
+        let packed = tokio::task::spawn_blocking(move || crate::context::pack(&context, &dockerfile))
+            .await
+            .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
+            .map_err(|e| Error::input(format!("{}: {}", key(e.key), e.message)))?;
+        // An engine without this repository's images (a fresh CI runner) takes its cache from the previous release.
+        let mut cache_from = Vec::new();
+        let cache = if self.images.has_any(&p.repo).await {
+            "local".to_string()
+        } else if let Some(prev) = &p.cache_from {
+            match self.images.pull(prev, self.creds).await {
+                Ok(()) => {
+                    cache_from.push(prev.clone());
+                    format!("from {prev}")
+                }
+                Err(e) => {
+                    self.info(format!("{}: no build cache from {prev} ({e})", svc.name));
+                    "none".into()
+                }
+            }
+        } else {
+            "none".into()
+        };
+        self.info(format!(
+            "{}: building {} ({} files, {} KiB of context, cache: {cache})",
+            svc.name,
+            p.tags.tags[0],
+            packed.files,
+            packed.tar.len() / 1024
+        ));
+        let exact = release::tag_ref(&p.repo, &p.tags.tags[0]);
+        let service = svc.name.clone();
+        let events = self.events;
+        let out = move |line: String| events.emit(Event::BuildOutput { service: service.clone(), line });
+        let req = BuildRequest {
+            context: &packed.tar,
+            dockerfile: &packed.dockerfile,
+            tag: &exact,
+            args: &p.args,
+            labels: &p.labels,
+            target: p.target.as_deref(),
+            cache_from: &cache_from,
+        };
+        let image_id = self.images.build(req, &out).await.map_err(|f| build_error(svc, &b.dockerfile, f))?;
+        for t in &p.tags.tags[1..] {
+            self.images
+                .tag(&image_id, &p.repo, t)
+                .await
+                .map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
+        }
+        let build_ms = t0.elapsed().as_millis() as u64;
+        self.info(format!("{}: built {} in {:.1}s", svc.name, crate::printer::short(&image_id), build_ms as f64 / 1000.0));
+        Ok(Built {
+            service: svc.name.clone(),
+            image: p.repo.clone(),
+            tags: p.tags.tags.clone(),
+            skipped_tags: p.tags.skipped.clone(),
+            digest: None,
+            image_id,
+            cache,
+            context_files: packed.files,
+            context_bytes: packed.tar.len(),
+            build_ms,
+            push_ms: None,
+        })
+    }
+
+    async fn push_one(&self, mut b: Built) -> Result<Built, Error> {
+        let t0 = Instant::now();
+        let svc = b.service.clone();
+        let image = b.image.clone();
+        let fail = |tag: &str, f: PushFailure| match f {
+            PushFailure::Auth(m) => Error::input_hint(
+                format!("services.{svc}: registry {} refused the push of {image}:{tag}: {m}", self.registry_name(&image)),
+                "check registry.username and the variable named by registry.password_env; the token needs push (write:packages on ghcr.io)",
+            ),
+            PushFailure::Other(m) => Error::Unreachable {
+                host: self.registry_name(&image),
+                message: format!("push of {image}:{tag} failed: {m}"),
+                hint: None,
+            },
+        };
+        let digest = self.images.push(&b.image, &b.tags[0], self.creds).await.map_err(|f| fail(&b.tags[0], f))?;
+        // The floating tags name the same manifest: pushing them only uploads the manifest again.
+        let rest = futures_util::future::join_all(b.tags[1..].iter().map(|t| {
+            let image = &image;
+            async move { (t, self.images.push(image, t, self.creds).await) }
+        }))
+        .await;
+        for (t, r) in rest {
+            let d = r.map_err(|f| fail(t, f))?;
+            if d != digest {
+                self.warn(format!("services.{svc}: {}:{t} was pushed as {d}, not {digest}", b.image));
+            }
+        }
+        b.push_ms = Some(t0.elapsed().as_millis() as u64);
+        self.info(format!("{svc}: pushed {} ({} tags) in {:.1}s", crate::printer::short(&release::digest_ref(&b.image, &digest)), b.tags.len(), t0.elapsed().as_secs_f64()));
+        b.digest = Some(digest);
+        Ok(b)
+    }
+
+    fn registry_error(&self, svc: &Service, e: RegistryError) -> Error {
+        let registry = self.registry_name(&svc.image);
+        match e {
+            RegistryError::Auth(m) => Error::input_hint(
+                format!("services.{}: registry {registry}: {m}; nothing was built or pushed", svc.name),
+                match &self.config.registry {
+                    Some(r) => format!("check registry.username ({}) and the password in ${}", r.username, r.password_env),
+                    None => "add a registry: block (server, username, password_env) to the config".to_string(),
+                },
+            ),
+            RegistryError::Other(m) => Error::Unreachable { host: registry, message: format!("{m}; nothing was built or pushed"), hint: None },
+        }
+    }
+}
+
+fn build_error(svc: &Service, dockerfile: &Path, f: BuildFailure) -> Error {
+    let mut msg = format!("services.{}: the build failed", svc.name);
+    if let Some(step) = &f.step {
+        msg.push_str(&format!(" at {step}"));
+    }
+    msg.push_str(&format!(" ({})", dockerfile.display()));
+    let tail: Vec<&String> = f.output.iter().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+    for l in tail {
+        msg.push_str(&format!("\n  | {l}"));
+    }
+    msg.push_str(&format!("\n  {}", f.message));
+    Error::input_hint(msg, "nothing was pushed and no host was touched")
+}
+
+/// The commit and repository URL for the labels: from GitHub's environment,
+/// else from git in `dir`.
+pub fn source(dir: &Path) -> Source {
+    use crate::env;
+    let git = |args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    };
+    let revision = env::var(env::GITHUB_SHA).or_else(|| git(&["rev-parse", "HEAD"]));
+    let url = match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY)) {
+        (Some(s), Some(r)) => Some(format!("{s}/{r}")),
+        _ => git(&["config", "--get", "remote.origin.url"]).map(|u| web_url(&u)),
+    };
+    Source { revision, url }
+}
+
+/// `git@github.com:acme/web.git` -> `https://github.com/acme/web`; credentials in an https remote are dropped.
+fn web_url(remote: &str) -> String {
+    let u = remote.trim().trim_end_matches(".git");
+    if let Some(rest) = u.strip_prefix("git@") {
+        if let Some((host, path)) = rest.split_once(':') {
+            return format!("https://{host}/{path}");
+        }
+    }
+    if let Some(rest) = u.strip_prefix("https://") {
+        let rest = rest.split_once('@').map(|(_, r)| r).unwrap_or(rest);
+        return format!("https://{rest}");
+    }
+    u.to_string()
+}
+
+/// `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
+pub fn created() -> String {
+    let t = crate::env::var("SOURCE_DATE_EPOCH")
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
+    crate::commands::fmt_time(t.replace_nanosecond(0).unwrap_or(t))
+}
+
+/// Builds the services of `config` selected by `services` for `version`, on the local engine.
+pub async fn build_local(
+    config: &Config,
+    events: &dyn Sink,
+    services: &[&Service],
+    version: &Version,
+    creds: Option<&Credentials>,
+    push: bool,
+    jobs: usize,
+) -> Result<Vec<Built>, Error> {
+    if !services.iter().any(|s| s.build.is_some()) {
+        return Ok(Vec::new());
+    }
+    let images = crate::docker::LocalImages::connect().await.map_err(|e| Error::Unreachable {
+        host: "local Docker engine".into(),
+        message: e.to_string(),
+        hint: Some("capstan builds on the engine of DOCKER_HOST (default /var/run/docker.sock); start Docker or set DOCKER_HOST".into()),
+    })?;
+    let registry = crate::registry::RegistryClient::new(creds.cloned()).map_err(|e| Error::input(e.to_string()))?;
+    let dir = config.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let builder = Builder {
+        config,
+        events,
+        images: &images,
+        registry: &registry,
+        creds,
+        source: source(dir),
+        created: created(),
+        jobs,
+    };
+    builder.run(services, version, push).await
+}
+
+/// A default bound for parallel builds: the machine's cores, at most 4.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Recorder;
+    use std::sync::Mutex;
+
+    fn version(v: &str) -> Version {
+        Version { text: v.into(), semver: release::parse_semver(v) }
+    }
+
+    fn config(dir: &Path) -> Config {
+        std::fs::write(dir.join("Dockerfile"), "FROM scratch\nCOPY . /\n").unwrap();
+        std::fs::create_dir_all(dir.join("api")).unwrap();
+        std::fs::write(dir.join("api/Dockerfile"), "FROM scratch\n").unwrap();
+        let yaml = "app: shop\nhosts: [h]\nregistry: { server: r.example, username: u, password_env: P }\nservices:\n  web:\n    image: r.example/web\n    build: { labels: { team: web, org.opencontainers.image.source: https://example.com/override } }\n    instances: [web-1, web-2]\n  api:\n    image: r.example/api\n    build: { context: api, tags: [version, latest] }\n    instances: [api-1, api-2]\n  worker:\n    image: r.example/worker\n    instances: [w-1, w-2]\n";
+        crate::config::parse(&dir.join("capstan.yml"), yaml).unwrap()
+    }
+
+    #[derive(Default)]
+    struct FakeImages {
+        calls: Mutex<Vec<String>>,
+        fail_build: Option<&'static str>,
+        fail_push: Option<PushFailure>,
+        local: bool,
+    }
+
+    #[async_trait]
+    impl Images for FakeImages {
+        async fn build(&self, req: BuildRequest<'_>, out: &(dyn Fn(String) + Send + Sync)) -> Result<String, BuildFailure> {
+            self.calls.lock().unwrap().push(format!("build {} cache={:?}", req.tag, req.cache_from));
+            out("Step 1/2 : FROM scratch".into());
+            if self.fail_build.is_some_and(|s| req.tag.contains(s)) {
+                out("Step 2/2 : RUN false".into());
+                return Err(BuildFailure { step: Some("Step 2/2 : RUN false".into()), output: vec!["boom".into()], message: "exit 1".into() });
+            }
+            Ok(format!("sha256:id-{}", req.tag))
+        }
+        async fn tag(&self, _image: &str, repo: &str, tag: &str) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("tag {repo}:{tag}"));
+            Ok(())
+        }
+        async fn push(&self, repo: &str, tag: &str, _creds: Option<&Credentials>) -> Result<String, PushFailure> {
+            self.calls.lock().unwrap().push(format!("push {repo}:{tag}"));
+            match &self.fail_push {
+                Some(f) => Err(f.clone()),
+                None => Ok(format!("sha256:{}", repo.len())),
+            }
+        }
+        async fn has_any(&self, _repo: &str) -> bool {
+            self.local
+        }
+        async fn pull(&self, reference: &str, _creds: Option<&Credentials>) -> Result<(), String> {
+            self.calls.lock().unwrap().push(format!("pull {reference}"));
+            Ok(())
+        }
+    }
+
+    struct FakeRegistry(Result<Vec<String>, RegistryError>);
+
+    #[async_trait]
+    impl Registry for FakeRegistry {
+        async fn tags(&self, _repo: &str) -> Result<Vec<String>, RegistryError> {
+            self.0.clone()
+        }
+    }
+
+    async fn run(images: &FakeImages, registry: FakeRegistry, push: bool) -> (Result<Vec<Built>, Error>, Vec<Event>) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let events = Recorder::default();
+        let b = Builder {
+            config: &config,
+            events: &events,
+            images,
+            registry: &registry,
+            creds: None,
+            source: Source { revision: Some("0123456789abcdef0123456789abcdef01234567".into()), url: Some("https://github.com/acme/shop".into()) },
+            created: "2026-11-23T10:00:00Z".into(),
+            jobs: 2,
+        };
+        let services: Vec<&Service> = config.services.iter().collect();
+        let r = b.run(&services, &version("v1.4.2"), push).await;
+        let e = events.0.lock().unwrap().clone();
+        (r, e)
+    }
+
+    #[test]
+    fn plans_carry_tags_labels_and_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let src = Source { revision: Some("abcdef0123456789".into()), url: Some("https://github.com/acme/shop".into()) };
+        let p = plan(&config.services[0], &version("v1.4.2"), &["v1.4.1".into(), "v1.5.0".into()], &src, "T");
+        assert_eq!(p.tags.tags, vec!["v1.4.2", "1.4", "sha-abcdef0"]);
+        assert_eq!(p.labels["org.opencontainers.image.version"], "v1.4.2");
+        assert_eq!(p.labels["org.opencontainers.image.revision"], "abcdef0123456789");
+        assert_eq!(p.labels["org.opencontainers.image.created"], "T");
+        assert_eq!(p.labels["org.opencontainers.image.source"], "https://example.com/override", "the service's labels win");
+        assert_eq!(p.labels["team"], "web");
+        assert_eq!(p.cache_from.as_deref(), Some("r.example/web:v1.4.1"));
+        assert_eq!(web_url("git@github.com:acme/shop.git"), "https://github.com/acme/shop");
+        assert_eq!(web_url("https://x-access-token:secret@github.com/acme/shop.git"), "https://github.com/acme/shop");
+    }
+
+    #[tokio::test]
+    async fn builds_then_pushes_the_release_tag_first() {
+        let images = FakeImages::default();
+        let (r, events) = run(&images, FakeRegistry(Ok(vec!["v1.4.1".into()])), true).await;
+        let built = r.unwrap();
+        assert_eq!(built.len(), 2, "worker has no build block");
+        assert_eq!(built[0].reference().as_deref(), Some("r.example/web@sha256:13"));
+        assert_eq!(built[1].tags, vec!["v1.4.2", "latest"]);
+        let calls = images.calls.lock().unwrap().clone();
+        let first_push = calls.iter().position(|c| c.starts_with("push")).unwrap();
+        assert!(calls[..first_push].iter().filter(|c| c.starts_with("build")).count() == 2, "every build before any push: {calls:?}");
+        assert!(calls.contains(&"pull r.example/web:v1.4.1".to_string()), "a cold engine pulls the previous release for cache: {calls:?}");
+        assert!(calls.contains(&"build r.example/web:v1.4.2 cache=[\"r.example/web:v1.4.1\"]".to_string()), "{calls:?}");
+        let web_pushes: Vec<_> = calls.iter().filter(|c| c.starts_with("push r.example/web:")).collect();
+        assert_eq!(web_pushes[0], "push r.example/web:v1.4.2");
+        assert_eq!(web_pushes.len(), 5);
+        assert!(events.iter().any(|e| matches!(e, Event::BuildOutput { service, line } if service == "web" && line.starts_with("Step 1/2"))));
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Built(_))).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_pushes_nothing() {
+        let images = FakeImages { fail_build: Some("/api:"), local: true, ..Default::default() };
+        let (r, _) = run(&images, FakeRegistry(Ok(vec![])), true).await;
+        let e = r.unwrap_err();
+        let text = e.render();
+        assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(text.contains("services.api: the build failed at Step 2/2 : RUN false"), "{text}");
+        assert!(text.contains("| boom"), "{text}");
+        assert!(!images.calls.lock().unwrap().iter().any(|c| c.starts_with("push")));
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_stop_before_any_build() {
+        let images = FakeImages::default();
+        let (r, _) = run(&images, FakeRegistry(Err(RegistryError::Auth("the registry refused the credentials (user u): 401".into()))), true).await;
+        let text = r.unwrap_err().render();
+        assert!(text.contains("services.web: registry r.example: the registry refused the credentials (user u): 401; nothing was built or pushed"), "{text}");
+        assert!(text.contains("hint: check registry.username (u) and the password in $P"), "{text}");
+        assert!(images.calls.lock().unwrap().is_empty());
+        // Without --push an unreachable registry is only a warning.
+        let (r, events) = run(&images, FakeRegistry(Err(RegistryError::Other("down".into()))), false).await;
+        assert!(r.unwrap().iter().all(|b| b.digest.is_none()));
+        assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("cannot list the tags"))));
+    }
+
+    #[tokio::test]
+    async fn a_refused_push_names_the_registry() {
+        let images = FakeImages { fail_push: Some(PushFailure::Auth("no basic auth credentials".into())), ..Default::default() };
+        let (r, _) = run(&images, FakeRegistry(Ok(vec![])), true).await;
+        let e = r.unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(e.to_string().contains("registry r.example refused the push of r.example/web:v1.4.2"), "{e}");
+    }
+}
