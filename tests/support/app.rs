@@ -297,7 +297,8 @@ impl App {
         path
     }
 
-    /// A complete config for this app on the sandbox host.
+    /// A complete config for this app on the sandbox host. `release.raw_tags`
+    /// is on because the sandbox's images are tagged `v1`, `v2`, `broken`….
     pub fn default_config(&self) -> String {
         format!(
             "app: {name}\n\
@@ -305,6 +306,7 @@ impl App {
              ssh:\n  identity_file: {identity}\n  known_hosts: {known_hosts}\n\
              registry:\n  server: {registry}\n  username: capstan\n  password_env: REGISTRY_PASSWORD\n\
              state_dir: {state}\n\
+             release:\n  raw_tags: true\n\
              services:\n\
              \x20 web:\n\
              \x20   image: {registry}/capstan-demo\n\

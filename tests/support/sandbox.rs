@@ -38,6 +38,7 @@ pub struct Sandbox {
     registry_addr: String,
     registry_password: String,
     docker_config: PathBuf,
+    demo_binary: PathBuf,
     registry_child: Mutex<ChildGuard>,
     sshd_child: Mutex<ChildGuard>,
     startup: Duration,
@@ -103,6 +104,11 @@ impl Sandbox {
         format!("{}/{REPO}", self.registry_addr)
     }
     /// A `DOCKER_CONFIG` directory logged in to the registry.
+    /// The static demo server binary the sandbox's images were built from.
+    pub fn demo_binary(&self) -> &Path {
+        &self.demo_binary
+    }
+
     pub fn docker_config_dir(&self) -> &Path {
         &self.docker_config
     }
@@ -202,6 +208,7 @@ impl Sandbox {
             registry_addr,
             registry_password: password,
             docker_config,
+            demo_binary: binary,
             registry_child: Mutex::new(registry_child),
             sshd_child: Mutex::new(sshd_child),
             startup: t0.elapsed(),
