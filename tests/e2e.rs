@@ -240,7 +240,7 @@ fn bad_input_changes_nothing() {
     app.write_config(&app.default_config().replace("pause: 500ms", "pause: 500ms\n    pasue: 1s"));
     let run = app.capstan(&["deploy", "--version", "v2"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("error: capstan.yml:26: services.web.pasue: unknown field `pasue`"), "file, line, key path: {}", run.stderr);
+    assert!(run.stderr.contains("error: capstan.yml:28: services.web.pasue: unknown field `pasue`"), "file, line, key path: {}", run.stderr);
 
     // A bad duration.
     app.write_config(&app.default_config().replace("timeout: 20s", "timeout: soon"));

@@ -1,0 +1,145 @@
+//! `bash bench/build`: builds and pushes the demo app with `capstan build
+//! --push` and with `docker build && docker push` (the CLI, the same context,
+//! the same engine, the same classic builder, the same tags and labels), in
+//! the same run. Two cases: cold (a repository the engine and the registry
+//! have never seen) and no change (the same build again: cache hits, layers
+//! already in the registry). Prints each run, the medians and the ratio
+//! capstan / CLI (below 1 means capstan is faster).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use support::{capstan_bin, random_hex, write_file, Sandbox};
+
+const VERSION: &str = "v1.4.2";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+const TAGS: [&str; 5] = ["v1.4.2", "1.4", "1", "latest", "sha-0123456"];
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn check(out: std::process::Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Removes every local image of `repo`, so that the next build starts cold.
+fn forget(sb: &Sandbox, repo: &str) {
+    let out = sb.docker(&["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &format!("reference={repo}:*")]).output().unwrap();
+    for r in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = sb.docker(&["rmi", "-f", r]).output();
+    }
+}
+
+fn capstan(sb: &Sandbox, dir: &Path) -> u64 {
+    let t = Instant::now();
+    let out = Command::new(capstan_bin())
+        .args(["build", "--version", VERSION, "--push", "-q"])
+        .current_dir(dir)
+        .env("REGISTRY_PASSWORD", sb.registry_password())
+        .env("GITHUB_SHA", SHA)
+        .env("DOCKER_CONFIG", sb.docker_config_dir())
+        .env_remove("GITHUB_REF")
+        .output()
+        .unwrap();
+    let ms = t.elapsed().as_millis() as u64;
+    check(out, "capstan build --push");
+    ms
+}
+
+fn cli(sb: &Sandbox, dir: &Path, repo: &str) -> u64 {
+    let ctx = dir.display().to_string();
+    let created = time_now();
+    let labels = [
+        format!("org.opencontainers.image.version={VERSION}"),
+        format!("org.opencontainers.image.revision={SHA}"),
+        format!("org.opencontainers.image.created={created}"),
+    ];
+    let mut args: Vec<String> = vec!["build".into(), "-q".into()];
+    for t in TAGS {
+        args.push("-t".into());
+        args.push(format!("{repo}:{t}"));
+    }
+    for l in &labels {
+        args.push("--label".into());
+        args.push(l.clone());
+    }
+    args.push(ctx);
+    let t = Instant::now();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    check(sb.docker(&a).output().unwrap(), "docker build");
+    check(sb.docker(&["push", "-q", "--all-tags", repo]).output().unwrap(), "docker push");
+    t.elapsed().as_millis() as u64
+}
+
+fn time_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn config(sb: &Sandbox, repo: &str) -> String {
+    format!(
+        "app: bench-build\nhosts: [{host}]\nregistry:\n  server: {reg}\n  username: {user}\n  password_env: REGISTRY_PASSWORD\n\
+         services:\n  web:\n    image: {repo}\n    build: {{ context: . }}\n    instances: [a, b]\n",
+        host = sb.ssh_host(),
+        reg = sb.registry(),
+        user = sb.registry_user(),
+    )
+}
+
+/// A context with the demo app, its binary made unique (random trailing bytes)
+/// so that neither the engine's cache nor the registry has any of it yet.
+fn fresh_context(sb: &Sandbox) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bin = std::fs::read(sb.demo_binary()).unwrap();
+    bin.extend_from_slice(random_hex(32).as_bytes());
+    std::fs::write(dir.path().join("capstan-demo"), bin).unwrap();
+    std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), dir.path().join("Dockerfile")).unwrap();
+    dir
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let sb = Sandbox::get();
+    let size = std::fs::metadata(sb.demo_binary()).unwrap().len();
+    println!("context: the demo app ({} KiB static binary, FROM scratch); {} tags; {runs} run(s) per case\n", size / 1024, TAGS.len());
+    println!("{:<10} {:>4} {:>12} {:>12} {:>7}", "case", "run", "capstan ms", "CLI ms", "ratio");
+    let (mut cold_c, mut cold_d, mut warm_c, mut warm_d) = (vec![], vec![], vec![], vec![]);
+    for run in 1..=runs {
+        // Each tool gets its own fresh repository and content: nothing local, nothing in the registry.
+        let repo_c = format!("{}/bench-capstan-{}", sb.registry(), random_hex(6));
+        let repo_d = format!("{}/bench-cli-{}", sb.registry(), random_hex(6));
+        let (ctx_c, ctx_d) = (fresh_context(sb), fresh_context(sb));
+        write_file(&ctx_c.path().join("capstan.yml"), config(sb, &repo_c));
+        // Alternate which goes first, so that neither always meets a warmer engine.
+        let (c, d) = if run % 2 == 1 {
+            let c = capstan(sb, ctx_c.path());
+            (c, cli(sb, ctx_d.path(), &repo_d))
+        } else {
+            let d = cli(sb, ctx_d.path(), &repo_d);
+            (capstan(sb, ctx_c.path()), d)
+        };
+        println!("{:<10} {:>4} {:>12} {:>12} {:>7.2}", "cold", run, c, d, c as f64 / d as f64);
+        cold_c.push(c);
+        cold_d.push(d);
+        // No change: the same build again.
+        let c = capstan(sb, ctx_c.path());
+        let d = cli(sb, ctx_d.path(), &repo_d);
+        println!("{:<10} {:>4} {:>12} {:>12} {:>7.2}", "no change", run, c, d, c as f64 / d as f64);
+        warm_c.push(c);
+        warm_d.push(d);
+        forget(sb, &repo_c);
+        forget(sb, &repo_d);
+    }
+    println!();
+    println!("{:<10} {:>17} {:>12} {:>7}", "median", "capstan ms", "CLI ms", "ratio");
+    for (name, c, d) in [("cold", cold_c, cold_d), ("no change", warm_c, warm_d)] {
+        let (c, d) = (median(c), median(d));
+        println!("{:<10} {:>17} {:>12} {:>7.2}", name, c, d, c as f64 / d as f64);
+    }
+}
