@@ -16,8 +16,6 @@ use std::time::Instant;
 use support::{capstan_bin, random_hex, write_file, Sandbox};
 
 const VERSION: &str = "v1.4.2";
-const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-const TAGS: [&str; 5] = ["v1.4.2", "1.4", "1", "latest", "sha-0123456"];
 
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
@@ -39,29 +37,43 @@ fn forget(sb: &Sandbox, repo: &str) {
 fn capstan(sb: &Sandbox, dir: &Path) -> u64 {
     let t = Instant::now();
     let out = Command::new(capstan_bin())
-        .args(["build", "--version", VERSION, "--push", "-q"])
+        .args(["build", "--version", VERSION, "--push", "-q", "--json"])
         .current_dir(dir)
         .env("REGISTRY_PASSWORD", sb.registry_password())
-        .env("GITHUB_SHA", SHA)
         .env("DOCKER_CONFIG", sb.docker_config_dir())
+        .env_remove("GITHUB_SHA")
+        .env_remove("GITHUB_REPOSITORY")
+        .env_remove("SOURCE_DATE_EPOCH")
         .env_remove("GITHUB_REF")
         .output()
         .unwrap();
     let ms = t.elapsed().as_millis() as u64;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     check(out, "capstan build --push");
+    let b = &report["build"][0];
+    eprintln!("    capstan: {ms} ms in all, build {} ms, push {} ms", b["build_ms"], b["push_ms"]);
     ms
 }
 
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The same tags and labels capstan gives the image, computed up front (for free) for the CLI.
 fn cli(sb: &Sandbox, dir: &Path, repo: &str) -> u64 {
     let ctx = dir.display().to_string();
-    let created = time_now();
+    let sha = git(dir, &["rev-parse", "HEAD"]);
+    let created = git(dir, &["log", "-1", "--format=%cd", "--date=format-local:%Y-%m-%dT%H:%M:%SZ"]);
     let labels = [
         format!("org.opencontainers.image.version={VERSION}"),
-        format!("org.opencontainers.image.revision={SHA}"),
+        format!("org.opencontainers.image.revision={sha}"),
         format!("org.opencontainers.image.created={created}"),
     ];
+    let tags = [VERSION.to_string(), "1.4".into(), "1".into(), "latest".into(), format!("sha-{}", &sha[..7])];
     let mut args: Vec<String> = vec!["build".into(), "-q".into()];
-    for t in TAGS {
+    for t in &tags {
         args.push("-t".into());
         args.push(format!("{repo}:{t}"));
     }
@@ -77,11 +89,6 @@ fn cli(sb: &Sandbox, dir: &Path, repo: &str) -> u64 {
     t.elapsed().as_millis() as u64
 }
 
-fn time_now() -> String {
-    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn config(sb: &Sandbox, repo: &str) -> String {
     format!(
         "app: bench-build\nhosts: [{host}]\nregistry:\n  server: {reg}\n  username: {user}\n  password_env: REGISTRY_PASSWORD\n\
@@ -92,14 +99,17 @@ fn config(sb: &Sandbox, repo: &str) -> String {
     )
 }
 
-/// A context with the demo app, its binary made unique (random trailing bytes)
-/// so that neither the engine's cache nor the registry has any of it yet.
+/// A git checkout of the demo app, its binary made unique (random trailing
+/// bytes) so that neither the engine's cache nor the registry has any of it yet.
 fn fresh_context(sb: &Sandbox) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut bin = std::fs::read(sb.demo_binary()).unwrap();
     bin.extend_from_slice(random_hex(32).as_bytes());
     std::fs::write(dir.path().join("capstan-demo"), bin).unwrap();
     std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), dir.path().join("Dockerfile")).unwrap();
+    git(dir.path(), &["init", "-q"]);
+    git(dir.path(), &["add", "Dockerfile", "capstan-demo"]);
+    git(dir.path(), &["-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-q", "-m", "release"]);
     dir
 }
 
@@ -107,7 +117,7 @@ fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let sb = Sandbox::get();
     let size = std::fs::metadata(sb.demo_binary()).unwrap().len();
-    println!("context: the demo app ({} KiB static binary, FROM scratch); {} tags; {runs} run(s) per case\n", size / 1024, TAGS.len());
+    println!("context: a git checkout of the demo app ({} KiB static binary, FROM scratch); 5 tags, 3 labels; {runs} run(s) per case\n", size / 1024);
     println!("{:<10} {:>4} {:>12} {:>12} {:>7}", "case", "run", "capstan ms", "CLI ms", "ratio");
     let (mut cold_c, mut cold_d, mut warm_c, mut warm_d) = (vec![], vec![], vec![], vec![]);
     for run in 1..=runs {

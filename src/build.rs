@@ -32,6 +32,8 @@ pub struct Source {
     pub revision: Option<String>,
     /// The repository URL (`$GITHUB_SERVER_URL/$GITHUB_REPOSITORY`, else the `origin` remote).
     pub url: Option<String>,
+    /// The commit's time (Unix seconds), when git knows it.
+    pub commit_time: Option<i64>,
 }
 
 /// What to build for one service. Pure data, made by [`plan`].
@@ -372,7 +374,12 @@ pub fn source(dir: &Path) -> Source {
         (Some(s), Some(r)) => Some(format!("{s}/{r}")),
         _ => git(&["config", "--get", "remote.origin.url"]).map(|u| web_url(&u)),
     };
-    Source { revision, url }
+    let commit_time = revision
+        .as_deref()
+        .filter(|r| r.chars().all(|c| c.is_ascii_hexdigit()))
+        .and_then(|r| git(&["log", "-1", "--format=%ct", r]))
+        .and_then(|t| t.parse().ok());
+    Source { revision, url, commit_time }
 }
 
 /// `git@github.com:acme/web.git` -> `https://github.com/acme/web`; credentials in an https remote are dropped.
@@ -390,10 +397,14 @@ fn web_url(remote: &str) -> String {
     u.to_string()
 }
 
-/// `SOURCE_DATE_EPOCH` when set (reproducible builds), else now.
-pub fn created() -> String {
+/// The `created` label: `SOURCE_DATE_EPOCH` when set, else the commit's time,
+/// else now. Tied to the source rather than the clock, the same commit builds
+/// the same image (every step a cache hit, the same digest), so re-running a
+/// release job pushes nothing new.
+pub fn created(source: &Source) -> String {
     let t = crate::env::var("SOURCE_DATE_EPOCH")
         .and_then(|s| s.parse::<i64>().ok())
+        .or(source.commit_time)
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .unwrap_or_else(time::OffsetDateTime::now_utc);
     crate::commands::fmt_time(t.replace_nanosecond(0).unwrap_or(t))
@@ -419,16 +430,9 @@ pub async fn build_local(
     })?;
     let registry = crate::registry::RegistryClient::new(creds.cloned()).map_err(|e| Error::input(e.to_string()))?;
     let dir = config.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let builder = Builder {
-        config,
-        events,
-        images: &images,
-        registry: &registry,
-        creds,
-        source: source(dir),
-        created: created(),
-        jobs,
-    };
+    let source = source(dir);
+    let created = created(&source);
+    let builder = Builder { config, events, images: &images, registry: &registry, creds, source, created, jobs };
     builder.run(services, version, push).await
 }
 
@@ -513,7 +517,11 @@ mod tests {
             images,
             registry: &registry,
             creds: None,
-            source: Source { revision: Some("0123456789abcdef0123456789abcdef01234567".into()), url: Some("https://github.com/acme/shop".into()) },
+            source: Source {
+                revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
+                url: Some("https://github.com/acme/shop".into()),
+                commit_time: None,
+            },
             created: "2026-11-23T10:00:00Z".into(),
             jobs: 2,
         };
@@ -527,7 +535,8 @@ mod tests {
     fn plans_carry_tags_labels_and_cache() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let src = Source { revision: Some("abcdef0123456789".into()), url: Some("https://github.com/acme/shop".into()) };
+        let src = Source { revision: Some("abcdef0123456789".into()), url: Some("https://github.com/acme/shop".into()), commit_time: Some(1_700_000_000) };
+        assert_eq!(created(&src), "2023-11-14T22:13:20Z", "the commit's time, not the clock's");
         let p = plan(&config.services[0], &version("v1.4.2"), &["v1.4.1".into(), "v1.5.0".into()], &src, "T");
         assert_eq!(p.tags.tags, vec!["v1.4.2", "1.4", "sha-abcdef0"]);
         assert_eq!(p.labels["org.opencontainers.image.version"], "v1.4.2");
