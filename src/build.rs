@@ -275,11 +275,13 @@ impl Builder<'_> {
             cache_from: &cache_from,
         };
         let image_id = self.images.build(req, &out).await.map_err(|f| build_error(svc, &b.dockerfile, f))?;
-        for t in &p.tags.tags[1..] {
-            self.images
-                .tag(&image_id, &p.repo, t)
-                .await
-                .map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
+        let tagged = futures_util::future::join_all(p.tags.tags[1..].iter().map(|t| {
+            let image_id = &image_id;
+            async move { (t, self.images.tag(image_id, &p.repo, t).await) }
+        }))
+        .await;
+        for (t, r) in tagged {
+            r.map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
         }
         let build_ms = t0.elapsed().as_millis() as u64;
         self.info(format!("{}: built {} in {:.1}s", svc.name, crate::printer::short(&image_id), build_ms as f64 / 1000.0));
@@ -314,16 +316,20 @@ impl Builder<'_> {
             },
         };
         let digest = self.images.push(&b.image, &b.tags[0], self.creds).await.map_err(|f| fail(&b.tags[0], f))?;
-        // The floating tags name the same manifest: pushing them only uploads the manifest again.
-        let rest = futures_util::future::join_all(b.tags[1..].iter().map(|t| {
-            let image = &image;
-            async move { (t, self.images.push(image, t, self.creds).await) }
-        }))
-        .await;
-        for (t, r) in rest {
-            let d = r.map_err(|f| fail(t, f))?;
-            if d != digest {
-                self.warn(format!("services.{svc}: {}:{t} was pushed as {d}, not {digest}", b.image));
+        // The other tags name the same manifest: point them at it through the
+        // registry's API (one PUT each); a `docker push` per tag is the fallback.
+        if let Err(e) = self.registry.copy_tags(&b.image, &digest, &b.tags[1..]).await {
+            self.info(format!("{svc}: tagging through the registry's API failed ({e}); pushing each tag instead"));
+            let rest = futures_util::future::join_all(b.tags[1..].iter().map(|t| {
+                let image = &image;
+                async move { (t, self.images.push(image, t, self.creds).await) }
+            }))
+            .await;
+            for (t, r) in rest {
+                let d = r.map_err(|f| fail(t, f))?;
+                if d != digest {
+                    self.warn(format!("services.{svc}: {}:{t} was pushed as {d}, not {digest}", b.image));
+                }
             }
         }
         b.push_ms = Some(t0.elapsed().as_millis() as u64);
@@ -498,16 +504,28 @@ mod tests {
         }
     }
 
-    struct FakeRegistry(Result<Vec<String>, RegistryError>);
+    struct FakeRegistry(Result<Vec<String>, RegistryError>, Mutex<Vec<String>>);
+
+    impl FakeRegistry {
+        fn new(tags: Result<Vec<String>, RegistryError>) -> Self {
+            FakeRegistry(tags, Mutex::new(Vec::new()))
+        }
+    }
 
     #[async_trait]
     impl Registry for FakeRegistry {
         async fn tags(&self, _repo: &str) -> Result<Vec<String>, RegistryError> {
             self.0.clone()
         }
+        async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError> {
+            for t in tags {
+                self.1.lock().unwrap().push(format!("{repo}:{t} -> {digest}"));
+            }
+            Ok(())
+        }
     }
 
-    async fn run(images: &FakeImages, registry: FakeRegistry, push: bool) -> (Result<Vec<Built>, Error>, Vec<Event>) {
+    async fn run(images: &FakeImages, registry: &FakeRegistry, push: bool) -> (Result<Vec<Built>, Error>, Vec<Event>) {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let events = Recorder::default();
@@ -515,7 +533,7 @@ mod tests {
             config: &config,
             events: &events,
             images,
-            registry: &registry,
+            registry,
             creds: None,
             source: Source {
                 revision: Some("0123456789abcdef0123456789abcdef01234567".into()),
@@ -552,7 +570,8 @@ mod tests {
     #[tokio::test]
     async fn builds_then_pushes_the_release_tag_first() {
         let images = FakeImages::default();
-        let (r, events) = run(&images, FakeRegistry(Ok(vec!["v1.4.1".into()])), true).await;
+        let registry = FakeRegistry::new(Ok(vec!["v1.4.1".into()]));
+        let (r, events) = run(&images, &registry, true).await;
         let built = r.unwrap();
         assert_eq!(built.len(), 2, "worker has no build block");
         assert_eq!(built[0].reference().as_deref(), Some("r.example/web@sha256:13"));
@@ -563,8 +582,10 @@ mod tests {
         assert!(calls.contains(&"pull r.example/web:v1.4.1".to_string()), "a cold engine pulls the previous release for cache: {calls:?}");
         assert!(calls.contains(&"build r.example/web:v1.4.2 cache=[\"r.example/web:v1.4.1\"]".to_string()), "{calls:?}");
         let web_pushes: Vec<_> = calls.iter().filter(|c| c.starts_with("push r.example/web:")).collect();
-        assert_eq!(web_pushes[0], "push r.example/web:v1.4.2");
-        assert_eq!(web_pushes.len(), 5);
+        assert_eq!(web_pushes, vec!["push r.example/web:v1.4.2"], "one push; the other tags are set through the registry");
+        let copied = registry.1.lock().unwrap().clone();
+        assert!(copied.contains(&"r.example/web:latest -> sha256:13".to_string()), "{copied:?}");
+        assert_eq!(copied.len(), 4 + 1, "web: 1.4, 1, latest, sha; api: latest");
         assert!(events.iter().any(|e| matches!(e, Event::BuildOutput { service, line } if service == "web" && line.starts_with("Step 1/2"))));
         assert_eq!(events.iter().filter(|e| matches!(e, Event::Built(_))).count(), 2);
     }
@@ -572,7 +593,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_build_pushes_nothing() {
         let images = FakeImages { fail_build: Some("/api:"), local: true, ..Default::default() };
-        let (r, _) = run(&images, FakeRegistry(Ok(vec![])), true).await;
+        let (r, _) = run(&images, &FakeRegistry::new(Ok(vec![])), true).await;
         let e = r.unwrap_err();
         let text = e.render();
         assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
@@ -584,13 +605,13 @@ mod tests {
     #[tokio::test]
     async fn refused_credentials_stop_before_any_build() {
         let images = FakeImages::default();
-        let (r, _) = run(&images, FakeRegistry(Err(RegistryError::Auth("the registry refused the credentials (user u): 401".into()))), true).await;
+        let (r, _) = run(&images, &FakeRegistry::new(Err(RegistryError::Auth("the registry refused the credentials (user u): 401".into()))), true).await;
         let text = r.unwrap_err().render();
         assert!(text.contains("services.web: registry r.example: the registry refused the credentials (user u): 401; nothing was built or pushed"), "{text}");
         assert!(text.contains("hint: check registry.username (u) and the password in $P"), "{text}");
         assert!(images.calls.lock().unwrap().is_empty());
         // Without --push an unreachable registry is only a warning.
-        let (r, events) = run(&images, FakeRegistry(Err(RegistryError::Other("down".into()))), false).await;
+        let (r, events) = run(&images, &FakeRegistry::new(Err(RegistryError::Other("down".into()))), false).await;
         assert!(r.unwrap().iter().all(|b| b.digest.is_none()));
         assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("cannot list the tags"))));
     }
@@ -598,7 +619,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_push_names_the_registry() {
         let images = FakeImages { fail_push: Some(PushFailure::Auth("no basic auth credentials".into())), ..Default::default() };
-        let (r, _) = run(&images, FakeRegistry(Ok(vec![])), true).await;
+        let (r, _) = run(&images, &FakeRegistry::new(Ok(vec![])), true).await;
         let e = r.unwrap_err();
         assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
         assert!(e.to_string().contains("registry r.example refused the push of r.example/web:v1.4.2"), "{e}");

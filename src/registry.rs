@@ -1,7 +1,9 @@
 //! The registry's own HTTP API (distribution v2), from where capstan runs:
 //! which tags a repository has (to decide whether a release is the highest,
-//! and which image to take the build cache from). Also the first check of the
-//! credentials, before anything is built.
+//! and which image to take the build cache from), and giving a pushed manifest
+//! more tags (one small PUT each, where a `docker push` per tag would check
+//! every layer again). Also the first check of the credentials, before
+//! anything is built.
 //!
 //! Authentication follows the registry's challenge: Basic (an htpasswd
 //! registry) or a Bearer token from the realm it names (ghcr.io, Docker Hub),
@@ -31,12 +33,20 @@ pub enum RegistryError {
 pub trait Registry: Send + Sync {
     /// Every tag of `repo` (`host/path`); empty when the repository does not exist yet.
     async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError>;
+    /// Points each of `tags` at the manifest `digest` already in `repo`.
+    async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError>;
 }
 
 pub struct RegistryClient {
     http: reqwest::Client,
     creds: Option<Credentials>,
+    /// The `Authorization` value that answered each scope's challenge, reused.
+    auth: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
+
+/// Every manifest type a tag may point at.
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// `ghcr.io/acme/web` -> (`https://ghcr.io`, `acme/web`), the way Docker reads a reference.
 pub fn split_repo(repo: &str) -> (String, String) {
@@ -69,7 +79,7 @@ impl RegistryClient {
             .no_proxy()
             .build()
             .map_err(|e| RegistryError::Other(format!("cannot start an HTTP client: {e}")))?;
-        Ok(RegistryClient { http, creds })
+        Ok(RegistryClient { http, creds, auth: Default::default() })
     }
 
     fn who(&self) -> String {
@@ -79,13 +89,25 @@ impl RegistryClient {
         }
     }
 
-    /// GET with the registry's challenge answered. `Ok(None)` is a 404.
-    async fn get(&self, url: &str, scope: &str) -> Result<Option<reqwest::Response>, RegistryError> {
+    /// A request with the registry's challenge answered (once per scope). `Ok(None)` is a 404.
+    async fn send(
+        &self,
+        make: impl Fn() -> reqwest::RequestBuilder,
+        url: &str,
+        scope: &str,
+    ) -> Result<Option<reqwest::Response>, RegistryError> {
         let unreachable = |e: reqwest::Error| RegistryError::Other(format!("{url}: {}", without_url(&e)));
-        let first = self.http.get(url).send().await.map_err(unreachable)?;
+        let known = self.auth.lock().unwrap().get(scope).cloned();
+        let with = |auth: Option<&String>| match auth {
+            Some(a) => make().header(AUTHORIZATION, a.as_str()),
+            None => make(),
+        };
+        let first = with(known.as_ref()).send().await.map_err(unreachable)?;
         let resp = if first.status() == StatusCode::UNAUTHORIZED {
             let auth = self.authorization(first.headers(), scope).await?;
-            self.http.get(url).header(AUTHORIZATION, auth).send().await.map_err(unreachable)?
+            let resp = with(Some(&auth)).send().await.map_err(unreachable)?;
+            self.auth.lock().unwrap().insert(scope.to_string(), auth);
+            resp
         } else {
             first
         };
@@ -156,7 +178,7 @@ impl Registry for RegistryClient {
         let mut out = Vec::new();
         // Follow `Link: <…>; rel="next"` pages, with a bound.
         for _ in 0..100 {
-            let Some(resp) = self.get(&url, &scope).await? else { return Ok(out) };
+            let Some(resp) = self.send(|| self.http.get(&url), &url, &scope).await? else { return Ok(out) };
             let next = resp.headers().get(LINK).and_then(|v| v.to_str().ok()).and_then(next_link);
             let list: List = resp.json().await.map_err(|e| RegistryError::Other(format!("{repo}: the tag list: {}", without_url(&e))))?;
             out.extend(list.tags.unwrap_or_default());
@@ -167,6 +189,40 @@ impl Registry for RegistryClient {
             }
         }
         Ok(out)
+    }
+
+    async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError> {
+        let (base, path) = split_repo(repo);
+        let scope = format!("repository:{path}:pull,push");
+        let url = format!("{base}/v2/{path}/manifests/{digest}");
+        let resp = self
+            .send(|| self.http.get(&url).header(reqwest::header::ACCEPT, MANIFEST_TYPES), &url, &scope)
+            .await?
+            .ok_or_else(|| RegistryError::Other(format!("{repo}@{digest}: the registry does not have this manifest")))?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/vnd.docker.distribution.manifest.v2+json")
+            .to_string();
+        let body = resp.bytes().await.map_err(|e| RegistryError::Other(format!("{repo}@{digest}: {}", without_url(&e))))?;
+        let puts = tags.iter().map(|tag| {
+            let (url, body, media_type, scope) = (format!("{base}/v2/{path}/manifests/{tag}"), body.clone(), media_type.clone(), scope.clone());
+            async move {
+                let make = || self.http.put(&url).header(reqwest::header::CONTENT_TYPE, media_type.as_str()).body(body.clone());
+                match self.send(make, &url, &scope).await? {
+                    Some(r) => match r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+                        Some(d) if d != digest => Err(RegistryError::Other(format!("{repo}:{tag}: the registry stored {d}, not {digest}"))),
+                        _ => Ok(()),
+                    },
+                    None => Err(RegistryError::Other(format!("{repo}:{tag}: the registry answered 404 to the tag's manifest"))),
+                }
+            }
+        });
+        for r in futures_util::future::join_all(puts).await {
+            r?;
+        }
+        Ok(())
     }
 }
 

@@ -172,6 +172,7 @@ fn build_push_tags_labels_and_the_dockerignore() {
         assert_eq!(registry_digest(&repo, t), digest, "{repo}:{t}");
     }
     assert!(b["build_ms"].as_u64().is_some() && b["push_ms"].as_u64().is_some(), "{b}");
+    assert!(!run.stderr.contains("pushing each tag instead"), "tags are set through the registry's API: {run}");
     // The build output streamed, under the service's name.
     assert!(run.stderr.contains("web | Step 1/"), "{run}");
 
