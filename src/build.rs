@@ -232,7 +232,11 @@ impl Builder<'_> {
         let key = |k: &str| format!("services.{}.build.{k}", svc.name);
         let t0 = Instant::now();
         let (context, dockerfile) = (b.context.clone(), b.dockerfile.clone());
-        let packed = tokio::task::spawn_blocking(move || crate::context::pack(&context, &dockerfile))
+        // Without a target stage the labels join the Dockerfile as one step (see `dockerfile`).
+        let fold = p.target.is_none().then(|| p.labels.clone());
+        let packed = tokio::task::spawn_blocking(move || {
+            crate::context::pack(&context, &dockerfile, &|text| fold.as_ref().and_then(|l| crate::dockerfile::fold_labels(text, l)))
+        })
             .await
             .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
             .map_err(|e| Error::input(format!("{}: {}", key(e.key), e.message)))?;
@@ -265,12 +269,13 @@ impl Builder<'_> {
         let service = svc.name.clone();
         let events = self.events;
         let out = move |line: String| events.emit(Event::BuildOutput { service: service.clone(), line });
+        let no_labels = BTreeMap::new();
         let req = BuildRequest {
             context: &packed.tar,
             dockerfile: &packed.dockerfile,
             tag: &exact,
             args: &p.args,
-            labels: &p.labels,
+            labels: if packed.rewritten { &no_labels } else { &p.labels },
             target: p.target.as_deref(),
             cache_from: &cache_from,
         };

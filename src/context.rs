@@ -4,6 +4,12 @@
 //! sent (the engine needs the first; both stay out of `COPY .` only if the
 //! user's rules say so), symlinks are stored as links, never followed, and
 //! owners are 0:0.
+//!
+//! When the Dockerfile lives outside the context, or the build rewrites it
+//! (see `dockerfile::fold_labels`), it is sent as `.capstan.Dockerfile` and
+//! that name is added to the `.dockerignore` inside the tar, as the Docker CLI
+//! does for its own generated name: the engine reads it, then drops it from the
+//! context, so `COPY .` never copies it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +23,8 @@ pub struct Context {
     /// The Dockerfile's name inside the tar (the `dockerfile` build parameter).
     pub dockerfile: String,
     pub files: usize,
+    /// Whether `rewrite` changed the Dockerfile that was sent.
+    pub rewritten: bool,
 }
 
 /// Why a context cannot be packed; `key` is the config key the problem is about.
@@ -26,10 +34,11 @@ pub struct ContextError {
     pub message: String,
 }
 
-/// The name given to a Dockerfile that lives outside the context.
-const OUTSIDE_DOCKERFILE: &str = ".capstan.Dockerfile";
+/// The name of a Dockerfile that capstan sends itself (outside the context, or rewritten).
+const GENERATED_DOCKERFILE: &str = ".capstan.Dockerfile";
 
-pub fn pack(context: &Path, dockerfile: &Path) -> Result<Context, ContextError> {
+/// Packs `context`. `rewrite` may return a new text for the Dockerfile.
+pub fn pack(context: &Path, dockerfile: &Path, rewrite: &dyn Fn(&str) -> Option<String>) -> Result<Context, ContextError> {
     let err = |key, message: String| ContextError { key, message };
     if !context.is_dir() {
         return Err(err("context", format!("{} is not a directory", context.display())));
@@ -38,15 +47,22 @@ pub fn pack(context: &Path, dockerfile: &Path) -> Result<Context, ContextError> 
         return Err(err("dockerfile", format!("{} does not exist", dockerfile.display())));
     }
     let ignore_file = context.join(".dockerignore");
-    let rules = match fs::read_to_string(&ignore_file) {
-        Ok(text) => Rules::parse(&text)
-            .map_err(|b| err("context", format!("{}:{}: {}", ignore_file.display(), b.line, b.message)))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Rules::default(),
+    let ignore_text = match fs::read_to_string(&ignore_file) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(err("context", format!("cannot read {}: {e}", ignore_file.display()))),
     };
+    let rules = match &ignore_text {
+        Some(text) => Rules::parse(text)
+            .map_err(|b| err("context", format!("{}:{}: {}", ignore_file.display(), b.line, b.message)))?,
+        None => Rules::default(),
+    };
+    let original = fs::read(dockerfile).map_err(|e| err("dockerfile", format!("cannot read {}: {e}", dockerfile.display())))?;
+    let rewritten = std::str::from_utf8(&original).ok().and_then(rewrite);
     let canon_ctx = context.canonicalize().map_err(|e| err("context", format!("{}: {e}", context.display())))?;
     let canon_df = dockerfile.canonicalize().map_err(|e| err("dockerfile", format!("{}: {e}", dockerfile.display())))?;
     let inside = canon_df.strip_prefix(&canon_ctx).ok().map(slash_path);
+    let generated = rewritten.is_some() || inside.is_none();
     // Always sent, whatever the rules say.
     let keep: Vec<String> = [inside.clone(), Some(".dockerignore".into())].into_iter().flatten().collect();
 
@@ -66,21 +82,27 @@ pub fn pack(context: &Path, dockerfile: &Path) -> Result<Context, ContextError> 
         if rules.excludes(&rel) && !keep.contains(&rel) {
             continue;
         }
+        if generated && (rel == ".dockerignore" || rel == GENERATED_DOCKERFILE) {
+            continue;
+        }
         append(&mut tar, entry.path(), &rel).map_err(|e| err("context", format!("cannot pack {}: {e}", entry.path().display())))?;
         if !entry.file_type().is_dir() {
             files += 1;
         }
     }
-    let name = match inside {
-        Some(rel) => rel,
-        None => {
-            append(&mut tar, &canon_df, OUTSIDE_DOCKERFILE)
-                .map_err(|e| err("dockerfile", format!("cannot pack {}: {e}", dockerfile.display())))?;
-            OUTSIDE_DOCKERFILE.to_string()
+    let name = match (inside, generated) {
+        (Some(rel), false) => rel,
+        _ => {
+            let text = rewritten.as_ref().map(|t| t.as_bytes()).unwrap_or(&original);
+            let ignore = format!("{}\n{GENERATED_DOCKERFILE}\n", ignore_text.as_deref().unwrap_or("").trim_end());
+            let pack_err = |e: std::io::Error| err("dockerfile", format!("cannot pack {}: {e}", dockerfile.display()));
+            append_bytes(&mut tar, GENERATED_DOCKERFILE, text).map_err(pack_err)?;
+            append_bytes(&mut tar, ".dockerignore", ignore.as_bytes()).map_err(pack_err)?;
+            GENERATED_DOCKERFILE.to_string()
         }
     };
     let tar = tar.into_inner().map_err(|e| err("context", format!("cannot pack the context: {e}")))?;
-    Ok(Context { tar, dockerfile: name, files })
+    Ok(Context { tar, dockerfile: name, files, rewritten: rewritten.is_some() })
 }
 
 fn append(tar: &mut tar::Builder<Vec<u8>>, path: &Path, name: &str) -> std::io::Result<()> {
@@ -103,6 +125,15 @@ fn append(tar: &mut tar::Builder<Vec<u8>>, path: &Path, name: &str) -> std::io::
         // Sockets, fifos, devices: the Docker CLI skips them too.
         Ok(())
     }
+}
+
+fn append_bytes(tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, name, data)
 }
 
 fn slash_path(p: &Path) -> String {
@@ -139,7 +170,7 @@ mod tests {
         write(ctx, "secrets/public.pem", "x");
         write(ctx, "node_modules/a/b.js", "x");
         std::os::unix::fs::symlink("/etc/passwd", ctx.join("link")).unwrap();
-        let c = pack(ctx, &ctx.join("Dockerfile")).unwrap();
+        let c = pack(ctx, &ctx.join("Dockerfile"), &|_| None).unwrap();
         assert_eq!(c.dockerfile, "Dockerfile");
         assert_eq!(
             names(&c.tar),
@@ -157,21 +188,47 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "docker/web.Dockerfile", "FROM scratch\n");
         write(d.path(), "app/main", "x");
-        let c = pack(&d.path().join("app"), &d.path().join("docker/web.Dockerfile")).unwrap();
-        assert_eq!(c.dockerfile, OUTSIDE_DOCKERFILE);
-        assert_eq!(names(&c.tar), vec![OUTSIDE_DOCKERFILE.to_string(), "main".to_string()]);
+        let c = pack(&d.path().join("app"), &d.path().join("docker/web.Dockerfile"), &|_| None).unwrap();
+        assert_eq!(c.dockerfile, GENERATED_DOCKERFILE);
+        assert_eq!(names(&c.tar), vec![GENERATED_DOCKERFILE, ".dockerignore", "main"]);
+        // The engine drops it from the context after reading it: it is listed in the .dockerignore it gets.
+        assert_eq!(entry(&c.tar, ".dockerignore"), format!("\n{GENERATED_DOCKERFILE}\n"));
+    }
+
+    #[test]
+    fn a_rewritten_dockerfile_is_sent_under_its_own_name() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "Dockerfile", "FROM scratch\n");
+        write(d.path(), ".dockerignore", "*.log\n");
+        write(d.path(), "a.log", "x");
+        let c = pack(d.path(), &d.path().join("Dockerfile"), &|t| Some(format!("{t}LABEL a=b\n"))).unwrap();
+        assert!(c.rewritten);
+        assert_eq!(c.dockerfile, GENERATED_DOCKERFILE);
+        assert_eq!(names(&c.tar), vec![GENERATED_DOCKERFILE, ".dockerignore", "Dockerfile"]);
+        assert_eq!(entry(&c.tar, GENERATED_DOCKERFILE), "FROM scratch\nLABEL a=b\n");
+        assert_eq!(entry(&c.tar, ".dockerignore"), format!("*.log\n{GENERATED_DOCKERFILE}\n"));
+        assert_eq!(entry(&c.tar, "Dockerfile"), "FROM scratch\n", "the user's own file is untouched");
+    }
+
+    fn entry(tar: &[u8], name: &str) -> String {
+        use std::io::Read;
+        let mut a = tar::Archive::new(tar);
+        let mut e = a.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().to_str() == Some(name)).unwrap();
+        let mut s = String::new();
+        e.read_to_string(&mut s).unwrap();
+        s
     }
 
     #[test]
     fn errors_name_the_key() {
         let d = tempfile::tempdir().unwrap();
-        let e = pack(&d.path().join("nope"), &d.path().join("Dockerfile")).unwrap_err();
+        let e = pack(&d.path().join("nope"), &d.path().join("Dockerfile"), &|_| None).unwrap_err();
         assert_eq!(e.key, "context");
-        let e = pack(d.path(), &d.path().join("Dockerfile")).unwrap_err();
+        let e = pack(d.path(), &d.path().join("Dockerfile"), &|_| None).unwrap_err();
         assert_eq!((e.key, e.message.ends_with("does not exist")), ("dockerfile", true));
         write(d.path(), "Dockerfile", "FROM scratch\n");
         write(d.path(), ".dockerignore", "ok\n!\n");
-        let e = pack(d.path(), &d.path().join("Dockerfile")).unwrap_err();
+        let e = pack(d.path(), &d.path().join("Dockerfile"), &|_| None).unwrap_err();
         assert!(e.message.ends_with(".dockerignore:2: illegal exclusion pattern: \"!\""), "{e:?}");
     }
 }

@@ -8,6 +8,7 @@ mod commands;
 mod config;
 mod context;
 mod docker;
+mod dockerfile;
 mod dockerignore;
 mod drain;
 mod env;

@@ -155,7 +155,7 @@ fn build_push_tags_labels_and_the_dockerignore() {
     context(dir.path());
     write_file(
         &dir.path().join("capstan.yml"),
-        config(&repo, "{ args: { GREETING: hello }, labels: { team: storefront } }"),
+        config(&repo, "{ args: { GREETING: hello }, labels: { team: storefront, note: '$HOME \"quoted\" back\\slash' } }"),
     );
 
     let run = capstan(dir.path(), &["build", "--version", "v1.4.2", "--push", "--json"], &[]);
@@ -183,6 +183,7 @@ fn build_push_tags_labels_and_the_dockerignore() {
     assert_eq!(labels["org.opencontainers.image.source"], "https://github.com/acme/shop");
     assert!(labels["org.opencontainers.image.created"].as_str().unwrap().starts_with("20"), "{labels}");
     assert_eq!(labels["team"], "storefront");
+    assert_eq!(labels["note"], "$HOME \"quoted\" back\\slash", "values reach the image verbatim");
     let env = docker(&["inspect", "-f", "{{json .Config.Env}}", &format!("{repo}:v1.4.2")]);
     assert!(env.contains("GREETING=hello"), "build args reach the build: {env}");
 
