@@ -34,7 +34,15 @@ fn forget(sb: &Sandbox, repo: &str) {
     }
 }
 
+/// Lets the engine finish what the previous build left (removing intermediate
+/// containers, writing layers) so that it does not land in the next timing.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+}
+
 fn capstan(sb: &Sandbox, dir: &Path) -> u64 {
+    settle();
     let t = Instant::now();
     let out = Command::new(capstan_bin())
         .args(["build", "--version", VERSION, "--push", "-q", "--json"])
@@ -72,6 +80,7 @@ fn cli(sb: &Sandbox, dir: &Path, repo: &str) -> u64 {
         format!("org.opencontainers.image.created={created}"),
     ];
     let tags = [VERSION.to_string(), "1.4".into(), "1".into(), "latest".into(), format!("sha-{}", &sha[..7])];
+    settle();
     let mut args: Vec<String> = vec!["build".into(), "-q".into()];
     for t in &tags {
         args.push("-t".into());

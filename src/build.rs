@@ -112,6 +112,8 @@ pub trait Images: Send + Sync {
     async fn push(&self, repo: &str, tag: &str, creds: Option<&Credentials>) -> Result<String, PushFailure>;
     /// Whether the engine has any image of `repo` (then its own cache is warm).
     async fn has_any(&self, repo: &str) -> bool;
+    /// The digests this image is known by in registries (`repo@sha256:…`), from earlier pushes or pulls.
+    async fn repo_digests(&self, image: &str) -> Vec<String>;
     async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), String>;
 }
 
@@ -320,7 +322,20 @@ impl Builder<'_> {
                 hint: None,
             },
         };
-        let digest = self.images.push(&b.image, &b.tags[0], self.creds).await.map_err(|f| fail(&b.tags[0], f))?;
+        // An image this engine already pushed, whose tag the registry still has at the same
+        // digest (a rebuild of an unchanged commit), is not pushed again.
+        let known = self.images.repo_digests(&b.image_id).await;
+        let already = match self.registry.digest(&b.image, &b.tags[0]).await {
+            Ok(Some(d)) if known.contains(&release::digest_ref(&b.image, &d)) => Some(d),
+            _ => None,
+        };
+        let digest = match already {
+            Some(d) => {
+                self.info(format!("{svc}: {image}:{} is already in the registry as this image", b.tags[0]));
+                d
+            }
+            None => self.images.push(&b.image, &b.tags[0], self.creds).await.map_err(|f| fail(&b.tags[0], f))?,
+        };
         // The other tags name the same manifest: point them at it through the
         // registry's API (one PUT each); a `docker push` per tag is the fallback.
         if let Err(e) = self.registry.copy_tags(&b.image, &digest, &b.tags[1..]).await {
@@ -503,6 +518,9 @@ mod tests {
         async fn has_any(&self, _repo: &str) -> bool {
             self.local
         }
+        async fn repo_digests(&self, _image: &str) -> Vec<String> {
+            vec!["r.example/api@sha256:12".into()]
+        }
         async fn pull(&self, reference: &str, _creds: Option<&Credentials>) -> Result<(), String> {
             self.calls.lock().unwrap().push(format!("pull {reference}"));
             Ok(())
@@ -521,6 +539,10 @@ mod tests {
     impl Registry for FakeRegistry {
         async fn tags(&self, _repo: &str) -> Result<Vec<String>, RegistryError> {
             self.0.clone()
+        }
+        async fn digest(&self, repo: &str, _tag: &str) -> Result<Option<String>, RegistryError> {
+            // api's tag is already there, as the image the engine knows; web's is not.
+            Ok((repo == "r.example/api").then(|| "sha256:12".to_string()))
         }
         async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError> {
             for t in tags {
@@ -586,6 +608,8 @@ mod tests {
         assert!(calls[..first_push].iter().filter(|c| c.starts_with("build")).count() == 2, "every build before any push: {calls:?}");
         assert!(calls.contains(&"pull r.example/web:v1.4.1".to_string()), "a cold engine pulls the previous release for cache: {calls:?}");
         assert!(calls.contains(&"build r.example/web:v1.4.2 cache=[\"r.example/web:v1.4.1\"]".to_string()), "{calls:?}");
+        assert!(!calls.iter().any(|c| c.starts_with("push r.example/api")), "api is already in the registry as this image: {calls:?}");
+        assert_eq!(built[1].digest.as_deref(), Some("sha256:12"));
         let web_pushes: Vec<_> = calls.iter().filter(|c| c.starts_with("push r.example/web:")).collect();
         assert_eq!(web_pushes, vec!["push r.example/web:v1.4.2"], "one push; the other tags are set through the registry");
         let copied = registry.1.lock().unwrap().clone();

@@ -379,6 +379,10 @@ impl crate::build::Images for LocalImages {
         }
         Ok(())
     }
+
+    async fn repo_digests(&self, image: &str) -> Vec<String> {
+        self.docker.inspect_image(image).await.ok().and_then(|i| i.repo_digests).unwrap_or_default()
+    }
 }
 
 /// The parts of an inspected container a rollout reads.

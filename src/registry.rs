@@ -33,6 +33,8 @@ pub enum RegistryError {
 pub trait Registry: Send + Sync {
     /// Every tag of `repo` (`host/path`); empty when the repository does not exist yet.
     async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError>;
+    /// The digest `repo:tag` points at, if the tag exists.
+    async fn digest(&self, repo: &str, tag: &str) -> Result<Option<String>, RegistryError>;
     /// Points each of `tags` at the manifest `digest` already in `repo`.
     async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError>;
 }
@@ -189,6 +191,14 @@ impl Registry for RegistryClient {
             }
         }
         Ok(out)
+    }
+
+    async fn digest(&self, repo: &str, tag: &str) -> Result<Option<String>, RegistryError> {
+        let (base, path) = split_repo(repo);
+        let scope = format!("repository:{path}:pull");
+        let url = format!("{base}/v2/{path}/manifests/{tag}");
+        let resp = self.send(|| self.http.head(&url).header(reqwest::header::ACCEPT, MANIFEST_TYPES), &url, &scope).await?;
+        Ok(resp.and_then(|r| r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(String::from)))
     }
 
     async fn copy_tags(&self, repo: &str, digest: &str, tags: &[String]) -> Result<(), RegistryError> {
