@@ -293,6 +293,11 @@ fn deploy_builds_pushes_and_runs_the_pushed_digest() {
         &format!("image: {repo}\n    build: {{ context: ctx, args: {{ DEMO_VERSION: v2.0.0 }} }}"),
     );
     app.write_config(&cfg);
+    // A dry run builds nothing and plans the tag the build would push.
+    let dry = app.capstan(&["deploy", "--version", "v2.0.0", "--dry-run", "--json"]);
+    dry.assert_success();
+    assert!(dry.stderr.contains(&format!("{repo}:v2.0.0 (to be built)")), "{dry}");
+    assert!(registry_tags(&repo).is_empty(), "a dry run pushes nothing");
     let load = app.load(100);
     let run = app.capstan_env(&["deploy", "--version", "v2.0.0", "--json"], &[("GITHUB_SHA", SHA)]);
     let stats = load.stop();
