@@ -30,16 +30,20 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Connects to an engine socket (a local path that ssh forwards to the host's socket).
     pub async fn connect(socket: &Path) -> Result<Self, EngineError> {
-        let docker = Docker::connect_with_unix(&socket.to_string_lossy(), 300, bollard::API_DEFAULT_VERSION)
-            .map_err(|e| EngineError::Other(format!("cannot open the Docker socket: {e}")))?
-            .with_request_modifier(urlsafe_registry_auth);
-        // A newer bollard speaks a newer API than a 20.10 engine accepts: always negotiate.
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
+        let docker = ready(Docker::connect_with_unix(&socket.to_string_lossy(), 300, bollard::API_DEFAULT_VERSION)).await?;
         Ok(DockerEngine { docker, images: Default::default() })
     }
+}
+
+/// Every engine connection: the `X-Registry-Auth` fix, and the API version
+/// negotiated (a newer bollard speaks a newer API than a 20.10 engine accepts).
+async fn ready(docker: Result<Docker, bollard::errors::Error>) -> Result<Docker, EngineError> {
+    docker
+        .map_err(|e| EngineError::Other(format!("cannot open the Docker socket: {e}")))?
+        .with_request_modifier(urlsafe_registry_auth)
+        .negotiate_version()
+        .await
+        .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))
 }
 
 /// bollard encodes `X-Registry-Auth` with the standard base64 alphabet; the
@@ -229,14 +233,7 @@ pub struct LocalImages {
 
 impl LocalImages {
     pub async fn connect() -> Result<Self, EngineError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| EngineError::Other(format!("cannot open the Docker socket: {e}")))?
-            .with_request_modifier(urlsafe_registry_auth);
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
-        Ok(LocalImages { docker })
+        Ok(LocalImages { docker: ready(Docker::connect_with_local_defaults()).await? })
     }
 }
 

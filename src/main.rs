@@ -171,13 +171,12 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             let version = version_of(ctx, a.version.as_deref())?;
             let services = ctx.services(&a.targets.services)?;
             let mut pinned = std::collections::HashMap::new();
-            if a.skip_build {
-            } else if a.dry_run {
+            if a.dry_run && !a.skip_build {
                 // A dry run builds nothing: the plan names the tag the build would push.
                 for s in services.iter().filter(|s| s.build.is_some()) {
                     pinned.insert(s.name.clone(), format!("{} (to be built)", release::tag_ref(&s.image, &version.text)));
                 }
-            } else {
+            } else if !a.skip_build {
                 let creds = ctx.credentials()?;
                 let jobs = a.jobs.unwrap_or_else(build::default_jobs);
                 for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs).await? {

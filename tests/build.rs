@@ -229,19 +229,27 @@ fn build_push_tags_labels_and_the_dockerignore() {
     assert!(run.stderr.contains("version \"nightly\" is not semver"), "{run}");
 }
 
+/// A sandbox app whose service is built from `<app dir>/ctx` (filled by `fill`)
+/// into a fresh repository, with `build` as the rest of its build block.
+fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: &str) -> (App, String, Images) {
+    let sb = sandbox();
+    let app = App::new(sb, hint, AppOptions::default());
+    let (repo, cleanup) = repo(hint);
+    let ctx = app.dir().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    fill(&ctx);
+    let cfg = app.default_config().replace(
+        &format!("image: {}/capstan-demo", sb.registry()),
+        &format!("image: {repo}\n    build: {{ context: ctx{build} }}"),
+    );
+    app.write_config(&cfg);
+    (app, repo, cleanup)
+}
+
 #[test]
 fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
     let sb = sandbox();
-    let app = App::new(sb, "badpw", AppOptions::default());
-    let (repo, _cleanup) = repo("badpw");
-    let ctx = app.dir().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    context(&ctx);
-    let cfg = app.default_config().replace(
-        &format!("image: {}/capstan-demo", sb.registry()),
-        &format!("image: {repo}\n    build: {{ context: ctx }}"),
-    );
-    app.write_config(&cfg);
+    let (app, repo, _cleanup) = app_with_build("badpw", context, "");
     let before = app.versions();
     let run = app.capstan_env(&["deploy", "--version", "v1.0.0"], &[("REGISTRY_PASSWORD", "not-the-password")]);
     run.assert_status(2);
@@ -281,18 +289,11 @@ fn a_broken_dockerfile_shows_the_failing_instruction_and_pushes_nothing() {
 
 #[test]
 fn deploy_builds_pushes_and_runs_the_pushed_digest() {
-    let sb = sandbox();
-    let app = App::new(sb, "builddeploy", AppOptions::default());
-    let (repo, _cleanup) = repo("deploy");
-    let ctx = app.dir().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::copy(sb.demo_binary(), ctx.join("capstan-demo")).unwrap();
-    std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).unwrap();
-    let cfg = app.default_config().replace(
-        &format!("image: {}/capstan-demo", sb.registry()),
-        &format!("image: {repo}\n    build: {{ context: ctx, args: {{ DEMO_VERSION: v2.0.0 }} }}"),
-    );
-    app.write_config(&cfg);
+    let demo_app = |ctx: &Path| {
+        std::fs::copy(sandbox().demo_binary(), ctx.join("capstan-demo")).unwrap();
+        std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).unwrap();
+    };
+    let (app, repo, _cleanup) = app_with_build("deploy", demo_app, ", args: { DEMO_VERSION: v2.0.0 }");
     // A dry run builds nothing and plans the tag the build would push.
     let dry = app.capstan(&["deploy", "--version", "v2.0.0", "--dry-run", "--json"]);
     dry.assert_success();
