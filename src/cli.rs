@@ -67,6 +67,9 @@ pub struct DeployArgs {
     /// How many services build at once [default: the number of cores, at most 4]
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
+    /// Deploy even over instances that are not healthy now (the report records it)
+    #[arg(long)]
+    pub force: bool,
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,

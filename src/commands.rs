@@ -23,7 +23,8 @@ use crate::host::{Credentials, EngineError, Host};
 use crate::plan::{self, HostPlan, Observed, Plan};
 use crate::release::{self, RollbackTo};
 use crate::report::{Collector, Report};
-use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout};
+use crate::gates;
+use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout, Safety};
 use crate::state::{self, Lease, Record, RecordInstance, StateError};
 
 /// Opens hosts. The real one is SSH; tests use fakes.
@@ -175,7 +176,7 @@ async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &Observed) -
         StateError::Held(l) => locked(&h.name, l),
         StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
     })?;
-    let r = Rollout { host: h, events: ctx.events, creds: None, t0: Instant::now(), lease: None, cancel: ctx.cancel, drainer: Default::default() };
+    let r = Rollout { host: h, events: ctx.events, creds: None, t0: Instant::now(), lease: None, cancel: ctx.cancel, drainer: Default::default(), safety: Safety::default() };
     let mut instances = Vec::new();
     let mut failed = Vec::new();
     for (svc, name) in &leftovers {
@@ -373,8 +374,18 @@ pub struct RunOutput {
 }
 
 /// `deploy`, `rollback` and `check`: plan, then (unless `dry_run`) apply.
-pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: bool, collector: &Collector) -> Result<RunOutput, Error> {
+/// How a deploy or rollback runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RollOpts {
+    /// Plan and run the read-only checks; change nothing.
+    pub dry_run: bool,
+    /// Deploy over instances that are not healthy now.
+    pub force: bool,
+}
+
+pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: RollOpts, collector: &Collector) -> Result<RunOutput, Error> {
     let t0 = Instant::now();
+    let dry_run = opts.dry_run;
     let creds = ctx.credentials()?;
     let roll = prepare(ctx, &want, targets, creds.as_ref(), dry_run).await?;
     let mut report = Report {
@@ -385,13 +396,32 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
         duration_ms: 0,
         hosts: vec![],
         build: collector.builds(),
+        gates: vec![],
         plan: Some(roll.plan.clone()),
         error: None,
     };
     ctx.info(None, crate::printer::render_plan(&roll.plan));
+    let deploying = roll.command == "deploy";
     if dry_run {
-        ctx.info(None, "dry run: nothing was changed");
+        // The read-only part of the safety net: the lock as it is now, and every preflight check.
+        let services = &roll.services;
+        let checks = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| async move {
+            let lock = match state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await {
+                Ok(Some(l)) if !l.expired(OffsetDateTime::now_utc()) => gates::LockSeen::Held(format!("{} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at))),
+                _ => gates::LockSeen::Free,
+            };
+            gates::preflight(ctx.config, h, services, hp, lock, deploying, opts.force).await
+        });
+        let failed = emit_gates(ctx, join_all(checks).await);
+        report.gates = collector.gates();
         report.duration_ms = t0.elapsed().as_millis() as u64;
+        if !failed.is_empty() {
+            report.outcome = "refused".into();
+            let e = refused("preflight", &failed);
+            report.error = Some(e.to_string());
+            return Ok(RunOutput { report, error: Some(e) });
+        }
+        ctx.info(None, "dry run: nothing was changed");
         return Ok(RunOutput { report, error: None });
     }
     if roll.plan.changes() == 0 {
@@ -432,7 +462,35 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
     }
 
     let started_at = OffsetDateTime::now_utc();
-    let runs = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| {
+    // Under the lock, before any change: every preflight check on every host, reported together.
+    let checks = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| {
+        gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, deploying, opts.force)
+    });
+    let failed = emit_gates(ctx, join_all(checks).await);
+    if !failed.is_empty() {
+        return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("preflight", &failed)).await);
+    }
+    // What the hooks are told: the version before, as each host's log knows it.
+    let mut hook_envs = Vec::new();
+    for h in &roll.hosts {
+        let (records, _) = state::read_log(h.shell.as_ref(), dir).await.unwrap_or_default();
+        let previous = records.iter().rev().find(|r| r.outcome == "succeeded" && r.version.is_some()).and_then(|r| r.version.clone());
+        hook_envs.push(gates::HookEnv {
+            app: ctx.config.app.clone(),
+            version: roll.version.clone().unwrap_or_default(),
+            previous_version: previous.unwrap_or_default(),
+            command: roll.command.into(),
+        });
+    }
+    if let Some(cmd) = &ctx.config.hooks.pre_deploy {
+        let runs = roll.hosts.iter().zip(&hook_envs).map(|(h, env)| gates::hook(h, "pre_deploy", cmd, env));
+        let failed = emit_gates(ctx, join_all(runs).await.into_iter().map(|g| vec![g]).collect());
+        if !failed.is_empty() {
+            return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("the pre-deploy hook", &failed)).await);
+        }
+    }
+
+    let runs = roll.hosts.iter().zip(&roll.plan.hosts).zip(&hook_envs).enumerate().map(|(i, ((h, hp), env))| {
         let creds = creds.clone();
         let lease = lease.clone();
         let services = roll.services.clone();
@@ -447,8 +505,25 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
                 lease: Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease }),
                 cancel: ctx.cancel,
                 drainer: Default::default(),
+                safety: Safety {
+                    // Migrations run once per deploy: on the first host.
+                    migrate: i == 0 && deploying,
+                    validate: Some(&ctx.config.validate),
+                    bake: ctx.config.bake,
+                },
             };
             let result = r.run(hp, &services).await;
+            let (which, hook) = match result.outcome {
+                HostOutcome::Succeeded => ("post_deploy", &ctx.config.hooks.post_deploy),
+                _ => ("on_failure", &ctx.config.hooks.on_failure),
+            };
+            if let Some(cmd) = hook {
+                let g = gates::hook(h, which, cmd, env).await;
+                if !g.ok {
+                    ctx.warn(Some(&h.name), format!("the {which} hook failed ({}); the rollout's outcome stands", g.measured));
+                }
+                ctx.events.emit(Event::Gate(g));
+            }
             let record = record(ctx.config, h, command, version, started_at, &result, &lease);
             match state::append_and_release(h.shell.as_ref(), dir, &record, &lease.id).await {
                 Ok(true) => {}
@@ -466,6 +541,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
     let results: Vec<(String, HostResult)> = join_all(runs).await;
 
     report.hosts = collector.hosts();
+    report.gates = collector.gates();
     report.duration_ms = t0.elapsed().as_millis() as u64;
     let failed: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::Failed).collect();
     let rolled: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::RolledBack).collect();
@@ -483,6 +559,41 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, dry_run: 
     };
     report.error = error.as_ref().map(|e| e.to_string());
     Ok(RunOutput { report, error })
+}
+
+/// Emits every gate; returns the ones that failed.
+fn emit_gates(ctx: &Ctx<'_>, per_host: Vec<Vec<gates::Gate>>) -> Vec<gates::Gate> {
+    let mut failed = Vec::new();
+    for g in per_host.into_iter().flatten() {
+        if !g.ok {
+            failed.push(g.clone());
+        }
+        ctx.events.emit(Event::Gate(g));
+    }
+    failed
+}
+
+fn refused(what: &str, failed: &[gates::Gate]) -> Error {
+    let list: Vec<String> = failed.iter().map(|g| g.describe()).collect();
+    Error::Refused(format!("{what} refused the deploy; nothing was changed: {}", list.join("; ")))
+}
+
+/// Ends a run that a gate refused before any change: a `refused` record on
+/// every host, the lock released.
+async fn refuse(ctx: &Ctx<'_>, roll: &Roll<'_>, lease: &Lease, started: OffsetDateTime, mut report: Report, collector: &Collector, error: Error) -> RunOutput {
+    let message = error.to_string();
+    for h in &roll.hosts {
+        let r = HostResult { outcome: HostOutcome::Refused, instances: vec![], error: Some(message.clone()) };
+        let rec = record(ctx.config, h, roll.command, roll.version.clone(), started, &r, lease);
+        if let Err(e) = state::append_and_release(h.shell.as_ref(), &ctx.config.state_dir, &rec, &lease.id).await {
+            ctx.warn(Some(&h.name), format!("could not record the refusal or release the lock ({e})"));
+            let _ = state::release(h.shell.as_ref(), &ctx.config.state_dir, &lease.id).await;
+        }
+    }
+    report.outcome = "refused".into();
+    report.gates = collector.gates();
+    report.error = Some(message);
+    RunOutput { report, error: Some(error) }
 }
 
 fn locked(host: &str, l: Lease) -> Error {
@@ -770,7 +881,7 @@ mod tests {
         let connector = FakeConnector(w.fake.clone());
         let cancel = Cancel::default();
         let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel };
-        let out = roll(&ctx, want, &Targets::default(), dry_run, &Collector::default()).await;
+        let out = roll(&ctx, want, &Targets::default(), RollOpts { dry_run, force: false }, &Collector::default()).await;
         let events = rec.0.lock().unwrap().clone();
         (out, events)
     }

@@ -30,7 +30,65 @@ pub struct Config {
     pub lock_lease: Duration,
     /// `release.raw_tags`: deploy versions that are not semver.
     pub raw_tags: bool,
+    pub preflight: Preflight,
+    pub hooks: Hooks,
+    pub validate: Validate,
+    /// After validation, how long to keep watching before the release counts as good (zero: off).
+    pub bake: Duration,
     pub services: Vec<Service>,
+}
+
+/// Checks on each host before anything changes (`preflight:`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Preflight {
+    /// Bytes that must be free on the engine's data root.
+    pub min_free_disk: Option<u64>,
+    pub max_load_per_core: Option<f64>,
+    pub backup: Option<BackupCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupCheck {
+    /// A glob on the host, like `/var/backups/shop/*.sql.gz`.
+    pub path: String,
+    pub max_age: Duration,
+}
+
+/// Shell commands run on each host (`hooks:`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Hooks {
+    pub pre_deploy: Option<String>,
+    pub post_deploy: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+/// After the last instance on a host (`validate:`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Validate {
+    pub endpoints: Vec<Endpoint>,
+    pub errors: Option<ErrorCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    /// As seen from the host.
+    pub url: String,
+    pub status: u16,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorCheck {
+    /// A regular expression matched against each log line of the new containers.
+    pub pattern: String,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migrate {
+    /// The command (exec form), run with the image's entrypoint.
+    pub command: Vec<String>,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,6 +141,7 @@ pub struct Service {
     pub drain: Drain,
     pub traffic: Option<Traffic>,
     pub pause: Duration,
+    pub migrate: Option<Migrate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +263,68 @@ struct RawConfig {
     lock: RawLock,
     #[serde(default)]
     release: RawRelease,
+    #[serde(default)]
+    preflight: RawPreflight,
+    #[serde(default)]
+    hooks: RawHooks,
+    #[serde(default)]
+    validate: RawValidate,
+    bake: Option<String>,
     services: IndexMap<String, RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPreflight {
+    min_free_disk: Option<String>,
+    max_load_per_core: Option<f64>,
+    backup: Option<RawBackup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    path: String,
+    max_age: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    pre_deploy: Option<String>,
+    post_deploy: Option<String>,
+    on_failure: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawValidate {
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+    errors: Option<RawErrors>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    url: String,
+    status: Option<u16>,
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawErrors {
+    pattern: String,
+    #[serde(default)]
+    max: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMigrate {
+    command: Vec<String>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,6 +374,7 @@ struct RawService {
     drain: Option<RawDrain>,
     traffic: Option<RawTraffic>,
     pause: Option<String>,
+    migrate: Option<RawMigrate>,
 }
 
 #[derive(Deserialize)]
@@ -517,6 +638,13 @@ impl Validator {
                 Traffic { url: t.url, requests }
             });
             let pause = self.duration(&format!("{p}.pause"), s.pause.as_deref(), Duration::from_secs(2));
+            let migrate = s.migrate.map(|m| {
+                if m.command.is_empty() || m.command[0].trim().is_empty() {
+                    self.issue(format!("{p}.migrate.command"), "expected a command like [bin/rails, db:migrate]");
+                }
+                let timeout = self.duration(&format!("{p}.migrate.timeout"), m.timeout.as_deref(), Duration::from_secs(600));
+                Migrate { command: m.command, timeout }
+            });
             services.push(Service {
                 name,
                 image: s.image,
@@ -526,6 +654,7 @@ impl Validator {
                 drain,
                 traffic,
                 pause,
+                migrate,
             });
         }
         Config {
@@ -538,8 +667,69 @@ impl Validator {
             docker_socket,
             lock_lease,
             raw_tags: raw.release.raw_tags,
+            preflight: self.preflight(raw.preflight),
+            hooks: self.hooks(raw.hooks),
+            validate: self.validate(raw.validate),
+            bake: self.duration("bake", raw.bake.as_deref(), Duration::ZERO),
             services,
         }
+    }
+
+    fn preflight(&mut self, p: RawPreflight) -> Preflight {
+        let min_free_disk = p.min_free_disk.and_then(|s| match s.trim().parse::<bytesize::ByteSize>() {
+            Ok(b) => Some(b.as_u64()),
+            Err(_) => {
+                self.issue("preflight.min_free_disk", format!("expected a size like 500MB or 2GiB, got {s:?}"));
+                None
+            }
+        });
+        if let Some(l) = p.max_load_per_core {
+            if !(l > 0.0 && l.is_finite()) {
+                self.issue("preflight.max_load_per_core", format!("expected a load above zero, like 2.0, got {l}"));
+            }
+        }
+        let backup = p.backup.map(|b| {
+            if !b.path.starts_with('/') || b.path.contains('\n') {
+                self.issue("preflight.backup.path", format!("expected an absolute path or glob on the host, like /var/backups/shop/*.sql.gz, got {:?}", b.path));
+            }
+            let max_age = self.duration("preflight.backup.max_age", Some(&b.max_age), Duration::from_secs(86400));
+            BackupCheck { path: b.path, max_age }
+        });
+        Preflight { min_free_disk, max_load_per_core: p.max_load_per_core, backup }
+    }
+
+    fn hooks(&mut self, h: RawHooks) -> Hooks {
+        for (key, v) in [("pre_deploy", &h.pre_deploy), ("post_deploy", &h.post_deploy), ("on_failure", &h.on_failure)] {
+            if v.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                self.issue(format!("hooks.{key}"), "expected a shell command");
+            }
+        }
+        Hooks { pre_deploy: h.pre_deploy, post_deploy: h.post_deploy, on_failure: h.on_failure }
+    }
+
+    fn validate(&mut self, v: RawValidate) -> Validate {
+        let endpoints = v
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                if !e.url.starts_with("http://") {
+                    self.issue(format!("validate.endpoints[{i}].url"), format!("expected an http:// URL as seen from the host, got {:?}", e.url));
+                }
+                let status = e.status.unwrap_or(200);
+                if !(100..600).contains(&status) {
+                    self.issue(format!("validate.endpoints[{i}].status"), format!("expected an HTTP status, got {status}"));
+                }
+                Endpoint { url: e.url, status, body: e.body }
+            })
+            .collect();
+        let errors = v.errors.map(|e| {
+            if let Err(err) = regex::Regex::new(&e.pattern) {
+                self.issue("validate.errors.pattern", format!("expected a regular expression: {err}"));
+            }
+            ErrorCheck { pattern: e.pattern, max: e.max }
+        });
+        Validate { endpoints, errors }
     }
 
     fn build(&mut self, p: &str, base: &Path, b: RawBuild) -> Build {

@@ -220,6 +220,69 @@ impl Engine for DockerEngine {
             .map_err(|e| other(&format!("stats {name}"), e))?;
         Ok(stats.networks.unwrap_or_default().values().filter_map(|n| n.rx_bytes).sum())
     }
+
+    async fn data_root(&self) -> Result<String, EngineError> {
+        let info = self.docker.info().await.map_err(|e| other("docker info", e))?;
+        info.docker_root_dir.ok_or_else(|| EngineError::Other("docker info did not name the data root".into()))
+    }
+
+    async fn run_once(&self, name: &str, spec: &ContainerSpec, image: &str, timeout: std::time::Duration) -> Result<(i64, String), EngineError> {
+        self.create(name, spec, image).await?;
+        let result = async {
+            self.start(name).await?;
+            let mut wait = self.docker.wait_container(name, None::<bollard::query_parameters::WaitContainerOptions>);
+            let code = match tokio::time::timeout(timeout, wait.next()).await {
+                Err(_) => {
+                    let _ = self.docker.kill_container(name, None::<bollard::query_parameters::KillContainerOptions>).await;
+                    return Err(EngineError::Other(format!("{name} did not finish within {}", humantime::format_duration(timeout))));
+                }
+                Ok(Some(Ok(r))) => r.status_code,
+                Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+                Ok(Some(Err(e))) => return Err(other(&format!("wait for {name}"), e)),
+                Ok(None) => return Err(EngineError::Other(format!("wait for {name}: no answer"))),
+            };
+            Ok((code, self.logs(name).await?))
+        }
+        .await;
+        let _ = self.remove(name).await;
+        result
+    }
+
+    async fn logs(&self, name: &str) -> Result<String, EngineError> {
+        let opts = bollard::query_parameters::LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+        let mut s = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(item) = s.next().await {
+            out.push_str(&item.map_err(|e| other(&format!("logs of {name}"), e))?.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// The create request for a one-off run (a migration) beside `spec`'s
+/// container: the same env, volumes and networks, the given command, and
+/// nothing that would make it part of the service (no published ports, no
+/// network aliases, no restart policy, no Compose labels).
+pub fn one_off_spec(spec: &ContainerSpec, command: &[String]) -> ContainerSpec {
+    let mut body = spec.0.clone();
+    body.cmd = Some(command.to_vec());
+    body.exposed_ports = None;
+    body.healthcheck = None;
+    if let Some(h) = body.host_config.as_mut() {
+        h.port_bindings = None;
+        h.publish_all_ports = None;
+        h.restart_policy = None;
+        h.auto_remove = None;
+    }
+    if let Some(eps) = body.networking_config.as_mut().and_then(|n| n.endpoints_config.as_mut()) {
+        for ep in eps.values_mut() {
+            ep.aliases = None;
+        }
+    }
+    if let Some(labels) = body.labels.as_mut() {
+        labels.retain(|k, _| !k.starts_with("com.docker.compose."));
+    }
+    ContainerSpec(body)
 }
 
 // ---------------------------------------------------------------------------

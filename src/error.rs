@@ -21,6 +21,8 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 4;
     /// A failure that capstan could not fully repair: a host needs attention.
     pub const NEEDS_ATTENTION: i32 = 5;
+    /// A preflight check or the pre-deploy hook refused the deploy: nothing was changed.
+    pub const REFUSED: i32 = 6;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,10 @@ pub enum Error {
 
     #[error("{0}")]
     NeedsAttention(String),
+
+    /// A preflight check or the pre-deploy hook said no; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -62,6 +68,7 @@ impl Error {
             Error::Unreachable { .. } => exit::UNREACHABLE,
             Error::RolledBack(_) => exit::ROLLED_BACK,
             Error::NeedsAttention(_) => exit::NEEDS_ATTENTION,
+            Error::Refused(_) => exit::REFUSED,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum Event {
     BuildOutput { service: String, line: String },
     /// A service was built (and pushed, when it has a digest).
     Built(crate::build::Built),
+    /// A preflight check, hook, migration, validation or bake result.
+    Gate(crate::gates::Gate),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -67,6 +67,8 @@ pub struct State {
     pub broken: HashSet<String>,
     pub crash_after_healthy: HashSet<String>,
     pub log: Vec<String>,
+    /// Container output, by name.
+    pub logs: HashMap<String, String>,
     next_id: u64,
     healthy_probes: HashMap<String, u32>,
 }
@@ -234,6 +236,27 @@ impl Engine for FakeHost {
         self.check("rx", &mut s, name)?;
         s.containers.get(name).map(|c| c.rx).ok_or_else(|| EngineError::Other(format!("no container {name}")))
     }
+
+    async fn data_root(&self) -> Result<String, EngineError> {
+        Ok(self.dir.path().display().to_string())
+    }
+
+    /// A one-off exits with the number its command names (`[exit, N]`), else 0.
+    async fn run_once(&self, name: &str, spec: &ContainerSpec, image: &str, _t: Duration) -> Result<(i64, String), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("run_once", &mut s, &format!("{name} {image}"))?;
+        let cmd = spec.0.cmd.clone().unwrap_or_default();
+        let code = match cmd.as_slice() {
+            [first, n] if first == "exit" => n.parse().unwrap_or(1),
+            _ => 0,
+        };
+        Ok((code, format!("ran {}", cmd.join(" "))))
+    }
+
+    async fn logs(&self, name: &str) -> Result<String, EngineError> {
+        let s = self.state.lock().unwrap();
+        Ok(s.logs.get(name).cloned().unwrap_or_default())
+    }
 }
 
 #[async_trait]
@@ -277,10 +300,10 @@ impl Probe for FakeHost {
                 return Err("connection refused".into());
             }
             if broken.contains(&c.image) {
-                return Ok(HttpAnswer { status: 500 });
+                return Ok(HttpAnswer { status: 500, body: "broken".into() });
             }
             *s.healthy_probes.entry(name).or_default() += 1;
-            return Ok(HttpAnswer { status: 200 });
+            return Ok(HttpAnswer { status: 200, body: "ok".into() });
         }
         let up: Vec<String> = s
             .containers
@@ -289,11 +312,11 @@ impl Probe for FakeHost {
             .map(|(n, _)| n.clone())
             .collect();
         if up.is_empty() {
-            return Ok(HttpAnswer { status: 502 });
+            return Ok(HttpAnswer { status: 502, body: String::new() });
         }
         for n in up {
             s.containers.get_mut(&n).unwrap().rx += 300;
         }
-        Ok(HttpAnswer { status: 200 })
+        Ok(HttpAnswer { status: 200, body: "ok".into() })
     }
 }

@@ -107,6 +107,12 @@ pub trait Engine: Send + Sync {
     async fn create(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String, EngineError>;
     /// Bytes received on all of the container's interfaces.
     async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError>;
+    /// The engine's data root (`DockerRootDir`), where images and containers take space.
+    async fn data_root(&self) -> Result<String, EngineError>;
+    /// Runs a one-off container to its end and removes it: its exit code and output.
+    async fn run_once(&self, name: &str, spec: &ContainerSpec, image: &str, timeout: Duration) -> Result<(i64, String), EngineError>;
+    /// A container's output so far, stdout and stderr.
+    async fn logs(&self, name: &str) -> Result<String, EngineError>;
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -137,6 +143,8 @@ pub trait Shell: Send + Sync {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpAnswer {
     pub status: u16,
+    /// The body (at most the first 64 KiB).
+    pub body: String,
 }
 
 #[async_trait]

@@ -16,6 +16,7 @@ mod error;
 mod events;
 #[cfg(test)]
 mod fake;
+mod gates;
 mod host;
 mod names;
 mod plan;
@@ -96,6 +97,7 @@ async fn run(cli: Cli) -> i32 {
         duration_ms: 0,
         hosts: vec![],
         build: vec![],
+        gates: vec![],
         plan: None,
         error: Some(e.to_string()),
     };
@@ -162,6 +164,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
                 duration_ms: t0.elapsed().as_millis() as u64,
                 hosts: vec![],
                 build: collector.builds(),
+                gates: vec![],
                 plan: None,
                 error: None,
             };
@@ -186,16 +189,16 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
                 }
             }
             let want = Want::Deploy { version: version.text, pinned };
-            Ok(finish(commands::roll(ctx, want, &a.targets, a.dry_run, collector).await?))
+            Ok(finish(commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: a.force }, collector).await?))
         }
         Command::Rollback(a) => {
             let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
-            Ok(finish(commands::roll(ctx, Want::Rollback { to }, &a.targets, a.dry_run, collector).await?))
+            Ok(finish(commands::roll(ctx, Want::Rollback { to }, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: false }, collector).await?))
         }
         Command::Check(a) => {
             let version = version_of(ctx, a.version.as_deref())?;
             let want = Want::Deploy { version: version.text, pinned: Default::default() };
-            let mut out = commands::roll(ctx, want, &a.targets, true, collector).await?;
+            let mut out = commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
             out.report.command = "check".into();
             Ok(finish(out))
         }

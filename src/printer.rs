@@ -98,6 +98,16 @@ impl Sink for Printer {
                     self.line(&text)
                 }
             }
+            Event::Gate(g) => {
+                let limit = if g.limit.is_empty() { String::new() } else { format!("  (needs {})", g.limit) };
+                let text = format!("  {} {:<28} {:<6} {}{limit}", g.host, g.gate, if g.ok { "ok" } else { "FAILED" }, g.measured);
+                let output: String = g.output.lines().map(|l| format!("\n    | {l}")).collect();
+                if g.ok {
+                    self.line(&format!("{text}{output}"))
+                } else {
+                    self.always(&format!("{text}{output}"))
+                }
+            }
             Event::BuildOutput { service, line } => self.line(&format!("  {service} | {line}")),
             Event::Built(b) => {
                 let what = match b.reference() {

@@ -19,6 +19,9 @@ pub struct Report {
     /// Per built service: image, tags, digest, build and push durations.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub build: Vec<crate::build::Built>,
+    /// Every preflight check, hook, migration, validation and bake result, with its measured value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<crate::gates::Gate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub error: Option<String>,
@@ -45,6 +48,7 @@ pub struct InstanceReport {
 pub struct Collector {
     hosts: Mutex<Vec<HostReport>>,
     builds: Mutex<Vec<crate::build::Built>>,
+    gates: Mutex<Vec<crate::gates::Gate>>,
 }
 
 impl Collector {
@@ -81,6 +85,10 @@ impl Collector {
     pub fn builds(&self) -> Vec<crate::build::Built> {
         self.builds.lock().unwrap().clone()
     }
+
+    pub fn gates(&self) -> Vec<crate::gates::Gate> {
+        self.gates.lock().unwrap().clone()
+    }
 }
 
 impl Sink for Collector {
@@ -98,6 +106,7 @@ impl Sink for Collector {
                 });
             }
             Event::Built(b) => self.builds.lock().unwrap().push(b),
+            Event::Gate(g) => self.gates.lock().unwrap().push(g),
             Event::Info { .. } | Event::Warn { .. } | Event::BuildOutput { .. } => {}
         }
     }

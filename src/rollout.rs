@@ -40,6 +40,17 @@ pub struct Rollout<'a> {
     /// Once triggered, no new step starts; what was changed is reverted.
     pub cancel: &'a Cancel,
     pub drainer: drain::Drainer,
+    pub safety: Safety<'a>,
+}
+
+/// The gates around the instances: migrations before a service's first
+/// instance, validation after the last one, then the bake window.
+#[derive(Default, Clone, Copy)]
+pub struct Safety<'a> {
+    /// Run `migrate:` commands (one host per deploy does).
+    pub migrate: bool,
+    pub validate: Option<&'a crate::config::Validate>,
+    pub bake: Duration,
 }
 
 pub struct LeaseKeeper {
@@ -52,6 +63,8 @@ pub struct LeaseKeeper {
 pub enum HostOutcome {
     Succeeded,
     RolledBack,
+    /// A gate said no before anything changed.
+    Refused,
     /// Something could not be put back: the host needs attention.
     Failed,
 }
@@ -61,6 +74,7 @@ impl HostOutcome {
         match self {
             HostOutcome::Succeeded => "succeeded",
             HostOutcome::RolledBack => "rolled_back",
+            HostOutcome::Refused => "refused",
             HostOutcome::Failed => "failed",
         }
     }
@@ -134,6 +148,13 @@ impl<'a> Rollout<'a> {
                     failure = Some((first.name.clone(), Failure { message, restored: true }));
                     break 'services;
                 }
+                // The migration runs once, before the service's first instance, from the new image.
+                if let (true, Some(m)) = (self.safety.migrate, &svc.migrate) {
+                    if let Err(message) = self.migrate(svc, m, &first.name, &first.to_image).await {
+                        failure = Some((format!("migrate {}", svc.name), Failure { message, restored: true }));
+                        break 'services;
+                    }
+                }
             }
             for ip in to_replace {
                 let current = match self.host.engine.inspect_container(&ip.name).await {
@@ -159,6 +180,11 @@ impl<'a> Rollout<'a> {
             }
         }
 
+        if failure.is_none() && !done.is_empty() {
+            if let Err((at, message)) = self.validate_and_bake(&done).await {
+                failure = Some((at, Failure { message, restored: true }));
+            }
+        }
         let Some((at, f)) = failure else {
             self.emit_instances(&results);
             return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None };
@@ -181,6 +207,113 @@ impl<'a> Rollout<'a> {
             format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
         };
         HostResult { outcome, instances: results, error: Some(error) }
+    }
+
+    fn gate(&self, g: crate::gates::Gate) -> crate::gates::Gate {
+        self.events.emit(Event::Gate(g.clone()));
+        g
+    }
+
+    /// Runs `migrate.command` as a one-off container of the new image, beside `instance`.
+    async fn migrate(&self, svc: &Service, m: &crate::config::Migrate, instance: &str, image: &str) -> Result<(), String> {
+        self.go_on(true)?;
+        let engine = &self.host.engine;
+        let current = engine.inspect_container(instance).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{instance} disappeared"))?;
+        let spec = crate::docker::one_off_spec(&current.spec, &m.command);
+        let name = format!("{instance}-capstan-migrate");
+        // A killed run may have left one behind.
+        let _ = engine.remove(&name).await;
+        let gate = format!("migrate {}", svc.name);
+        let limit = format!("exit 0 within {}", humantime::format_duration(m.timeout));
+        let g = match engine.run_once(&name, &spec, image, m.timeout).await {
+            Ok((code, output)) => crate::gates::Gate {
+                host: self.host.name.clone(),
+                gate,
+                ok: code == 0,
+                measured: format!("`{}` exited {code}", m.command.join(" ")),
+                limit,
+                output: output.trim_end().to_string(),
+            },
+            Err(e) => crate::gates::Gate { host: self.host.name.clone(), gate, ok: false, measured: e.to_string(), limit, output: String::new() },
+        };
+        let g = self.gate(g);
+        if g.ok {
+            Ok(())
+        } else {
+            Err(g.describe())
+        }
+    }
+
+    /// After the last instance: the endpoints and the error lines, then the
+    /// bake window. An error names the gate that failed.
+    async fn validate_and_bake(&self, done: &[Done<'_>]) -> Result<(), (String, String)> {
+        let names: Vec<String> = done.iter().map(|d| d.name.clone()).collect();
+        let fail = |at: &str, g: &crate::gates::Gate| Err((at.to_string(), g.describe()));
+        if let Some(v) = self.safety.validate {
+            for e in &v.endpoints {
+                let g = self.gate(crate::gates::endpoint(self.host, e).await);
+                if !g.ok {
+                    return fail("validate", &g);
+                }
+            }
+            if let Some(e) = &v.errors {
+                let g = self.gate(crate::gates::errors(self.host, &names, &e.pattern, e.max, "validate errors").await);
+                if !g.ok {
+                    return fail("validate", &g);
+                }
+            }
+        }
+        let bake = self.safety.bake;
+        if bake.is_zero() {
+            return Ok(());
+        }
+        self.info(format!("baking for {}: watching {} for health and errors", humantime::format_duration(bake), names.join(", ")));
+        let start = Instant::now();
+        let every = (bake / 20).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let errors = self.safety.validate.and_then(|v| v.errors.as_ref());
+        loop {
+            for d in done {
+                let c = self.host.engine.inspect_container(&d.name).await.ok().flatten();
+                let (ok, measured) = match &c {
+                    Some(c) => crate::gates::healthy_now(self.host, d.service, c).await,
+                    None => (false, "gone".into()),
+                };
+                if !ok {
+                    let g = self.gate(crate::gates::Gate {
+                        host: self.host.name.clone(),
+                        gate: "bake".into(),
+                        ok: false,
+                        measured: format!("{}: {measured} after {} of baking", d.name, humantime::format_duration(round(start.elapsed()))),
+                        limit: format!("healthy for {}", humantime::format_duration(bake)),
+                        output: String::new(),
+                    });
+                    return fail("bake", &g);
+                }
+            }
+            if let Some(e) = errors {
+                let g = crate::gates::errors(self.host, &names, &e.pattern, e.max, "bake errors").await;
+                if !g.ok {
+                    let mut g = self.gate(g);
+                    g.measured = format!("{} after {} of baking", g.measured, humantime::format_duration(round(start.elapsed())));
+                    return fail("bake", &g);
+                }
+            }
+            if start.elapsed() >= bake {
+                break;
+            }
+            if let Err(why) = self.wait(every.min(bake.saturating_sub(start.elapsed())), true).await {
+                return Err(("bake".into(), why));
+            }
+        }
+        self.gate(crate::gates::Gate {
+            host: self.host.name.clone(),
+            gate: "bake".into(),
+            ok: true,
+            measured: format!("{} healthy for {}", names.join(", "), humantime::format_duration(round(start.elapsed()))),
+            limit: format!("healthy for {}", humantime::format_duration(bake)),
+            output: String::new(),
+        });
+        Ok(())
     }
 
     fn emit_instances(&self, results: &[InstanceResult]) {
@@ -644,6 +777,11 @@ fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
     s
 }
 
+/// A duration to the tenth of a second, for messages.
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64 / 100 * 100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,10 +808,70 @@ mod tests {
         let (host, services, plan) = prepared(w, to).await;
         let rec = Recorder::default();
         let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
         (result, events)
+    }
+
+    /// Like [`run`], with the safety gates of the world's config on.
+    async fn run_safe(w: &World, to: &str) -> (HostResult, Vec<Event>) {
+        let (host, services, plan) = prepared(w, to).await;
+        let rec = Recorder::default();
+        let cancel = Cancel::default();
+        let safety = Safety { migrate: true, validate: Some(&w.config.validate), bake: w.config.bake };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety };
+        let result = r.run(&plan, &services).await;
+        let events = rec.0.lock().unwrap().clone();
+        (result, events)
+    }
+
+    fn gates(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Gate(g) => Some(format!("{} {}", g.gate, if g.ok { "ok" } else { "FAILED" })),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_migration_stops_before_the_first_instance() {
+        let w = world("    migrate: { command: [exit, \"3\"] }\n");
+        let (result, events) = run_safe(&w, V2).await;
+        assert_eq!(result.outcome, HostOutcome::RolledBack);
+        assert_eq!(gates(&events), vec!["migrate web FAILED"]);
+        assert!(result.error.unwrap().contains("`exit 3` exited 3"));
+        assert!(steps(&events).iter().all(|s| s.ends_with("pull")), "no instance was touched: {:?}", steps(&events));
+        assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1));
+        // A good migration runs once, from the new image, then the rollout goes on.
+        let w = world("    migrate: { command: [exit, \"0\"] }\n");
+        let (result, events) = run_safe(&w, V2).await;
+        assert_eq!(result.outcome, HostOutcome::Succeeded);
+        assert_eq!(gates(&events), vec!["migrate web ok"]);
+        assert!(w.fake.state.lock().unwrap().log.contains(&format!("run_once web-1-capstan-migrate {V2}")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_validation_reverts_every_instance() {
+        // An endpoint that does not answer as expected.
+        let w = world("validate:\n  endpoints: [{ url: \"http://127.0.0.1:80/health\", status: 200, body: \"all good\" }]\n");
+        let (result, events) = run_safe(&w, V2).await;
+        assert_eq!(result.outcome, HostOutcome::RolledBack, "{:?}", result.error);
+        assert_eq!(gates(&events), vec!["validate http://127.0.0.1:80/health FAILED"]);
+        assert_eq!((w.fake.image_of("web-1").unwrap(), w.fake.image_of("web-2").unwrap()), (V1.to_string(), V1.to_string()));
+        // Error lines in the new containers' output.
+        let w = world("validate:\n  errors: { pattern: \"ERROR\", max: 1 }\n");
+        w.fake.state.lock().unwrap().logs.insert("web-2".into(), "ERROR a\nfine\nERROR b\n".into());
+        let (result, events) = run_safe(&w, V2).await;
+        assert_eq!(result.outcome, HostOutcome::RolledBack);
+        assert_eq!(gates(&events), vec!["validate errors FAILED"]);
+        // All gates passing.
+        let w = world("validate:\n  endpoints: [{ url: \"http://127.0.0.1:80/\", body: ok }]\n  errors: { pattern: \"ERROR\" }\nbake: 2s\n");
+        let (result, events) = run_safe(&w, V2).await;
+        assert_eq!(result.outcome, HostOutcome::Succeeded, "{:?}", result.error);
+        assert_eq!(gates(&events), vec!["validate http://127.0.0.1:80/ ok", "validate errors ok", "bake ok"]);
     }
 
     fn steps(events: &[Event]) -> Vec<String> {
@@ -779,7 +977,7 @@ mod tests {
                 }
             });
             let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
             let result = r.run(&plan, &services).await;
             watcher.abort();
             // Injected faults stop after the run so that checks see the real state.
@@ -814,7 +1012,7 @@ mod tests {
                 }
             }
         });
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default() };
+        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
         let result = r.run(&plan, &services).await;
         watcher.abort();
         let s = steps(&rec.0.lock().unwrap());

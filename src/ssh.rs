@@ -222,7 +222,16 @@ impl Probe for SshHost {
             .send()
             .await
             .map_err(|e| short_reqwest_error(&e))?;
-        Ok(HttpAnswer { status: resp.status().as_u16() })
+        let status = resp.status().as_u16();
+        let mut body = resp.text().await.unwrap_or_default();
+        if body.len() > 64 * 1024 {
+            let mut end = 64 * 1024;
+            while !body.is_char_boundary(end) {
+                end -= 1;
+            }
+            body.truncate(end);
+        }
+        Ok(HttpAnswer { status, body })
     }
 }
 

@@ -1,0 +1,368 @@
+//! The safety net around a rollout: preflight checks on each host before
+//! anything changes, the deploy hooks, and the checks that post-deploy
+//! validation and the bake window repeat (endpoints, error lines in the new
+//! containers' output). Each check ends as a [`Gate`]: what was measured,
+//! against which limit, and any output — in the log, the report and the job
+//! summary alike.
+//!
+//! The parsers of host command output are pure; the checks drive only the
+//! [`Host`] traits.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Config, Endpoint, Service};
+use crate::host::{ContainerInfo, DockerHealth, Host};
+use crate::plan::HostPlan;
+
+/// One check's result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gate {
+    pub host: String,
+    /// `preflight disk`, `pre_deploy hook`, `migrate web`, `validate errors`, `bake`…
+    pub gate: String,
+    pub ok: bool,
+    /// What was found: `41.2 GiB free`, `exit 0`.
+    pub measured: String,
+    /// What was required, if anything: `at least 2.0 GiB`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub limit: String,
+    /// The output of a hook or a migration (its last 64 KiB).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+impl Gate {
+    fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
+        Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new() }
+    }
+
+    /// `web-1.example: preflight disk: 1.2 GiB free, needs at least 2.0 GiB`
+    pub fn describe(&self) -> String {
+        let limit = if self.limit.is_empty() { String::new() } else { format!(", needs {}", self.limit) };
+        format!("{}: {}: {}{limit}", self.host, self.gate, self.measured)
+    }
+}
+
+/// What the lock looked like to the preflight (it is taken, or read, before).
+pub enum LockSeen {
+    Ours,
+    Free,
+    Held(String),
+}
+
+/// The read-only checks on one host. `check_health`: whether the instances about
+/// to be replaced must be healthy (a deploy; a rollback goes over a broken state
+/// on purpose); `force` lets a deploy go over unhealthy instances anyway.
+pub async fn preflight(
+    config: &Config,
+    host: &Host,
+    services: &[&Service],
+    plan: &HostPlan,
+    lock: LockSeen,
+    check_health: bool,
+    force: bool,
+) -> Vec<Gate> {
+    let h = host.name.as_str();
+    let mut out = Vec::new();
+    match host.engine.version().await {
+        Ok(v) => out.push(Gate::new(h, "preflight engine", true, format!("Docker {v}"), "")),
+        Err(e) => out.push(Gate::new(h, "preflight engine", false, format!("unreachable: {e}"), "a reachable Docker engine")),
+    }
+    out.push(match lock {
+        LockSeen::Ours => Gate::new(h, "preflight lock", true, "free (taken by this run)", ""),
+        LockSeen::Free => Gate::new(h, "preflight lock", true, "free", ""),
+        LockSeen::Held(by) => Gate::new(h, "preflight lock", false, format!("held by {by}"), "free"),
+    });
+    let p = &config.preflight;
+    if let Some(min) = p.min_free_disk {
+        out.push(disk(host, min).await);
+    }
+    if let Some(max) = p.max_load_per_core {
+        out.push(load(host, max).await);
+    }
+    if let Some(b) = &p.backup {
+        out.push(backup(host, &b.path, b.max_age).await);
+    }
+    if check_health {
+        for sp in &plan.services {
+            let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
+            for ip in sp.instances.iter().filter(|i| i.replace) {
+                let gate = format!("preflight health {}", ip.name);
+                let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
+                    Ok(Some(c)) => healthy_now(host, svc, &c).await,
+                    Ok(None) => (false, "missing".to_string()),
+                    Err(e) => (false, e.to_string()),
+                };
+                out.push(match (ok, force) {
+                    (true, _) => Gate::new(h, gate, true, measured, "healthy"),
+                    (false, true) => Gate::new(h, gate, true, format!("{measured}; deployed over it with --force"), "healthy"),
+                    (false, false) => Gate::new(h, gate, false, format!("{measured} (deploy over it with --force)"), "healthy"),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// One look at a running instance: running, Docker health not failing, one good HTTP probe.
+pub async fn healthy_now(host: &Host, svc: &Service, c: &ContainerInfo) -> (bool, String) {
+    if !c.running {
+        return (false, "not running".into());
+    }
+    if c.docker_health == Some(DockerHealth::Unhealthy) {
+        return (false, "Docker HEALTHCHECK reports unhealthy".into());
+    }
+    if let Some(http) = &svc.health.http {
+        let (addr, port) = c.probe_addr(http.port);
+        match host.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await {
+            Ok(a) if (200..400).contains(&a.status) => {}
+            Ok(a) => return (false, format!("GET {} answered {}", http.path, a.status)),
+            Err(e) => return (false, format!("GET {}: {e}", http.path)),
+        }
+    }
+    (true, "healthy".into())
+}
+
+async fn disk(host: &Host, min: u64) -> Gate {
+    let h = &host.name;
+    let limit = format!("at least {}", size(min));
+    let root = match host.engine.data_root().await {
+        Ok(r) => r,
+        Err(e) => return Gate::new(h, "preflight disk", false, format!("cannot find the engine's data root: {e}"), limit),
+    };
+    match host.shell.run(&["df", "-Pk", "--", &root], None).await {
+        Ok(o) if o.ok() => match parse_df(&o.stdout) {
+            Some(free) => Gate::new(h, "preflight disk", free >= min, format!("{} free on {root}", size(free)), limit),
+            None => Gate::new(h, "preflight disk", false, format!("cannot read df's answer: {:?}", o.stdout.trim()), limit),
+        },
+        Ok(o) => Gate::new(h, "preflight disk", false, format!("df {root}: exit {}: {}", o.status, o.stderr.trim()), limit),
+        Err(e) => Gate::new(h, "preflight disk", false, format!("df {root}: {e}"), limit),
+    }
+}
+
+const LOAD: &str = "read one five fifteen rest < /proc/loadavg; echo \"$one $(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN)\"";
+
+async fn load(host: &Host, max: f64) -> Gate {
+    let h = &host.name;
+    let limit = format!("at most {max:.2} per core");
+    match host.shell.run(&["sh", "-c", LOAD], None).await {
+        Ok(o) if o.ok() => match parse_load(&o.stdout) {
+            Some((l, cores)) => {
+                let per = l / cores as f64;
+                Gate::new(h, "preflight load", per <= max, format!("{per:.2} per core (load {l:.2} on {cores} cores)"), limit)
+            }
+            None => Gate::new(h, "preflight load", false, format!("cannot read the load: {:?}", o.stdout.trim()), limit),
+        },
+        Ok(o) => Gate::new(h, "preflight load", false, format!("exit {}: {}", o.status, o.stderr.trim()), limit),
+        Err(e) => Gate::new(h, "preflight load", false, e.to_string(), limit),
+    }
+}
+
+/// The newest file matching the glob in `$1` (no word splitting, globbing only):
+/// its mtime, the host's clock, its name.
+const BACKUP: &str = "IFS=; newest=0; name=; for f in $1; do [ -f \"$f\" ] || continue; t=$(stat -c %Y -- \"$f\") || continue; if [ \"$t\" -gt \"$newest\" ]; then newest=$t; name=$f; fi; done; echo \"$newest $(date +%s) $name\"";
+
+async fn backup(host: &Host, pattern: &str, max_age: Duration) -> Gate {
+    let h = &host.name;
+    let limit = format!("a file matching {pattern} newer than {}", humantime::format_duration(max_age));
+    match host.shell.run(&["sh", "-c", BACKUP, "capstan-backup", pattern], None).await {
+        Ok(o) if o.ok() => match parse_backup(&o.stdout) {
+            Some((_, _, None)) => Gate::new(h, "preflight backup", false, format!("no file matches {pattern}"), limit),
+            Some((newest, now, Some(name))) => {
+                let age = Duration::from_secs(now.saturating_sub(newest).max(0) as u64);
+                Gate::new(h, "preflight backup", age <= max_age, format!("{name} is {} old", humantime::format_duration(age)), limit)
+            }
+            None => Gate::new(h, "preflight backup", false, format!("cannot read the answer: {:?}", o.stdout.trim()), limit),
+        },
+        Ok(o) => Gate::new(h, "preflight backup", false, format!("exit {}: {}", o.status, o.stderr.trim()), limit),
+        Err(e) => Gate::new(h, "preflight backup", false, e.to_string(), limit),
+    }
+}
+
+/// What hooks find in their environment.
+#[derive(Debug, Clone)]
+pub struct HookEnv {
+    pub app: String,
+    pub version: String,
+    pub previous_version: String,
+    pub command: String,
+}
+
+/// Runs a hook on the host with `sh -c`; the gate carries its output.
+pub async fn hook(host: &Host, which: &str, command: &str, env: &HookEnv) -> Gate {
+    let vars = [
+        format!("CAPSTAN_APP={}", env.app),
+        format!("CAPSTAN_VERSION={}", env.version),
+        format!("CAPSTAN_PREVIOUS_VERSION={}", env.previous_version),
+        format!("CAPSTAN_COMMAND={}", env.command),
+        format!("CAPSTAN_HOST={}", host.name),
+    ];
+    let mut argv: Vec<&str> = vec!["env"];
+    argv.extend(vars.iter().map(String::as_str));
+    argv.extend(["sh", "-c", command]);
+    let gate = format!("{which} hook");
+    match host.shell.run(&argv, None).await {
+        Ok(o) => {
+            let mut g = Gate::new(&host.name, gate, o.ok(), format!("exit {}", o.status), "exit 0");
+            g.output = tail(&format!("{}{}", o.stdout, o.stderr));
+            g
+        }
+        Err(e) => Gate::new(&host.name, gate, false, e.to_string(), "exit 0"),
+    }
+}
+
+/// `GET` an endpoint from the host: the expected status and, if given, a substring of the body.
+pub async fn endpoint(host: &Host, e: &Endpoint) -> Gate {
+    let gate = format!("validate {}", e.url);
+    let limit = match &e.body {
+        Some(b) => format!("status {} and a body with {b:?}", e.status),
+        None => format!("status {}", e.status),
+    };
+    let Ok(url) = reqwest::Url::parse(&e.url) else {
+        return Gate::new(&host.name, gate, false, "not a URL", limit);
+    };
+    let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    match host.probe.http_get(&addr, port, &path, Duration::from_secs(10)).await {
+        Ok(a) => {
+            let body_ok = e.body.as_ref().is_none_or(|b| a.body.contains(b.as_str()));
+            let measured = if body_ok || a.status != e.status {
+                format!("status {}", a.status)
+            } else {
+                format!("status {}, body without {:?}", a.status, e.body.as_deref().unwrap_or(""))
+            };
+            Gate::new(&host.name, gate, a.status == e.status && body_ok, measured, limit)
+        }
+        Err(err) => Gate::new(&host.name, gate, false, err, limit),
+    }
+}
+
+/// Counts the lines of `logs` that match `pattern`, and keeps the last few of them.
+pub fn count_errors(logs: &str, pattern: &regex::Regex) -> (usize, Vec<String>) {
+    let hits: Vec<&str> = logs.lines().filter(|l| pattern.is_match(l)).collect();
+    let last = hits.iter().rev().take(5).rev().map(|l| l.to_string()).collect();
+    (hits.len(), last)
+}
+
+/// The error lines of the new containers: one gate for all of them.
+pub async fn errors(host: &Host, names: &[String], pattern: &str, max: u32, gate: &str) -> Gate {
+    let limit = format!("at most {max} lines matching /{pattern}/");
+    let re = match regex::Regex::new(pattern) {
+        Ok(r) => r,
+        Err(e) => return Gate::new(&host.name, gate, false, e.to_string(), limit),
+    };
+    let mut total = 0;
+    let mut samples = Vec::new();
+    for n in names {
+        match host.engine.logs(n).await {
+            Ok(l) => {
+                let (count, last) = count_errors(&l, &re);
+                total += count;
+                samples.extend(last.into_iter().map(|l| format!("{n}: {l}")));
+            }
+            Err(e) => return Gate::new(&host.name, gate, false, format!("cannot read the output of {n}: {e}"), limit),
+        }
+    }
+    let mut g = Gate::new(&host.name, gate, total <= max as usize, format!("{total} matching lines in {}", names.join(", ")), limit);
+    g.output = samples.join("\n");
+    g
+}
+
+/// `df -Pk` -> bytes available.
+pub fn parse_df(out: &str) -> Option<u64> {
+    let line = out.lines().nth(1)?;
+    let avail: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(avail * 1024)
+}
+
+/// `"0.52 4"` -> (0.52, 4).
+pub fn parse_load(out: &str) -> Option<(f64, u32)> {
+    let mut it = out.split_whitespace();
+    let l: f64 = it.next()?.parse().ok()?;
+    let cores: u32 = it.next()?.parse().ok()?;
+    (cores > 0).then_some((l, cores))
+}
+
+/// `"<newest mtime> <now> <name>"` -> (newest, now, name if any).
+pub fn parse_backup(out: &str) -> Option<(i64, i64, Option<String>)> {
+    let line = out.trim_end_matches('\n');
+    let mut it = line.splitn(3, ' ');
+    let newest: i64 = it.next()?.trim().parse().ok()?;
+    let now: i64 = it.next()?.trim().parse().ok()?;
+    let name = it.next().map(str::to_string).filter(|n| !n.is_empty() && newest > 0);
+    Some((newest, now, name))
+}
+
+fn size(b: u64) -> String {
+    bytesize::ByteSize::b(b).display().iec().to_string()
+}
+
+/// The last 64 KiB of a command's output.
+fn tail(s: &str) -> String {
+    const MAX: usize = 64 * 1024;
+    if s.len() <= MAX {
+        return s.trim_end().to_string();
+    }
+    let mut start = s.len() - MAX;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers() {
+        let df = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n/dev/sda1        102400000  51200000  40960000      56% /\n";
+        assert_eq!(parse_df(df), Some(40_960_000 * 1024));
+        assert_eq!(parse_df("garbage"), None);
+        assert_eq!(parse_load("0.52 4\n"), Some((0.52, 4)));
+        assert_eq!(parse_load("0.52 0\n"), None);
+        assert_eq!(parse_backup("1700000000 1700003600 /var/backups/db 1.sql\n"), Some((1_700_000_000, 1_700_003_600, Some("/var/backups/db 1.sql".into()))));
+        assert_eq!(parse_backup("0 1700003600 \n"), Some((0, 1_700_003_600, None)));
+    }
+
+    #[test]
+    fn error_lines() {
+        let re = regex::Regex::new("ERROR|panic").unwrap();
+        let (n, last) = count_errors("ok\nERROR one\nfine\npanic: two\n", &re);
+        assert_eq!((n, last), (2, vec!["ERROR one".to_string(), "panic: two".to_string()]));
+    }
+
+    #[test]
+    fn descriptions_name_the_host_the_check_and_the_limit() {
+        let g = Gate::new("h1", "preflight disk", false, "1.0 GiB free on /var/lib/docker", "at least 2.0 GiB");
+        assert_eq!(g.describe(), "h1: preflight disk: 1.0 GiB free on /var/lib/docker, needs at least 2.0 GiB");
+    }
+
+    #[tokio::test]
+    async fn host_checks_run_the_real_scripts() {
+        let w = crate::fake::world("");
+        let host = w.fake.host();
+        // The backup script, against real files.
+        let dir = w.fake.dir.path().join("backups");
+        std::fs::create_dir_all(&dir).unwrap();
+        let g = backup(&host, &format!("{}/*.sql", dir.display()), Duration::from_secs(60)).await;
+        assert!(!g.ok && g.measured.starts_with("no file matches"), "{g:?}");
+        std::fs::write(dir.join("db one.sql"), "x").unwrap();
+        let g = backup(&host, &format!("{}/*.sql", dir.display()), Duration::from_secs(60)).await;
+        assert!(g.ok && g.measured.contains("db one.sql is"), "{g:?}");
+        // Disk and load, on this machine.
+        assert!(disk(&host, 1).await.ok);
+        assert!(!disk(&host, u64::MAX / 2).await.ok);
+        assert!(load(&host, 1000.0).await.ok);
+        // A hook sees its environment and its output is kept.
+        let env = HookEnv { app: "shop".into(), version: "v2".into(), previous_version: "v1".into(), command: "deploy".into() };
+        let g = hook(&host, "pre_deploy", "echo \"$CAPSTAN_APP $CAPSTAN_VERSION $CAPSTAN_PREVIOUS_VERSION $CAPSTAN_HOST\"; exit 3", &env).await;
+        assert_eq!((g.ok, g.measured.as_str(), g.output.as_str()), (false, "exit 3", "shop v2 v1 fake"));
+    }
+}
