@@ -10,8 +10,13 @@
 //! - `DEMO_HEALTH` (`ok` default | `broken`): `/health` answers 500 when broken;
 //! - `DEMO_START_DELAY_MS` (default 0): sleep before binding the listener (a slow start).
 //!
-//! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`. One request per
-//! connection, always `Connection: close`. On SIGTERM/SIGINT it closes the
+//! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`, and for tests
+//! `GET /admin/health/break` and `/admin/health/fix` (turn `/health` to 500 and
+//! back), `GET /admin/oops` (prints an `ERROR` line). One request per
+//! connection, always `Connection: close`.
+//!
+//! Subcommands: `probe` (the HEALTHCHECK), `migrate` (prints and exits 0),
+//! `exit N` (prints and exits N): one-off runs of the image, like migrations. On SIGTERM/SIGINT it closes the
 //! listener, finishes the requests in flight and exits 0.
 
 use std::io::{self, Read, Write};
@@ -22,6 +27,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by `/admin/health/break`, cleared by `/admin/health/fix`.
+static BROKEN: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Longest a single `?sleep_ms=` may ask for.
@@ -87,8 +94,18 @@ fn log(msg: &str) {
 
 fn main() {
     // `capstan-demo probe`: the image's Docker HEALTHCHECK (a scratch image has no curl).
-    if std::env::args().nth(1).as_deref() == Some("probe") {
-        std::process::exit(probe());
+    match std::env::args().nth(1).as_deref() {
+        Some("probe") => std::process::exit(probe()),
+        Some("migrate") => {
+            log(&format!("migrating to {}: done", env_or("DEMO_VERSION", "dev")));
+            std::process::exit(0);
+        }
+        Some("exit") => {
+            let code: i32 = std::env::args().nth(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+            log(&format!("migration failed: exiting {code}"));
+            std::process::exit(code);
+        }
+        _ => {}
     }
     install_signal_handlers();
 
@@ -312,13 +329,25 @@ fn route(head: &[u8], settings: &Settings) -> (bool, Response) {
     };
     let response = match path {
         "/health" => {
-            if settings.healthy {
+            if settings.healthy && !BROKEN.load(Ordering::SeqCst) {
                 Response { status: 200, body: "ok".into() }
             } else {
                 Response { status: 500, body: "broken".into() }
             }
         }
         "/version" => Response { status: 200, body: settings.version.clone() },
+        "/admin/health/break" => {
+            BROKEN.store(true, Ordering::SeqCst);
+            Response { status: 200, body: "health broken\n".into() }
+        }
+        "/admin/health/fix" => {
+            BROKEN.store(false, Ordering::SeqCst);
+            Response { status: 200, body: "health fixed\n".into() }
+        }
+        "/admin/oops" => {
+            log("ERROR oops: something went wrong (asked for by /admin/oops)");
+            Response { status: 200, body: "logged an error\n".into() }
+        }
         "/" => {
             if let Some(ms) = query_param(query, "sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
                 thread::sleep(Duration::from_millis(ms.min(MAX_SLEEP_MS)));
