@@ -31,7 +31,7 @@ pub enum Command {
     Build(BuildArgs),
     /// Roll back to the release before, or to a given one, by the digests the hosts recorded
     Rollback(RollbackArgs),
-    /// Validate, resolve the release, connect, print the plan; change nothing
+    /// Validate, resolve the release, connect, run the preflight checks, print the plan; change nothing
     Check(CheckArgs),
     /// What runs on each host now: instance, image, version, health
     Status(Targets),

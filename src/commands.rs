@@ -471,9 +471,15 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("preflight", &failed)).await);
     }
     // What the hooks are told: the version before, as each host's log knows it.
+    let hooks = &ctx.config.hooks;
+    let any_hook = hooks.pre_deploy.is_some() || hooks.post_deploy.is_some() || hooks.on_failure.is_some();
     let mut hook_envs = Vec::new();
     for h in &roll.hosts {
-        let (records, _) = state::read_log(h.shell.as_ref(), dir).await.unwrap_or_default();
+        // (Only read when a hook will be told: it is a round trip per host.)
+        let records = match any_hook {
+            true => state::read_log(h.shell.as_ref(), dir).await.map(|(r, _)| r).unwrap_or_default(),
+            false => Vec::new(),
+        };
         let previous = records.iter().rev().find(|r| r.outcome == "succeeded" && r.version.is_some()).and_then(|r| r.version.clone());
         hook_envs.push(gates::HookEnv {
             app: ctx.config.app.clone(),
