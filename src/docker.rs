@@ -645,6 +645,22 @@ mod tests {
     }
 
     #[test]
+    fn a_one_off_keeps_env_volumes_and_networks_but_is_not_part_of_the_service() {
+        let (mut c, i) = fixture();
+        c.config.as_mut().unwrap().labels.as_mut().unwrap().insert("com.docker.compose.service".into(), "web".into());
+        let spec = one_off_spec(&spec_from_inspect(&c, Some(&i)), &["migrate".to_string()]).0;
+        assert_eq!(spec.cmd, Some(vec!["migrate".to_string()]));
+        assert_eq!(spec.env, Some(vec!["APP_SETTING=kept".to_string()]));
+        assert_eq!(spec.labels.unwrap(), HashMap::from([("team".to_string(), "web".to_string())]), "no Compose labels");
+        let hc = spec.host_config.unwrap();
+        assert_eq!(hc.binds, Some(vec!["/srv/data:/data".to_string()]));
+        assert_eq!((hc.port_bindings, hc.restart_policy), (None, None));
+        let eps = spec.networking_config.unwrap().endpoints_config.unwrap();
+        assert!(eps.contains_key("shop-net"), "on the service's network");
+        assert_eq!(eps["shop-net"].aliases, None, "but never answering for the service's name");
+    }
+
+    #[test]
     fn without_the_image_everything_is_kept() {
         let (c, _) = fixture();
         let spec = spec_from_inspect(&c, None).0;
