@@ -37,6 +37,9 @@ pub enum Command {
     Status(Targets),
     /// The deployment log kept on the hosts
     History(HistoryArgs),
+    /// The GitHub Action's entrypoint: reads the event and the INPUT_* variables and runs
+    /// deploy, rollback or check
+    Action,
     /// Show or release the deploy lock
     Lock {
         #[command(subcommand)]

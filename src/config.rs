@@ -472,8 +472,35 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     if v.issues.is_empty() {
         Ok(config)
     } else {
-        Err(err(v.issues))
+        let issues = v.issues.into_iter().map(|i| Issue { line: i.line.or_else(|| line_of(text, &i.path)), ..i }).collect();
+        Err(err(issues))
     }
+}
+
+/// The line of a key path (`services.web.health.timeout`) in block or flow
+/// YAML: each segment is looked for after the line of the one before. For
+/// messages and annotations; `None` when not found.
+fn line_of(text: &str, path: &str) -> Option<u64> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for seg in path.split('.') {
+        let key = seg.split('[').next().unwrap_or(seg);
+        if key.is_empty() {
+            continue;
+        }
+        let at = (from..lines.len()).find(|&i| {
+            let l = lines[i];
+            l.match_indices(key).any(|(pos, _)| {
+                let before_ok = pos == 0 || !l[..pos].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '-');
+                let after = l[pos + key.len()..].trim_start_matches(['"', '\'']);
+                before_ok && after.starts_with(':')
+            })
+        })?;
+        found = Some(at as u64 + 1);
+        from = at;
+    }
+    found
 }
 
 /// Carries the key path through serde-saphyr's error type.
@@ -901,6 +928,14 @@ services:
         assert_eq!(build.dockerfile, Path::new("/repo/./Dockerfile"));
         assert_eq!(build.tags, crate::tags::TagKind::ALL.to_vec());
         assert!(!c.raw_tags);
+    }
+
+    #[test]
+    fn validation_errors_carry_the_line() {
+        let e = parse_str(&GOOD.replace("timeout: 60s", "timeout: sixty")).unwrap_err();
+        assert_eq!(e.issues[0].line, Some(19), "the line of health.timeout: {e}");
+        assert_eq!(line_of("a:\n  b: { c: 1, d: 2 }\n", "a.b.d"), Some(2));
+        assert_eq!(line_of("a: 1\n", "x.y"), None);
     }
 
     #[test]

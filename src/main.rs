@@ -1,6 +1,7 @@
 //! capstan: zero-downtime rolling deploys of Docker services over SSH.
 //! See ARCHITECTURE.md for the map.
 
+mod action;
 mod build;
 mod cancel;
 mod cli;
@@ -13,6 +14,7 @@ mod dockerignore;
 mod drain;
 mod env;
 mod error;
+mod event;
 mod events;
 #[cfg(test)]
 mod fake;
@@ -27,8 +29,10 @@ mod report;
 mod rollout;
 mod ssh;
 mod state;
+mod summary;
 mod tags;
 mod tls;
+mod workflow;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -88,6 +92,18 @@ async fn run(cli: Cli) -> i32 {
         Command::Status(_) => "status",
         Command::History(_) => "history",
         Command::Lock { .. } => "lock",
+        Command::Action => "action",
+    };
+    // In a GitHub Action, secrets are masked and key files written before anything else.
+    let setup = match &cli.command {
+        Command::Action => match action::setup(&mut std::io::stdout()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                printer.always(&e.render());
+                return e.exit_code();
+            }
+        },
+        _ => None,
     };
     let failed_report = |app: &str, e: &Error| Report {
         app: app.to_string(),
@@ -101,10 +117,22 @@ async fn run(cli: Cli) -> i32 {
         plan: None,
         error: Some(e.to_string()),
     };
-    let config = match config::load(&config_path(&cli)) {
+    let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli));
+    let loaded = config::load(&path).map_err(|e| {
+        if setup.is_some() {
+            for line in action::annotate(&e) {
+                println!("{line}");
+            }
+        }
+        Error::from(e)
+    });
+    let loaded = match (loaded, &setup) {
+        (Ok(mut c), Some(s)) => s.apply(&mut c).map(|()| c),
+        (r, _) => r,
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            let e = Error::from(e);
             if cli.json {
                 print_json(&failed_report("", &e));
             }
@@ -118,7 +146,7 @@ async fn run(cli: Cli) -> i32 {
     let cancel = cancel::Cancel::new();
     cancel::on_signals(cancel.clone(), printer.clone());
     let ctx = Ctx { config: &config, events: &sink, connector: &connector, cancel: &cancel };
-    let result = dispatch(&ctx, &cli, &printer, &collector).await;
+    let result = dispatch(&ctx, &cli, &printer, &collector, setup.as_ref()).await;
     connector.close().await;
     match result {
         Ok(code) => code,
@@ -132,7 +160,7 @@ async fn run(cli: Cli) -> i32 {
     }
 }
 
-async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Collector) -> Result<i32, Error> {
+async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Collector, setup: Option<&action::Setup>) -> Result<i32, Error> {
     let finish = |out: commands::RunOutput| -> i32 {
         if cli.json {
             print_json(&out.report);
@@ -170,37 +198,35 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             };
             Ok(finish(commands::RunOutput { report, error: None }))
         }
-        Command::Deploy(a) => {
-            let version = version_of(ctx, a.version.as_deref())?;
-            let services = ctx.services(&a.targets.services)?;
-            let mut pinned = std::collections::HashMap::new();
-            if a.dry_run && !a.skip_build {
-                // A dry run builds nothing: the plan names the tag the build would push.
-                for s in services.iter().filter(|s| s.build.is_some()) {
-                    pinned.insert(s.name.clone(), format!("{} (to be built)", release::tag_ref(&s.image, &version.text)));
-                }
-            } else if !a.skip_build {
-                let creds = ctx.credentials()?;
-                let jobs = a.jobs.unwrap_or_else(build::default_jobs);
-                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs).await? {
-                    if let Some(r) = b.reference() {
-                        pinned.insert(b.service.clone(), r);
-                    }
-                }
+        Command::Deploy(_) | Command::Rollback(_) | Command::Check(_) => Ok(finish(roll_command(ctx, &cli.command, collector).await?)),
+        Command::Action => {
+            let setup = setup.expect("the action's setup runs before the config is read");
+            let out = match action_command(setup) {
+                Ok(cmd) => roll_command(ctx, &cmd, collector).await,
+                Err(e) => Err(e),
+            };
+            let (report, error) = match out {
+                Ok(o) => (o.report, o.error),
+                Err(e) => (
+                    Report {
+                        app: ctx.config.app.clone(),
+                        command: "action".into(),
+                        version: None,
+                        outcome: "failed".into(),
+                        duration_ms: 0,
+                        hosts: collector.hosts(),
+                        build: collector.builds(),
+                        gates: collector.gates(),
+                        plan: None,
+                        error: Some(e.to_string()),
+                    },
+                    Some(e),
+                ),
+            };
+            if let Err(e) = setup.finish(&report) {
+                printer.always(&format!("warning: could not write the step outputs or the job summary: {e}"));
             }
-            let want = Want::Deploy { version: version.text, pinned };
-            Ok(finish(commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: a.force }, collector).await?))
-        }
-        Command::Rollback(a) => {
-            let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
-            Ok(finish(commands::roll(ctx, Want::Rollback { to }, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: false }, collector).await?))
-        }
-        Command::Check(a) => {
-            let version = version_of(ctx, a.version.as_deref())?;
-            let want = Want::Deploy { version: version.text, pinned: Default::default() };
-            let mut out = commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
-            out.report.command = "check".into();
-            Ok(finish(out))
+            Ok(finish(commands::RunOutput { report, error }))
         }
         Command::Status(t) => {
             let s = commands::status(ctx, t).await?;
@@ -243,4 +269,66 @@ fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Erro
         github_ref_type: kind.as_deref(),
     };
     release::version(src, ctx.config.raw_tags).map_err(Error::input)
+}
+
+/// `deploy`, `rollback` and `check`: their report, or the error that stopped them before one.
+async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -> Result<commands::RunOutput, Error> {
+    match command {
+        Command::Deploy(a) => {
+            let version = version_of(ctx, a.version.as_deref())?;
+            let services = ctx.services(&a.targets.services)?;
+            let mut pinned = std::collections::HashMap::new();
+            if a.dry_run && !a.skip_build {
+                // A dry run builds nothing: the plan names the tag the build would push.
+                for s in services.iter().filter(|s| s.build.is_some()) {
+                    pinned.insert(s.name.clone(), format!("{} (to be built)", release::tag_ref(&s.image, &version.text)));
+                }
+            } else if !a.skip_build {
+                let creds = ctx.credentials()?;
+                let jobs = a.jobs.unwrap_or_else(build::default_jobs);
+                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs).await? {
+                    if let Some(r) = b.reference() {
+                        pinned.insert(b.service.clone(), r);
+                    }
+                }
+            }
+            let want = Want::Deploy { version: version.text, pinned };
+            commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: a.force }, collector).await
+        }
+        Command::Rollback(a) => {
+            let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
+            commands::roll(ctx, Want::Rollback { to }, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: false }, collector).await
+        }
+        Command::Check(a) => {
+            let version = version_of(ctx, a.version.as_deref())?;
+            let want = Want::Deploy { version: version.text, pinned: Default::default() };
+            let mut out = commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
+            out.report.command = "check".into();
+            Ok(out)
+        }
+        _ => unreachable!("only deploy, rollback and check roll"),
+    }
+}
+
+/// The command line an action run stands for.
+fn action_command(setup: &action::Setup) -> Result<Command, Error> {
+    let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
+    Ok(match &setup.trigger {
+        event::Trigger::Deploy { version } => Command::Deploy(cli::DeployArgs {
+            version: Some(version.clone()),
+            targets,
+            skip_build: false,
+            jobs: None,
+            force: false,
+            dry_run: setup.dry_run,
+        }),
+        event::Trigger::Rollback { to } => Command::Rollback(cli::RollbackArgs { to: to.clone(), targets, dry_run: setup.dry_run }),
+        event::Trigger::Check { version: Some(v), .. } => Command::Check(cli::CheckArgs { version: Some(v.clone()), targets }),
+        event::Trigger::Check { version: None, fork, .. } => {
+            return Err(Error::input(format!(
+                "the pull-request check needs a version to plan (the version input){}; the config itself is valid",
+                if *fork { " (a fork: no secrets, nothing was contacted)" } else { "" }
+            )))
+        }
+    })
 }

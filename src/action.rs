@@ -1,0 +1,148 @@
+//! `capstan action`: the entrypoint of the GitHub container action. It masks
+//! every secret before printing anything, puts the SSH key in a private 0600
+//! file, decides from the event what to run (see [`crate::event`]), and after
+//! the run writes the step outputs and the job summary.
+//!
+//! Not here yet (issue #4 goes on): GitHub Deployments and statuses, the
+//! pull-request check run, the action image.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::config::Config;
+use crate::env;
+use crate::error::Error;
+use crate::event::{self, Trigger};
+use crate::report::Report;
+use crate::summary::{self, RollbackLink};
+use crate::workflow::{self, input};
+
+/// What the action prepared before the config is read.
+pub struct Setup {
+    pub config_path: PathBuf,
+    pub trigger: Trigger,
+    pub dry_run: bool,
+    pub services: Vec<String>,
+    pub environment_url: Option<String>,
+    identity: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    /// Holds the key files; removed when the run ends.
+    _dir: tempfile::TempDir,
+}
+
+/// The inputs that are secrets, in the order they are masked.
+const SECRETS: [&str; 3] = ["ssh-private-key", "registry-password", "github-token"];
+
+pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
+    // Masks first: nothing may be printed before the runner knows what to hide.
+    for name in SECRETS {
+        if let Some(v) = input(name) {
+            let _ = writeln!(stdout, "{}", workflow::mask(&v));
+            // A multi-line key is also masked line by line, as the runner prints lines.
+            for line in v.lines().map(str::trim).filter(|l| l.len() >= 8 && v.contains('\n')) {
+                let _ = writeln!(stdout, "{}", workflow::mask(line));
+            }
+        }
+    }
+    let _ = stdout.flush();
+    let dir = tempfile::Builder::new().prefix("capstan-action-").tempdir().map_err(|e| Error::input(format!("cannot make a private temp dir: {e}")))?;
+    let write_private = |name: &str, text: &str| -> Result<PathBuf, Error> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.path().join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::input(format!("cannot write {}: {e}", path.display())))?;
+        let body = if text.ends_with('\n') { text.to_string() } else { format!("{text}\n") };
+        f.write_all(body.as_bytes()).map_err(|e| Error::input(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
+    };
+    let identity = input("ssh-private-key").map(|k| write_private("id_deploy", &k)).transpose()?;
+    let known_hosts = input("ssh-known-hosts").map(|k| write_private("known_hosts", &k)).transpose()?;
+    if let Some(pw) = input("registry-password") {
+        // The config names the variable the password is read from; the input fills it.
+        std::env::set_var("CAPSTAN_REGISTRY_PASSWORD", pw);
+    }
+    let event_name = env::var("GITHUB_EVENT_NAME").ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
+    let payload = match env::var("GITHUB_EVENT_PATH") {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: not JSON: {e}")))?
+        }
+        None => serde_json::Value::Null,
+    };
+    let inputs = event::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
+    let trigger = event::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
+    Ok(Setup {
+        config_path: PathBuf::from(input("config").unwrap_or_else(|| crate::config::DEFAULT_FILE.into())),
+        trigger,
+        dry_run: input("dry-run").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        services: input("services").map(|s| s.split([',', ' ', '\n']).filter(|x| !x.is_empty()).map(String::from).collect()).unwrap_or_default(),
+        environment_url: input("environment-url"),
+        identity,
+        known_hosts,
+        _dir: dir,
+    })
+}
+
+impl Setup {
+    /// The key files from the inputs replace the config's; known hosts are required.
+    pub fn apply(&self, config: &mut Config) -> Result<(), Error> {
+        if let Some(p) = &self.identity {
+            config.ssh.identity_file = Some(p.clone());
+        }
+        if let Some(p) = &self.known_hosts {
+            config.ssh.known_hosts = Some(p.clone());
+        }
+        if config.ssh.known_hosts.is_none() {
+            return Err(Error::input_hint(
+                "no known hosts: capstan verifies every host key and accepts none it has not been given",
+                "set the ssh-known-hosts input (the output of `ssh-keyscan -p PORT HOST`, checked), or ssh.known_hosts in the config",
+            ));
+        }
+        if let Some(r) = config.registry.as_mut() {
+            if std::env::var_os("CAPSTAN_REGISTRY_PASSWORD").is_some() {
+                r.password_env = "CAPSTAN_REGISTRY_PASSWORD".into();
+            }
+        }
+        Ok(())
+    }
+
+    /// Step outputs and the job summary, when the runner asked for them.
+    pub fn finish(&self, report: &Report) -> std::io::Result<()> {
+        let report_path = std::env::temp_dir().join(format!("capstan-report-{}.json", std::process::id()));
+        let dir = env::var("RUNNER_TEMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let report_path = if dir.is_dir() { dir.join("capstan-report.json") } else { report_path };
+        std::fs::write(&report_path, serde_json::to_vec_pretty(report).unwrap_or_default())?;
+        if let Some(out) = env::var("GITHUB_OUTPUT") {
+            let mut text = String::new();
+            text.push_str(&workflow::output_entry("version", report.version.as_deref().unwrap_or("")));
+            text.push_str(&workflow::output_entry("outcome", &report.outcome));
+            text.push_str(&workflow::output_entry("environment-url", self.environment_url.as_deref().unwrap_or("")));
+            text.push_str(&workflow::output_entry("report", &report_path.display().to_string()));
+            workflow::append(std::path::Path::new(&out), &text)?;
+        }
+        if let Some(path) = env::var("GITHUB_STEP_SUMMARY") {
+            let link = match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY), env::var("GITHUB_WORKFLOW_REF")) {
+                (Some(s), Some(r), Some(w)) => RollbackLink::new(&s, &r, &w),
+                _ => None,
+            };
+            workflow::append(std::path::Path::new(&path), &summary::render(report, link.as_ref(), "previous"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Config errors as annotations on the file's lines.
+pub fn annotate(e: &crate::config::ConfigError) -> Vec<String> {
+    let file = e.file.display().to_string();
+    e.issues
+        .iter()
+        .map(|i| {
+            let msg = if i.path.is_empty() { i.message.clone() } else { format!("{}: {}", i.path, i.message) };
+            workflow::error_annotation(&file, i.line, &msg)
+        })
+        .collect()
+}
