@@ -68,6 +68,16 @@ fn to_urlsafe(v: &str) -> Option<String> {
     Some(base64::engine::general_purpose::URL_SAFE.encode(raw))
 }
 
+/// Pulls on either engine. Errors arrive inside the stream: it is drained to the end.
+async fn pull(docker: &Docker, reference: &str, c: Option<&Credentials>) -> Result<(), bollard::errors::Error> {
+    let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
+    let mut stream = docker.create_image(Some(opts), None, creds(c));
+    while let Some(item) = stream.next().await {
+        item?;
+    }
+    Ok(())
+}
+
 fn creds(c: Option<&Credentials>) -> Option<DockerCredentials> {
     c.map(|c| DockerCredentials {
         username: Some(c.username.clone()),
@@ -157,13 +167,7 @@ impl Engine for DockerEngine {
     }
 
     async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), EngineError> {
-        let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
-        let mut stream = self.docker.create_image(Some(opts), None, creds(c));
-        // Errors arrive inside the stream: drain it to the end.
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| classify(reference, e))?;
-        }
-        Ok(())
+        pull(&self.docker, reference, c).await.map_err(|e| classify(reference, e))
     }
 
     async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
@@ -432,12 +436,7 @@ impl crate::build::Images for LocalImages {
     }
 
     async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), String> {
-        let opts = CreateImageOptionsBuilder::new().from_image(reference).build();
-        let mut stream = self.docker.create_image(Some(opts), None, creds(c));
-        while let Some(item) = stream.next().await {
-            item.map_err(|e| tidy(&e.to_string()))?;
-        }
-        Ok(())
+        pull(&self.docker, reference, c).await.map_err(|e| tidy(&e.to_string()))
     }
 
     async fn repo_digests(&self, image: &str) -> Vec<String> {

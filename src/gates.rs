@@ -34,7 +34,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
+    pub fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
         Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new() }
     }
 
@@ -220,14 +220,8 @@ pub async fn endpoint(host: &Host, e: &Endpoint) -> Gate {
         Some(b) => format!("status {} and a body with {b:?}", e.status),
         None => format!("status {}", e.status),
     };
-    let Ok(url) = reqwest::Url::parse(&e.url) else {
+    let Ok((addr, port, path)) = crate::host::probe_target(&e.url) else {
         return Gate::new(&host.name, gate, false, "not a URL", limit);
-    };
-    let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
     };
     match host.probe.http_get(&addr, port, &path, Duration::from_secs(10)).await {
         Ok(a) => {

@@ -147,6 +147,18 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
+/// `http://host:port/path?q` -> (host, port, `/path?q`): what [`Probe::http_get`] takes.
+pub fn probe_target(url: &str) -> Result<(String, u16, String), String> {
+    let url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    Ok((addr, port, path))
+}
+
 #[async_trait]
 pub trait Probe: Send + Sync {
     /// `GET http://{addr}:{port}{path}`, connecting from the host.

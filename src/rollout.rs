@@ -234,7 +234,7 @@ impl<'a> Rollout<'a> {
                 limit,
                 output: output.trim_end().to_string(),
             },
-            Err(e) => crate::gates::Gate { host: self.host.name.clone(), gate, ok: false, measured: e.to_string(), limit, output: String::new() },
+            Err(e) => crate::gates::Gate::new(&self.host.name, gate, false, e.to_string(), limit),
         };
         let g = self.gate(g);
         if g.ok {
@@ -279,14 +279,13 @@ impl<'a> Rollout<'a> {
                     None => (false, "gone".into()),
                 };
                 if !ok {
-                    let g = self.gate(crate::gates::Gate {
-                        host: self.host.name.clone(),
-                        gate: "bake".into(),
-                        ok: false,
-                        measured: format!("{}: {measured} after {} of baking", d.name, humantime::format_duration(round(start.elapsed()))),
-                        limit: format!("healthy for {}", humantime::format_duration(bake)),
-                        output: String::new(),
-                    });
+                    let g = self.gate(crate::gates::Gate::new(
+                        &self.host.name,
+                        "bake",
+                        false,
+                        format!("{}: {measured} after {} of baking", d.name, humantime::format_duration(round(start.elapsed()))),
+                        format!("healthy for {}", humantime::format_duration(bake)),
+                    ));
                     return fail("bake", &g);
                 }
             }
@@ -305,14 +304,13 @@ impl<'a> Rollout<'a> {
                 return Err(("bake".into(), why));
             }
         }
-        self.gate(crate::gates::Gate {
-            host: self.host.name.clone(),
-            gate: "bake".into(),
-            ok: true,
-            measured: format!("{} healthy for {}", names.join(", "), humantime::format_duration(round(start.elapsed()))),
-            limit: format!("healthy for {}", humantime::format_duration(bake)),
-            output: String::new(),
-        });
+        self.gate(crate::gates::Gate::new(
+            &self.host.name,
+            "bake",
+            true,
+            format!("{} healthy for {}", names.join(", "), humantime::format_duration(round(start.elapsed()))),
+            format!("healthy for {}", humantime::format_duration(bake)),
+        ));
         Ok(())
     }
 
@@ -663,13 +661,7 @@ impl<'a> Rollout<'a> {
         let Some(t) = &svc.traffic else {
             return Ok(((), "skipped: no traffic.url".into()));
         };
-        let url = reqwest::Url::parse(&t.url).map_err(|e| format!("traffic.url {}: {e}", t.url))?;
-        let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_string(),
-        };
+        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
         let rx0 = self.rx_bytes(name).await?;
         // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
