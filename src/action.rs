@@ -3,11 +3,13 @@
 //! file, decides from the event what to run (see [`crate::event`]), and after
 //! the run writes the step outputs and the job summary.
 //!
-//! Not here yet (issue #4 goes on): GitHub Deployments and statuses, the
-//! pull-request check run, the action image.
+//! It also makes the GitHub client ([`crate::github`]) from the
+//! `github-token` input, `GITHUB_API_URL` and `GITHUB_REPOSITORY`; what is
+//! sent is decided in [`crate::publish`].
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::Config;
 use crate::env;
@@ -24,6 +26,14 @@ pub struct Setup {
     pub dry_run: bool,
     pub services: Vec<String>,
     pub environment_url: Option<String>,
+    /// The `environment` input: GitHub's deployment environment.
+    pub environment: String,
+    /// The GitHub API, when a token and the repository are known.
+    pub github: Option<Arc<crate::github::Client>>,
+    /// Why there is no GitHub API, when there is none.
+    pub github_missing: Option<String>,
+    /// `GITHUB_WORKSPACE`: config paths in annotations are relative to it.
+    pub workspace: PathBuf,
     identity: Option<PathBuf>,
     known_hosts: Option<PathBuf>,
     /// Holds the key files; removed when the run ends.
@@ -75,12 +85,25 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
     };
     let inputs = event::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
     let trigger = event::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
+    let (github, github_missing) = match (input("github-token"), env::var(env::GITHUB_REPOSITORY)) {
+        (Some(token), Some(repo)) => {
+            let api = env::var(env::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
+            let client = crate::github::Client::new(&api, &token, &repo, crate::github::RetryPolicy::default()).map_err(Error::input)?;
+            (Some(Arc::new(client)), None)
+        }
+        (None, _) => (None, Some("no github-token input: nothing is reported to GitHub".to_string())),
+        (_, None) => (None, Some("GITHUB_REPOSITORY is not set: nothing is reported to GitHub".to_string())),
+    };
     Ok(Setup {
         config_path: PathBuf::from(input("config").unwrap_or_else(|| crate::config::DEFAULT_FILE.into())),
         trigger,
         dry_run: input("dry-run").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         services: input("services").map(|s| s.split([',', ' ', '\n']).filter(|x| !x.is_empty()).map(String::from).collect()).unwrap_or_default(),
         environment_url: input("environment-url"),
+        environment: input("environment").unwrap_or_else(|| "production".into()),
+        github,
+        github_missing,
+        workspace: env::var("GITHUB_WORKSPACE").map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_default(),
         identity,
         known_hosts,
         _dir: dir,
@@ -88,6 +111,28 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
 }
 
 impl Setup {
+    /// Whether hosts can be reached: an SSH key was given (a fork's pull request gets none).
+    pub fn has_ssh_key(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    pub fn rollback_link(&self) -> Option<RollbackLink> {
+        match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY), env::var(env::GITHUB_WORKFLOW_REF)) {
+            (Some(s), Some(r), Some(w)) => RollbackLink::new(&s, &r, &w),
+            _ => None,
+        }
+    }
+
+    /// Where GitHub records this run's deployment.
+    pub fn target(&self) -> crate::publish::Target {
+        crate::publish::Target {
+            environment: self.environment.clone(),
+            environment_url: self.environment_url.clone(),
+            log_url: env::run_url(),
+            rollback: self.rollback_link(),
+        }
+    }
+
     /// The key files from the inputs replace the config's; known hosts are required.
     pub fn apply(&self, config: &mut Config) -> Result<(), Error> {
         if let Some(p) = &self.identity {
@@ -111,7 +156,7 @@ impl Setup {
     }
 
     /// Step outputs and the job summary, when the runner asked for them.
-    pub fn finish(&self, report: &Report) -> std::io::Result<()> {
+    pub fn finish(&self, report: &Report, deployment: Option<u64>) -> std::io::Result<()> {
         let report_path = std::env::temp_dir().join(format!("capstan-report-{}.json", std::process::id()));
         let dir = env::var("RUNNER_TEMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let report_path = if dir.is_dir() { dir.join("capstan-report.json") } else { report_path };
@@ -120,16 +165,14 @@ impl Setup {
             let mut text = String::new();
             text.push_str(&workflow::output_entry("version", report.version.as_deref().unwrap_or("")));
             text.push_str(&workflow::output_entry("outcome", &report.outcome));
+            text.push_str(&workflow::output_entry("deployment-id", &deployment.map(|d| d.to_string()).unwrap_or_default()));
             text.push_str(&workflow::output_entry("environment-url", self.environment_url.as_deref().unwrap_or("")));
             text.push_str(&workflow::output_entry("report", &report_path.display().to_string()));
             workflow::append(std::path::Path::new(&out), &text)?;
         }
         if let Some(path) = env::var("GITHUB_STEP_SUMMARY") {
-            let link = match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY), env::var("GITHUB_WORKFLOW_REF")) {
-                (Some(s), Some(r), Some(w)) => RollbackLink::new(&s, &r, &w),
-                _ => None,
-            };
-            workflow::append(std::path::Path::new(&path), &summary::render(report, link.as_ref(), "previous"))?;
+            let to = report.previous.as_deref().unwrap_or("previous");
+            workflow::append(std::path::Path::new(&path), &summary::render(report, self.rollback_link().as_ref(), to))?;
         }
         Ok(())
     }

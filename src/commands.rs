@@ -92,7 +92,7 @@ impl Ctx<'_> {
         Ok(self.config.services.iter().filter(|s| names.is_empty() || names.contains(&s.name)).collect())
     }
 
-    fn hosts(&self, names: &[String]) -> Result<Vec<HostAddr>, Error> {
+    pub fn hosts(&self, names: &[String]) -> Result<Vec<HostAddr>, Error> {
         for n in names {
             if !self.config.hosts.iter().any(|h| &h.to_string() == n || &h.host == n) {
                 return Err(Error::input(format!("--host {n}: not a host of {}", self.config.file.display())));
@@ -271,6 +271,8 @@ struct Roll<'a> {
     hosts: Vec<Host>,
     services: Vec<&'a Service>,
     plan: Plan,
+    /// What the first host's log says runs now.
+    previous: Option<String>,
 }
 
 /// Connects, observes, resolves and plans. Changes nothing.
@@ -353,7 +355,11 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     if !problems.is_empty() {
         return Err(Error::input(problems.join("\n")));
     }
-    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans } })
+    let previous = match state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await {
+        Ok((records, _)) => release::current_version(&records),
+        Err(_) => None,
+    };
+    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous })
 }
 
 /// A version name for images the log does not know: the tag they carry on the host, if any.
@@ -399,6 +405,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         gates: vec![],
         plan: Some(roll.plan.clone()),
         error: None,
+        previous: roll.previous.clone(),
     };
     ctx.info(None, crate::printer::render_plan(&roll.plan));
     let deploying = roll.command == "deploy";

@@ -15,6 +15,10 @@ pub const GITHUB_ACTOR: &str = "GITHUB_ACTOR";
 pub const GITHUB_SERVER_URL: &str = "GITHUB_SERVER_URL";
 pub const GITHUB_REPOSITORY: &str = "GITHUB_REPOSITORY";
 pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";
+/// The REST API's base URL (`https://api.github.com`, or a GitHub Enterprise server's).
+pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
+/// The workflow file and ref (`acme/shop/.github/workflows/deploy.yml@refs/tags/v2`): the rollback link.
+pub const GITHUB_WORKFLOW_REF: &str = "GITHUB_WORKFLOW_REF";
 /// Diagnostics filter for `tracing` (`-v` sets `debug`).
 pub const CAPSTAN_LOG: &str = "CAPSTAN_LOG";
 

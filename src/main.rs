@@ -18,11 +18,13 @@ mod event;
 mod events;
 #[cfg(test)]
 mod fake;
+mod github;
 mod gates;
 mod host;
 mod names;
 mod plan;
 mod printer;
+mod publish;
 mod registry;
 mod release;
 mod report;
@@ -116,16 +118,24 @@ async fn run(cli: Cli) -> i32 {
         gates: vec![],
         plan: None,
         error: Some(e.to_string()),
+        previous: None,
     };
     let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli));
-    let loaded = config::load(&path).map_err(|e| {
-        if setup.is_some() {
-            for line in action::annotate(&e) {
-                println!("{line}");
+    let loaded = config::load(&path);
+    if let (Err(e), Some(s)) = (&loaded, &setup) {
+        for line in action::annotate(e) {
+            println!("{line}");
+        }
+        // A pull request's check shows the errors on the config's lines.
+        if let (event::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
+            if let Some(sha) = head_sha.clone().or_else(|| env::var(env::GITHUB_SHA)) {
+                let p = publish::Publisher { api: api.as_ref(), target: s.target(), events: printer.as_ref() };
+                let md = format!("capstan cannot read `{}`:\n\n```\n{e}\n```\n", e.file.display());
+                p.check(&publish::check_run(&sha, &md, false, &[], publish::annotations(e, &s.workspace), env::run_url())).await;
             }
         }
-        Error::from(e)
-    });
+    }
+    let loaded = loaded.map_err(Error::from);
     let loaded = match (loaded, &setup) {
         (Ok(mut c), Some(s)) => s.apply(&mut c).map(|()| c),
         (r, _) => r,
@@ -195,35 +205,19 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
                 gates: vec![],
                 plan: None,
                 error: None,
+                previous: None,
             };
             Ok(finish(commands::RunOutput { report, error: None }))
         }
         Command::Deploy(_) | Command::Rollback(_) | Command::Check(_) => Ok(finish(roll_command(ctx, &cli.command, collector).await?)),
         Command::Action => {
             let setup = setup.expect("the action's setup runs before the config is read");
-            let out = match action_command(setup) {
-                Ok(cmd) => roll_command(ctx, &cmd, collector).await,
-                Err(e) => Err(e),
-            };
+            let (out, deployment) = run_action(ctx, setup, collector).await;
             let (report, error) = match out {
                 Ok(o) => (o.report, o.error),
-                Err(e) => (
-                    Report {
-                        app: ctx.config.app.clone(),
-                        command: "action".into(),
-                        version: None,
-                        outcome: "failed".into(),
-                        duration_ms: 0,
-                        hosts: collector.hosts(),
-                        build: collector.builds(),
-                        gates: collector.gates(),
-                        plan: None,
-                        error: Some(e.to_string()),
-                    },
-                    Some(e),
-                ),
+                Err(e) => (error_report(ctx, collector, &e), Some(e)),
             };
-            if let Err(e) = setup.finish(&report) {
+            if let Err(e) = setup.finish(&report, deployment) {
                 printer.always(&format!("warning: could not write the step outputs or the job summary: {e}"));
             }
             Ok(finish(commands::RunOutput { report, error }))
@@ -310,6 +304,134 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
     }
 }
 
+/// The report of a run an error stopped: what was done before it.
+fn error_report(ctx: &Ctx<'_>, collector: &Collector, e: &Error) -> Report {
+    Report {
+        app: ctx.config.app.clone(),
+        command: "action".into(),
+        version: None,
+        outcome: "failed".into(),
+        duration_ms: 0,
+        hosts: collector.hosts(),
+        build: collector.builds(),
+        gates: collector.gates(),
+        plan: None,
+        error: Some(e.to_string()),
+        previous: None,
+    }
+}
+
+/// An action run: the command its event stands for, with the GitHub
+/// deployment around a deploy or rollback, or the check run of a pull request.
+async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector) -> (Result<commands::RunOutput, Error>, Option<u64>) {
+    let publisher = setup.github.as_deref().map(|api| publish::Publisher { api, target: setup.target(), events: ctx.events });
+    if let Some(why) = &setup.github_missing {
+        ctx.events.emit(events::Event::Warn { host: None, message: why.clone() });
+    }
+    if let event::Trigger::Check { version, head_sha, fork } = &setup.trigger {
+        let mut skipped = Vec::new();
+        let out = check_action(ctx, setup, version.as_deref(), head_sha.as_deref(), *fork, &mut skipped, collector).await;
+        if let (Some(p), Some(sha)) = (&publisher, head_sha.clone().or_else(|| env::var(env::GITHUB_SHA))) {
+            let (md, ok) = match &out {
+                Ok(o) => (summary::render(&o.report, None, ""), o.error.is_none()),
+                Err(e) => (format!("capstan check failed:\n\n```\n{}\n```\n", e.render()), false),
+            };
+            p.check(&publish::check_run(&sha, &md, ok, &skipped, vec![], env::run_url())).await;
+        }
+        return (out, None);
+    }
+    let cmd = match action_command(setup) {
+        Ok(c) => c,
+        Err(e) => return (Err(e), None),
+    };
+    let mut deployment = None;
+    if let (Some(p), false) = (&publisher, setup.dry_run) {
+        let kind = match &setup.trigger {
+            event::Trigger::Rollback { to } => publish::Kind::Rollback {
+                to: to.clone(),
+                sha: env::var(env::GITHUB_SHA).or_else(|| env::var(env::GITHUB_REF)).unwrap_or_else(|| "HEAD".into()),
+            },
+            event::Trigger::Deploy { version } => publish::Kind::Deploy { version: version.clone() },
+            event::Trigger::Check { .. } => unreachable!("checks returned above"),
+        };
+        match p.start(&kind, &ctx.config.app).await {
+            Ok(id) => deployment = id,
+            Err(e) => return (Err(Error::input(format!("{e}; nothing was changed on any host"))), None),
+        }
+    }
+    let out = roll_command(ctx, &cmd, collector).await;
+    if let (Some(p), Some(id)) = (&publisher, deployment) {
+        let report = match &out {
+            Ok(o) => o.report.clone(),
+            Err(e) => error_report(ctx, collector, e),
+        };
+        p.finish(id, &report, report.previous.as_deref().unwrap_or("previous")).await;
+    }
+    (out, deployment)
+}
+
+/// A pull request's check: validate, resolve, build without pushing, and plan,
+/// against the hosts when the run has their key (a fork's run has no secrets:
+/// the plan then names what each instance would run, and says what was skipped).
+async fn check_action(
+    ctx: &Ctx<'_>,
+    setup: &action::Setup,
+    version: Option<&str>,
+    head_sha: Option<&str>,
+    fork: bool,
+    skipped: &mut Vec<String>,
+    collector: &Collector,
+) -> Result<commands::RunOutput, Error> {
+    let t0 = std::time::Instant::now();
+    let version = match (version, head_sha) {
+        (Some(v), _) => version_of(ctx, Some(v))?,
+        // No release yet: the image this commit would build, by its sha tag.
+        (None, Some(sha)) => release::Version { text: format!("sha-{}", &sha[..sha.len().min(7)]), semver: None },
+        (None, None) => return Err(Error::input("the check needs a version to plan: give the version input")),
+    };
+    let services = ctx.services(&setup.services)?;
+    let mut pinned = std::collections::HashMap::new();
+    if services.iter().any(|s| s.build.is_some()) {
+        let creds = if fork { None } else { ctx.credentials().ok().flatten() };
+        for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), false, build::default_jobs()).await? {
+            let image = ctx.config.service(&b.service).map(|s| s.image.clone()).unwrap_or_default();
+            pinned.insert(b.service.clone(), format!("{} (built, not pushed)", release::tag_ref(&image, &version.text)));
+        }
+    }
+    let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
+    if fork || !setup.has_ssh_key() {
+        skipped.push(if fork {
+            "the hosts: a pull request from a fork gets no secrets, so what runs now was not read".into()
+        } else {
+            "the hosts: no ssh-private-key input, so what runs now was not read".into()
+        });
+        let hosts: Vec<String> = ctx.hosts(&[])?.iter().map(|h| h.to_string()).collect();
+        let plan = plan::offline(&hosts, &services, &|s| pinned.get(&s.name).cloned().unwrap_or_else(|| release::tag_ref(&s.image, &version.text)));
+        ctx.events.emit(events::Event::Info { host: None, message: printer::render_plan(&plan) });
+        for s in skipped.iter() {
+            ctx.events.emit(events::Event::Warn { host: None, message: format!("skipped {s}") });
+        }
+        let report = Report {
+            app: ctx.config.app.clone(),
+            command: "check".into(),
+            version: Some(version.text),
+            outcome: "succeeded".into(),
+            duration_ms: t0.elapsed().as_millis() as u64,
+            hosts: vec![],
+            build: collector.builds(),
+            gates: vec![],
+            plan: Some(plan),
+            error: None,
+            previous: None,
+        };
+        return Ok(commands::RunOutput { report, error: None });
+    }
+    let want = Want::Deploy { version: version.text, pinned };
+    let mut out = commands::roll(ctx, want, &targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
+    out.report.command = "check".into();
+    Ok(out)
+}
+
 /// The command line an action run stands for.
 fn action_command(setup: &action::Setup) -> Result<Command, Error> {
     let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
@@ -323,12 +445,6 @@ fn action_command(setup: &action::Setup) -> Result<Command, Error> {
             dry_run: setup.dry_run,
         }),
         event::Trigger::Rollback { to } => Command::Rollback(cli::RollbackArgs { to: to.clone(), targets, dry_run: setup.dry_run }),
-        event::Trigger::Check { version: Some(v), .. } => Command::Check(cli::CheckArgs { version: Some(v.clone()), targets }),
-        event::Trigger::Check { version: None, fork, .. } => {
-            return Err(Error::input(format!(
-                "the pull-request check needs a version to plan (the version input){}; the config itself is valid",
-                if *fork { " (a fork: no secrets, nothing was contacted)" } else { "" }
-            )))
-        }
+        event::Trigger::Check { .. } => unreachable!("a pull request's check runs through check_action"),
     })
 }

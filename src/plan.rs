@@ -52,6 +52,33 @@ impl Plan {
     }
 }
 
+/// What an instance runs now when no host was contacted.
+pub const NOT_CONTACTED: &str = "? (host not contacted)";
+
+/// The plan without contacting any host (a pull request from a fork has no
+/// secrets): every instance, on every host, and the image it would run.
+pub fn offline(hosts: &[String], services: &[&Service], target: &dyn Fn(&Service) -> String) -> Plan {
+    Plan {
+        hosts: hosts
+            .iter()
+            .map(|h| HostPlan {
+                host: h.clone(),
+                services: services
+                    .iter()
+                    .map(|s| ServicePlan {
+                        service: s.name.clone(),
+                        instances: s
+                            .instances
+                            .iter()
+                            .map(|i| InstancePlan { name: i.clone(), from_image: NOT_CONTACTED.into(), to_image: target(s), replace: true })
+                            .collect(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
 /// The suffix of the kept old container while its successor proves itself.
 pub const OLD_SUFFIX: &str = ".capstan-old";
 

@@ -132,6 +132,11 @@ fn succeeded(r: &Record) -> bool {
     r.outcome == "succeeded"
 }
 
+/// The version of the newest successful run in a host's log: what runs now.
+pub fn current_version(records: &[Record]) -> Option<String> {
+    records.iter().rev().find(|r| succeeded(r)).and_then(|r| r.version.clone())
+}
+
 /// Finds in a host's log what to roll back to. `None` for a version means the
 /// log does not know it (the caller may then resolve the tag in the registry).
 pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<RollbackTarget>, String> {

@@ -25,6 +25,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub error: Option<String>,
+    /// The release the hosts ran before this run, as their log names it: what
+    /// a rollback of this run goes back to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -94,6 +94,25 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         }
         out.push('\n');
     }
+    if let (Some(plan), true) = (&report.plan, report.hosts.iter().all(|h| h.instances.is_empty())) {
+        out.push_str("**Plan**\n\n| host | instance | now | would run | change |\n|---|---|---|---|---|\n");
+        for h in &plan.hosts {
+            for s in &h.services {
+                for i in &s.instances {
+                    out.push_str(&format!(
+                        "| {} | {}/{} | `{}` | `{}` | {} |\n",
+                        cell(&h.host),
+                        s.service,
+                        i.name,
+                        cell(&short(&i.from_image)),
+                        cell(&short(&i.to_image)),
+                        if i.replace { "replace" } else { "unchanged" }
+                    ));
+                }
+            }
+        }
+        out.push('\n');
+    }
     if !report.gates.is_empty() {
         out.push_str("| host | check | | measured | limit |\n|---|---|---|---|---|\n");
         for g in &report.gates {
@@ -108,7 +127,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         }
         out.push('\n');
     }
-    if let Some(link) = rollback {
+    if let (Some(link), "succeeded", "deploy" | "rollback") = (rollback, report.outcome.as_str(), report.command.as_str()) {
         out.push_str(&format!(
             "**Roll back:** [run the rollback workflow]({}) with `rollback-to: {rollback_to}`, or\n\n```sh\n{}\n```\n\n",
             link.page,
@@ -175,6 +194,7 @@ mod tests {
             gates: vec![],
             plan: None,
             error: Some("web-1: not healthy | after 3s".into()),
+            previous: None,
         }
     }
 
@@ -186,7 +206,10 @@ mod tests {
         assert!(md.starts_with("## ↩️ capstan deploy v1.4.2: rolled back\n"), "{md}");
         assert!(md.contains("> web-1: not healthy \\| after 3s"), "{md}");
         assert!(md.contains("| deployer@10.0.0.1:22 | web/web-1 | `r/web@sha256:0123456789ab` | `r/web@sha256:fedcba987654` | reverted | 3.4 s |"), "{md}");
-        assert!(md.contains("gh workflow run deploy.yml -f rollback-to=previous"), "{md}");
+        // A release that was reverted needs no rollback; a good one names the release to go back to.
+        assert!(!md.contains("gh workflow run"), "{md}");
+        let good = Report { outcome: "succeeded".into(), ..report() };
+        assert!(render(&good, Some(&link), "v1.4.1").contains("gh workflow run deploy.yml -f rollback-to=v1.4.1"));
         assert!(md.contains("```mermaid\ngantt\n  dateFormat x\n"), "{md}");
         assert!(md.contains("  section deployer@10.0.0.1 22 web-1\n  drain :100, 500\n  health :crit, 600, 3600\n"), "{md}");
     }
