@@ -104,6 +104,22 @@ mod tests {
         json!({"action": "opened", "number": 15, "pull_request": {"head": {"ref": "test-pr", "sha": "266574110acf203503badf966df2ea24b5d732d7", "repo": {"full_name": head, "fork": head != "docker/test-docker-action"}}, "base": {"ref": "master", "repo": {"full_name": "docker/test-docker-action", "fork": false}}}})
     }
 
+    /// The project's fixtures, in the shape GitHub sends (as docker/metadata-action recorded them from real runs).
+    #[test]
+    fn recorded_payloads() {
+        let load = |name: &str| -> Value {
+            let path = format!("{}/tests/fixtures/events/{name}.json", env!("CARGO_MANIFEST_DIR"));
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+        };
+        let none = Inputs::default();
+        assert_eq!(decide("push", &load("push_tag_v2"), &none), Ok(Trigger::Deploy { version: "v2".into() }));
+        assert_eq!(decide("release", &load("release_published"), &none), Ok(Trigger::Deploy { version: "v2".into() }));
+        assert_eq!(decide("workflow_dispatch", &load("workflow_dispatch_rollback"), &none), Ok(Trigger::Rollback { to: "previous".into() }));
+        let head = Some("266574110acf203503badf966df2ea24b5d732d7".to_string());
+        assert_eq!(decide("pull_request", &load("pull_request"), &none), Ok(Trigger::Check { version: None, head_sha: head.clone(), fork: false }));
+        assert_eq!(decide("pull_request", &load("pull_request_fork"), &none), Ok(Trigger::Check { version: None, head_sha: head, fork: true }));
+    }
+
     #[test]
     fn triggers() {
         let none = Inputs::default();

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use support::github::{Fault, FakeGitHub};
 use support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
@@ -25,44 +26,66 @@ fn config(app: &App, sb: &Sandbox) -> String {
 }
 
 struct ActionRun {
+    fork: bool,
     run: Run,
     outputs: String,
     summary: String,
 }
 
-fn action(app: &App, event: &str, payload: &str, inputs: &[(&str, &str)]) -> ActionRun {
+const TOKEN: &str = "ghs_faketoken0123456789abcdefghijklmnop";
+
+/// A fake GitHub for the repository of the fixtures, knowing the refs they name.
+fn github() -> FakeGitHub {
+    FakeGitHub::start("acme/shop", TOKEN, &["v1", "v2", "f3a1c0de5b7e4d2a9c8b6a5f4e3d2c1b0a998877"])
+}
+
+/// Runs `capstan action` as the runner runs a container action: the recorded
+/// environment of `tests/fixtures/events/<fixture>.env`, its payload in the
+/// event file, the secrets and `inputs` as INPUT_* variables, and the runner's
+/// files (outputs, summary) in the app's directory. `inputs` named `GITHUB_*`
+/// override the recorded environment instead.
+fn action(app: &App, gh: &FakeGitHub, fixture: &str, inputs: &[(&str, &str)]) -> ActionRun {
     let sb = sandbox();
     let dir = app.dir();
+    let fixtures = support::repo_root().join("tests/fixtures/events");
     let event_path = dir.join("event.json");
-    std::fs::write(&event_path, payload).unwrap();
+    std::fs::copy(fixtures.join(format!("{fixture}.json")), &event_path).unwrap();
     let (outputs, summary) = (dir.join("github_output"), dir.join("step_summary"));
     let _ = std::fs::remove_file(&outputs);
     let _ = std::fs::remove_file(&summary);
+    let mut env: HashMap<String, String> = std::fs::read_to_string(fixtures.join(format!("{fixture}.env")))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let key = std::fs::read_to_string(sb.identity_file()).unwrap();
     let known = std::fs::read_to_string(sb.known_hosts()).unwrap();
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("GITHUB_ACTIONS".into(), "true".into()),
-        ("GITHUB_EVENT_NAME".into(), event.into()),
-        ("GITHUB_EVENT_PATH".into(), event_path.display().to_string()),
+    env.extend([
+        ("GITHUB_EVENT_PATH".to_string(), event_path.display().to_string()),
         ("GITHUB_OUTPUT".into(), outputs.display().to_string()),
         ("GITHUB_STEP_SUMMARY".into(), summary.display().to_string()),
-        ("GITHUB_SERVER_URL".into(), "https://github.com".into()),
-        ("GITHUB_REPOSITORY".into(), "acme/shop".into()),
-        ("GITHUB_WORKFLOW_REF".into(), "acme/shop/.github/workflows/deploy.yml@refs/tags/v2".into()),
+        ("GITHUB_WORKSPACE".into(), dir.display().to_string()),
+        ("GITHUB_API_URL".into(), gh.url.clone()),
         ("INPUT_CONFIG".into(), dir.join("capstan.yml").display().to_string()),
-        ("INPUT_SSH-PRIVATE-KEY".into(), key),
         ("INPUT_SSH-KNOWN-HOSTS".into(), known),
-        ("INPUT_REGISTRY-PASSWORD".into(), sb.registry_password().into()),
-        ("INPUT_GITHUB-TOKEN".into(), "ghs_faketoken0123456789abcdefghijklmnop".into()),
+        ("INPUT_GITHUB-TOKEN".into(), TOKEN.into()),
     ]);
+    // A pull request from a fork gets no secrets.
+    if !fixture.ends_with("_fork") {
+        env.insert("INPUT_SSH-PRIVATE-KEY".into(), key);
+        env.insert("INPUT_REGISTRY-PASSWORD".into(), sb.registry_password().into());
+    }
+    // Inputs, and overrides of the recorded environment (`GITHUB_*`).
     for (k, v) in inputs {
-        env.insert(format!("INPUT_{}", k.to_uppercase()), v.to_string());
+        let name = if k.starts_with("GITHUB_") { k.to_string() } else { format!("INPUT_{}", k.to_uppercase()) };
+        env.insert(name, v.to_string());
     }
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"));
-    c.arg("action").current_dir(dir).env_remove("REGISTRY_PASSWORD").env_remove("GITHUB_REF").envs(&env);
+    c.arg("action").current_dir(dir).env_remove("REGISTRY_PASSWORD").envs(&env);
     let out = support::proc::run(&mut c, None, Duration::from_secs(600)).unwrap();
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    ActionRun { run: Run { status: out.status, stdout: out.stdout, stderr: out.stderr }, outputs: read(&outputs), summary: read(&summary) }
+    ActionRun { fork: fixture.ends_with("_fork"), run: Run { status: out.status, stdout: out.stdout, stderr: out.stderr }, outputs: read(&outputs), summary: read(&summary) }
 }
 
 /// `name<<DELIM\nvalue\nDELIM` entries of a GITHUB_OUTPUT file.
@@ -85,9 +108,15 @@ fn outputs(text: &str) -> HashMap<String, String> {
 
 /// Secrets appear only in the `::add-mask::` lines, which come before any other output.
 #[track_caller]
-fn secrets_masked_first(a: &ActionRun, sb: &Sandbox) {
+fn secrets_masked_first(a: &ActionRun, sb: &Sandbox, gh: &FakeGitHub) {
     let key_line = std::fs::read_to_string(sb.identity_file()).unwrap().lines().nth(1).unwrap().to_string();
-    let secrets = [sb.registry_password().to_string(), "ghs_faketoken0123456789abcdefghijklmnop".to_string(), key_line];
+    let secrets = [sb.registry_password().to_string(), TOKEN.to_string(), key_line];
+    for r in gh.requests() {
+        assert_eq!(r.authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()), "{} {}", r.method, r.path);
+        for s in &secrets {
+            assert!(!r.body.contains(s.as_str()) && !r.path.contains(s.as_str()) && !r.other_headers.contains(s.as_str()), "a secret sent to GitHub: {} {}", r.method, r.path);
+        }
+    }
     let mut seen_other = false;
     for line in a.run.stdout.lines() {
         if line.starts_with("::add-mask::") {
@@ -100,11 +129,19 @@ fn secrets_masked_first(a: &ActionRun, sb: &Sandbox) {
         }
     }
     for s in &secrets {
-        assert!(a.run.stdout.contains(&format!("::add-mask::{s}")), "{s} is masked");
+        // A fork's run is given only the token.
+        if s == TOKEN || !a.fork {
+            assert!(a.run.stdout.contains(&format!("::add-mask::{s}")), "{s} is masked");
+        }
         for (what, text) in [("stderr", &a.run.stderr), ("outputs", &a.outputs), ("summary", &a.summary)] {
             assert!(!text.contains(s.as_str()), "a secret in the {what}");
         }
     }
+}
+
+
+fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) -> Fault {
+    Fault { on: on.into(), status, retry_after, after_effect }
 }
 
 #[test]
@@ -112,11 +149,18 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     let sb = sandbox();
     let app = App::new(sb, "action", AppOptions::default());
     app.write_config(&config(&app, sb));
-    let push = r#"{"ref": "refs/tags/v2", "before": "0000000000000000000000000000000000000000", "after": "860c1904a1ce19322e91ac35af1ab07466440c37", "created": true, "deleted": false, "forced": false, "base_ref": null, "repository": {"full_name": "acme/shop", "fork": false}}"#;
-    let a = action(&app, "push", push, &[("environment-url", "https://shop.example.com")]);
+    let gh = github();
+    // GitHub has a bad minute: the deployment is made but the answer is a 502,
+    // then a secondary rate limit on the first status. Neither may cost a deploy
+    // or make a second deployment.
+    gh.fail_next(&[
+        fault("POST /repos/acme/shop/deployments", 502, None, true),
+        fault("/statuses", 429, Some(1), false),
+    ]);
+    let a = action(&app, &gh, "push_tag_v2", &[("environment-url", "https://shop.example.com")]);
     a.run.assert_success();
     assert_eq!(app.versions(), vec!["v2", "v2"]);
-    secrets_masked_first(&a, sb);
+    secrets_masked_first(&a, sb, &gh);
     let out = outputs(&a.outputs);
     assert_eq!(out["version"], "v2");
     assert_eq!(out["outcome"], "succeeded");
@@ -128,14 +172,118 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert!(a.summary.contains("gh workflow run deploy.yml -f rollback-to=previous"), "{}", a.summary);
     assert!(a.summary.contains("```mermaid\ngantt"), "{}", a.summary);
 
+    // GitHub: one deployment of the tag, in_progress then success, with this run's log and the environment's URL.
+    let deps = gh.deployments();
+    assert_eq!(deps.len(), 1, "the 502 after the deployment was made must not make a second one");
+    let first = &deps[0];
+    assert_eq!((first.git_ref.as_str(), first.environment.as_str(), first.production, first.task.as_str()), ("v2", "production", true, "deploy"));
+    assert_eq!(first.payload["version"], "v2");
+    assert_eq!(first.states(), ["in_progress", "success"]);
+    assert_eq!(out["deployment-id"], first.id.to_string());
+    let (_, desc, log_url, env_url) = &first.statuses[1];
+    assert_eq!(log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/2188815933"));
+    assert_eq!(env_url.as_deref(), Some("https://shop.example.com"));
+    assert!(desc.starts_with("v2 is live on 2 instance(s), 1 host(s)."), "{desc}");
+    assert!(desc.contains("gh workflow run deploy.yml -f rollback-to="), "{desc}");
+    let statuses_posted = gh.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/statuses")).count();
+    assert_eq!(statuses_posted, 3, "the rate-limited status is sent again");
+
     // workflow_dispatch with rollback-to (inputs arrive as strings).
-    let dispatch = r#"{"inputs": {"rollback-to": "previous", "dry-run": "false"}, "ref": "refs/heads/main", "repository": {"full_name": "acme/shop"}, "workflow": ".github/workflows/deploy.yml"}"#;
-    let a = action(&app, "workflow_dispatch", dispatch, &[]);
+    let a = action(&app, &gh, "workflow_dispatch_rollback", &[]);
     a.run.assert_success();
     assert_eq!(app.versions(), vec!["v1", "v1"]);
     assert_eq!(outputs(&a.outputs)["outcome"], "succeeded");
     assert!(a.summary.starts_with("## ✅ capstan rollback"), "{}", a.summary);
-    secrets_masked_first(&a, sb);
+    // The rollback names the release it replaced, from the hosts' log.
+    assert!(a.summary.contains("gh workflow run deploy.yml -f rollback-to=v2"), "{}", a.summary);
+    secrets_masked_first(&a, sb, &gh);
+    let deps = gh.deployments();
+    assert_eq!(deps.len(), 2);
+    let rollback = &deps[0];
+    assert_eq!((rollback.git_ref.as_str(), rollback.task.as_str()), ("f3a1c0de5b7e4d2a9c8b6a5f4e3d2c1b0a998877", "deploy:rollback"));
+    assert_eq!(rollback.states(), ["in_progress", "success"]);
+    assert!(rollback.statuses[1].1.starts_with("Rolled back to v1"), "{:?}", rollback.statuses[1]);
+    // GitHub retires only non-production deployments by itself: capstan retired the first.
+    assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+}
+
+#[test]
+fn a_missing_permission_stops_before_any_host_is_touched() {
+    let sb = sandbox();
+    let app = App::new(sb, "actiondeny", AppOptions::default());
+    app.write_config(&config(&app, sb));
+    let gh = github();
+    gh.deny("deployments");
+    let a = action(&app, &gh, "push_tag_v2", &[]);
+    a.run.assert_status(2);
+    assert!(a.run.stderr.contains("Resource not accessible by integration"), "{}", a.run);
+    assert!(a.run.stderr.contains("permissions: { deployments: write }"), "{}", a.run);
+    assert!(a.run.stderr.contains("nothing was changed on any host"), "{}", a.run);
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert_eq!(outputs(&a.outputs)["outcome"], "failed");
+    secrets_masked_first(&a, sb, &gh);
+
+    // GitHub down for good: the deploy goes on, and the failure to report is a warning.
+    let gh = FakeGitHub::start("acme/shop", TOKEN, &["v2"]);
+    gh.fail_next(&(0..5).map(|_| fault("POST /repos/acme/shop/deployments", 502, None, false)).collect::<Vec<_>>());
+    let a = action(&app, &gh, "push_tag_v2", &[]);
+    a.run.assert_success();
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    assert!(a.run.stderr.contains("GitHub did not create a deployment") && a.run.stderr.contains("goes on without a GitHub deployment"), "{}", a.run);
+    assert!(gh.deployments().is_empty());
+}
+
+#[test]
+fn pull_requests_get_a_check_run_with_the_plan() {
+    let sb = sandbox();
+    let app = App::new(sb, "actionpr", AppOptions::default());
+    app.write_config(&config(&app, sb));
+    let gh = github();
+    let head = "266574110acf203503badf966df2ea24b5d732d7";
+    // From a branch of the repository: the hosts are read and the plan says what each instance goes from and to.
+    let a = action(&app, &gh, "pull_request", &[("version", "v2")]);
+    a.run.assert_success();
+    secrets_masked_first(&a, sb, &gh);
+    assert_eq!(app.versions(), vec!["v1", "v1"], "a check changes nothing");
+    assert!(gh.deployments().is_empty(), "a check makes no deployment");
+    let runs = gh.check_runs();
+    assert_eq!(runs.len(), 1);
+    let run = &runs[0];
+    assert_eq!(run["head_sha"], head, "on the PR's head, not the merge commit in GITHUB_SHA");
+    assert_eq!((run["name"].as_str(), run["conclusion"].as_str()), (Some("capstan plan"), Some("success")));
+    let summary = run["output"]["summary"].as_str().unwrap();
+    for i in app.instances() {
+        // What runs now and what would, as the exact digests the hosts report and the registry resolves.
+        assert!(summary.contains(&format!("| web/{i} | `{}@sha256:", sb.image_repo())), "{summary}");
+    }
+    assert!(summary.contains("| replace |"), "{summary}");
+    assert_eq!(run["details_url"], "https://github.com/acme/shop/actions/runs/2188815933");
+
+    // From a fork: no secrets, so no host is contacted; the check still validates and plans, and says what it skipped.
+    let a = action(&app, &gh, "pull_request_fork", &[("version", "v2")]);
+    a.run.assert_success();
+    secrets_masked_first(&a, sb, &gh);
+    let runs = gh.check_runs();
+    let run = &runs[1];
+    assert_eq!(run["conclusion"], "success");
+    assert!(run["output"]["title"].as_str().unwrap().contains("skipped"), "{run}");
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with("> Skipped: the hosts: a pull request from a fork gets no secrets"), "{summary}");
+    assert!(summary.contains(&format!("| `? (host not contacted)` | `{}` | replace |", sb.image("v2"))), "{summary}");
+
+    // A config error: a failed check with an annotation on the line of the key.
+    app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
+    let a = action(&app, &gh, "pull_request", &[("version", "v2")]);
+    a.run.assert_status(2);
+    let runs = gh.check_runs();
+    let run = &runs[2];
+    assert_eq!(run["conclusion"], "failure");
+    let ann = &run["output"]["annotations"][0];
+    assert_eq!(ann["path"], "capstan.yml", "relative to the workspace");
+    assert_eq!(ann["annotation_level"], "failure");
+    assert!(ann["message"].as_str().unwrap().contains("services.web.health.timeout"), "{ann}");
+    let line = config(&app, sb).lines().position(|l| l.contains("timeout: 20s")).unwrap() as u64 + 1;
+    assert_eq!(ann["start_line"], line);
 }
 
 #[test]
@@ -143,15 +291,16 @@ fn unknown_events_and_config_errors_are_clear() {
     let sb = sandbox();
     let app = App::new(sb, "actionbad", AppOptions::default());
     app.write_config(&config(&app, sb));
-    let a = action(&app, "schedule", r#"{"schedule": "0 0 * * *"}"#, &[]);
+    let gh = github();
+    // An event capstan does not answer.
+    let a = action(&app, &gh, "push_tag_v2", &[("GITHUB_EVENT_NAME", "schedule")]);
     a.run.assert_status(2);
     assert!(a.run.stderr.contains("it deploys on a tag push or a published release"), "{}", a.run);
-    secrets_masked_first(&a, sb);
+    secrets_masked_first(&a, sb, &gh);
 
     // A config error becomes an annotation on its line.
     app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
-    let push = r#"{"ref": "refs/tags/v2"}"#;
-    let a = action(&app, "push", push, &[]);
+    let a = action(&app, &gh, "push_tag_v2", &[]);
     a.run.assert_status(2);
     let file = app.dir().join("capstan.yml");
     assert!(
@@ -160,4 +309,5 @@ fn unknown_events_and_config_errors_are_clear() {
         a.run
     );
     assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert!(gh.deployments().is_empty());
 }
