@@ -85,7 +85,8 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }));
+    let in_actions = env::var("GITHUB_ACTIONS").as_deref() == Some("true");
+    let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }).with_groups(in_actions && !cli.json));
     let command_name = match &cli.command {
         Command::Deploy(_) => "deploy",
         Command::Build(_) => "build",
@@ -158,6 +159,7 @@ async fn run(cli: Cli) -> i32 {
     let ctx = Ctx { config: &config, events: &sink, connector: &connector, cancel: &cancel };
     let result = dispatch(&ctx, &cli, &printer, &collector, setup.as_ref()).await;
     connector.close().await;
+    printer.end_group();
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -175,6 +177,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
         if cli.json {
             print_json(&out.report);
         }
+        printer.end_group();
         match out.error {
             None => exit::OK,
             Some(e) => {

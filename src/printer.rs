@@ -15,11 +15,41 @@ pub enum Verbosity {
 
 pub struct Printer {
     verbosity: Verbosity,
+    /// In GitHub Actions: the open `::group::` of the log, folded per host and service.
+    group: Option<std::sync::Mutex<Option<String>>>,
 }
 
 impl Printer {
     pub fn new(verbosity: Verbosity) -> Self {
-        Printer { verbosity }
+        Printer { verbosity, group: None }
+    }
+
+    /// Folds the log into `::group::` sections (one per host and service, one for the build), as GitHub Actions shows them.
+    pub fn with_groups(mut self, on: bool) -> Self {
+        self.group = on.then(|| std::sync::Mutex::new(None));
+        self
+    }
+
+    /// Opens the group `key` (closing the one open), or closes it with `None`.
+    fn enter(&self, key: Option<String>) {
+        let Some(g) = &self.group else { return };
+        let mut open = g.lock().unwrap_or_else(|e| e.into_inner());
+        if *open == key {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        if open.is_some() {
+            let _ = writeln!(err, "::endgroup::");
+        }
+        if let Some(k) = &key {
+            let _ = writeln!(err, "::group::{}", crate::workflow::escape_data(k));
+        }
+        *open = key;
+    }
+
+    /// Closes the open group, before the final lines.
+    pub fn end_group(&self) {
+        self.enter(None);
     }
 
     pub fn line(&self, text: &str) {
@@ -66,6 +96,15 @@ fn ms(d: u64) -> String {
 
 impl Sink for Printer {
     fn emit(&self, e: Event) {
+        match &e {
+            Event::Step(s) => self.enter(Some(format!("{} {}", s.host, s.service))),
+            Event::Instance { host, service, .. } => self.enter(Some(format!("{host} {service}"))),
+            Event::Gate(g) => self.enter(Some(format!("{} checks", g.host))),
+            Event::BuildOutput { .. } | Event::Built(_) => self.enter(Some("build".into())),
+            Event::Info { host: Some(_), .. } => {}
+            // Warnings and run-wide lines stay outside any fold.
+            Event::Info { host: None, .. } | Event::Warn { .. } => self.enter(None),
+        }
         match e {
             Event::Info { host, message } => match host {
                 Some(h) => self.line(&format!("{h}: {message}")),

@@ -171,6 +171,9 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert!(a.summary.contains(&format!("| {} | web/{} |", sb.ssh_host(), app.instances()[0])), "{}", a.summary);
     assert!(a.summary.contains("gh workflow run deploy.yml -f rollback-to=previous"), "{}", a.summary);
     assert!(a.summary.contains("```mermaid\ngantt"), "{}", a.summary);
+    // The log folds per host and service; every group is closed.
+    assert!(a.run.stderr.contains(&format!("::group::{} web\n", sb.ssh_host())), "{}", a.run);
+    assert_eq!(a.run.stderr.matches("::group::").count(), a.run.stderr.matches("::endgroup::").count(), "{}", a.run);
 
     // GitHub: one deployment of the tag, in_progress then success, with this run's log and the environment's URL.
     let deps = gh.deployments();
