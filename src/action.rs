@@ -75,8 +75,8 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         // The config names the variable the password is read from; the input fills it.
         std::env::set_var("CAPSTAN_REGISTRY_PASSWORD", pw);
     }
-    let event_name = env::var("GITHUB_EVENT_NAME").ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
-    let payload = match env::var("GITHUB_EVENT_PATH") {
+    let event_name = env::var(env::GITHUB_EVENT_NAME).ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
+    let payload = match env::var(env::GITHUB_EVENT_PATH) {
         Some(p) => {
             let text = std::fs::read_to_string(&p).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: {e}")))?;
             serde_json::from_str(&text).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: not JSON: {e}")))?
@@ -103,7 +103,7 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         environment: input("environment").unwrap_or_else(|| "production".into()),
         github,
         github_missing,
-        workspace: env::var("GITHUB_WORKSPACE").map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_default(),
+        workspace: env::var(env::GITHUB_WORKSPACE).map(PathBuf::from).or_else(|| std::env::current_dir().ok()).unwrap_or_default(),
         identity,
         known_hosts,
         _dir: dir,
@@ -158,10 +158,10 @@ impl Setup {
     /// Step outputs and the job summary, when the runner asked for them.
     pub fn finish(&self, report: &Report, deployment: Option<u64>) -> std::io::Result<()> {
         let report_path = std::env::temp_dir().join(format!("capstan-report-{}.json", std::process::id()));
-        let dir = env::var("RUNNER_TEMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = env::var(env::RUNNER_TEMP).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let report_path = if dir.is_dir() { dir.join("capstan-report.json") } else { report_path };
         std::fs::write(&report_path, serde_json::to_vec_pretty(report).unwrap_or_default())?;
-        if let Some(out) = env::var("GITHUB_OUTPUT") {
+        if let Some(out) = env::var(env::GITHUB_OUTPUT) {
             let mut text = String::new();
             text.push_str(&workflow::output_entry("version", report.version.as_deref().unwrap_or("")));
             text.push_str(&workflow::output_entry("outcome", &report.outcome));
@@ -170,7 +170,7 @@ impl Setup {
             text.push_str(&workflow::output_entry("report", &report_path.display().to_string()));
             workflow::append(std::path::Path::new(&out), &text)?;
         }
-        if let Some(path) = env::var("GITHUB_STEP_SUMMARY") {
+        if let Some(path) = env::var(env::GITHUB_STEP_SUMMARY) {
             let to = report.previous.as_deref().unwrap_or("previous");
             workflow::append(std::path::Path::new(&path), &summary::render(report, self.rollback_link().as_ref(), to))?;
         }

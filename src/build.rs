@@ -428,7 +428,7 @@ fn web_url(remote: &str) -> String {
 /// the same image (every step a cache hit, the same digest), so re-running a
 /// release job pushes nothing new.
 pub fn created(source: &Source) -> String {
-    let t = crate::env::var("SOURCE_DATE_EPOCH")
+    let t = crate::env::var(crate::env::SOURCE_DATE_EPOCH)
         .and_then(|s| s.parse::<i64>().ok())
         .or(source.commit_time)
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())

@@ -19,6 +19,19 @@ pub const GITHUB_RUN_ID: &str = "GITHUB_RUN_ID";
 pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
 /// The workflow file and ref (`acme/shop/.github/workflows/deploy.yml@refs/tags/v2`): the rollback link.
 pub const GITHUB_WORKFLOW_REF: &str = "GITHUB_WORKFLOW_REF";
+/// `true` inside GitHub Actions: the log is folded into `::group::` sections.
+pub const GITHUB_ACTIONS: &str = "GITHUB_ACTIONS";
+/// The event that started the run and its payload file: what `capstan action` does.
+pub const GITHUB_EVENT_NAME: &str = "GITHUB_EVENT_NAME";
+pub const GITHUB_EVENT_PATH: &str = "GITHUB_EVENT_PATH";
+/// The checkout: annotation paths are relative to it.
+pub const GITHUB_WORKSPACE: &str = "GITHUB_WORKSPACE";
+/// The runner's files for step outputs and the job summary, and its temp dir (the report).
+pub const GITHUB_OUTPUT: &str = "GITHUB_OUTPUT";
+pub const GITHUB_STEP_SUMMARY: &str = "GITHUB_STEP_SUMMARY";
+pub const RUNNER_TEMP: &str = "RUNNER_TEMP";
+/// The `created` label of a build, for reproducible images.
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 /// Diagnostics filter for `tracing` (`-v` sets `debug`).
 pub const CAPSTAN_LOG: &str = "CAPSTAN_LOG";
 

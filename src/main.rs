@@ -85,7 +85,7 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let in_actions = env::var("GITHUB_ACTIONS").as_deref() == Some("true");
+    let in_actions = env::var(env::GITHUB_ACTIONS).as_deref() == Some("true");
     let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }).with_groups(in_actions && !cli.json));
     let command_name = match &cli.command {
         Command::Deploy(_) => "deploy",
