@@ -208,6 +208,16 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert!(rollback.statuses[1].1.starts_with("Rolled back to v1"), "{:?}", rollback.statuses[1]);
     // GitHub retires only non-production deployments by itself: capstan retired the first.
     assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+
+    // A published release deploys its tag, and retires the rollback's deployment.
+    let a = action(&app, &gh, "release_published", &[]);
+    a.run.assert_success();
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    let deps = gh.deployments();
+    assert_eq!(deps.len(), 3);
+    assert_eq!((deps[0].git_ref.as_str(), deps[0].states()), ("v2", vec!["in_progress".to_string(), "success".into()]));
+    assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+    secrets_masked_first(&a, sb, &gh);
 }
 
 #[test]
@@ -234,6 +244,18 @@ fn a_missing_permission_stops_before_any_host_is_touched() {
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     assert!(a.run.stderr.contains("GitHub did not create a deployment") && a.run.stderr.contains("goes on without a GitHub deployment"), "{}", a.run);
     assert!(gh.deployments().is_empty());
+
+    // A bad release: reverted, and the deployment's failure says what was reverted.
+    let gh = FakeGitHub::start("acme/shop", TOKEN, &["broken"]);
+    let a = action(&app, &gh, "push_tag_v2", &[("version", "broken")]);
+    a.run.assert_status(1);
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    let deps = gh.deployments();
+    assert_eq!(deps[0].states(), ["in_progress", "failure"]);
+    let desc = &deps[0].statuses[1].1;
+    assert!(desc.starts_with(&format!("broken failed, reverted {} to what they ran", app.instances()[0])), "{desc}");
+    assert!(desc.chars().count() <= 140);
+    assert_eq!(outputs(&a.outputs)["outcome"], "rolled_back");
 }
 
 #[test]
