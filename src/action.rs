@@ -83,6 +83,14 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         }
         None => serde_json::Value::Null,
     };
+    // The image's `created` label from the pushed commit's time: reproducible builds
+    // without git in the action's image (or a workspace git refuses as not owned).
+    if env::var(env::SOURCE_DATE_EPOCH).is_none() {
+        let committed = payload.pointer("/head_commit/timestamp").and_then(serde_json::Value::as_str);
+        if let Some(t) = committed.and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()) {
+            std::env::set_var(env::SOURCE_DATE_EPOCH, t.unix_timestamp().to_string());
+        }
+    }
     let inputs = event::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
     let trigger = event::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
     let (github, github_missing) = match (input("github-token"), env::var(env::GITHUB_REPOSITORY)) {
