@@ -18,6 +18,8 @@ mod event;
 mod events;
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fuzz;
 mod github;
 mod gates;
 mod host;
