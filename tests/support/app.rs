@@ -37,11 +37,13 @@ pub struct AppOptions {
     pub start_delay_ms: u64,
     /// Image tag the containers start from (default "v1"; must be in the local engine).
     pub version: String,
+    /// Extra `NAME=value` environment of every container (the app's own secrets, say).
+    pub env: Vec<String>,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
-        AppOptions { instances: 2, start_delay_ms: 300, version: "v1".into() }
+        AppOptions { instances: 2, start_delay_ms: 300, version: "v1".into(), env: vec![] }
     }
 }
 
@@ -134,7 +136,7 @@ impl App {
         let image = sandbox.image(&opts.version);
         let mut ports = Vec::new();
         for instance in app.instances.clone() {
-            ports.push(app.run_instance(&instance, &image, opts.start_delay_ms, &owner));
+            ports.push(app.run_instance(&instance, &image, opts.start_delay_ms, &owner, &opts.env));
         }
         for (instance, port) in app.instances.iter().zip(&ports) {
             let url = format!("http://127.0.0.1:{port}/health");
@@ -154,7 +156,7 @@ impl App {
     }
 
     /// `docker run -d` one instance; retried on another port if the port was taken.
-    fn run_instance(&self, instance: &str, image: &str, delay_ms: u64, owner: &str) -> u16 {
+    fn run_instance(&self, instance: &str, image: &str, delay_ms: u64, owner: &str, env: &[String]) -> u16 {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -162,12 +164,16 @@ impl App {
             let delay = format!("DEMO_START_DELAY_MS={delay_ms}");
             let label = format!("capstan.test={}", self.name);
             let network = format!("{}-net", self.name);
+            let mut args = vec![
+                "run", "-d", "--name", instance, "--restart", "unless-stopped", "-p", &publish, "-e", &delay, "-e",
+                "APP_SETTING=kept", "--label", &label, "--label", owner, "--network", &network, "--network-alias", "web",
+            ];
+            for e in env {
+                args.extend(["-e", e.as_str()]);
+            }
+            args.push(image);
             let out = run(
-                &mut self.docker(&[
-                    "run", "-d", "--name", instance, "--restart", "unless-stopped", "-p", &publish, "-e", &delay, "-e",
-                    "APP_SETTING=kept", "--label", &label, "--label", owner, "--network", &network,
-                    "--network-alias", "web", image,
-                ]),
+                &mut self.docker(&args),
                 None,
                 DOCKER_TIMEOUT,
             )
