@@ -165,9 +165,7 @@ impl Setup {
 
     /// Step outputs and the job summary, when the runner asked for them.
     pub fn finish(&self, report: &Report, deployment: Option<u64>) -> std::io::Result<()> {
-        let report_path = std::env::temp_dir().join(format!("capstan-report-{}.json", std::process::id()));
-        let dir = env::var(env::RUNNER_TEMP).map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-        let report_path = if dir.is_dir() { dir.join("capstan-report.json") } else { report_path };
+        let (report_path, report_output) = report_location();
         std::fs::write(&report_path, serde_json::to_vec_pretty(report).unwrap_or_default())?;
         if let Some(out) = env::var(env::GITHUB_OUTPUT) {
             let mut text = String::new();
@@ -175,7 +173,7 @@ impl Setup {
             text.push_str(&workflow::output_entry("outcome", &report.outcome));
             text.push_str(&workflow::output_entry("deployment-id", &deployment.map(|d| d.to_string()).unwrap_or_default()));
             text.push_str(&workflow::output_entry("environment-url", self.environment_url.as_deref().unwrap_or("")));
-            text.push_str(&workflow::output_entry("report", &report_path.display().to_string()));
+            text.push_str(&workflow::output_entry("report", &report_output));
             workflow::append(std::path::Path::new(&out), &text)?;
         }
         if let Some(path) = env::var(env::GITHUB_STEP_SUMMARY) {
@@ -183,6 +181,24 @@ impl Setup {
             workflow::append(std::path::Path::new(&path), &summary::render(report, self.rollback_link().as_ref(), to))?;
         }
         Ok(())
+    }
+}
+
+/// Where the JSON report is written, and its path as later steps see it.
+/// A container action does not see `RUNNER_TEMP`, but the runner mounts
+/// `$RUNNER_TEMP/_github_home` at `/github/home`: the report goes there.
+fn report_location() -> (PathBuf, String) {
+    let name = "capstan-report.json";
+    let temp = env::var(env::RUNNER_TEMP).map(PathBuf::from);
+    match temp {
+        Some(t) if t.is_dir() => (t.join(name), t.join(name).display().to_string()),
+        Some(t) if std::path::Path::new("/github/home").is_dir() => {
+            (PathBuf::from("/github/home").join(name), t.join("_github_home").join(name).display().to_string())
+        }
+        _ => {
+            let p = std::env::temp_dir().join(format!("capstan-report-{}.json", std::process::id()));
+            (p.clone(), p.display().to_string())
+        }
     }
 }
 
