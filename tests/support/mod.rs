@@ -11,6 +11,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod app;
+pub mod base_image;
 pub mod github;
 pub mod http;
 mod load;
