@@ -43,9 +43,7 @@ fn forget_new_images(sb: &Sandbox) {
 }
 
 fn config(app: &App) -> String {
-    app.default_config()
-        .replace("pause: 500ms", &format!("pause: {PAUSE_MS}ms"))
-        .replace("wait: 300ms", &format!("wait: {DRAIN_WAIT_MS}ms"))
+    app.default_config().replace("pause: 500ms", &format!("pause: {PAUSE_MS}ms")).replace("wait: 300ms", &format!("wait: {DRAIN_WAIT_MS}ms"))
 }
 
 fn capstan_run(sb: &Sandbox) -> Sample {
@@ -107,10 +105,22 @@ fn old_way_run(sb: &Sandbox) -> Sample {
         docker(
             sb,
             &[
-                "run", "-d", "--name", &name, "--restart", "unless-stopped",
-                "-p", &format!("127.0.0.1:{port}:8080"),
-                "-e", "DEMO_START_DELAY_MS=300", "-e", "APP_SETTING=kept",
-                "--network", &format!("{}-net", app.name()), "--network-alias", "web",
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "--restart",
+                "unless-stopped",
+                "-p",
+                &format!("127.0.0.1:{port}:8080"),
+                "-e",
+                "DEMO_START_DELAY_MS=300",
+                "-e",
+                "APP_SETTING=kept",
+                "--network",
+                &format!("{}-net", app.name()),
+                "--network-alias",
+                "web",
                 &sb.image("v2"),
             ],
         );
@@ -145,8 +155,15 @@ fn main() {
         let (c, o) = (&capstan[i], &old[i]);
         eprintln!(
             "run {}: capstan {} ms (beyond waits {} ms, failed {}/{}), old way {} ms (beyond waits {} ms, failed {}/{})",
-            i + 1, c.wall_ms, c.wall_ms.saturating_sub(c.unavoidable_ms), c.failed, c.sent,
-            o.wall_ms, o.wall_ms.saturating_sub(o.unavoidable_ms), o.failed, o.sent
+            i + 1,
+            c.wall_ms,
+            c.wall_ms.saturating_sub(c.unavoidable_ms),
+            c.failed,
+            c.sent,
+            o.wall_ms,
+            o.wall_ms.saturating_sub(o.unavoidable_ms),
+            o.failed,
+            o.sent
         );
     }
     let row = |name: &str, s: &[Sample]| {
@@ -154,7 +171,12 @@ fn main() {
         let beyond = median(s.iter().map(|x| x.wall_ms.saturating_sub(x.unavoidable_ms)).collect());
         let failed: u64 = s.iter().map(|x| x.failed).sum();
         let sent: u64 = s.iter().map(|x| x.sent).sum();
-        println!("| {name} | {:.1} s | {:.1} s | {failed} of {sent} ({:.1}%) |", wall as f64 / 1000.0, beyond as f64 / 1000.0, 100.0 * failed as f64 / sent.max(1) as f64);
+        println!(
+            "| {name} | {:.1} s | {:.1} s | {failed} of {sent} ({:.1}%) |",
+            wall as f64 / 1000.0,
+            beyond as f64 / 1000.0,
+            100.0 * failed as f64 / sent.max(1) as f64
+        );
         (wall, failed)
     };
     println!("2 instances, {RPS} req/s through nginx, pause {PAUSE_MS}ms, {runs} runs each (medians; failed requests summed)\n");

@@ -75,7 +75,8 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         // The config names the variable the password is read from; the input fills it.
         std::env::set_var("CAPSTAN_REGISTRY_PASSWORD", pw);
     }
-    let event_name = env::var(env::GITHUB_EVENT_NAME).ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
+    let event_name =
+        env::var(env::GITHUB_EVENT_NAME).ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
     let payload = match env::var(env::GITHUB_EVENT_PATH) {
         Some(p) => {
             let text = std::fs::read_to_string(&p).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: {e}")))?;

@@ -195,10 +195,7 @@ impl Builder<'_> {
         }
 
         // 2. Build everything; push nothing unless every build succeeded.
-        let results: Vec<Result<Built, Error>> = stream::iter(plans.iter().map(|(svc, p)| self.build_one(svc, p)))
-            .buffered(self.jobs.max(1))
-            .collect()
-            .await;
+        let results: Vec<Result<Built, Error>> = stream::iter(plans.iter().map(|(svc, p)| self.build_one(svc, p))).buffered(self.jobs.max(1)).collect().await;
         let mut built = Vec::new();
         let mut failures = Vec::new();
         for r in results {
@@ -218,8 +215,7 @@ impl Builder<'_> {
         }
 
         // 3. Push: the release's own tag first (its digest is what deploys run), then the rest.
-        let pushed: Vec<Result<Built, Error>> =
-            stream::iter(built.into_iter().map(|b| self.push_one(b))).buffered(self.jobs.max(1)).collect().await;
+        let pushed: Vec<Result<Built, Error>> = stream::iter(built.into_iter().map(|b| self.push_one(b))).buffered(self.jobs.max(1)).collect().await;
         let mut out = Vec::new();
         for r in pushed {
             let b = r?;
@@ -239,9 +235,9 @@ impl Builder<'_> {
         let packed = tokio::task::spawn_blocking(move || {
             crate::context::pack(&context, &dockerfile, &|text| fold.as_ref().and_then(|l| crate::dockerfile::fold_labels(text, l)))
         })
-            .await
-            .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
-            .map_err(|e| Error::input(format!("{}: {}", key(e.key), e.message)))?;
+        .await
+        .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
+        .map_err(|e| Error::input(format!("{}: {}", key(e.key), e.message)))?;
         // An engine without this repository's images (a fresh CI runner) takes its cache from the previous release.
         let mut cache_from = Vec::new();
         let cache = if self.images.has_any(&p.repo).await {
@@ -260,13 +256,7 @@ impl Builder<'_> {
         } else {
             "none".into()
         };
-        self.info(format!(
-            "{}: building {} ({} files, {} KiB of context, cache: {cache})",
-            svc.name,
-            p.tags.tags[0],
-            packed.files,
-            packed.tar.len() / 1024
-        ));
+        self.info(format!("{}: building {} ({} files, {} KiB of context, cache: {cache})", svc.name, p.tags.tags[0], packed.files, packed.tar.len() / 1024));
         let exact = release::tag_ref(&p.repo, &p.tags.tags[0]);
         let service = svc.name.clone();
         let events = self.events;
@@ -316,11 +306,7 @@ impl Builder<'_> {
                 format!("services.{svc}: registry {} refused the push of {image}:{tag}: {m}", self.registry_name(&image)),
                 "check registry.username and the variable named by registry.password_env; the token needs push (write:packages on ghcr.io)",
             ),
-            PushFailure::Other(m) => Error::Unreachable {
-                host: self.registry_name(&image),
-                message: format!("push of {image}:{tag} failed: {m}"),
-                hint: None,
-            },
+            PushFailure::Other(m) => Error::Unreachable { host: self.registry_name(&image), message: format!("push of {image}:{tag} failed: {m}"), hint: None },
         };
         // An image this engine already pushed, whose tag the registry still has at the same
         // digest (a rebuild of an unchanged commit), is not pushed again.
@@ -353,7 +339,12 @@ impl Builder<'_> {
             }
         }
         b.push_ms = Some(t0.elapsed().as_millis() as u64);
-        self.info(format!("{svc}: pushed {} ({} tags) in {:.1}s", crate::printer::short(&release::digest_ref(&b.image, &digest)), b.tags.len(), t0.elapsed().as_secs_f64()));
+        self.info(format!(
+            "{svc}: pushed {} ({} tags) in {:.1}s",
+            crate::printer::short(&release::digest_ref(&b.image, &digest)),
+            b.tags.len(),
+            t0.elapsed().as_secs_f64()
+        ));
         b.digest = Some(digest);
         Ok(b)
     }

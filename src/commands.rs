@@ -19,11 +19,11 @@ use crate::config::{Config, HostAddr, Service};
 use crate::env;
 use crate::error::{Error, Secret};
 use crate::events::{Event, Sink};
+use crate::gates;
 use crate::host::{Credentials, EngineError, Host};
 use crate::plan::{self, HostPlan, Observed, Plan};
 use crate::release::{self, RollbackTo};
 use crate::report::{Collector, Report};
-use crate::gates;
 use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout, Safety};
 use crate::state::{self, Lease, Record, RecordInstance, StateError};
 
@@ -47,9 +47,11 @@ impl SshConnector {
 #[async_trait]
 impl Connector for SshConnector {
     async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error> {
-        let (host, ssh) = crate::ssh::connect(addr, &config.ssh, &config.docker_socket)
-            .await
-            .map_err(|e| Error::Unreachable { host: addr.to_string(), message: e.message, hint: e.hint })?;
+        let (host, ssh) = crate::ssh::connect(addr, &config.ssh, &config.docker_socket).await.map_err(|e| Error::Unreachable {
+            host: addr.to_string(),
+            message: e.message,
+            hint: e.hint,
+        })?;
         self.open.lock().await.push(ssh);
         Ok(host)
     }
@@ -98,13 +100,7 @@ impl Ctx<'_> {
                 return Err(Error::input(format!("--host {n}: not a host of {}", self.config.file.display())));
             }
         }
-        Ok(self
-            .config
-            .hosts
-            .iter()
-            .filter(|h| names.is_empty() || names.iter().any(|n| *n == h.to_string() || *n == h.host))
-            .cloned()
-            .collect())
+        Ok(self.config.hosts.iter().filter(|h| names.is_empty() || names.iter().any(|n| *n == h.to_string() || *n == h.host)).cloned().collect())
     }
 
     /// Registry credentials from the environment, when the config names a registry.
@@ -176,7 +172,16 @@ async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &Observed) -
         StateError::Held(l) => locked(&h.name, l),
         StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
     })?;
-    let r = Rollout { host: h, events: ctx.events, creds: None, t0: Instant::now(), lease: None, cancel: ctx.cancel, drainer: Default::default(), safety: Safety::default() };
+    let r = Rollout {
+        host: h,
+        events: ctx.events,
+        creds: None,
+        t0: Instant::now(),
+        lease: None,
+        cancel: ctx.cancel,
+        drainer: Default::default(),
+        safety: Safety::default(),
+    };
     let mut instances = Vec::new();
     let mut failed = Vec::new();
     for (svc, name) in &leftovers {
@@ -220,16 +225,19 @@ async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Crede
     let reference = release::tag_ref(&svc.image, version);
     match host.engine.registry_digest(&reference, creds).await {
         Ok(d) if d.starts_with("sha256:") => Ok(release::digest_ref(&svc.image, &d)),
-        Ok(d) => Err(Error::Unreachable { host: host.name.clone(), message: format!("{reference}: the registry answered an unexpected digest {d:?}"), hint: None }),
+        Ok(d) => {
+            Err(Error::Unreachable { host: host.name.clone(), message: format!("{reference}: the registry answered an unexpected digest {d:?}"), hint: None })
+        }
         Err(EngineError::NotFound(m)) => Err(Error::input_hint(
             format!("services.{}: image {reference} does not exist: {m}", svc.name),
             "build and push it first (capstan build --push), or check --version",
         )),
-        Err(EngineError::Auth(m)) => Err(Error::input_hint(
-            format!("services.{}: {m}", svc.name),
-            "check registry.username and the variable named by registry.password_env",
-        )),
-        Err(EngineError::Other(m)) => Err(Error::Unreachable { host: host.name.clone(), message: format!("cannot ask the registry about {reference}: {m}"), hint: None }),
+        Err(EngineError::Auth(m)) => {
+            Err(Error::input_hint(format!("services.{}: {m}", svc.name), "check registry.username and the variable named by registry.password_env"))
+        }
+        Err(EngineError::Other(m)) => {
+            Err(Error::Unreachable { host: host.name.clone(), message: format!("cannot ask the registry about {reference}: {m}"), hint: None })
+        }
     }
 }
 
@@ -261,8 +269,13 @@ async fn resolve_release(
 /// What a deploy or a rollback asks for.
 pub enum Want {
     /// `pinned`: per service, the image this run built and pushed (its digest reference).
-    Deploy { version: String, pinned: HashMap<String, String> },
-    Rollback { to: RollbackTo },
+    Deploy {
+        version: String,
+        pinned: HashMap<String, String>,
+    },
+    Rollback {
+        to: RollbackTo,
+    },
 }
 
 struct Roll<'a> {
@@ -276,6 +289,9 @@ struct Roll<'a> {
 }
 
 /// Connects, observes, resolves and plans. Changes nothing.
+/// Per (service, instance): the exact image it must run.
+type Images = HashMap<(String, String), String>;
+
 async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>, dry_run: bool) -> Result<Roll<'a>, Error> {
     let services = ctx.services(&targets.services)?;
     let addrs = ctx.hosts(&targets.hosts)?;
@@ -291,12 +307,16 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     // A deploy in progress explains whatever half-done state the hosts are in: say so first.
     let now = OffsetDateTime::now_utc();
     for h in &hosts {
-        let lease = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir)
-            .await
-            .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+        let lease = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| Error::Unreachable {
+            host: h.name.clone(),
+            message: e.to_string(),
+            hint: None,
+        })?;
         match lease {
             Some(l) if !l.expired(now) && !dry_run => return Err(locked(&h.name, l)),
-            Some(l) if !l.expired(now) => ctx.warn(Some(&h.name), format!("deploy lock held by {} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at))),
+            Some(l) if !l.expired(now) => {
+                ctx.warn(Some(&h.name), format!("deploy lock held by {} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at)))
+            }
             _ => {}
         }
     }
@@ -308,7 +328,7 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
         }
         observed.push(o);
     }
-    let (command, version, per_host): (&str, Option<String>, Vec<HashMap<(String, String), String>>) = match want {
+    let (command, version, per_host): (&str, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
             let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
             ("deploy", Some(version.clone()), vec![images; hosts.len()])
@@ -319,9 +339,11 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
             // Asked of the registry once, for every host whose log does not know the version.
             let mut from_registry = None;
             for h in &hosts {
-                let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir)
-                    .await
-                    .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+                let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| Error::Unreachable {
+                    host: h.name.clone(),
+                    message: e.to_string(),
+                    hint: None,
+                })?;
                 let target = release::rollback_target(&records, to).map_err(|e| Error::input(format!("{}: {e}", h.name)))?;
                 let target = match (target, to) {
                     (Some(t), _) => t,
@@ -414,7 +436,9 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         let services = &roll.services;
         let checks = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| async move {
             let lock = match state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await {
-                Ok(Some(l)) if !l.expired(OffsetDateTime::now_utc()) => gates::LockSeen::Held(format!("{} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at))),
+                Ok(Some(l)) if !l.expired(OffsetDateTime::now_utc()) => {
+                    gates::LockSeen::Held(format!("{} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at)))
+                }
                 _ => gates::LockSeen::Free,
             };
             gates::preflight(ctx.config, h, services, hp, lock, deploying, opts.force).await
@@ -470,9 +494,11 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
 
     let started_at = OffsetDateTime::now_utc();
     // Under the lock, before any change: every preflight check on every host, reported together.
-    let checks = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| {
-        gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, deploying, opts.force)
-    });
+    let checks = roll
+        .hosts
+        .iter()
+        .zip(&roll.plan.hosts)
+        .map(|(h, hp)| gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, deploying, opts.force));
     let failed = emit_gates(ctx, join_all(checks).await);
     if !failed.is_empty() {
         return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("preflight", &failed)).await);
@@ -691,12 +717,16 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
         for svc in &services {
             for name in &svc.instances {
                 let st = match obs.containers.get(name) {
-                    None => InstanceStatus { service: svc.name.clone(), name: name.clone(), state: "missing".into(), image: None, version: None, healthy: None },
+                    None => {
+                        InstanceStatus { service: svc.name.clone(), name: name.clone(), state: "missing".into(), image: None, version: None, healthy: None }
+                    }
                     Some((c, img)) => {
                         let digests = img.as_ref().map(|i| i.repo_digests.clone()).unwrap_or_default();
                         let image = release::best_reference(&svc.image, &digests, &c.image_id);
-                        let version = release::version_of_image(&records, &image)
-                            .or_else(|| img.as_ref().and_then(|i| i.repo_tags.iter().find(|t| release::repo_of(t) == svc.image).and_then(|t| release::tag_of(t).map(String::from))));
+                        let version = release::version_of_image(&records, &image).or_else(|| {
+                            img.as_ref()
+                                .and_then(|i| i.repo_tags.iter().find(|t| release::repo_of(t) == svc.image).and_then(|t| release::tag_of(t).map(String::from)))
+                        });
                         let healthy = match (&svc.health.http, c.running) {
                             (_, false) => Some(false),
                             (Some(http), true) => {
@@ -772,9 +802,11 @@ pub async fn history(ctx: &Ctx<'_>, targets: &Targets, limit: usize) -> Result<H
     let hosts = ctx.connect_all(&ctx.hosts(&targets.hosts)?).await?;
     let mut out = Vec::new();
     for h in &hosts {
-        let (mut records, bad) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir)
-            .await
-            .map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+        let (mut records, bad) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| Error::Unreachable {
+            host: h.name.clone(),
+            message: e.to_string(),
+            hint: None,
+        })?;
         if !targets.services.is_empty() {
             records.retain(|r| r.instances.iter().any(|i| targets.services.contains(&i.service)));
         }
@@ -838,7 +870,14 @@ pub async fn lock(ctx: &Ctx<'_>, targets: &Targets, release: Option<bool>) -> Re
             (Some(false), Some(l)) if l.expired(now) => state::release(h.shell.as_ref(), dir, &l.id).await.map_err(err)?,
             (Some(false), Some(l)) => {
                 return Err(Error::input_hint(
-                    format!("{}: the lock is held by {} ({}) since {} and its lease runs until {}", h.name, l.holder, l.command, fmt_time(l.acquired_at), fmt_time(l.expires_at)),
+                    format!(
+                        "{}: the lock is held by {} ({}) since {} and its lease runs until {}",
+                        h.name,
+                        l.holder,
+                        l.command,
+                        fmt_time(l.acquired_at),
+                        fmt_time(l.expires_at)
+                    ),
                     "if that deploy is dead, release it with `capstan lock release --force`",
                 ))
             }
@@ -934,10 +973,7 @@ mod tests {
         let w = world("  worker:\n    image: r/worker\n    instances: [worker-1]\n");
         w.fake.add_container("worker-1", "r/worker@sha256:w1", 8090);
         let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
-        assert!(
-            events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))),
-            "{events:?}"
-        );
+        assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))), "{events:?}");
         assert!(!events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.web"))));
     }
 }

@@ -602,11 +602,7 @@ impl Validator {
             identity_file: raw.ssh.identity_file.as_deref().map(|p| resolve_path(base, p)),
             known_hosts: raw.ssh.known_hosts.as_deref().map(|p| resolve_path(base, p)),
             config_file: raw.ssh.config.as_deref().map(|p| resolve_path(base, p)),
-            connect_timeout: self.duration(
-                "ssh.connect_timeout",
-                raw.ssh.connect_timeout.as_deref(),
-                Duration::from_secs(15),
-            ),
+            connect_timeout: self.duration("ssh.connect_timeout", raw.ssh.connect_timeout.as_deref(), Duration::from_secs(15)),
         };
         let registry = raw.registry.map(|r| {
             if r.server.trim().is_empty() || r.server.contains(char::is_whitespace) || r.server.contains('/') {
@@ -618,7 +614,10 @@ impl Validator {
             if !names::is_env_name(&r.password_env) {
                 self.issue(
                     "registry.password_env",
-                    format!("expected the NAME of an environment variable that holds the password (like REGISTRY_TOKEN), got {:?}; secrets never go in the file", r.password_env),
+                    format!(
+                        "expected the NAME of an environment variable that holds the password (like REGISTRY_TOKEN), got {:?}; secrets never go in the file",
+                        r.password_env
+                    ),
                 );
             }
             Registry { server: r.server, username: r.username, password_env: r.password_env }
@@ -717,7 +716,10 @@ impl Validator {
         }
         let backup = p.backup.map(|b| {
             if !b.path.starts_with('/') || b.path.contains('\n') {
-                self.issue("preflight.backup.path", format!("expected an absolute path or glob on the host, like /var/backups/shop/*.sql.gz, got {:?}", b.path));
+                self.issue(
+                    "preflight.backup.path",
+                    format!("expected an absolute path or glob on the host, like /var/backups/shop/*.sql.gz, got {:?}", b.path),
+                );
             }
             let max_age = self.duration("preflight.backup.max_age", Some(&b.max_age), Duration::from_secs(86400));
             BackupCheck { path: b.path, max_age }
@@ -787,10 +789,7 @@ impl Validator {
                 for (i, t) in list.iter().enumerate() {
                     match crate::tags::TagKind::parse(t) {
                         Some(k) => kinds.push(k),
-                        None => self.issue(
-                            format!("{p}.tags[{i}]"),
-                            format!("unknown tag kind {t:?}: expected version, minor, major, latest or sha"),
-                        ),
+                        None => self.issue(format!("{p}.tags[{i}]"), format!("unknown tag kind {t:?}: expected version, minor, major, latest or sha")),
                     }
                 }
                 kinds

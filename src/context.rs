@@ -53,8 +53,7 @@ pub fn pack(context: &Path, dockerfile: &Path, rewrite: &dyn Fn(&str) -> Option<
         Err(e) => return Err(err("context", format!("cannot read {}: {e}", ignore_file.display()))),
     };
     let rules = match &ignore_text {
-        Some(text) => Rules::parse(text)
-            .map_err(|b| err("context", format!("{}:{}: {}", ignore_file.display(), b.line, b.message)))?,
+        Some(text) => Rules::parse(text).map_err(|b| err("context", format!("{}:{}: {}", ignore_file.display(), b.line, b.message)))?,
         None => Rules::default(),
     };
     let original = fs::read(dockerfile).map_err(|e| err("dockerfile", format!("cannot read {}: {e}", dockerfile.display())))?;
@@ -71,12 +70,12 @@ pub fn pack(context: &Path, dockerfile: &Path, rewrite: &dyn Fn(&str) -> Option<
     let mut files = 0;
     let prune = !rules.has_exceptions();
     let walker = walkdir::WalkDir::new(&canon_ctx).follow_links(false).sort_by_file_name().min_depth(1).into_iter();
-    let mut it = walker.filter_entry(|e| {
+    let it = walker.filter_entry(|e| {
         // With no exceptions, nothing under an excluded directory can come back: do not walk it.
         let rel = e.path().strip_prefix(&canon_ctx).map(slash_path).unwrap_or_default();
         !(prune && e.file_type().is_dir() && rules.excludes(&rel) && !keep.iter().any(|k| k.starts_with(&format!("{rel}/"))))
     });
-    while let Some(entry) = it.next() {
+    for entry in it {
         let entry = entry.map_err(|e| err("context", format!("cannot read the context: {e}")))?;
         let rel = slash_path(entry.path().strip_prefix(&canon_ctx).unwrap_or(entry.path()));
         if rules.excludes(&rel) && !keep.contains(&rel) {
@@ -172,10 +171,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", ctx.join("link")).unwrap();
         let c = pack(ctx, &ctx.join("Dockerfile"), &|_| None).unwrap();
         assert_eq!(c.dockerfile, "Dockerfile");
-        assert_eq!(
-            names(&c.tar),
-            vec![".dockerignore", "Dockerfile", "app.bin", "link", "secrets/public.pem", "sub/", "sub/debug.log"]
-        );
+        assert_eq!(names(&c.tar), vec![".dockerignore", "Dockerfile", "app.bin", "link", "secrets/public.pem", "sub/", "sub/debug.log"]);
         // The link is a link, not the file it points to.
         let mut a = tar::Archive::new(c.tar.as_slice());
         let link = a.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().to_str() == Some("link")).unwrap();

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use bollard::auth::DockerCredentials;
 use bollard::models::{ContainerCreateBody, ContainerInspectResponse, EndpointSettings, ImageInspect, NetworkingConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StatsOptionsBuilder, TagImageOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StatsOptionsBuilder, TagImageOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -142,11 +142,7 @@ impl Engine for DockerEngine {
     async fn container_names(&self) -> Result<Vec<String>, EngineError> {
         let opts = ListContainersOptionsBuilder::new().all(true).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(|e| other("list containers", e))?;
-        Ok(list
-            .into_iter()
-            .flat_map(|c| c.names.unwrap_or_default())
-            .map(|n| n.trim_start_matches('/').to_string())
-            .collect())
+        Ok(list.into_iter().flat_map(|c| c.names.unwrap_or_default()).map(|n| n.trim_start_matches('/').to_string()).collect())
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
@@ -217,11 +213,7 @@ impl Engine for DockerEngine {
     async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError> {
         let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
         let mut s = self.docker.stats(name, Some(opts));
-        let stats = s
-            .next()
-            .await
-            .ok_or_else(|| EngineError::Other(format!("stats {name}: no answer")))?
-            .map_err(|e| other(&format!("stats {name}"), e))?;
+        let stats = s.next().await.ok_or_else(|| EngineError::Other(format!("stats {name}: no answer")))?.map_err(|e| other(&format!("stats {name}"), e))?;
         Ok(stats.networks.unwrap_or_default().values().filter_map(|n| n.rx_bytes).sum())
     }
 
@@ -311,11 +303,7 @@ fn is_step(line: &str) -> bool {
 
 #[async_trait]
 impl crate::build::Images for LocalImages {
-    async fn build(
-        &self,
-        req: crate::build::BuildRequest<'_>,
-        out: &(dyn Fn(String) + Send + Sync),
-    ) -> Result<String, crate::build::BuildFailure> {
+    async fn build(&self, req: crate::build::BuildRequest<'_>, out: &(dyn Fn(String) + Send + Sync)) -> Result<String, crate::build::BuildFailure> {
         use bollard::query_parameters::BuildImageOptionsBuilder;
         let args: HashMap<String, String> = req.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let labels: HashMap<String, String> = req.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -339,18 +327,13 @@ impl crate::build::Images for LocalImages {
         let mut step_output: Vec<String> = Vec::new();
         let mut image_id: Option<String> = None;
         let mut partial = String::new();
-        let fail = |step: &Option<String>, output: &Vec<String>, message: String| crate::build::BuildFailure {
-            step: step.clone(),
-            output: output.clone(),
-            message,
-        };
+        let fail =
+            |step: &Option<String>, output: &Vec<String>, message: String| crate::build::BuildFailure { step: step.clone(), output: output.clone(), message };
         while let Some(item) = stream.next().await {
             let info = match item {
                 Ok(i) => i,
                 Err(bollard::errors::Error::DockerStreamError { error }) => return Err(fail(&step, &step_output, error)),
-                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => {
-                    return Err(fail(&step, &step_output, message))
-                }
+                Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => return Err(fail(&step, &step_output, message)),
                 Err(e) => return Err(fail(&step, &step_output, tidy(&e.to_string()))),
             };
             if let Some(text) = info.stream {
@@ -450,12 +433,8 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
     let config = c.config.clone().unwrap_or_default();
     let settings = c.network_settings.clone().unwrap_or_default();
     // A stopped container has no live port map: its bindings are in HostConfig.
-    let port_map = settings
-        .ports
-        .clone()
-        .filter(|m| !m.is_empty())
-        .or_else(|| c.host_config.as_ref().and_then(|h| h.port_bindings.clone()))
-        .unwrap_or_default();
+    let port_map =
+        settings.ports.clone().filter(|m| !m.is_empty()).or_else(|| c.host_config.as_ref().and_then(|h| h.port_bindings.clone())).unwrap_or_default();
     let mut ports = Vec::new();
     for (key, bindings) in port_map {
         let Some(cport) = key.split('/').next().and_then(|p| p.parse::<u16>().ok()) else { continue };
@@ -470,14 +449,8 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
     }
     ports.sort_by_key(|p| (p.container_port, p.host_port));
     ports.dedup_by_key(|p| (p.container_port, p.host_port));
-    let mut addresses: Vec<String> = settings
-        .networks
-        .clone()
-        .unwrap_or_default()
-        .values()
-        .filter_map(|n| n.ip_address.clone())
-        .filter(|a| !a.is_empty())
-        .collect();
+    let mut addresses: Vec<String> =
+        settings.networks.clone().unwrap_or_default().values().filter_map(|n| n.ip_address.clone()).filter(|a| !a.is_empty()).collect();
     addresses.sort();
     let docker_health = state.health.as_ref().and_then(|h| match h.status {
         Some(bollard::models::HealthStatusEnum::HEALTHY) => Some(DockerHealth::Healthy),
@@ -515,9 +488,7 @@ pub fn spec_from_inspect(c: &ContainerInspectResponse, image: Option<&ImageInspe
     let env = cfg.env.clone().map(|env| env.into_iter().filter(|e| !image_env.contains(e)).collect::<Vec<_>>());
     // Labels: same, per key.
     let image_labels: HashMap<String, String> = img.labels.clone().unwrap_or_default();
-    let labels = cfg.labels.clone().map(|l| {
-        l.into_iter().filter(|(k, v)| image_labels.get(k) != Some(v)).collect::<HashMap<_, _>>()
-    });
+    let labels = cfg.labels.clone().map(|l| l.into_iter().filter(|(k, v)| image_labels.get(k) != Some(v)).collect::<HashMap<_, _>>());
     let exposed: Option<Vec<String>> = cfg.exposed_ports.clone().map(|p| {
         let from_image = img.exposed_ports.clone().unwrap_or_default();
         p.into_iter().filter(|x| !from_image.contains(x)).collect()
@@ -534,16 +505,7 @@ pub fn spec_from_inspect(c: &ContainerInspectResponse, image: Option<&ImageInspe
         .into_iter()
         .map(|(net, ep)| {
             let aliases = ep.aliases.map(|a| a.into_iter().filter(|x| *x != short_id).collect::<Vec<_>>());
-            (
-                net,
-                EndpointSettings {
-                    aliases,
-                    ipam_config: ep.ipam_config,
-                    links: ep.links,
-                    driver_opts: ep.driver_opts,
-                    ..Default::default()
-                },
-            )
+            (net, EndpointSettings { aliases, ipam_config: ep.ipam_config, links: ep.links, driver_opts: ep.driver_opts, ..Default::default() })
         })
         .collect();
     // Containers joined to another container's namespace (`container:x`) or the host's keep their mode only.

@@ -75,8 +75,7 @@ impl Rules {
             if r.exception != excluded {
                 continue;
             }
-            let matched = r.matcher.is_match(path)
-                || (1..dirs.len()).any(|n| r.matcher.is_match(dirs[..n].join("/")));
+            let matched = r.matcher.is_match(path) || (1..dirs.len()).any(|n| r.matcher.is_match(dirs[..n].join("/")));
             if matched {
                 excluded = !r.exception;
             }

@@ -134,10 +134,7 @@ impl Drainer {
                 let inst = format!("CAPSTAN_INSTANCE={}", t.instance);
                 let svc = format!("CAPSTAN_SERVICE={}", t.service);
                 let port = format!("CAPSTAN_PORT={}", t.host_port);
-                let r = shell
-                    .run(&["env", &inst, &svc, &port, "sh", "-c", cmd], None)
-                    .await
-                    .map_err(|e| DrainError::Host(e.0))?;
+                let r = shell.run(&["env", &inst, &svc, &port, "sh", "-c", cmd], None).await.map_err(|e| DrainError::Host(e.0))?;
                 if !r.ok() {
                     return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
                 }
@@ -218,11 +215,7 @@ mod tests {
         let file = host.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
         let marker = host.dir.path().join("reloads");
-        let method = DrainMethod::Nginx {
-            upstream_conf: file.display().to_string(),
-            reload: format!("echo reload >> {}", marker.display()),
-            port: None,
-        };
+        let method = DrainMethod::Nginx { upstream_conf: file.display().to_string(), reload: format!("echo reload >> {}", marker.display()), port: None };
         let t = Target { service: "web", instance: "web-1", host_port: 8081 };
         let d = Drainer::default();
         let runs = || host.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run ")).count();

@@ -75,9 +75,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Input { hint, .. } | Error::Unreachable { hint, .. } => hint.clone(),
-            Error::Locked { expires, .. } => Some(format!(
-                "the lease expires at {expires}; if that deploy is dead, run `capstan lock release --force`"
-            )),
+            Error::Locked { expires, .. } => Some(format!("the lease expires at {expires}; if that deploy is dead, run `capstan lock release --force`")),
             _ => None,
         }
     }

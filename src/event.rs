@@ -36,8 +36,7 @@ pub fn decide(event: &str, payload: &Value, inputs: &Inputs) -> Result<Trigger, 
     // workflow_dispatch inputs, when the workflow did not pass them to the action itself.
     let dispatch = |name: &str| str_at(payload, &["inputs", name]).map(String::from);
     let version = inputs.version.clone().or_else(|| (event == "workflow_dispatch").then(|| dispatch("version")).flatten());
-    let rollback_to =
-        inputs.rollback_to.clone().or_else(|| (event == "workflow_dispatch").then(|| dispatch("rollback-to")).flatten());
+    let rollback_to = inputs.rollback_to.clone().or_else(|| (event == "workflow_dispatch").then(|| dispatch("rollback-to")).flatten());
     let from_event = || -> Result<String, String> {
         match event {
             "push" => match str_at(payload, &["ref"]) {
@@ -77,7 +76,12 @@ pub fn decide(event: &str, payload: &Value, inputs: &Inputs) -> Result<Trigger, 
         },
     };
     match command.as_str() {
-        "deploy" => Ok(Trigger::Deploy { version: match version { Some(v) => v, None => from_event()? } }),
+        "deploy" => Ok(Trigger::Deploy {
+            version: match version {
+                Some(v) => v,
+                None => from_event()?,
+            },
+        }),
         "rollback" => Ok(Trigger::Rollback { to: rollback_to.unwrap_or_else(|| "previous".into()) }),
         "check" => {
             let head_sha = str_at(payload, &["pull_request", "head", "sha"]).map(String::from);
@@ -131,7 +135,8 @@ mod tests {
         let draft = json!({"action": "created", "release": {"tag_name": "v1.2.0", "draft": true}});
         assert!(decide("release", &draft, &none).unwrap_err().contains("draft"));
         // workflow_dispatch: inputs are strings, as GitHub sends them.
-        let rollback = json!({"inputs": {"rollback-to": "previous", "dry-run": "false"}, "ref": "refs/heads/master", "workflow": ".github/workflows/deploy.yml"});
+        let rollback =
+            json!({"inputs": {"rollback-to": "previous", "dry-run": "false"}, "ref": "refs/heads/master", "workflow": ".github/workflows/deploy.yml"});
         assert_eq!(decide("workflow_dispatch", &rollback, &none), Ok(Trigger::Rollback { to: "previous".into() }));
         let redeploy = json!({"inputs": {"version": "v1.0.3"}, "ref": "refs/heads/master"});
         assert_eq!(decide("workflow_dispatch", &redeploy, &none), Ok(Trigger::Deploy { version: "v1.0.3".into() }));

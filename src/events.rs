@@ -17,12 +17,28 @@ pub enum InstanceOutcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Info { host: Option<String>, message: String },
-    Warn { host: Option<String>, message: String },
+    Info {
+        host: Option<String>,
+        message: String,
+    },
+    Warn {
+        host: Option<String>,
+        message: String,
+    },
     Step(StepEvent),
-    Instance { host: String, service: String, instance: String, from_image: String, to_image: String, outcome: InstanceOutcome },
+    Instance {
+        host: String,
+        service: String,
+        instance: String,
+        from_image: String,
+        to_image: String,
+        outcome: InstanceOutcome,
+    },
     /// One line of a service's build output.
-    BuildOutput { service: String, line: String },
+    BuildOutput {
+        service: String,
+        line: String,
+    },
     /// A service was built (and pushed, when it has a digest).
     Built(crate::build::Built),
     /// A preflight check, hook, migration, validation or bake result.

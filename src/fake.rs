@@ -305,12 +305,8 @@ impl Probe for FakeHost {
             *s.healthy_probes.entry(name).or_default() += 1;
             return Ok(HttpAnswer { status: 200, body: "ok".into() });
         }
-        let up: Vec<String> = s
-            .containers
-            .iter()
-            .filter(|(_, c)| c.running && !upstream.contains(&format!(":{} down;", c.host_port)))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let up: Vec<String> =
+            s.containers.iter().filter(|(_, c)| c.running && !upstream.contains(&format!(":{} down;", c.host_port))).map(|(n, _)| n.clone()).collect();
         if up.is_empty() {
             return Ok(HttpAnswer { status: 502, body: String::new() });
         }
@@ -386,12 +382,7 @@ impl crate::github::Api for FakeGitHub {
     async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<crate::github::Earlier>, crate::github::ApiError> {
         self.gate("list deployments")?;
         let all = self.deployments.lock().unwrap();
-        Ok(all
-            .iter()
-            .filter(|d| d.1 == environment)
-            .take(limit as usize)
-            .map(|d| crate::github::Earlier { id: d.0, state: d.2.last().cloned() })
-            .collect())
+        Ok(all.iter().filter(|d| d.1 == environment).take(limit as usize).map(|d| crate::github::Earlier { id: d.0, state: d.2.last().cloned() }).collect())
     }
 
     async fn create_check_run(&self, c: &crate::github::NewCheckRun) -> Result<u64, crate::github::ApiError> {

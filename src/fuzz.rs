@@ -86,7 +86,24 @@ fn json() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
-                prop::sample::select(vec!["ref", "action", "release", "tag_name", "draft", "inputs", "rollback-to", "version", "pull_request", "head", "base", "repo", "full_name", "sha", "x"]).prop_map(String::from),
+                prop::sample::select(vec![
+                    "ref",
+                    "action",
+                    "release",
+                    "tag_name",
+                    "draft",
+                    "inputs",
+                    "rollback-to",
+                    "version",
+                    "pull_request",
+                    "head",
+                    "base",
+                    "repo",
+                    "full_name",
+                    "sha",
+                    "x"
+                ])
+                .prop_map(String::from),
                 inner,
                 0..6
             )

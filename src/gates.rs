@@ -55,15 +55,7 @@ pub enum LockSeen {
 /// The read-only checks on one host. `check_health`: whether the instances about
 /// to be replaced must be healthy (a deploy; a rollback goes over a broken state
 /// on purpose); `force` lets a deploy go over unhealthy instances anyway.
-pub async fn preflight(
-    config: &Config,
-    host: &Host,
-    services: &[&Service],
-    plan: &HostPlan,
-    lock: LockSeen,
-    check_health: bool,
-    force: bool,
-) -> Vec<Gate> {
+pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan: &HostPlan, lock: LockSeen, check_health: bool, force: bool) -> Vec<Gate> {
     let h = host.name.as_str();
     let mut out = Vec::new();
     match host.engine.version().await {

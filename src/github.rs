@@ -177,9 +177,10 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok(json);
         }
-        let message = json.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
-        let rate_limited = status == 429
-            || (status == 403 && (message.to_lowercase().contains("rate limit") || retry_after.is_some() || remaining.as_deref() == Some("0")));
+        let message =
+            json.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+        let rate_limited =
+            status == 429 || (status == 403 && (message.to_lowercase().contains("rate limit") || retry_after.is_some() || remaining.as_deref() == Some("0")));
         // A primary rate limit says when it resets; a secondary one without Retry-After wants at least a minute.
         let retry_after = retry_after.or_else(|| {
             if !rate_limited {
@@ -215,12 +216,16 @@ impl Client {
         .retry(backoff)
         .when(|f: &Failure| f.retryable && f.retry_after.is_none_or(|w| w <= max_wait))
         .adjust(|f: &Failure, planned| planned.map(|p| f.retry_after.unwrap_or(p)))
-        .notify(|f: &Failure, wait| tracing::warn!("GitHub: {what}: {} {}; retrying in {wait:?}", f.status.map(|s| s.to_string()).unwrap_or_default(), f.message))
+        .notify(|f: &Failure, wait| {
+            tracing::warn!("GitHub: {what}: {} {}; retrying in {wait:?}", f.status.map(|s| s.to_string()).unwrap_or_default(), f.message)
+        })
         .await;
         result.map_err(|f| {
             let attempts = tries.load(Ordering::SeqCst);
             match f.status {
-                Some(s) if !f.retryable => ApiError::Refused { what: what.into(), status: s, message: f.message.clone(), hint: hint(s, &f.message, permission) },
+                Some(s) if !f.retryable => {
+                    ApiError::Refused { what: what.into(), status: s, message: f.message.clone(), hint: hint(s, &f.message, permission) }
+                }
                 Some(s) => ApiError::Unreachable { what: what.into(), attempts, last: format!("{s} {}", f.message) },
                 None => ApiError::Unreachable { what: what.into(), attempts, last: f.message },
             }
@@ -293,16 +298,23 @@ impl Api for Client {
         let body = serde_json::to_value(s).expect("a status serializes");
         let what = format!("set deployment {deployment} {}", s.state);
         let answer = self.call(&what, "deployments: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
-        serde_json::from_value::<octocrab::models::repos::DeploymentStatus>(answer)
-            .map(|_| ())
-            .map_err(|e| ApiError::Refused { what, status: 201, message: format!("the answer is not a deployment status: {e}"), hint: None })
+        serde_json::from_value::<octocrab::models::repos::DeploymentStatus>(answer).map(|_| ()).map_err(|e| ApiError::Refused {
+            what,
+            status: 201,
+            message: format!("the answer is not a deployment status: {e}"),
+            hint: None,
+        })
     }
 
     async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<Earlier>, ApiError> {
         let route = format!("/repos/{}/deployments?environment={}&per_page={limit}", self.repo, urlencode(environment));
         let list = self.call("list deployments", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
-        let list: Vec<octocrab::models::repos::Deployment> = serde_json::from_value(list)
-            .map_err(|e| ApiError::Refused { what: "list deployments".into(), status: 200, message: format!("not a list of deployments: {e}"), hint: None })?;
+        let list: Vec<octocrab::models::repos::Deployment> = serde_json::from_value(list).map_err(|e| ApiError::Refused {
+            what: "list deployments".into(),
+            status: 200,
+            message: format!("not a list of deployments: {e}"),
+            hint: None,
+        })?;
         let mut out = Vec::new();
         for d in list {
             let route = format!("/repos/{}/deployments/{}/statuses?per_page=1", self.repo, d.id.0);
@@ -313,7 +325,7 @@ impl Api for Client {
                 message: format!("not a list of statuses: {e}"),
                 hint: None,
             })?;
-            let state = statuses.first().and_then(|s| serde_json::to_value(&s.state).ok()).and_then(|v| v.as_str().map(str::to_string));
+            let state = statuses.first().and_then(|s| serde_json::to_value(s.state).ok()).and_then(|v| v.as_str().map(str::to_string));
             out.push(Earlier { id: d.id.0, state });
         }
         Ok(out)
@@ -323,10 +335,12 @@ impl Api for Client {
         let route = format!("/repos/{}/check-runs", self.repo);
         let body = serde_json::to_value(c).expect("a check run serializes");
         let answer = self.call("create a check run", "checks: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
-        answer
-            .get("id")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| ApiError::Refused { what: "create a check run".into(), status: 201, message: "the answer has no id".into(), hint: None })
+        answer.get("id").and_then(Value::as_u64).ok_or_else(|| ApiError::Refused {
+            what: "create a check run".into(),
+            status: 201,
+            message: "the answer has no id".into(),
+            hint: None,
+        })
     }
 }
 

@@ -20,8 +20,8 @@ mod events;
 mod fake;
 #[cfg(test)]
 mod fuzz;
-mod github;
 mod gates;
+mod github;
 mod host;
 mod names;
 mod plan;
@@ -73,10 +73,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
-    cli.config
-        .clone()
-        .or_else(|| env::var(env::CAPSTAN_CONFIG).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_FILE))
+    cli.config.clone().or_else(|| env::var(env::CAPSTAN_CONFIG).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(config::DEFAULT_FILE))
 }
 
 /// Writes the JSON document on stdout (the only thing capstan writes there).
@@ -261,12 +258,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
 /// The release of this run: `--version`, else the tag GitHub ran for.
 fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Error> {
     let (gref, name, kind) = (env::var(env::GITHUB_REF), env::var(env::GITHUB_REF_NAME), env::var(env::GITHUB_REF_TYPE));
-    let src = release::VersionSource {
-        cli,
-        github_ref: gref.as_deref(),
-        github_ref_name: name.as_deref(),
-        github_ref_type: kind.as_deref(),
-    };
+    let src = release::VersionSource { cli, github_ref: gref.as_deref(), github_ref_name: name.as_deref(), github_ref_type: kind.as_deref() };
     release::version(src, ctx.config.raw_tags).map_err(Error::input)
 }
 
@@ -441,14 +433,9 @@ async fn check_action(
 fn action_command(setup: &action::Setup) -> Result<Command, Error> {
     let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
     Ok(match &setup.trigger {
-        event::Trigger::Deploy { version } => Command::Deploy(cli::DeployArgs {
-            version: Some(version.clone()),
-            targets,
-            skip_build: false,
-            jobs: None,
-            force: false,
-            dry_run: setup.dry_run,
-        }),
+        event::Trigger::Deploy { version } => {
+            Command::Deploy(cli::DeployArgs { version: Some(version.clone()), targets, skip_build: false, jobs: None, force: false, dry_run: setup.dry_run })
+        }
         event::Trigger::Rollback { to } => Command::Rollback(cli::RollbackArgs { to: to.clone(), targets, dry_run: setup.dry_run }),
         event::Trigger::Check { .. } => unreachable!("a pull request's check runs through check_action"),
     })

@@ -78,9 +78,7 @@ pub fn check_repository(s: &str) -> Result<(), String> {
 }
 
 pub fn is_env_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with(|c: char| c.is_ascii_digit())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_digit()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// `[user@]host[:port]`, with `[v6]:port` for IPv6. A host may also be an alias
@@ -121,12 +119,7 @@ pub fn parse_host(s: &str) -> Result<HostAddr, String> {
 fn finish(user: Option<String>, host: String, port: Option<&str>) -> Result<HostAddr, String> {
     let port = match port {
         None => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?,
-        ),
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?),
     };
     Ok(HostAddr { user, host, port })
 }

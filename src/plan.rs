@@ -84,12 +84,7 @@ pub const OLD_SUFFIX: &str = ".capstan-old";
 
 /// Plans one host. `target(service, instance)` is the exact image reference
 /// (`repo@sha256:…` or an image ID) the instance must run.
-pub fn plan_host(
-    host: &str,
-    services: &[&Service],
-    observed: &Observed,
-    target: &dyn Fn(&str, &str) -> Option<String>,
-) -> Result<HostPlan, Vec<String>> {
+pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target: &dyn Fn(&str, &str) -> Option<String>) -> Result<HostPlan, Vec<String>> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
     for svc in services {
@@ -190,7 +185,11 @@ mod tests {
             "r/demo@sha256:v2",
             Ok(vec![("web-1", "r/demo@sha256:v2", false), ("web-2", "r/demo@sha256:v1", true)]),
         );
-        check(&observed(&[("web-1", "sha256:i1", &[]), ("web-2", "sha256:i1", &[])]), "sha256:i1", Ok(vec![("web-1", "sha256:i1", false), ("web-2", "sha256:i1", false)]));
+        check(
+            &observed(&[("web-1", "sha256:i1", &[]), ("web-2", "sha256:i1", &[])]),
+            "sha256:i1",
+            Ok(vec![("web-1", "sha256:i1", false), ("web-2", "sha256:i1", false)]),
+        );
         // A missing container is refused, naming the key.
         check(&observed(&[("web-1", "sha256:i1", &v1)]), "r/demo@sha256:v2", Err("container web-2 (services.web.instances[1]) does not exist"));
         // A leftover from an interrupted run is refused.

@@ -69,7 +69,8 @@ pub fn render_plan(plan: &Plan) -> String {
         out.push_str(&format!("\n  {}", h.host));
         for s in &h.services {
             for i in &s.instances {
-                let what = if i.replace { format!("{} -> {}", short(&i.from_image), short(&i.to_image)) } else { format!("{} (unchanged)", short(&i.from_image)) };
+                let what =
+                    if i.replace { format!("{} -> {}", short(&i.from_image), short(&i.to_image)) } else { format!("{} (unchanged)", short(&i.from_image)) };
                 out.push_str(&format!("\n    {}/{:<14} {}", s.service, i.name, what));
             }
         }

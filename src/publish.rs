@@ -331,7 +331,14 @@ mod tests {
     fn check_runs_stay_within_githubs_limits() {
         let big = "x".repeat(70_000);
         let ann = (0..60)
-            .map(|i| Annotation { path: "capstan.yml".into(), start_line: i, end_line: i, annotation_level: "failure".into(), message: "m".into(), title: "t".into() })
+            .map(|i| Annotation {
+                path: "capstan.yml".into(),
+                start_line: i,
+                end_line: i,
+                annotation_level: "failure".into(),
+                message: "m".into(),
+                title: "t".into(),
+            })
             .collect();
         let run = check_run("abc", &big, false, &["hosts (a fork: no secrets)".into()], ann, None);
         assert!(run.output.summary.len() <= MAX_SUMMARY);

@@ -92,12 +92,7 @@ impl RegistryClient {
     }
 
     /// A request with the registry's challenge answered (once per scope). `Ok(None)` is a 404.
-    async fn send(
-        &self,
-        make: impl Fn() -> reqwest::RequestBuilder,
-        url: &str,
-        scope: &str,
-    ) -> Result<Option<reqwest::Response>, RegistryError> {
+    async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder, url: &str, scope: &str) -> Result<Option<reqwest::Response>, RegistryError> {
         let unreachable = |e: reqwest::Error| RegistryError::Other(format!("{url}: {}", without_url(&e)));
         let known = self.auth.lock().unwrap().get(scope).cloned();
         let with = |auth: Option<&String>| match auth {

@@ -50,9 +50,7 @@ pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, String
             Some(r) => format!("GITHUB_REF is {r}, not a tag"),
             None => "no --version and no GITHUB_REF".into(),
         };
-        return Err(format!(
-            "no version to deploy ({why}): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)"
-        ));
+        return Err(format!("no version to deploy ({why}): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)"));
     };
     names::check_tag(&text).map_err(|e| format!("{from}: version {text:?} cannot be an image tag: {e}"))?;
     let semver = parse_semver(&text);
@@ -96,12 +94,7 @@ pub fn tag_of(reference: &str) -> Option<&str> {
 /// The image reference that names an image for the record: its digest
 /// reference in the service's repository when it has one, else its ID.
 pub fn best_reference(repo: &str, repo_digests: &[String], image_id: &str) -> String {
-    repo_digests
-        .iter()
-        .find(|d| repo_of(d) == repo)
-        .or_else(|| repo_digests.first())
-        .cloned()
-        .unwrap_or_else(|| image_id.to_string())
+    repo_digests.iter().find(|d| repo_of(d) == repo).or_else(|| repo_digests.first()).cloned().unwrap_or_else(|| image_id.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,11 +139,7 @@ pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<Rol
             let Some(current) = ok.last() else {
                 return Err("the deployment log has no successful deploy to go back from".into());
             };
-            let images: HashMap<_, _> = current
-                .instances
-                .iter()
-                .map(|i| ((i.service.clone(), i.name.clone()), i.from_image.clone()))
-                .collect();
+            let images: HashMap<_, _> = current.instances.iter().map(|i| ((i.service.clone(), i.name.clone()), i.from_image.clone())).collect();
             // Name it after the newest earlier release that ran exactly these images.
             let version = ok[..ok.len() - 1]
                 .iter()
@@ -163,8 +152,7 @@ pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<Rol
             let Some(r) = ok.iter().rev().find(|r| r.version.as_deref() == Some(v)) else {
                 return Ok(None);
             };
-            let images =
-                r.instances.iter().map(|i| ((i.service.clone(), i.name.clone()), i.to_image.clone())).collect();
+            let images = r.instances.iter().map(|i| ((i.service.clone(), i.name.clone()), i.to_image.clone())).collect();
             Ok(Some(RollbackTarget { version: Some(v.clone()), images }))
         }
     }
@@ -172,12 +160,7 @@ pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<Rol
 
 /// The version a digest ran as, according to the log.
 pub fn version_of_image(records: &[Record], image: &str) -> Option<String> {
-    records
-        .iter()
-        .rev()
-        .filter(|r| succeeded(r))
-        .find(|r| r.instances.iter().any(|i| i.to_image == image))
-        .and_then(|r| r.version.clone())
+    records.iter().rev().filter(|r| succeeded(r)).find(|r| r.instances.iter().any(|i| i.to_image == image)).and_then(|r| r.version.clone())
 }
 
 #[cfg(test)]
@@ -194,11 +177,7 @@ mod tests {
             (src(Some("v2.0.0-rc.1"), None), false, Ok("v2.0.0-rc.1")),
             (src(Some("v2.0.0"), Some("refs/tags/v1.0.0")), false, Ok("v2.0.0")),
             (src(None, Some("refs/tags/v1.4.2")), false, Ok("v1.4.2")),
-            (
-                VersionSource { github_ref_name: Some("v1.5.0"), github_ref_type: Some("tag"), ..Default::default() },
-                false,
-                Ok("v1.5.0"),
-            ),
+            (VersionSource { github_ref_name: Some("v1.5.0"), github_ref_type: Some("tag"), ..Default::default() }, false, Ok("v1.5.0")),
             (
                 VersionSource { github_ref: Some("refs/heads/main"), github_ref_name: Some("main"), github_ref_type: Some("branch"), ..Default::default() },
                 false,

@@ -375,12 +375,7 @@ impl<'a> Rollout<'a> {
         let target = match (&svc.drain.method, host_port) {
             (DrainMethod::None, _) => drain::Target { service: &svc.name, instance: name, host_port: host_port.unwrap_or(0) },
             (_, Some(hp)) => drain::Target { service: &svc.name, instance: name, host_port: hp },
-            (_, None) => {
-                return Err(Failure {
-                    message: format!("{name} publishes no port, so capstan cannot find it in the load balancer"),
-                    restored: true,
-                })
-            }
+            (_, None) => return Err(Failure { message: format!("{name} publishes no port, so capstan cannot find it in the load balancer"), restored: true }),
         };
         let old = format!("{name}{OLD_SUFFIX}");
         let compose = compose_reference(current, spec);
@@ -470,11 +465,12 @@ impl<'a> Rollout<'a> {
         })
         .await?;
         // The new container has proved itself: the old one can go.
-        if let Err(e) = self.step(s, name, &step("cleanup"), async {
-            engine.remove(old).await.map_err(|e| e.to_string())?;
-            Ok(((), format!("removed {old}")))
-        })
-        .await
+        if let Err(e) = self
+            .step(s, name, &step("cleanup"), async {
+                engine.remove(old).await.map_err(|e| e.to_string())?;
+                Ok(((), format!("removed {old}")))
+            })
+            .await
         {
             self.warn(format!("could not remove {old}: {e}"));
         }
@@ -604,13 +600,7 @@ impl<'a> Rollout<'a> {
         let mut last = String::from("no probe answered yet");
         loop {
             probes += 1;
-            let c = self
-                .host
-                .engine
-                .inspect_container(name)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{name} disappeared"))?;
+            let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} disappeared"))?;
             let mut ok = c.running;
             if !c.running {
                 last = "the container is not running".into();
@@ -800,7 +790,16 @@ mod tests {
         let (host, services, plan) = prepared(w, to).await;
         let rec = Recorder::default();
         let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
+        let r = Rollout {
+            host: &host,
+            events: &rec,
+            creds: None,
+            t0: Instant::now(),
+            lease: None,
+            cancel: &cancel,
+            drainer: Default::default(),
+            safety: Default::default(),
+        };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
         (result, events)
@@ -969,7 +968,16 @@ mod tests {
                 }
             });
             let cancel = Cancel::default();
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
+            let r = Rollout {
+                host: &host,
+                events: &rec,
+                creds: None,
+                t0: Instant::now(),
+                lease: None,
+                cancel: &cancel,
+                drainer: Default::default(),
+                safety: Default::default(),
+            };
             let result = r.run(&plan, &services).await;
             watcher.abort();
             // Injected faults stop after the run so that checks see the real state.
@@ -1004,7 +1012,16 @@ mod tests {
                 }
             }
         });
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety: Default::default() };
+        let r = Rollout {
+            host: &host,
+            events: &rec,
+            creds: None,
+            t0: Instant::now(),
+            lease: None,
+            cancel: &cancel,
+            drainer: Default::default(),
+            safety: Default::default(),
+        };
         let result = r.run(&plan, &services).await;
         watcher.abort();
         let s = steps(&rec.0.lock().unwrap());

@@ -56,10 +56,7 @@ pub fn remove_socket_dir() {
 pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<(Host, Arc<SshHost>), ConnectError> {
     let name = addr.to_string();
     let mut b = SessionBuilder::default();
-    b.known_hosts_check(KnownHosts::Strict)
-        .connect_timeout(ssh.connect_timeout)
-        .server_alive_interval(Duration::from_secs(10))
-        .control_directory(socket_dir());
+    b.known_hosts_check(KnownHosts::Strict).connect_timeout(ssh.connect_timeout).server_alive_interval(Duration::from_secs(10)).control_directory(socket_dir());
     if let Some(u) = &addr.user {
         b.user(u.clone());
     }
@@ -68,10 +65,7 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
     }
     if let Some(k) = &ssh.identity_file {
         if !k.exists() {
-            return Err(ConnectError {
-                message: format!("ssh.identity_file {} does not exist", k.display()),
-                hint: None,
-            });
+            return Err(ConnectError { message: format!("ssh.identity_file {} does not exist", k.display()), hint: None });
         }
         b.keyfile(k);
     }
@@ -93,13 +87,7 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
         .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None })?;
-    let ssh_host = Arc::new(SshHost {
-        session,
-        name: name.clone(),
-        tunnels: Mutex::new(HashMap::new()),
-        http,
-        docker_socket: Mutex::new(None),
-    });
+    let ssh_host = Arc::new(SshHost { session, name: name.clone(), tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) });
     let local = ssh_host.forward_docker(docker_socket).await?;
     let engine = DockerEngine::connect(&local).await.map_err(|e| ConnectError {
         message: format!("{name}: {e}"),
@@ -135,13 +123,10 @@ impl SshHost {
     async fn forward_docker(&self, remote: &str) -> Result<PathBuf, ConnectError> {
         let local = socket_dir().join(format!("d{}.sock", rand::random::<u32>()));
         let _ = std::fs::remove_file(&local);
-        self.session
-            .request_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote))
-            .await
-            .map_err(|e| ConnectError {
-                message: format!("{}: cannot forward the Docker socket {remote}: {e}", self.name),
-                hint: Some("the host's sshd must allow stream-local forwarding (AllowStreamLocalForwarding)".into()),
-            })?;
+        self.session.request_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote)).await.map_err(|e| ConnectError {
+            message: format!("{}: cannot forward the Docker socket {remote}: {e}", self.name),
+            hint: Some("the host's sshd must allow stream-local forwarding (AllowStreamLocalForwarding)".into()),
+        })?;
         *self.docker_socket.lock().await = Some((local.clone(), remote.to_string()));
         Ok(local)
     }
@@ -151,16 +136,9 @@ impl SshHost {
         if let Some(p) = tunnels.get(&(addr.to_string(), port)) {
             return Ok(*p);
         }
-        let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free local port: {e}"))?
-            .port();
+        let local_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free local port: {e}"))?.port();
         self.session
-            .request_port_forward(
-                ForwardType::Local,
-                Socket::new("127.0.0.1", local_port),
-                Socket::new(addr.to_string(), port),
-            )
+            .request_port_forward(ForwardType::Local, Socket::new("127.0.0.1", local_port), Socket::new(addr.to_string(), port))
             .await
             .map_err(|e| format!("cannot open a tunnel to {addr}:{port}: {e}"))?;
         tunnels.insert((addr.to_string(), port), local_port);
@@ -174,10 +152,7 @@ impl SshHost {
             let _ = std::fs::remove_file(local);
         }
         for ((addr, port), lp) in self.tunnels.lock().await.drain() {
-            let _ = self
-                .session
-                .close_port_forward(ForwardType::Local, Socket::new("127.0.0.1", lp), Socket::new(addr, port))
-                .await;
+            let _ = self.session.close_port_forward(ForwardType::Local, Socket::new("127.0.0.1", lp), Socket::new(addr, port)).await;
         }
         if let Ok(me) = Arc::try_unwrap(self) {
             let _ = me.session.close().await;
@@ -214,14 +189,7 @@ impl Probe for SshHost {
         let local = self.tunnel(addr, port).await?;
         let url = format!("http://127.0.0.1:{local}{path}");
         let host_header = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-        let resp = self
-            .http
-            .get(&url)
-            .header(reqwest::header::HOST, host_header)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| short_reqwest_error(&e))?;
+        let resp = self.http.get(&url).header(reqwest::header::HOST, host_header).timeout(timeout).send().await.map_err(|e| short_reqwest_error(&e))?;
         let status = resp.status().as_u16();
         let mut body = resp.text().await.unwrap_or_default();
         if body.len() > 64 * 1024 {

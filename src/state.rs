@@ -187,11 +187,7 @@ pub async fn read_log(shell: &dyn Shell, dir: &str) -> Result<(Vec<Record>, usiz
 
 pub fn parse_log(text: &str) -> (Vec<Record>, usize) {
     let mut bad = 0;
-    let records = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok())
-        .collect();
+    let records = text.lines().filter(|l| !l.trim().is_empty()).filter_map(|l| serde_json::from_str(l).map_err(|_| bad += 1).ok()).collect();
     (records, bad)
 }
 

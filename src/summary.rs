@@ -48,12 +48,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         "refused" => "⛔",
         _ => "❌",
     };
-    let mut out = format!(
-        "## {icon} capstan {} {}: {}\n\n",
-        report.command,
-        report.version.as_deref().unwrap_or(""),
-        report.outcome.replace('_', " ")
-    );
+    let mut out = format!("## {icon} capstan {} {}: {}\n\n", report.command, report.version.as_deref().unwrap_or(""), report.outcome.replace('_', " "));
     out.push_str(&format!("{} in {}", report.app, secs(report.duration_ms)));
     if let Some(e) = &report.error {
         out.push_str(&format!("\n\n> {}", cell(e)));
@@ -116,14 +111,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
     if !report.gates.is_empty() {
         out.push_str("| host | check | | measured | limit |\n|---|---|---|---|---|\n");
         for g in &report.gates {
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                g.host,
-                cell(&g.gate),
-                if g.ok { "✅" } else { "❌" },
-                cell(&g.measured),
-                cell(&g.limit)
-            ));
+            out.push_str(&format!("| {} | {} | {} | {} | {} |\n", g.host, cell(&g.gate), if g.ok { "✅" } else { "❌" }, cell(&g.measured), cell(&g.limit)));
         }
         out.push('\n');
     }

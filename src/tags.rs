@@ -84,9 +84,7 @@ pub fn derive(version: &Version, kinds: &[TagKind], pushed: &[String], commit: O
         }
         Some(v) => {
             // Highest stable release already pushed within a group, if higher than this one.
-            let higher = |same: &dyn Fn(&semver::Version) -> bool| {
-                stable.iter().filter(|p| same(p) && cmp(p, v).is_gt()).max_by(|a, b| cmp(a, b)).cloned()
-            };
+            let higher = |same: &dyn Fn(&semver::Version) -> bool| stable.iter().filter(|p| same(p) && cmp(p, v).is_gt()).max_by(|a, b| cmp(a, b)).cloned();
             if want(TagKind::Minor) {
                 let tag = format!("{}.{}", v.major, v.minor);
                 match higher(&|p| p.major == v.major && p.minor == v.minor) {

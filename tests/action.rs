@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::github::{Fault, FakeGitHub};
+use support::github::{FakeGitHub, Fault};
 use support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
@@ -85,7 +85,12 @@ fn action(app: &App, gh: &FakeGitHub, fixture: &str, inputs: &[(&str, &str)]) ->
     c.arg("action").current_dir(dir).env_remove("REGISTRY_PASSWORD").envs(&env);
     let out = support::proc::run(&mut c, None, Duration::from_secs(600)).unwrap();
     let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
-    ActionRun { fork: fixture.ends_with("_fork"), run: Run { status: out.status, stdout: out.stdout, stderr: out.stderr }, outputs: read(&outputs), summary: read(&summary) }
+    ActionRun {
+        fork: fixture.ends_with("_fork"),
+        run: Run { status: out.status, stdout: out.stdout, stderr: out.stderr },
+        outputs: read(&outputs),
+        summary: read(&summary),
+    }
 }
 
 /// `name<<DELIM\nvalue\nDELIM` entries of a GITHUB_OUTPUT file.
@@ -114,7 +119,12 @@ fn secrets_masked_first(a: &ActionRun, sb: &Sandbox, gh: &FakeGitHub) {
     for r in gh.requests() {
         assert_eq!(r.authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()), "{} {}", r.method, r.path);
         for s in &secrets {
-            assert!(!r.body.contains(s.as_str()) && !r.path.contains(s.as_str()) && !r.other_headers.contains(s.as_str()), "a secret sent to GitHub: {} {}", r.method, r.path);
+            assert!(
+                !r.body.contains(s.as_str()) && !r.path.contains(s.as_str()) && !r.other_headers.contains(s.as_str()),
+                "a secret sent to GitHub: {} {}",
+                r.method,
+                r.path
+            );
         }
     }
     let mut seen_other = false;
@@ -139,7 +149,6 @@ fn secrets_masked_first(a: &ActionRun, sb: &Sandbox, gh: &FakeGitHub) {
     }
 }
 
-
 fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) -> Fault {
     Fault { on: on.into(), status, retry_after, after_effect }
 }
@@ -153,10 +162,7 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     // GitHub has a bad minute: the deployment is made but the answer is a 502,
     // then a secondary rate limit on the first status. Neither may cost a deploy
     // or make a second deployment.
-    gh.fail_next(&[
-        fault("POST /repos/acme/shop/deployments", 502, None, true),
-        fault("/statuses", 429, Some(1), false),
-    ]);
+    gh.fail_next(&[fault("POST /repos/acme/shop/deployments", 502, None, true), fault("/statuses", 429, Some(1), false)]);
     let a = action(&app, &gh, "push_tag_v2", &[("environment-url", "https://shop.example.com")]);
     a.run.assert_success();
     assert_eq!(app.versions(), vec!["v2", "v2"]);

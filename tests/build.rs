@@ -35,9 +35,7 @@ struct Images(String);
 
 impl Drop for Images {
     fn drop(&mut self) {
-        let list = Command::new("docker")
-            .args(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &format!("reference={}", self.0)])
-            .output();
+        let list = Command::new("docker").args(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", &format!("reference={}", self.0)]).output();
         if let Ok(out) = list {
             for r in String::from_utf8_lossy(&out.stdout).lines() {
                 let _ = Command::new("docker").args(["rmi", "-f", r]).output();
@@ -110,11 +108,7 @@ fn ctx_files(image: &str) -> BTreeSet<String> {
     let id = docker(&["create", image]);
     let out = Command::new("sh").arg("-c").arg(format!("docker export {id} | tar -t")).output().unwrap();
     docker(&["rm", &id]);
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("ctx/") && !l.ends_with('/'))
-        .map(String::from)
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("ctx/") && !l.ends_with('/')).map(String::from).collect()
 }
 
 fn config(repo: &str, build: &str) -> String {
@@ -192,7 +186,10 @@ fn build_push_tags_labels_and_the_dockerignore() {
     // .dockerignore: exactly what the Docker CLI itself sends, and the files we expect.
     let ours = ctx_files(&format!("{repo}:v1.4.2"));
     let expected: BTreeSet<String> =
-        ["ctx/.dockerignore", "ctx/Dockerfile", "ctx/app.txt", "ctx/capstan-demo", "ctx/capstan.yml", "ctx/secrets/public.pem", "ctx/sub/debug.log"].iter().map(|s| s.to_string()).collect();
+        ["ctx/.dockerignore", "ctx/Dockerfile", "ctx/app.txt", "ctx/capstan-demo", "ctx/capstan.yml", "ctx/secrets/public.pem", "ctx/sub/debug.log"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     assert_eq!(ours, expected);
     let cli_image = format!("{repo}:docker-cli");
     docker(&["build", "-q", "-t", &cli_image, &dir.path().display().to_string()]);
@@ -238,10 +235,7 @@ fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: &str) -> (App, St
     let ctx = app.dir().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     fill(&ctx);
-    let cfg = app.default_config().replace(
-        &format!("image: {}/capstan-demo", sb.registry()),
-        &format!("image: {repo}\n    build: {{ context: ctx{build} }}"),
-    );
+    let cfg = app.default_config().replace(&format!("image: {}/capstan-demo", sb.registry()), &format!("image: {repo}\n    build: {{ context: ctx{build} }}"));
     app.write_config(&cfg);
     (app, repo, cleanup)
 }
@@ -253,10 +247,7 @@ fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
     let before = app.versions();
     let run = app.capstan_env(&["deploy", "--version", "v1.0.0"], &[("REGISTRY_PASSWORD", "not-the-password")]);
     run.assert_status(2);
-    assert!(
-        run.stderr.contains(&format!("registry {}: the registry refused the credentials (user {})", sb.registry(), sb.registry_user())),
-        "{run}"
-    );
+    assert!(run.stderr.contains(&format!("registry {}: the registry refused the credentials (user {})", sb.registry(), sb.registry_user())), "{run}");
     assert!(run.stderr.contains("nothing was built or pushed"), "{run}");
     assert!(!run.stderr.contains("not-the-password"), "the password never reaches the output");
     assert!(registry_tags(&repo).is_empty(), "nothing was pushed");

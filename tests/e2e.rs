@@ -26,10 +26,7 @@ fn json(run: &Run) -> Value {
 }
 
 fn container_ids(app: &App) -> Vec<String> {
-    app.instances()
-        .iter()
-        .map(|n| docker(&["inspect", "-f", "{{.Id}}", n]))
-        .collect()
+    app.instances().iter().map(|n| docker(&["inspect", "-f", "{{.Id}}", n])).collect()
 }
 
 fn docker(args: &[&str]) -> String {
@@ -174,10 +171,8 @@ fn rollback_history_and_status() {
     let run = app.capstan(&["history", "--json"]);
     ok(&run);
     let records = json(&run)["hosts"][0]["records"].as_array().unwrap().clone();
-    let seen: Vec<(String, String)> = records
-        .iter()
-        .map(|r| (r["command"].as_str().unwrap().to_string(), r["version"].as_str().unwrap_or("-").to_string()))
-        .collect();
+    let seen: Vec<(String, String)> =
+        records.iter().map(|r| (r["command"].as_str().unwrap().to_string(), r["version"].as_str().unwrap_or("-").to_string())).collect();
     let want: Vec<(String, String)> =
         [("deploy", "v2"), ("deploy", "v3"), ("rollback", "v2"), ("rollback", "v1")].iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(seen, want);
@@ -214,7 +209,9 @@ fn a_second_deploy_is_refused_by_the_lock() {
 
     // A lease left by a dead run that has expired is taken over; a live one is refused until forced.
     let lease = |expires: &str| {
-        format!(r#"{{"id":"00000000000000aa","holder":"ci@cancelled-job","command":"deploy","version":"v9","run_url":"https://github.com/acme/shop/actions/runs/1","acquired_at":"2026-01-01T00:00:00Z","expires_at":"{expires}"}}"#)
+        format!(
+            r#"{{"id":"00000000000000aa","holder":"ci@cancelled-job","command":"deploy","version":"v9","run_url":"https://github.com/acme/shop/actions/runs/1","acquired_at":"2026-01-01T00:00:00Z","expires_at":"{expires}"}}"#
+        )
     };
     std::fs::write(&lock, lease("2026-01-01T00:15:00Z")).unwrap();
     ok(&app.capstan(&["deploy", "--version", "v3"]));
@@ -322,11 +319,27 @@ fn compose_tags_follow_what_runs() {
         let port = port.lines().next().unwrap().rsplit(':').next().unwrap().to_string();
         docker(&["rm", "-f", name]);
         docker(&[
-            "run", "-d", "--name", name, "--restart", "unless-stopped",
-            "-p", &format!("127.0.0.1:{port}:8080"), "-e", "APP_SETTING=kept",
-            "--label", "com.docker.compose.project=shop", "--label", "com.docker.compose.service=web",
-            "--label", &format!("com.docker.compose.container-number={}", i + 1),
-            "--network", &format!("{}-net", app.name()), "--network-alias", "web", &moving,
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--restart",
+            "unless-stopped",
+            "-p",
+            &format!("127.0.0.1:{port}:8080"),
+            "-e",
+            "APP_SETTING=kept",
+            "--label",
+            "com.docker.compose.project=shop",
+            "--label",
+            "com.docker.compose.service=web",
+            "--label",
+            &format!("com.docker.compose.container-number={}", i + 1),
+            "--network",
+            &format!("{}-net", app.name()),
+            "--network-alias",
+            "web",
+            &moving,
         ]);
     }
     support::wait_for(Duration::from_secs(20), Duration::from_millis(100), || (app.versions() == ["v1", "v1"]).then_some(()))

@@ -43,10 +43,7 @@ fn records(app: &App) -> Vec<Value> {
 }
 
 fn gate<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["gates"]
-        .as_array()
-        .and_then(|g| g.iter().find(|g| g["gate"] == name))
-        .unwrap_or_else(|| panic!("no gate {name:?} in {}", report["gates"]))
+    report["gates"].as_array().and_then(|g| g.iter().find(|g| g["gate"] == name)).unwrap_or_else(|| panic!("no gate {name:?} in {}", report["gates"]))
 }
 
 /// The common end of a gate that said no: nothing changed, no request lost, the
@@ -151,7 +148,14 @@ fn a_failing_pre_deploy_hook_refuses() {
     let app = App::new(sb, "ghook", AppOptions::default());
     app.write_config(&config(&app, "", "hooks:\n  pre_deploy: \"echo backing up before $CAPSTAN_VERSION; echo disk full >&2; exit 4\"\n"));
     let (run, stats) = deploy(&app, &[]);
-    nothing_changed(&app, &run, &stats, 6, "refused", &[&format!("{}: pre_deploy hook: exit 4, needs exit 0", sb.ssh_host()), "| backing up before v2", "| disk full"]);
+    nothing_changed(
+        &app,
+        &run,
+        &stats,
+        6,
+        "refused",
+        &[&format!("{}: pre_deploy hook: exit 4, needs exit 0", sb.ssh_host()), "| backing up before v2", "| disk full"],
+    );
     assert_eq!(gate(&json(&run), "pre_deploy hook")["output"], "backing up before v2\ndisk full");
 }
 
@@ -181,7 +185,14 @@ fn a_failing_endpoint_reverts_the_release() {
     let url = format!("{}version", app.lb_url());
     app.write_config(&config(&app, "", &format!("validate:\n  endpoints:\n    - {{ url: \"{url}\", status: 200, body: v3 }}\n")));
     let (run, stats) = deploy(&app, &[]);
-    nothing_changed(&app, &run, &stats, 1, "rolled_back", &[&format!("validate {url}: status 200, body without \"v3\", needs status 200 and a body with \"v3\""), "every replaced instance was reverted"]);
+    nothing_changed(
+        &app,
+        &run,
+        &stats,
+        1,
+        "rolled_back",
+        &[&format!("validate {url}: status 200, body without \"v3\", needs status 200 and a body with \"v3\""), "every replaced instance was reverted"],
+    );
 }
 
 #[test]

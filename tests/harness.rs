@@ -12,32 +12,21 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::http::{self, basic_auth, base64_std};
+use support::http::{self, base64_std, basic_auth};
 use support::proc::{run, spawn_persistent, ChildGuard};
 use support::{random_hex, App, AppOptions, Sandbox};
 
 fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Output {
     let mut c = Command::new("ssh");
-    c.args([
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-    ])
-    .arg("-o")
-    .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-    .arg("-i")
-    .arg(sb.identity_file())
-    .arg("-p")
-    .arg(sb.ssh_port().to_string())
-    .arg(format!("{}@127.0.0.1", sb.ssh_user()))
-    .arg("echo capstan-ok");
+    c.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .arg("-i")
+        .arg(sb.identity_file())
+        .arg("-p")
+        .arg(sb.ssh_port().to_string())
+        .arg(format!("{}@127.0.0.1", sb.ssh_user()))
+        .arg("echo capstan-ok");
     run(&mut c, None, Duration::from_secs(30)).expect("run ssh")
 }
 
@@ -66,11 +55,7 @@ fn sshd_is_refused_when_known_hosts_has_another_key() {
     let sb = Sandbox::get();
     let dir = support::short_tempdir("cst-k-");
     let other = dir.path().join("other");
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap();
+    let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
     assert!(st.success());
     let other_pub = fs::read_to_string(other.with_extension("pub")).unwrap();
     let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
@@ -221,9 +206,7 @@ fn app_serves_through_nginx_and_takes_load_without_errors() {
     let config_dir = sb.docker_config_dir().to_path_buf();
     drop(app);
     let left = run(
-        Command::new("docker")
-            .env("DOCKER_CONFIG", &config_dir)
-            .args(["ps", "-a", "--filter", &format!("name={name}-"), "--format", "{{.Names}}"]),
+        Command::new("docker").env("DOCKER_CONFIG", &config_dir).args(["ps", "-a", "--filter", &format!("name={name}-"), "--format", "{{.Names}}"]),
         None,
         Duration::from_secs(30),
     )
@@ -269,9 +252,7 @@ impl Throwaway {
         ]);
         let t = Throwaway { name, port, config: sb.docker_config_dir().to_path_buf() };
         let url = t.url("/version");
-        let up = support::wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
-            http::get(&url).ok().filter(|r| r.status == 200)
-        });
+        let up = support::wait_for(Duration::from_secs(30), Duration::from_millis(50), || http::get(&url).ok().filter(|r| r.status == 200));
         assert!(up.is_some(), "{image} did not come up on port {port}");
         t
     }
@@ -283,11 +264,7 @@ impl Throwaway {
 
 impl Drop for Throwaway {
     fn drop(&mut self) {
-        let _ = run(
-            Command::new("docker").env("DOCKER_CONFIG", &self.config).args(["rm", "-f", &self.name]),
-            None,
-            Duration::from_secs(30),
-        );
+        let _ = run(Command::new("docker").env("DOCKER_CONFIG", &self.config).args(["rm", "-f", &self.name]), None, Duration::from_secs(30));
     }
 }
 

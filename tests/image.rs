@@ -249,7 +249,13 @@ fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
                  test -z \"$(find /var/lib/apt/lists -type f ! -name lock)\" || exit 3; \
                  test ! -e /src && test ! -e /capstan || exit 4; echo clean";
     let clean = proc::run(&mut sb.docker(&["run", "--rm", "--entrypoint", "sh", &image.0, "-c", probe]), None, Duration::from_secs(60)).unwrap();
-    assert!(clean.success() && clean.stdout.trim() == "clean", "the image carries what it should not (exit {}): {}{}", clean.status, clean.stdout, clean.stderr);
+    assert!(
+        clean.success() && clean.stdout.trim() == "clean",
+        "the image carries what it should not (exit {}): {}{}",
+        clean.status,
+        clean.stdout,
+        clean.stderr
+    );
     let entry = sb.docker_ok(&["image", "inspect", "--format", "{{json .Config.Entrypoint}} {{json .Config.Cmd}}", &image.0]);
     assert_eq!(entry.trim(), r#"["/usr/local/bin/capstan"] ["action"]"#);
     let (size, base_size) = (image_size(sb, &image.0), image_size(sb, base.tag));

@@ -75,13 +75,7 @@ impl Run {
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.status,
-            self.stdout.trim_end(),
-            self.stderr.trim_end()
-        )
+        write!(f, "exit status {}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.status, self.stdout.trim_end(), self.stderr.trim_end())
     }
 }
 
@@ -103,12 +97,7 @@ pub struct App {
 impl App {
     pub fn new(sandbox: &Sandbox, hint: &str, opts: AppOptions) -> App {
         assert!(opts.instances >= 1, "App needs at least one instance");
-        let hint: String = hint
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
-            .take(20)
-            .collect();
+        let hint: String = hint.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(20).collect();
         let name = format!("t{hint}-{}", random_hex(6));
         let tmp = short_tempdir("cst-a-");
         let dir = tmp.path().to_path_buf();
@@ -140,11 +129,9 @@ impl App {
         }
         for (instance, port) in app.instances.iter().zip(&ports) {
             let url = format!("http://127.0.0.1:{port}/health");
-            let ok = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
-                match http::get_with(&url, &[], Duration::from_secs(2)) {
-                    Ok(r) if r.status == 200 => Some(()),
-                    _ => None,
-                }
+            let ok = wait_for(Duration::from_secs(30), Duration::from_millis(50), || match http::get_with(&url, &[], Duration::from_secs(2)) {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => None,
             });
             if ok.is_none() {
                 let logs = app.docker_out(&["logs", "--tail", "30", instance]);
@@ -165,19 +152,32 @@ impl App {
             let label = format!("capstan.test={}", self.name);
             let network = format!("{}-net", self.name);
             let mut args = vec![
-                "run", "-d", "--name", instance, "--restart", "unless-stopped", "-p", &publish, "-e", &delay, "-e",
-                "APP_SETTING=kept", "--label", &label, "--label", owner, "--network", &network, "--network-alias", "web",
+                "run",
+                "-d",
+                "--name",
+                instance,
+                "--restart",
+                "unless-stopped",
+                "-p",
+                &publish,
+                "-e",
+                &delay,
+                "-e",
+                "APP_SETTING=kept",
+                "--label",
+                &label,
+                "--label",
+                owner,
+                "--network",
+                &network,
+                "--network-alias",
+                "web",
             ];
             for e in env {
                 args.extend(["-e", e.as_str()]);
             }
             args.push(image);
-            let out = run(
-                &mut self.docker(&args),
-                None,
-                DOCKER_TIMEOUT,
-            )
-            .expect("run docker");
+            let out = run(&mut self.docker(&args), None, DOCKER_TIMEOUT).expect("run docker");
             if out.success() {
                 return port;
             }
@@ -245,9 +245,11 @@ impl App {
             let child = spawn_persistent(c, libc::SIGTERM).unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
             let mut guard = ChildGuard::new(child, "nginx");
             let url = format!("http://127.0.0.1:{lb_port}/");
-            let ready = guard.wait_ready(Duration::from_secs(30), Duration::from_millis(50), || {
-                matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)
-            });
+            let ready = guard.wait_ready(
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200),
+            );
             let Err(exited) = ready else {
                 self.lb_port = lb_port;
                 self.nginx = Some(guard);
@@ -255,10 +257,7 @@ impl App {
             };
             let out = fs::read_to_string(nd.join("nginx.out")).unwrap_or_default();
             let err = fs::read_to_string(nd.join("error.log")).unwrap_or_default();
-            last = format!(
-                "{}\n{out}\n{err}",
-                exited.unwrap_or_else(|| format!("{url} did not answer 200 within 30 s"))
-            );
+            last = format!("{}\n{out}\n{err}", exited.unwrap_or_else(|| format!("{url} did not answer 200 within 30 s")));
             drop(guard);
             if !(out.contains("Address already in use") || err.contains("Address already in use")) {
                 break;
@@ -352,17 +351,9 @@ impl App {
 
     pub fn capstan_with(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
         let bin = capstan_bin();
-        assert!(
-            bin.is_file(),
-            "capstan binary not found at {} (build it, or set CAPSTAN_BIN)",
-            bin.display()
-        );
+        assert!(bin.is_file(), "capstan binary not found at {} (build it, or set CAPSTAN_BIN)", bin.display());
         let mut c = Command::new(&bin);
-        c.args(args)
-            .current_dir(self.dir())
-            .env("REGISTRY_PASSWORD", &self.registry_password)
-            .env("NO_COLOR", "1")
-            .env_remove("CAPSTAN_CONFIG");
+        c.args(args).current_dir(self.dir()).env("REGISTRY_PASSWORD", &self.registry_password).env("NO_COLOR", "1").env_remove("CAPSTAN_CONFIG");
         for (k, v) in env {
             c.env(k, v);
         }
@@ -448,11 +439,7 @@ impl App {
 
 fn list_containers(config: &Path, name: &str) -> Vec<String> {
     let prefix = format!("{name}-");
-    let out = run(
-        &mut docker_cmd(config, &["ps", "-a", "--filter", &format!("name={prefix}"), "--format", "{{.Names}}"]),
-        None,
-        DOCKER_TIMEOUT,
-    );
+    let out = run(&mut docker_cmd(config, &["ps", "-a", "--filter", &format!("name={prefix}"), "--format", "{{.Names}}"]), None, DOCKER_TIMEOUT);
     let mut names: Vec<String> = match out {
         Ok(o) => o.stdout.lines().filter(|n| n.starts_with(&prefix)).map(String::from).collect(),
         Err(_) => Vec::new(),

@@ -40,12 +40,7 @@ pub struct BaseImage {
 /// [`TAG`] on the engine, made first if it is not there. One process at a
 /// time (a lock file in /tmp); panics with the reason on failure.
 pub fn bookworm() -> BaseImage {
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/tmp/capstan-base-image.lock")
-        .expect("open /tmp/capstan-base-image.lock");
+    let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open("/tmp/capstan-base-image.lock").expect("open /tmp/capstan-base-image.lock");
     // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         panic!("flock /tmp/capstan-base-image.lock: {}", std::io::Error::last_os_error());
@@ -74,12 +69,8 @@ fn make(tag: &str) {
     let tmp = short_tempdir("cst-base-");
     let root = tmp.path().join("rootfs");
     let t0 = Instant::now();
-    let out = run(
-        Command::new("/usr/sbin/debootstrap").args(["--variant=minbase", SUITE]).arg(&root).arg(&mirror),
-        None,
-        Duration::from_secs(900),
-    )
-    .expect("run debootstrap");
+    let out = run(Command::new("/usr/sbin/debootstrap").args(["--variant=minbase", SUITE]).arg(&root).arg(&mirror), None, Duration::from_secs(900))
+        .expect("run debootstrap");
     if !out.success() {
         let inner = fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
         panic!("debootstrap --variant=minbase {SUITE} {mirror} failed (exit {}):\n{}\n{}\n{inner}", out.status, out.stdout, out.stderr);
@@ -111,10 +102,7 @@ fn make(tag: &str) {
     )
     .expect("run docker import");
     assert!(out.success(), "docker import {tag} failed: {}", out.stderr);
-    eprintln!(
-        "[support] base image {tag}: debootstrap {SUITE} from {mirror} in {debootstrapped:?}, imported at {:?}",
-        t0.elapsed()
-    );
+    eprintln!("[support] base image {tag}: debootstrap {SUITE} from {mirror} in {debootstrapped:?}, imported at {:?}", t0.elapsed());
     // The rootfs holds root-owned files and device nodes; we are root, so the temp dir's drop removes it.
 }
 

@@ -21,9 +21,7 @@ impl HttpResponse {
 
 /// Split `http://host:port/path?query` into (`host:port`, `/path?query`).
 pub fn split_url(url: &str) -> io::Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("not an http:// URL: {url}")))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("not an http:// URL: {url}")))?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -33,10 +31,7 @@ pub fn split_url(url: &str) -> io::Result<(String, String)> {
 }
 
 fn resolve(authority: &str) -> io::Result<SocketAddr> {
-    authority
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve {authority}")))
+    authority.to_socket_addrs()?.next().ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("cannot resolve {authority}")))
 }
 
 /// `GET url` with extra headers; `timeout` bounds connect, and each read and write.
@@ -68,10 +63,7 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
     if raw.is_empty() {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed without a response"));
     }
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("incomplete response head"))?;
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("incomplete response head"))?;
     let head = String::from_utf8_lossy(&raw[..end]);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
@@ -80,30 +72,15 @@ pub fn parse_response(raw: &[u8]) -> io::Result<HttpResponse> {
     if !proto.starts_with("HTTP/1.") {
         return Err(bad(&format!("bad status line: {status_line:?}")));
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad(&format!("bad status line: {status_line:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
+    let status: u16 = parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| bad(&format!("bad status line: {status_line:?}")))?;
+    let headers: Vec<(String, String)> = lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())).collect();
     let mut body = raw[end + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     if chunked {
         body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
-    } else if let Some(len) = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-    {
+    } else if let Some(len) = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok()) {
         if body.len() < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("body truncated: {} of {len} bytes", body.len()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("body truncated: {} of {len} bytes", body.len())));
         }
         body.truncate(len);
     }

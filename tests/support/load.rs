@@ -43,15 +43,7 @@ pub struct LoadStats {
 
 impl std::fmt::Display for LoadStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "sent {} ok {} failed {} in {:.1}s, by version {:?}",
-            self.sent,
-            self.ok,
-            self.failed,
-            self.elapsed.as_secs_f64(),
-            self.by_version
-        )?;
+        write!(f, "sent {} ok {} failed {} in {:.1}s, by version {:?}", self.sent, self.ok, self.failed, self.elapsed.as_secs_f64(), self.by_version)?;
         if !self.samples.is_empty() {
             write!(f, ", first failures: {:?}", self.samples)?;
         }
@@ -77,17 +69,10 @@ impl LoadGen {
     pub fn start(url: &str, rps: u32) -> LoadGen {
         assert!(rps > 0, "LoadGen: rps must be > 0");
         let (authority, path) = split_url(url).unwrap_or_else(|e| panic!("LoadGen: {e}"));
-        let addr = authority
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .unwrap_or_else(|| panic!("LoadGen: cannot resolve {authority}"));
+        let addr = authority.to_socket_addrs().ok().and_then(|mut a| a.next()).unwrap_or_else(|| panic!("LoadGen: cannot resolve {authority}"));
         let target = Arc::new(Target {
             addr,
-            request: format!(
-                "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: capstan-loadgen\r\nConnection: close\r\n\r\n"
-            )
-            .into_bytes(),
+            request: format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: capstan-loadgen\r\nConnection: close\r\n\r\n").into_bytes(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(LoadStats::default()));
@@ -193,13 +178,9 @@ impl Drop for LoadGen {
 /// One request; Ok(X-Demo-Version) on status 200, else a short description.
 fn one_request(target: &Target) -> Result<String, String> {
     let t0 = Instant::now();
-    let mut stream = TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT)
-        .map_err(|e| format!("connect: {}", short(&e)))?;
+    let mut stream = TcpStream::connect_timeout(&target.addr, CONNECT_TIMEOUT).map_err(|e| format!("connect: {}", short(&e)))?;
     let _ = stream.set_nodelay(true);
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|_| stream.set_write_timeout(Some(IO_TIMEOUT)))
-        .map_err(|e| format!("socket: {}", short(&e)))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).and_then(|_| stream.set_write_timeout(Some(IO_TIMEOUT))).map_err(|e| format!("socket: {}", short(&e)))?;
     stream.write_all(&target.request).map_err(|e| format!("write: {}", short(&e)))?;
     let mut raw = Vec::with_capacity(512);
     if let Err(e) = stream.read_to_end(&mut raw) {

@@ -65,10 +65,7 @@ pub fn free_port() -> u16 {
         }
     }
     loop {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("bind 127.0.0.1:0")
-            .port();
+        let p = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
         if handed.insert(p) {
             return p;
         }
@@ -119,11 +116,7 @@ pub fn port_open(port: u16) -> bool {
 
 /// A private temporary directory with a short path: `/tmp/<prefix>XXXXXX`.
 pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .rand_bytes(6)
-        .tempdir_in("/tmp")
-        .unwrap_or_else(|e| panic!("create a temp dir /tmp/{prefix}*: {e}"))
+    tempfile::Builder::new().prefix(prefix).rand_bytes(6).tempdir_in("/tmp").unwrap_or_else(|e| panic!("create a temp dir /tmp/{prefix}*: {e}"))
 }
 
 /// Write a file, panicking with its path on error.
@@ -133,6 +126,5 @@ pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
 
 pub fn set_mode(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
 }

@@ -73,9 +73,7 @@ pub fn describe(cmd: &Command) -> String {
 /// nothing). The child gets SIGKILL if this thread dies.
 pub fn run(cmd: &mut Command, input: Option<&[u8]>, timeout: Duration) -> io::Result<Output> {
     die_with_parent(cmd, libc::SIGKILL);
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn()?;
     if let Some(data) = input {
         let mut stdin = child.stdin.take().expect("piped stdin");
@@ -190,13 +188,8 @@ pub fn spawn_persistent(mut command: Command, sig: libc::c_int) -> io::Result<Ch
     });
     die_with_parent(&mut command, sig);
     let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((command, reply_tx))
-        .map_err(|_| io::Error::other("support-spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("support-spawner thread is gone"))?
+    tx.lock().unwrap_or_else(|e| e.into_inner()).send((command, reply_tx)).map_err(|_| io::Error::other("support-spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| io::Error::other("support-spawner thread is gone"))?
 }
 
 /// A child that is killed (and reaped) when dropped.

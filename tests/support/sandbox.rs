@@ -53,10 +53,7 @@ impl Sandbox {
     pub fn get() -> &'static Sandbox {
         let result = SANDBOX.get_or_init(|| {
             std::panic::catch_unwind(Sandbox::start).map_err(|e| {
-                e.downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown panic".into())
+                e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
             })
         });
         match result {
@@ -147,11 +144,7 @@ impl Sandbox {
     /// Log lines of the registry and sshd, for failure messages.
     pub fn logs(&self) -> String {
         let read = |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| format!("({}: {e})", p.display()));
-        format!(
-            "--- registry log ---\n{}\n--- sshd log ---\n{}",
-            read(self.dir().join("registry/registry.log")),
-            read(self.dir().join("ssh/sshd.log"))
-        )
+        format!("--- registry log ---\n{}\n--- sshd log ---\n{}", read(self.dir().join("registry/registry.log")), read(self.dir().join("ssh/sshd.log")))
     }
 
     fn start() -> Sandbox {
@@ -361,11 +354,7 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
             std::panic::resume_unwind(e);
         }
     }
-    run_ok_input(
-        &mut docker_cmd(config, &["login", registry, "-u", REGISTRY_USER, "--password-stdin"]),
-        Some(password.as_bytes()),
-        DOCKER_TIMEOUT,
-    );
+    run_ok_input(&mut docker_cmd(config, &["login", registry, "-u", REGISTRY_USER, "--password-stdin"]), Some(password.as_bytes()), DOCKER_TIMEOUT);
     // Pushing in parallel: the first push uploads the binary layer, the others
     // mostly mount it.
     let pushes: Vec<_> = DEMO_TAGS
@@ -402,10 +391,7 @@ fn json_auth(user: &str, password: &str) -> String {
 fn choose_password() -> String {
     let pw = format!("cst{}~~~{}", random_hex(8), random_hex(8));
     let encoded = http::base64_std(json_auth(REGISTRY_USER, &pw).as_bytes());
-    assert!(
-        encoded.contains('+') || encoded.contains('/'),
-        "registry password {pw:?} must produce '+' or '/' in base64 ({encoded})"
-    );
+    assert!(encoded.contains('+') || encoded.contains('/'), "registry password {pw:?} must produce '+' or '/' in base64 ({encoded})");
     pw
 }
 
@@ -434,25 +420,20 @@ fn start_registry(dir: &Path, password: &str) -> (ChildGuard, String) {
         let log_path = dir.join("registry.log");
         let log = fs::File::create(&log_path).expect("create registry.log");
         let mut c = Command::new("docker-registry");
-        c.arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
+        c.arg("serve").arg(&config).stdin(Stdio::null()).stdout(log.try_clone().expect("dup log")).stderr(log);
         let child = spawn_persistent(c, libc::SIGKILL).unwrap_or_else(|e| panic!("cannot start docker-registry: {e}"));
         let mut guard = ChildGuard::new(child, "docker-registry");
         let url = format!("http://{addr}/v2/");
-        let ready = guard.wait_ready(Duration::from_secs(20), Duration::from_millis(50), || {
-            matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 401)
-        });
+        let ready = guard.wait_ready(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 401),
+        );
         let log_text = fs::read_to_string(&log_path).unwrap_or_default();
         match ready {
             Ok(()) => return (guard, addr),
             Err(exited) => {
-                last_err = format!(
-                    "docker-registry on {addr} {}; log:\n{log_text}",
-                    exited.unwrap_or_else(|| "did not answer 401 on /v2/ within 20 s".into())
-                );
+                last_err = format!("docker-registry on {addr} {}; log:\n{log_text}", exited.unwrap_or_else(|| "did not answer 401 on /v2/ within 20 s".into()));
                 drop(guard);
                 if !log_text.contains("address already in use") {
                     break;
@@ -475,17 +456,12 @@ fn current_user() -> String {
             Some(std::ffi::CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned())
         }
     };
-    from_passwd
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "root".into())
+    from_passwd.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into())
 }
 
 fn keygen(path: &Path) -> String {
     let _ = fs::remove_file(path);
-    run_ok(
-        cmd("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"]).arg(path),
-        Duration::from_secs(30),
-    );
+    run_ok(cmd("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"]).arg(path), Duration::from_secs(30));
     set_mode(path, 0o600);
     let pubkey = fs::read_to_string(path.with_extension("pub")).expect("read the public key");
     // "ssh-ed25519 AAAA... comment" -> "ssh-ed25519 AAAA..."
@@ -548,10 +524,7 @@ fn start_sshd(dir: &Path) -> (ChildGuard, u16, String, PathBuf, PathBuf) {
         let mut guard = ChildGuard::new(child, "sshd");
         if let Err(exited) = guard.wait_ready(Duration::from_secs(20), Duration::from_millis(25), || port_open(port)) {
             let log_text = fs::read_to_string(&log_path).unwrap_or_default();
-            last_err = format!(
-                "sshd on port {port} {}; log:\n{log_text}",
-                exited.unwrap_or_else(|| "did not accept connections within 20 s".into())
-            );
+            last_err = format!("sshd on port {port} {}; log:\n{log_text}", exited.unwrap_or_else(|| "did not accept connections within 20 s".into()));
             drop(guard);
             if log_text.contains("Address already in use") {
                 continue;
@@ -586,9 +559,7 @@ fn owner_of(dir: &Path) -> Option<u32> {
 /// things whose owner process is gone are touched.
 fn cleanup_stale() {
     let config = Path::new("/tmp/cst-nonexistent-config");
-    let entries: Vec<PathBuf> = fs::read_dir("/tmp")
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let entries: Vec<PathBuf> = fs::read_dir("/tmp").map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     let starts = |p: &PathBuf, prefix: &str| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix));
     let dead = |p: &&PathBuf| owner_of(p).is_some_and(|pid| !proc::pid_alive(pid));
     let live_registries: Vec<String> = entries
@@ -642,11 +613,7 @@ fn cleanup_stale() {
 /// references (left by pulls by digest). Errors are ignored: an image may be
 /// in use by a container.
 fn remove_repo_tags(config: &Path, repo: &str) {
-    let Ok(out) = run(
-        &mut docker_cmd(config, &["images", "--digests", "--format", "{{.Repository}}|{{.Tag}}|{{.Digest}}", repo]),
-        None,
-        DOCKER_TIMEOUT,
-    ) else {
+    let Ok(out) = run(&mut docker_cmd(config, &["images", "--digests", "--format", "{{.Repository}}|{{.Tag}}|{{.Digest}}", repo]), None, DOCKER_TIMEOUT) else {
         return;
     };
     let mut tags = Vec::new();
