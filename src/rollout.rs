@@ -191,7 +191,19 @@ impl<'a> Rollout<'a> {
         };
         self.info(format!("{at} failed: {}; reverting {} replaced instance(s)", f.message, done.len()));
         let mut all_restored = f.restored;
+        // Newest first, except that instances serving nothing now (one that crashed while
+        // baking, say) go back before any that serves: draining a healthy instance while
+        // another is down would leave the load balancer with none.
+        let mut order = Vec::new();
         for d in done.iter().rev() {
+            let serving = match self.host.engine.inspect_container(&d.name).await {
+                Ok(Some(c)) => crate::gates::healthy_now(self.host, d.service, &c).await.0,
+                _ => false,
+            };
+            order.push((serving, d));
+        }
+        order.sort_by_key(|(serving, _)| *serving);
+        for (_, d) in order {
             let ok = match self.host.engine.inspect_container(&d.name).await {
                 Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ").await.is_ok(),
                 _ => false,
