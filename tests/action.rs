@@ -196,6 +196,12 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert!(desc.contains("gh workflow run deploy.yml -f rollback-to="), "{desc}");
     let statuses_posted = gh.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/statuses")).count();
     assert_eq!(statuses_posted, 3, "the rate-limited status is sent again");
+    support::record_fault(
+        "GitHub answers 502 after making the deployment, then 429 with Retry-After",
+        "finds the deployment it made instead of making a second; waits Retry-After and sends the status again; the deploy is unaffected",
+        None,
+        None,
+    );
 
     // workflow_dispatch with rollback-to (inputs arrive as strings).
     let a = action(&app, &gh, "workflow_dispatch_rollback", &[]);
@@ -250,6 +256,7 @@ fn a_missing_permission_stops_before_any_host_is_touched() {
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     assert!(a.run.stderr.contains("GitHub did not create a deployment") && a.run.stderr.contains("goes on without a GitHub deployment"), "{}", a.run);
     assert!(gh.deployments().is_empty());
+    support::record_fault("GitHub answers 502 to every attempt (5)", "retries with backoff, then a warning; the deploy completes", None, None);
 
     // A bad release: reverted, and the deployment's failure says what was reverted.
     let gh = FakeGitHub::start("acme/shop", TOKEN, &["broken"]);

@@ -303,6 +303,7 @@ fn a_changed_host_key_is_refused_before_any_command() {
     let run = app.capstan(&["status"]);
     assert_eq!(run.status, 4, "{}", run.stderr);
     assert!(run.stderr.contains("host's key is not the one in known_hosts"), "{}", run.stderr);
+    support::record_fault("the host's key changes", "refused before any command runs, exit 4, the message says so", None, None);
 }
 
 /// Containers created by Compose from a moving tag: after the deploy, that tag on
@@ -386,6 +387,12 @@ fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
     let last = log.last().expect("the cancelled run is recorded");
     assert_eq!(last["outcome"], "rolled_back");
     assert!(last["error"].as_str().unwrap().contains("cancelled by SIGTERM"), "{last}");
+    support::record_fault(
+        "SIGTERM while the second instance is replaced (a cancelled GitHub run)",
+        "stops starting work, reverts both instances, records `rolled_back`, releases the lock, exit 1",
+        Some(&stats),
+        Some(took),
+    );
 }
 
 /// The user's ssh config is honoured: a host alias reached through a ProxyJump
@@ -427,6 +434,7 @@ fn the_next_deploy_recovers_from_a_killed_run() {
     let app = app("killed");
     let (load, mut child) = deploy_under_load_until_replacing(&app, 0);
     let kept = format!("{}.capstan-old", app.instances()[0]);
+    let killed = Instant::now();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(app.containers().contains(&kept), "the killed run left {kept}");
@@ -444,6 +452,12 @@ fn the_next_deploy_recovers_from_a_killed_run() {
     assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
     let commands: Vec<String> = log_records(&app).iter().map(|r| format!("{} {}", r["command"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
     assert_eq!(commands, vec!["recover succeeded", "deploy succeeded"]);
+    support::record_fault(
+        "capstan killed (SIGKILL) mid-rollout",
+        "the next deploy (after `lock release --force`, or the lease's expiry) puts the kept container back, records `recover`, deploys",
+        Some(&stats),
+        Some(killed.elapsed()),
+    );
 }
 
 /// An image's own Docker HEALTHCHECK gates the rollout too: a release whose

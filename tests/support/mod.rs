@@ -28,6 +28,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// One row of the faults table (#6), printed and appended to
+/// `$CAPSTAN_FAULTS_TABLE` when set: `bash scripts/faults` collects them.
+/// `stats` is the load that ran through the fault, when one did.
+pub fn record_fault(fault: &str, did: &str, stats: Option<&LoadStats>, recover: Option<Duration>) {
+    use std::io::Write;
+    let lost = stats.map(|s| format!("{} of {}", s.failed, s.sent)).unwrap_or_else(|| "— (no load)".into());
+    let recover = recover.map(|d| format!("{:.1} s", d.as_secs_f64())).unwrap_or_else(|| "—".into());
+    let row = format!("| {fault} | {did} | {lost} | {recover} |\n");
+    eprint!("[faults] {row}");
+    if let Ok(path) = std::env::var("CAPSTAN_FAULTS_TABLE") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("the faults table");
+        f.write_all(row.as_bytes()).expect("the faults table");
+    }
+}
+
 /// The capstan repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

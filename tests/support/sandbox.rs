@@ -92,6 +92,10 @@ impl Sandbox {
     pub fn registry_password(&self) -> &str {
         &self.registry_password
     }
+    /// The listening sshd: its children are the live SSH sessions (to cut them, in fault tests).
+    pub fn sshd_pid(&self) -> u32 {
+        self.sshd_child.lock().unwrap_or_else(|e| e.into_inner()).pid()
+    }
     /// `127.0.0.1:PORT/capstan-demo:<tag>`
     pub fn image(&self, tag: &str) -> String {
         format!("{}/{REPO}:{tag}", self.registry_addr)

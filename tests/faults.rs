@@ -1,0 +1,174 @@
+//! Faults injected in the middle of real rollouts, each under 200 requests/s
+//! through nginx (#6). Each must end with every instance serving, no request
+//! lost that could have been kept, the lock released or explained, and the
+//! host's log telling the truth. Each test adds a row to the table that
+//! `bash scripts/faults` prints (and the README shows): the fault, what capstan
+//! did, requests lost, time to recover.
+//!
+//! Run one at a time (`--test-threads=1`): cutting SSH cuts every session of
+//! the sandbox's sshd.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{record_fault, App, AppOptions, Run, Sandbox};
+
+fn sandbox() -> &'static Sandbox {
+    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
+    Sandbox::get()
+}
+
+fn log_records(app: &App) -> Vec<Value> {
+    let text = std::fs::read_to_string(app.state_dir().join("deploys.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a broken log line ({e}): {l:?}"))).collect()
+}
+
+fn spawn(app: &App, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(args)
+        .current_dir(app.dir())
+        .env("REGISTRY_PASSWORD", sandbox().registry_password())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: std::process::Child) -> Run {
+    let out = child.wait_with_output().unwrap();
+    Run { status: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+}
+
+/// Waits until `f` holds, or panics after a minute.
+fn until(what: &str, mut f: impl FnMut() -> bool) {
+    support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || f().then_some(())).unwrap_or_else(|| panic!("never: {what}"));
+}
+
+#[test]
+fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
+    let sb = sandbox();
+    let app = App::new(sb, "fssh", AppOptions::default());
+    // A short lease, renewed after each instance: a run that lost its hosts holds the lock only that long.
+    app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
+    let load = app.load(200);
+    let child = spawn(&app, &["deploy", "--version", "v2"]);
+    let kept = format!("{}.capstan-old", app.instances()[0]);
+    until("the deploy replaces the first instance", || app.containers().contains(&kept));
+    // Cut every SSH session: capstan's master connection dies with them.
+    let cut = Instant::now();
+    let killed = Command::new("pkill").args(["-KILL", "-P", &sb.sshd_pid().to_string()]).status().unwrap();
+    assert!(killed.success(), "pkill found the sessions");
+    let first = finish(child);
+    assert_ne!(first.status, 0, "the run that lost its host fails:\n{first}");
+    assert!(first.stderr.contains(&sb.ssh_host()) || first.stderr.contains("127.0.0.1"), "the error names the host:\n{first}");
+    // The next run: waits out the lease, finds the half-replaced instance, finishes it, deploys.
+    std::thread::sleep(Duration::from_secs(3));
+    let next = app.capstan(&["deploy", "--version", "v2"]);
+    let recovered = cut.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    next.assert_success();
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    assert!(!app.containers().iter().any(|c| c.ends_with(".capstan-old")), "{:?}", app.containers());
+    assert!(!app.state_dir().join("lock.json").exists(), "the lock is released");
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    let outcomes: Vec<String> = log_records(&app).iter().map(|r| format!("{} {}", r["command"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    assert_eq!(outcomes.last().map(String::as_str), Some("deploy succeeded"), "{outcomes:?}");
+    record_fault(
+        "SSH sessions cut while the first instance is replaced",
+        &format!("run fails (exit {}); the next deploy takes over the expired lease, finishes the half-done instance, deploys", first.status),
+        Some(&stats),
+        Some(recovered),
+    );
+}
+
+#[test]
+fn a_crash_while_baking_reverts_every_instance() {
+    let sb = sandbox();
+    let app = App::new(sb, "fbake", AppOptions::default());
+    app.write_config(&(app.default_config() + "bake: 20s\n"));
+    let load = app.load(200);
+    let child = spawn(&app, &["--json", "deploy", "--version", "v2"]);
+    // Both replaced and the kept old containers cleaned up: the rollout is in its bake window.
+    until("both instances run v2 and the rollout is baking", || {
+        app.versions() == ["v2", "v2"] && !app.containers().iter().any(|c| c.ends_with(".capstan-old"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // The new release crashes after it passed every gate.
+    let crash = Instant::now();
+    app.docker_ok(&["kill", &app.instances()[0]]);
+    let run = finish(child);
+    let recovered = crash.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    run.assert_status(1);
+    assert!(run.stderr.contains("of baking"), "the bake caught it:\n{run}");
+    assert_eq!(app.versions(), vec!["v1", "v1"], "reverted to what ran before");
+    assert!(!app.state_dir().join("lock.json").exists());
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(report["outcome"], "rolled_back");
+    let last = log_records(&app).pop().unwrap();
+    assert_eq!(last["outcome"], "rolled_back", "{last}");
+    // A crashed container loses the requests it held; nginx retries idempotent ones on the other.
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    record_fault(
+        "the new release crashes while baking, after every gate passed",
+        "both instances reverted to v1 (exit 1, `rolled_back` in the log)",
+        Some(&stats),
+        Some(recovered),
+    );
+}
+
+#[test]
+fn a_refused_registry_password_replaces_nothing() {
+    let sb = sandbox();
+    let app = App::new(sb, "freg", AppOptions::default());
+    app.write_config(&app.default_config());
+    let load = app.load(200);
+    let run = app.capstan_env(&["deploy", "--version", "v2"], &[("REGISTRY_PASSWORD", "wrong-password")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert!(run.status == 2 || run.status == 4, "refused before any change:\n{run}");
+    assert!(!run.stderr.contains("wrong-password"), "the password is not printed");
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert!(!app.state_dir().join("lock.json").exists());
+    assert!(log_records(&app).is_empty(), "nothing was done, nothing is recorded");
+    assert_eq!(stats.failed, 0);
+    record_fault(
+        "the registry refuses the password when the host resolves the release",
+        &format!("refused before any change (exit {})", run.status),
+        Some(&stats),
+        None,
+    );
+}
+
+#[test]
+fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
+    let sb = sandbox();
+    let app = App::new(sb, "ftwo", AppOptions::default());
+    app.write_config(&app.default_config());
+    let load = app.load(200);
+    let a = spawn(&app, &["deploy", "--version", "v2"]);
+    let b = spawn(&app, &["deploy", "--version", "v3"]);
+    let (a, b) = (finish(a), finish(b));
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    let mut codes = [a.status, b.status];
+    codes.sort();
+    assert_eq!(codes, [0, 3], "one deploys, the other is refused by the lock:\n{a}\n{b}");
+    let winner = if a.status == 0 { "v2" } else { "v3" };
+    assert_eq!(app.versions(), vec![winner, winner]);
+    let records = log_records(&app);
+    assert_eq!(records.len(), 1, "one record, whole: {records:?}");
+    assert!(!app.state_dir().join("lock.json").exists());
+    assert_eq!(stats.failed, 0);
+    record_fault(
+        "two deploys started at the same moment from two processes",
+        "one deploys; the other is refused by the lock (exit 3); one whole log line",
+        Some(&stats),
+        None,
+    );
+}
