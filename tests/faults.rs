@@ -5,8 +5,8 @@
 //! `bash scripts/faults` prints (and the README shows): the fault, what capstan
 //! did, requests lost, time to recover.
 //!
-//! Run one at a time (`--test-threads=1`): cutting SSH cuts every session of
-//! the sandbox's sshd.
+//! They run one at a time (a lock below, whatever `--test-threads` says):
+//! cutting SSH cuts every session of the sandbox's sshd.
 
 mod support;
 
@@ -15,6 +15,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{record_fault, App, AppOptions, Run, Sandbox};
+
+/// Held by each test for its whole run.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
@@ -49,6 +55,7 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
+    let _one = one_at_a_time();
     let sb = sandbox();
     let app = App::new(sb, "fssh", AppOptions::default());
     // A short lease, renewed after each instance: a run that lost its hosts holds the lock only that long.
@@ -87,6 +94,7 @@ fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
 
 #[test]
 fn a_crash_while_baking_reverts_every_instance() {
+    let _one = one_at_a_time();
     let sb = sandbox();
     let app = App::new(sb, "fbake", AppOptions::default());
     app.write_config(&(app.default_config() + "bake: 20s\n"));
@@ -124,6 +132,7 @@ fn a_crash_while_baking_reverts_every_instance() {
 
 #[test]
 fn a_refused_registry_password_replaces_nothing() {
+    let _one = one_at_a_time();
     let sb = sandbox();
     let app = App::new(sb, "freg", AppOptions::default());
     app.write_config(&app.default_config());
@@ -147,6 +156,7 @@ fn a_refused_registry_password_replaces_nothing() {
 
 #[test]
 fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
+    let _one = one_at_a_time();
     let sb = sandbox();
     let app = App::new(sb, "ftwo", AppOptions::default());
     app.write_config(&app.default_config());
