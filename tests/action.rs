@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::github::{FakeGitHub, Fault};
+use support::runner::outputs;
 use support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
@@ -93,24 +94,6 @@ fn action(app: &App, gh: &FakeGitHub, fixture: &str, inputs: &[(&str, &str)]) ->
     }
 }
 
-/// `name<<DELIM\nvalue\nDELIM` entries of a GITHUB_OUTPUT file.
-fn outputs(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut lines = text.lines();
-    while let Some(head) = lines.next() {
-        let (name, delim) = head.split_once("<<").expect("name<<DELIMITER");
-        let mut value = Vec::new();
-        for l in lines.by_ref() {
-            if l == delim {
-                break;
-            }
-            value.push(l);
-        }
-        out.insert(name.to_string(), value.join("\n"));
-    }
-    out
-}
-
 /// Secrets appear only in the `::add-mask::` lines, which come before any other output.
 #[track_caller]
 fn secrets_masked_first(a: &ActionRun, sb: &Sandbox, gh: &FakeGitHub) {
@@ -127,26 +110,9 @@ fn secrets_masked_first(a: &ActionRun, sb: &Sandbox, gh: &FakeGitHub) {
             );
         }
     }
-    let mut seen_other = false;
-    for line in a.run.stdout.lines() {
-        if line.starts_with("::add-mask::") {
-            assert!(!seen_other, "a mask came after other output:\n{}", a.run.stdout);
-        } else {
-            seen_other = true;
-            for s in &secrets {
-                assert!(!line.contains(s.as_str()), "a secret on stdout: {line}");
-            }
-        }
-    }
-    for s in &secrets {
-        // A fork's run is given only the token.
-        if s == TOKEN || !a.fork {
-            assert!(a.run.stdout.contains(&format!("::add-mask::{s}")), "{s} is masked");
-        }
-        for (what, text) in [("stderr", &a.run.stderr), ("outputs", &a.outputs), ("summary", &a.summary)] {
-            assert!(!text.contains(s.as_str()), "a secret in the {what}");
-        }
-    }
+    let elsewhere = [("stderr", a.run.stderr.as_str()), ("outputs", a.outputs.as_str()), ("summary", a.summary.as_str())];
+    // A fork's run is given only the token.
+    support::runner::assert_masked_first(&a.run.stdout, &elsewhere, &secrets, |s| s == TOKEN || !a.fork);
 }
 
 fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) -> Fault {

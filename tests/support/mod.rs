@@ -16,6 +16,7 @@ pub mod github;
 pub mod http;
 mod load;
 pub mod proc;
+pub mod runner;
 mod sandbox;
 
 pub use app::{capstan_bin, App, AppOptions, Run};
