@@ -256,6 +256,17 @@ pub fn hint(status: u16, message: &str, permission: &str) -> Option<String> {
     }
 }
 
+/// A 2xx answer read into octocrab's model of it; an answer of another shape is a refusal.
+fn model<T: serde::de::DeserializeOwned>(what: &str, status: u16, answer: Value) -> Result<T, ApiError> {
+    let message = answer.get("message").and_then(Value::as_str).map(|m| format!(": {m}")).unwrap_or_default();
+    serde_json::from_value(answer).map_err(|e| ApiError::Refused {
+        what: what.into(),
+        status,
+        message: format!("the answer is not what was asked for ({e}){message}"),
+        hint: None,
+    })
+}
+
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -284,12 +295,7 @@ impl Api for Client {
             })
         };
         let created = self.call("create a deployment", "deployments: write", "POST", &route, Some(&body), before_retry).await?;
-        let dep: octocrab::models::repos::Deployment = serde_json::from_value(created.clone()).map_err(|e| ApiError::Refused {
-            what: "create a deployment".into(),
-            status: 202,
-            message: format!("the answer is not a deployment ({e}): {}", created.get("message").and_then(Value::as_str).unwrap_or("")),
-            hint: None,
-        })?;
+        let dep: octocrab::models::repos::Deployment = model("create a deployment", 202, created)?;
         Ok(dep.id.0)
     }
 
@@ -298,33 +304,18 @@ impl Api for Client {
         let body = serde_json::to_value(s).expect("a status serializes");
         let what = format!("set deployment {deployment} {}", s.state);
         let answer = self.call(&what, "deployments: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
-        serde_json::from_value::<octocrab::models::repos::DeploymentStatus>(answer).map(|_| ()).map_err(|e| ApiError::Refused {
-            what,
-            status: 201,
-            message: format!("the answer is not a deployment status: {e}"),
-            hint: None,
-        })
+        model::<octocrab::models::repos::DeploymentStatus>(&what, 201, answer).map(|_| ())
     }
 
     async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<Earlier>, ApiError> {
         let route = format!("/repos/{}/deployments?environment={}&per_page={limit}", self.repo, urlencode(environment));
         let list = self.call("list deployments", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
-        let list: Vec<octocrab::models::repos::Deployment> = serde_json::from_value(list).map_err(|e| ApiError::Refused {
-            what: "list deployments".into(),
-            status: 200,
-            message: format!("not a list of deployments: {e}"),
-            hint: None,
-        })?;
+        let list: Vec<octocrab::models::repos::Deployment> = model("list deployments", 200, list)?;
         let mut out = Vec::new();
         for d in list {
             let route = format!("/repos/{}/deployments/{}/statuses?per_page=1", self.repo, d.id.0);
             let statuses = self.call("list deployment statuses", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
-            let statuses: Vec<octocrab::models::repos::DeploymentStatus> = serde_json::from_value(statuses).map_err(|e| ApiError::Refused {
-                what: "list deployment statuses".into(),
-                status: 200,
-                message: format!("not a list of statuses: {e}"),
-                hint: None,
-            })?;
+            let statuses: Vec<octocrab::models::repos::DeploymentStatus> = model("list deployment statuses", 200, statuses)?;
             let state = statuses.first().and_then(|s| serde_json::to_value(s.state).ok()).and_then(|v| v.as_str().map(str::to_string));
             out.push(Earlier { id: d.id.0, state });
         }
