@@ -107,19 +107,7 @@ async fn run(cli: Cli) -> i32 {
         },
         _ => None,
     };
-    let failed_report = |app: &str, e: &Error| Report {
-        app: app.to_string(),
-        command: command_name.into(),
-        version: None,
-        outcome: "failed".into(),
-        duration_ms: 0,
-        hosts: vec![],
-        build: vec![],
-        gates: vec![],
-        plan: None,
-        error: Some(e.to_string()),
-        previous: None,
-    };
+    let failed_report = |app: &str, e: &Error| failed_report(app, command_name, e);
     let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli));
     let loaded = config::load(&path);
     if let (Err(e), Some(s)) = (&loaded, &setup) {
@@ -301,21 +289,26 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
     }
 }
 
-/// The report of a run an error stopped: what was done before it.
-fn error_report(ctx: &Ctx<'_>, collector: &Collector, e: &Error) -> Report {
+/// The report of a command an error stopped before it had one.
+fn failed_report(app: &str, command: &str, e: &Error) -> Report {
     Report {
-        app: ctx.config.app.clone(),
-        command: "action".into(),
+        app: app.to_string(),
+        command: command.into(),
         version: None,
         outcome: "failed".into(),
         duration_ms: 0,
-        hosts: collector.hosts(),
-        build: collector.builds(),
-        gates: collector.gates(),
+        hosts: vec![],
+        build: vec![],
+        gates: vec![],
         plan: None,
         error: Some(e.to_string()),
         previous: None,
     }
+}
+
+/// The report of an action run an error stopped: with what was done before it.
+fn error_report(ctx: &Ctx<'_>, collector: &Collector, e: &Error) -> Report {
+    Report { hosts: collector.hosts(), build: collector.builds(), gates: collector.gates(), ..failed_report(&ctx.config.app, "action", e) }
 }
 
 /// An action run: the command its event stands for, with the GitHub
@@ -391,8 +384,7 @@ async fn check_action(
     if services.iter().any(|s| s.build.is_some()) {
         let creds = if fork { None } else { ctx.credentials().ok().flatten() };
         for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), false, build::default_jobs()).await? {
-            let image = ctx.config.service(&b.service).map(|s| s.image.clone()).unwrap_or_default();
-            pinned.insert(b.service.clone(), format!("{} (built, not pushed)", release::tag_ref(&image, &version.text)));
+            pinned.insert(b.service.clone(), format!("{} (built, not pushed)", release::tag_ref(&b.image, &version.text)));
         }
     }
     let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
