@@ -206,11 +206,5 @@ fn report_location() -> (PathBuf, String) {
 /// Config errors as annotations on the file's lines.
 pub fn annotate(e: &crate::config::ConfigError) -> Vec<String> {
     let file = e.file.display().to_string();
-    e.issues
-        .iter()
-        .map(|i| {
-            let msg = if i.path.is_empty() { i.message.clone() } else { format!("{}: {}", i.path, i.message) };
-            workflow::error_annotation(&file, i.line, &msg)
-        })
-        .collect()
+    e.issues.iter().map(|i| workflow::error_annotation(&file, i.line, &i.describe())).collect()
 }

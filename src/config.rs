@@ -235,10 +235,17 @@ fn render_issue(file: &str, i: &Issue) -> String {
         Some(l) => format!("{file}:{l}"),
         None => file.to_string(),
     };
-    if i.path.is_empty() {
-        format!("{at}: {}", i.message)
-    } else {
-        format!("{at}: {}: {}", i.path, i.message)
+    format!("{at}: {}", i.describe())
+}
+
+impl Issue {
+    /// `key.path: message`, or the message alone for the file as a whole.
+    pub fn describe(&self) -> String {
+        if self.path.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.path, self.message)
+        }
     }
 }
 

@@ -181,7 +181,7 @@ pub fn annotations(e: &crate::config::ConfigError, workspace: &std::path::Path) 
             start_line: i.line.unwrap_or(1),
             end_line: i.line.unwrap_or(1),
             annotation_level: "failure".into(),
-            message: if i.path.is_empty() { i.message.clone() } else { format!("{}: {}", i.path, i.message) },
+            message: i.describe(),
             title: "capstan config".into(),
         })
         .collect()
