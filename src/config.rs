@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indexmap::IndexMap;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::names;
 
@@ -35,7 +35,31 @@ pub struct Config {
     pub validate: Validate,
     /// After validation, how long to keep watching before the release counts as good (zero: off).
     pub bake: Duration,
+    /// How the hosts roll: how many at once, canaries first, what a failure reverts.
+    pub rollout: HostRollout,
+    /// Named groups of hosts (`roles:`), for services that run on a subset.
+    pub roles: IndexMap<String, Vec<HostAddr>>,
     pub services: Vec<Service>,
+}
+
+/// `rollout:`: the order and bound of the hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostRollout {
+    /// Hosts rolled at once (`parallel:`); at least 1. Default: every host.
+    pub parallel: usize,
+    /// Hosts rolled first, alone, and fully done (validated and baked) before any other starts.
+    pub canary: usize,
+    pub on_failure: OnFailure,
+}
+
+/// What a failed host means for the hosts that already took the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Every host that took the release goes back: all hosts run one release.
+    RevertAll,
+    /// Only the failed host reverts; hosts that finished keep the release.
+    RevertHost,
 }
 
 /// Checks on each host before anything changes (`preflight:`).
@@ -142,6 +166,14 @@ pub struct Service {
     pub traffic: Option<Traffic>,
     pub pause: Duration,
     pub migrate: Option<Migrate>,
+    /// The hosts it runs on (`services.<name>.hosts`, roles resolved); empty: every host.
+    pub hosts: Vec<HostAddr>,
+}
+
+impl Service {
+    pub fn runs_on(&self, host: &HostAddr) -> bool {
+        self.hosts.is_empty() || self.hosts.contains(host)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +227,11 @@ pub struct Traffic {
 impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The host of this address as the config lists it.
+    pub fn host(&self, name: &str) -> Option<&HostAddr> {
+        self.hosts.iter().find(|h| h.to_string() == name)
     }
 }
 
@@ -277,7 +314,19 @@ struct RawConfig {
     #[serde(default)]
     validate: RawValidate,
     bake: Option<String>,
+    #[serde(default)]
+    rollout: RawRollout,
+    #[serde(default)]
+    roles: IndexMap<String, Vec<String>>,
     services: IndexMap<String, RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    parallel: Option<usize>,
+    canary: Option<usize>,
+    on_failure: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +431,7 @@ struct RawService {
     traffic: Option<RawTraffic>,
     pause: Option<String>,
     migrate: Option<RawMigrate>,
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -638,6 +688,8 @@ impl Validator {
             self.issue("docker.socket", format!("expected an absolute path on the host, got {docker_socket:?}"));
         }
         let lock_lease = self.duration("lock.lease", raw.lock.lease.as_deref(), Duration::from_secs(15 * 60));
+        let roles = self.roles(raw.roles, &raw.hosts, &hosts);
+        let rollout = self.rollout(raw.rollout, hosts.len());
         if raw.services.is_empty() {
             self.issue("services", "expected at least one service");
         }
@@ -678,6 +730,7 @@ impl Validator {
                 let timeout = self.duration(&format!("{p}.migrate.timeout"), m.timeout.as_deref(), Duration::from_secs(600));
                 Migrate { command: m.command, timeout }
             });
+            let service_hosts = self.service_hosts(&p, s.hosts, &roles, &raw.hosts, &hosts);
             services.push(Service {
                 name,
                 image: s.image,
@@ -688,6 +741,7 @@ impl Validator {
                 traffic,
                 pause,
                 migrate,
+                hosts: service_hosts,
             });
         }
         Config {
@@ -704,8 +758,98 @@ impl Validator {
             hooks: self.hooks(raw.hooks),
             validate: self.validate(raw.validate),
             bake: self.duration("bake", raw.bake.as_deref(), Duration::ZERO),
+            rollout,
+            roles,
             services,
         }
+    }
+
+    /// A host named in `roles:` or `services.*.hosts`: as written in `hosts:`, or by its name alone.
+    fn listed_host(written: &[String], hosts: &[HostAddr], h: &str) -> Option<HostAddr> {
+        let i = written.iter().position(|w| w == h).or_else(|| hosts.iter().position(|a| a.host == h || a.to_string() == h))?;
+        hosts.get(i).cloned()
+    }
+
+    fn roles(&mut self, raw: IndexMap<String, Vec<String>>, written: &[String], hosts: &[HostAddr]) -> IndexMap<String, Vec<HostAddr>> {
+        let mut out = IndexMap::new();
+        for (role, list) in raw {
+            let p = format!("roles.{role}");
+            self.name(&p, "role name", &role, names::check_service);
+            if list.is_empty() {
+                self.issue(&p, "expected at least one host of hosts:");
+            }
+            let mut members = Vec::new();
+            for (i, h) in list.iter().enumerate() {
+                match Self::listed_host(written, hosts, h) {
+                    Some(a) if !members.contains(&a) => members.push(a),
+                    Some(_) => self.issue(format!("{p}[{i}]"), format!("host {h:?} is listed twice")),
+                    None => self.issue(format!("{p}[{i}]"), format!("{h:?} is not one of hosts: ({})", written.join(", "))),
+                }
+            }
+            out.insert(role, members);
+        }
+        out
+    }
+
+    fn rollout(&mut self, r: RawRollout, host_count: usize) -> HostRollout {
+        let parallel = match r.parallel {
+            Some(0) => {
+                self.issue("rollout.parallel", "expected at least 1 (hosts rolled at once)");
+                1
+            }
+            Some(n) => n,
+            None => host_count.max(1),
+        };
+        let canary = r.canary.unwrap_or(0);
+        if canary > 0 && canary >= host_count {
+            self.issue(
+                "rollout.canary",
+                format!("expected fewer canary hosts than hosts ({host_count}): the canaries go first and the rest follow once they are done"),
+            );
+        }
+        let on_failure = match r.on_failure.as_deref() {
+            None | Some("revert_all") => OnFailure::RevertAll,
+            Some("revert_host") => OnFailure::RevertHost,
+            Some(other) => {
+                self.issue("rollout.on_failure", format!("expected revert_all or revert_host, got {other:?}"));
+                OnFailure::RevertAll
+            }
+        };
+        HostRollout { parallel, canary, on_failure }
+    }
+
+    fn service_hosts(
+        &mut self,
+        p: &str,
+        raw: Option<Vec<String>>,
+        roles: &IndexMap<String, Vec<HostAddr>>,
+        written: &[String],
+        hosts: &[HostAddr],
+    ) -> Vec<HostAddr> {
+        let Some(list) = raw else { return Vec::new() };
+        if list.is_empty() {
+            self.issue(format!("{p}.hosts"), "expected roles or hosts to run on (leave the key out for every host)");
+        }
+        let mut out: Vec<HostAddr> = Vec::new();
+        for (i, entry) in list.iter().enumerate() {
+            let found = match roles.get(entry) {
+                Some(members) => members.clone(),
+                None => match Self::listed_host(written, hosts, entry) {
+                    Some(a) => vec![a],
+                    None => {
+                        let roles = if roles.is_empty() { "none defined".to_string() } else { roles.keys().cloned().collect::<Vec<_>>().join(", ") };
+                        self.issue(format!("{p}.hosts[{i}]"), format!("{entry:?} is neither a role (roles: {roles}) nor one of hosts:"));
+                        vec![]
+                    }
+                },
+            };
+            for a in found {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
     }
 
     fn preflight(&mut self, p: RawPreflight) -> Preflight {
@@ -984,6 +1128,11 @@ services:
             ("url: \"http://127.0.0.1:80/\"", "url: \"ftp://x\"", "services.web.traffic.url", "http://"),
             ("app: shop", "app: \"sh op\"", "app", "invalid app name"),
             ("interval: 1s", "interval: 2m", "services.web.health.timeout", "at least as long"),
+            ("app: shop", "app: shop\nrollout: { parallel: 0 }", "rollout.parallel", "at least 1"),
+            ("app: shop", "app: shop\nrollout: { canary: 1 }", "rollout.canary", "fewer canary hosts than hosts (1)"),
+            ("app: shop", "app: shop\nrollout: { on_failure: shrug }", "rollout.on_failure", "revert_all or revert_host"),
+            ("app: shop", "app: shop\nroles: { web: [10.0.0.9] }", "roles.web[0]", "is not one of hosts:"),
+            ("pause: 10s", "pause: 10s\n    hosts: [jobs]", "services.web.hosts[0]", "neither a role (roles: none defined)"),
         ];
         for (from, to, path, expect) in cases {
             assert!(GOOD.contains(from), "bad case: {from}");
@@ -996,6 +1145,24 @@ services:
             );
             assert!(shown.starts_with("/repo/capstan.yml"), "names the file: {shown}");
         }
+    }
+
+    #[test]
+    fn roles_and_service_hosts() {
+        let text = GOOD
+            .replacen("  - deployer@203.0.113.10:22\n", "  - deployer@203.0.113.10:22\n  - deployer@203.0.113.11\n  - deployer@203.0.113.12\n", 1)
+            .replacen("services:\n", "roles:\n  web: [203.0.113.10, deployer@203.0.113.11]\n  jobs: [203.0.113.12]\nrollout: { parallel: 2, canary: 1, on_failure: revert_host }\nservices:\n", 1)
+            .replacen("pause: 10s", "pause: 10s\n    hosts: [web, 203.0.113.12]", 1);
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.rollout, HostRollout { parallel: 2, canary: 1, on_failure: OnFailure::RevertHost });
+        assert_eq!(c.roles["web"].iter().map(|h| h.to_string()).collect::<Vec<_>>(), ["deployer@203.0.113.10:22", "deployer@203.0.113.11"]);
+        let web = &c.services[0];
+        assert_eq!(web.hosts.len(), 3);
+        assert!(c.hosts.iter().all(|h| web.runs_on(h)));
+        // Without `hosts:` a service runs everywhere; the default rolls every host at once and reverts all.
+        let c = parse_str(GOOD).unwrap();
+        assert!(c.services[0].hosts.is_empty() && c.services[0].runs_on(&c.hosts[0]));
+        assert_eq!(c.rollout, HostRollout { parallel: 1, canary: 0, on_failure: OnFailure::RevertAll });
     }
 
     #[test]
