@@ -10,15 +10,16 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cancel::Cancel;
 use crate::cli::Targets;
-use crate::config::{Config, HostAddr, Service};
+use crate::config::{Config, HostAddr, OnFailure, Service};
 use crate::env;
 use crate::error::{Error, Secret};
-use crate::events::{Event, Sink};
+use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
 use crate::gates;
 use crate::host::{Credentials, EngineError, Host};
 use crate::plan::{self, HostPlan, Observed, Plan};
@@ -115,17 +116,21 @@ impl Ctx<'_> {
         Ok(Some(Credentials { server: r.server.clone(), username: r.username.clone(), password: Secret::new(password) }))
     }
 
+    /// Opens every host at once: the SSH master and the engine's first answer.
     async fn connect_all(&self, addrs: &[HostAddr]) -> Result<Vec<Host>, Error> {
-        let results = join_all(addrs.iter().map(|a| self.connector.connect(a, self.config))).await;
+        let results = join_all(addrs.iter().map(|a| async move {
+            let t = Instant::now();
+            let h = self.connector.connect(a, self.config).await?;
+            let v = h.engine.version().await.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+            Ok::<_, Error>((h, v, t.elapsed()))
+        }))
+        .await;
         let mut hosts = Vec::new();
         for r in results {
-            hosts.push(r?);
-        }
-        for h in &hosts {
-            match h.engine.version().await {
-                Ok(v) => self.info(Some(&h.name), format!("connected, Docker {v}")),
-                Err(e) => return Err(Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None }),
-            }
+            let (h, v, took) = r?;
+            self.info(Some(&h.name), format!("connected in {} ms, Docker {v}", took.as_millis()));
+            self.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Connected { ms: took.as_millis() as u64 } }));
+            hosts.push(h);
         }
         Ok(hosts)
     }
@@ -294,7 +299,16 @@ type Images = HashMap<(String, String), String>;
 
 async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>, dry_run: bool) -> Result<Roll<'a>, Error> {
     let services = ctx.services(&targets.services)?;
-    let addrs = ctx.hosts(&targets.hosts)?;
+    // Only the hosts that run one of these services (`services.*.hosts`, roles).
+    let addrs: Vec<HostAddr> = ctx.hosts(&targets.hosts)?.into_iter().filter(|a| services.iter().any(|s| s.runs_on(a))).collect();
+    if addrs.is_empty() {
+        return Err(Error::input(format!(
+            "{}: no host runs {} (see services.*.hosts and --host)",
+            ctx.config.file.display(),
+            services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let on_host = |i: usize| -> Vec<&Service> { services.iter().filter(|s| s.runs_on(&addrs[i])).copied().collect() };
     if ctx.config.hosts.len() == 1 {
         for s in services.iter().filter(|s| s.instances.len() == 1) {
             ctx.warn(None, format!(
@@ -321,7 +335,8 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
         }
     }
     let mut observed = Vec::new();
-    for h in &hosts {
+    for (i, h) in hosts.iter().enumerate() {
+        let services = on_host(i);
         let mut o = observe(h, &services).await?;
         if !dry_run && recover(ctx, h, &services, &o).await? {
             o = observe(h, &services).await?;
@@ -368,8 +383,8 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     };
     let mut host_plans: Vec<HostPlan> = Vec::new();
     let mut problems = Vec::new();
-    for ((h, obs), images) in hosts.iter().zip(&observed).zip(&per_host) {
-        match plan::plan_host(&h.name, &services, obs, &|s, i| images.get(&(s.to_string(), i.to_string())).cloned()) {
+    for (i, ((h, obs), images)) in hosts.iter().zip(&observed).zip(&per_host).enumerate() {
+        match plan::plan_host(&h.name, &on_host(i), obs, &|s, i| images.get(&(s.to_string(), i.to_string())).cloned()) {
             Ok(p) => host_plans.push(p),
             Err(mut e) => problems.append(&mut e),
         }
@@ -529,41 +544,26 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         }
     }
 
-    let runs = roll.hosts.iter().zip(&roll.plan.hosts).zip(&hook_envs).enumerate().map(|(i, ((h, hp), env))| {
-        let creds = creds.clone();
+    let results = roll_hosts(ctx, &roll, creds.as_ref(), &lease, t0).await;
+    // Every host that was locked: its hook, its record, its lock released.
+    let finish = roll.hosts.iter().zip(&results).zip(&hook_envs).map(|((h, result), env)| {
         let lease = lease.clone();
-        let services = roll.services.clone();
         let version = roll.version.clone();
         let command = roll.command;
         async move {
-            let r = Rollout {
-                host: h,
-                events: ctx.events,
-                creds: creds.as_ref(),
-                t0,
-                lease: Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease }),
-                cancel: ctx.cancel,
-                drainer: Default::default(),
-                safety: Safety {
-                    // Migrations run once per deploy: on the first host.
-                    migrate: i == 0 && deploying,
-                    validate: Some(&ctx.config.validate),
-                    bake: ctx.config.bake,
-                },
+            let which = match result.outcome {
+                HostOutcome::Succeeded => Some(("post_deploy", &ctx.config.hooks.post_deploy)),
+                HostOutcome::Skipped => None,
+                _ => Some(("on_failure", &ctx.config.hooks.on_failure)),
             };
-            let result = r.run(hp, &services).await;
-            let (which, hook) = match result.outcome {
-                HostOutcome::Succeeded => ("post_deploy", &ctx.config.hooks.post_deploy),
-                _ => ("on_failure", &ctx.config.hooks.on_failure),
-            };
-            if let Some(cmd) = hook {
+            if let Some((which, Some(cmd))) = which {
                 let g = gates::hook(h, which, cmd, env).await;
                 if !g.ok {
                     ctx.warn(Some(&h.name), format!("the {which} hook failed ({}); the rollout's outcome stands", g.measured));
                 }
                 ctx.events.emit(Event::Gate(g));
             }
-            let record = record(ctx.config, h, command, version, started_at, &result, &lease);
+            let record = record(ctx.config, h, command, version, started_at, result, &lease);
             match state::append_and_release(h.shell.as_ref(), dir, &record, &lease.id).await {
                 Ok(true) => {}
                 Ok(false) => ctx.warn(Some(&h.name), "the deploy lock was no longer ours at the end"),
@@ -574,10 +574,10 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
                     }
                 }
             }
-            (h.name.clone(), result)
         }
     });
-    let results: Vec<(String, HostResult)> = join_all(runs).await;
+    join_all(finish).await;
+    let results: Vec<(String, HostResult)> = roll.hosts.iter().map(|h| h.name.clone()).zip(results).collect();
 
     report.hosts = collector.hosts();
     report.gates = collector.gates();
@@ -598,6 +598,155 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     };
     report.error = error.as_ref().map(|e| e.to_string());
     Ok(RunOutput { report, error })
+}
+
+/// Rolls the hosts: the first `rollout.canary` ones alone and to the end (validated and
+/// baked), then the rest, at most `rollout.parallel` at once. A failed host stops every
+/// host not yet started; with `on_failure: revert_all` it also stops the ones in flight
+/// (they revert what they changed) and puts back the ones that finished, so that every
+/// host runs one release. One result per host of `roll.hosts`, in that order.
+async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>, lease: &Lease, t0: Instant) -> Vec<HostResult> {
+    let rollout = &ctx.config.rollout;
+    let n = roll.hosts.len();
+    let canary = rollout.canary.min(n);
+    let revert_all = rollout.on_failure == OnFailure::RevertAll;
+    // In-flight rollouts stop on this (a signal, or another host's failure under revert_all).
+    let abort = Cancel::default();
+    // No host starts once this is set (any failure).
+    let no_new: std::sync::Mutex<Option<String>> = Default::default();
+    // Each service migrates once: on the first host (in roll order) that runs it.
+    let migrate_on: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            roll.plan.hosts[i]
+                .services
+                .iter()
+                .filter(|sp| roll.plan.hosts[..i].iter().all(|earlier| earlier.services.iter().all(|e| e.service != sp.service)))
+                .map(|sp| sp.service.clone())
+                .collect()
+        })
+        .collect();
+    let deploying = roll.command == "deploy";
+    let dir = &ctx.config.state_dir;
+    let keeper = || Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease });
+    let run_one = |i: usize| {
+        let (h, hp) = (&roll.hosts[i], &roll.plan.hosts[i]);
+        let (abort, no_new, migrate) = (&abort, &no_new, &migrate_on[i]);
+        async move {
+            let stopped = abort.reason().or_else(|| no_new.lock().unwrap().clone());
+            if let Some(reason) = stopped {
+                ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Skipped { reason: reason.clone() } }));
+                return (i, skipped(hp, reason));
+            }
+            let started = t0.elapsed();
+            ctx.events
+                .emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Started { at_ms: started.as_millis() as u64, canary: i < canary } }));
+            let r = Rollout {
+                host: h,
+                events: ctx.events,
+                creds,
+                t0,
+                lease: keeper(),
+                cancel: abort,
+                drainer: Default::default(),
+                safety: Safety { migrate: if deploying { migrate } else { &[] }, validate: Some(&ctx.config.validate), bake: ctx.config.bake },
+            };
+            let result = r.run(hp, &roll.services).await;
+            ctx.events.emit(Event::Host(HostEvent {
+                host: h.name.clone(),
+                phase: HostPhase::Finished {
+                    at_ms: started.as_millis() as u64,
+                    duration_ms: (t0.elapsed() - started).as_millis() as u64,
+                    outcome: result.outcome.as_str().into(),
+                },
+            }));
+            if result.outcome != HostOutcome::Succeeded {
+                let why = format!("{} {}", h.name, result.outcome.as_str().replace('_', " "));
+                no_new.lock().unwrap().get_or_insert(why.clone());
+                if revert_all {
+                    abort.trigger(&format!("{why}; on_failure: revert_all stops every host"));
+                }
+            }
+            (i, result)
+        }
+    };
+    let parallel = rollout.parallel.max(1);
+    let waves = async {
+        let mut out: Vec<Option<HostResult>> = vec![None; n];
+        for wave in [0..canary, canary..n] {
+            let mut runs = futures_util::stream::iter(wave).map(run_one).buffer_unordered(parallel);
+            while let Some((i, r)) = runs.next().await {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(|r| r.expect("every host ran or was skipped")).collect::<Vec<_>>()
+    };
+    // A signal stops the hosts the same way another host's failure does.
+    let mut results = {
+        let waves = std::pin::pin!(waves);
+        let signalled = std::pin::pin!(ctx.cancel.cancelled());
+        match futures_util::future::select(waves, signalled).await {
+            futures_util::future::Either::Left((results, _)) => results,
+            futures_util::future::Either::Right(((), waves)) => {
+                abort.trigger(&ctx.cancel.reason().unwrap_or_else(|| "cancelled".into()));
+                waves.await
+            }
+        }
+    };
+    let failed: Vec<&str> = roll
+        .hosts
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| !matches!(r.outcome, HostOutcome::Succeeded | HostOutcome::Skipped))
+        .map(|(h, _)| h.name.as_str())
+        .collect();
+    let signalled = ctx.cancel.reason();
+    if failed.is_empty() && signalled.is_none() || !revert_all && signalled.is_none() {
+        return results;
+    }
+    // revert_all (or a signal): the hosts that finished go back too, through the same replace.
+    let why = match (failed.as_slice(), signalled) {
+        ([], Some(s)) => s,
+        (f, _) => format!("{} failed (on_failure: revert_all)", f.join(", ")),
+    };
+    let reverts = roll.hosts.iter().zip(results.iter_mut()).filter(|(_, r)| r.outcome == HostOutcome::Succeeded).map(|(h, r)| {
+        let why = why.clone();
+        let never = Cancel::default();
+        async move {
+            ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Reverting { reason: why.clone() } }));
+            let started = t0.elapsed();
+            // An undo is never cancelled.
+            let rollout =
+                Rollout { host: h, events: ctx.events, creds, t0, lease: keeper(), cancel: &never, drainer: Default::default(), safety: Safety::default() };
+            let mut undone = rollout.revert_finished(r, &roll.services).await;
+            undone.error = Some(match undone.outcome {
+                HostOutcome::RolledBack => format!("put back because {why}"),
+                _ => format!("{why}; putting this host back failed, see the steps above"),
+            });
+            ctx.events.emit(Event::Host(HostEvent {
+                host: h.name.clone(),
+                phase: HostPhase::Finished {
+                    at_ms: started.as_millis() as u64,
+                    duration_ms: (t0.elapsed() - started).as_millis() as u64,
+                    outcome: undone.outcome.as_str().into(),
+                },
+            }));
+            *r = undone;
+        }
+    });
+    futures_util::stream::iter(reverts).buffer_unordered(parallel).collect::<Vec<()>>().await;
+    results
+}
+
+/// The result of a host that never started: nothing changed.
+fn skipped(hp: &HostPlan, reason: String) -> HostResult {
+    let instances = hp
+        .services
+        .iter()
+        .flat_map(|sp| {
+            sp.instances.iter().map(|i| crate::rollout::InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged })
+        })
+        .collect();
+    HostResult { outcome: HostOutcome::Skipped, instances, error: Some(format!("not started: {reason}")) }
 }
 
 /// Emits every gate; returns the ones that failed.
@@ -966,6 +1115,149 @@ mod tests {
         assert_eq!(err.exit_code(), crate::error::exit::BAD_INPUT);
         assert!(err.to_string().contains("r/demo:v9 does not exist"), "{err}");
         assert_eq!(state::read_log(w.fake.as_ref(), dir).await.unwrap().0.len(), 2);
+    }
+
+    /// Several fake hosts, found by name.
+    struct FleetConnector(Vec<Arc<FakeHost>>);
+
+    #[async_trait]
+    impl Connector for FleetConnector {
+        async fn connect(&self, addr: &HostAddr, _config: &Config) -> Result<Host, Error> {
+            Ok(self.0.iter().find(|h| h.name == addr.host).expect("a fake host by that name").host())
+        }
+        async fn close(&self) {}
+    }
+
+    async fn roll_fleet(f: &crate::fake::Fleet) -> (RunOutput, Vec<Event>) {
+        let rec = Arc::new(Recorder::default());
+        let collector = Arc::new(Collector::default());
+        let fan = crate::events::Fanout(vec![rec.clone(), collector.clone()]);
+        let connector = FleetConnector(f.hosts.clone());
+        let cancel = Cancel::default();
+        let ctx = Ctx { config: &f.config, events: &fan, connector: &connector, cancel: &cancel };
+        let out = roll(&ctx, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, &Targets::default(), RollOpts::default(), &collector).await;
+        let events = rec.0.lock().unwrap().clone();
+        (out.expect("the run starts"), events)
+    }
+
+    /// `(host, phase)` in the order they happened: `start`, `done <outcome>`, `skip`, `revert`.
+    fn host_phases(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Host(HostEvent { host, phase }) => match phase {
+                    HostPhase::Connected { .. } => None,
+                    HostPhase::Started { .. } => Some(format!("{host} start")),
+                    HostPhase::Finished { outcome, .. } => Some(format!("{host} done {outcome}")),
+                    HostPhase::Skipped { .. } => Some(format!("{host} skip")),
+                    HostPhase::Reverting { .. } => Some(format!("{host} revert")),
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn images(f: &crate::fake::Fleet) -> Vec<String> {
+        f.hosts.iter().map(|h| format!("{} {}", h.name, h.image_of("web-1").unwrap_or_default() + "," + &h.image_of("web-2").unwrap_or_default())).collect()
+    }
+
+    async fn log_outcomes(f: &crate::fake::Fleet) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in &f.hosts {
+            let (records, _) = state::read_log(h.as_ref(), &f.config.state_dir).await.unwrap();
+            assert_eq!(state::read_lock(h.as_ref(), &f.config.state_dir).await.unwrap(), None, "{}: lock released", h.name);
+            out.push(format!("{} {}", h.name, records.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>().join(",")));
+        }
+        out
+    }
+
+    fn both(image: &str) -> String {
+        format!("{image},{image}")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hosts_roll_at_most_parallel_at_once() {
+        let f = crate::fake::fleet(3, "rollout: { parallel: 2 }\n");
+        let (out, events) = roll_fleet(&f).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let phases = host_phases(&events);
+        // Never more than two at once, and h3 only once one of the first two is done.
+        let mut running = 0i32;
+        let most = phases.iter().map(|p| {
+            running += if p.ends_with("start") { 1 } else { -1 };
+            running
+        });
+        assert_eq!(most.max(), Some(2), "{phases:?}");
+        let h3 = phases.iter().position(|p| p == "h3 start").unwrap();
+        assert!(phases[..h3].iter().any(|p| p.contains(" done ")), "{phases:?}");
+        assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V2))));
+        // The report times every host.
+        for h in &out.report.hosts {
+            assert!(h.timing.connect_ms.is_some() && h.timing.started_ms.is_some() && h.timing.duration_ms.is_some(), "{h:?}");
+            assert_eq!(h.outcome.as_deref(), Some("succeeded"));
+        }
+        assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 succeeded", "h3 succeeded"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_canary_stops_the_rest() {
+        let f = crate::fake::fleet(3, "rollout: { canary: 1 }\n");
+        f.hosts[0].state.lock().unwrap().broken.insert(V2.into());
+        let (out, events) = roll_fleet(&f).await;
+        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(host_phases(&events), ["h1 start", "h1 done rolled_back", "h2 skip", "h3 skip"]);
+        assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V1))));
+        assert_eq!(log_outcomes(&f).await, ["h1 rolled_back", "h2 skipped", "h3 skipped"]);
+        let skipped = &out.report.hosts.iter().find(|h| h.host == "h2").unwrap();
+        assert_eq!(skipped.outcome.as_deref(), Some("skipped"));
+        assert!(skipped.timing.note.as_deref().unwrap().contains("h1 rolled back"), "{skipped:?}");
+        // A good canary lets the rest go, after it is done.
+        let f = crate::fake::fleet(3, "rollout: { canary: 1 }\n");
+        let (out, events) = roll_fleet(&f).await;
+        assert!(out.error.is_none());
+        assert_eq!(host_phases(&events)[..2], ["h1 start", "h1 done succeeded"]);
+        assert!(out.report.hosts.iter().find(|h| h.host == "h1").unwrap().timing.canary);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_failed_host_reverts_all_by_default() {
+        let f = crate::fake::fleet(3, "rollout: { parallel: 1 }\n");
+        f.hosts[2].state.lock().unwrap().broken.insert(V2.into());
+        let (out, events) = roll_fleet(&f).await;
+        assert_eq!(out.report.outcome, "rolled_back");
+        let phases = host_phases(&events);
+        assert_eq!(phases[..6], ["h1 start", "h1 done succeeded", "h2 start", "h2 done succeeded", "h3 start", "h3 done rolled_back"]);
+        assert!(phases[6..].contains(&"h1 revert".to_string()) && phases[6..].contains(&"h2 done rolled_back".to_string()), "{phases:?}");
+        assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V1))));
+        assert_eq!(log_outcomes(&f).await, ["h1 rolled_back", "h2 rolled_back", "h3 rolled_back"]);
+        let h1 = out.report.hosts.iter().find(|h| h.host == "h1").unwrap();
+        assert!(h1.instances.iter().all(|i| i.outcome == Some(InstanceOutcome::Reverted)), "{h1:?}");
+        assert!(out.error.unwrap().to_string().contains("h1: put back because h3 failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revert_host_keeps_the_hosts_that_finished() {
+        let f = crate::fake::fleet(3, "rollout: { parallel: 1, on_failure: revert_host }\n");
+        f.hosts[1].state.lock().unwrap().broken.insert(V2.into());
+        let (out, events) = roll_fleet(&f).await;
+        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(host_phases(&events), ["h1 start", "h1 done succeeded", "h2 start", "h2 done rolled_back", "h3 skip"]);
+        assert_eq!(images(&f).await, [format!("h1 {}", both(V2)), format!("h2 {}", both(V1)), format!("h3 {}", both(V1))]);
+        assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 rolled_back", "h3 skipped"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_runs_only_on_its_hosts_and_migrates_once() {
+        let extra = "    migrate: { command: [exit, \"0\"] }\n    hosts: [back]\nroles:\n  back: [h2, h3]\n";
+        let f = crate::fake::fleet(3, extra);
+        let (out, _) = roll_fleet(&f).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let planned: Vec<_> = out.report.plan.unwrap().hosts.iter().map(|h| h.host.clone()).collect();
+        assert_eq!(planned, ["h2", "h3"], "h1 runs no service of this run and is not touched");
+        assert_eq!(images(&f).await, [format!("h1 {}", both(V1)), format!("h2 {}", both(V2)), format!("h3 {}", both(V2))]);
+        let migrations: Vec<usize> =
+            f.hosts.iter().map(|h| h.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run_once web-1-capstan-migrate")).count()).collect();
+        assert_eq!(migrations, [0, 1, 0], "once, on the first host that runs the service");
     }
 
     #[tokio::test(start_paused = true)]

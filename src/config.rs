@@ -228,11 +228,6 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
-
-    /// The host of this address as the config lists it.
-    pub fn host(&self, name: &str) -> Option<&HostAddr> {
-        self.hosts.iter().find(|h| h.to_string() == name)
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -43,6 +43,28 @@ pub enum Event {
     Built(crate::build::Built),
     /// A preflight check, hook, migration, validation or bake result.
     Gate(crate::gates::Gate),
+    /// A host's part of the run: connected, started, finished or skipped, with its times.
+    Host(HostEvent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostEvent {
+    pub host: String,
+    pub phase: HostPhase,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostPhase {
+    /// The SSH master and the engine answered, `ms` after the connection began.
+    Connected { ms: u64 },
+    /// The rollout began on the host, `at_ms` after the run began.
+    Started { at_ms: u64, canary: bool },
+    /// The host is done: `outcome` as recorded in its log.
+    Finished { at_ms: u64, duration_ms: u64, outcome: String },
+    /// Never started: an earlier host failed, or the run was cancelled.
+    Skipped { reason: String },
+    /// A host that had taken the release is being put back, because another failed (`on_failure: revert_all`).
+    Reverting { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -22,6 +22,8 @@ pub const UPSTREAM: &str = "upstream demo {\n    server 127.0.0.1:8081;\n    ser
 pub struct World {
     pub fake: Arc<FakeHost>,
     pub config: config::Config,
+    /// The config's text.
+    pub yaml: String,
 }
 
 pub fn world(extra: &str) -> World {
@@ -41,7 +43,7 @@ pub fn world(extra: &str) -> World {
         up = upstream.display(),
     );
     let config = config::parse(std::path::Path::new("capstan.yml"), &yaml).unwrap();
-    World { fake, config }
+    World { fake, config, yaml }
 }
 
 #[derive(Clone, Debug)]
@@ -76,15 +78,47 @@ pub struct State {
 pub struct FakeHost {
     pub state: Mutex<State>,
     pub dir: tempfile::TempDir,
+    pub name: String,
+    /// A path prefix this host sees as its own `dir` (each host of a fleet has its own
+    /// disk, while the config names one path for all of them).
+    view: Option<String>,
+}
+
+/// `hosts` fake hosts (`h1`, `h2`…), each running web-1 and web-2 on V1 with V2 in its
+/// image store, and a config listing them all (`extra` appended). The config's paths
+/// point into the first host's dir; each host sees its own copy there.
+pub struct Fleet {
+    pub hosts: Vec<Arc<FakeHost>>,
+    pub config: config::Config,
+}
+
+pub fn fleet(hosts: usize, extra: &str) -> Fleet {
+    let first = world("");
+    let names: Vec<String> = (1..=hosts).map(|i| format!("h{i}")).collect();
+    let text = first.yaml.replacen("hosts: [h]", &format!("hosts: [{}]", names.join(", ")), 1) + extra;
+    let config = config::parse(std::path::Path::new("capstan.yml"), &text).unwrap();
+    let view = first.fake.dir.path().display().to_string();
+    let hosts = names
+        .iter()
+        .map(|n| {
+            let w = world("");
+            let state = std::mem::take(&mut *w.fake.state.lock().unwrap());
+            Arc::new(FakeHost { state: Mutex::new(state), dir: tempfile::tempdir().unwrap(), name: n.clone(), view: Some(view.clone()) })
+        })
+        .collect::<Vec<_>>();
+    for h in &hosts {
+        std::fs::write(h.dir.path().join("upstream.conf"), UPSTREAM).unwrap();
+    }
+    Fleet { hosts, config }
 }
 
 impl FakeHost {
     pub fn new() -> Arc<Self> {
-        Arc::new(FakeHost { state: Mutex::new(State::default()), dir: tempfile::tempdir().unwrap() })
+        Arc::new(FakeHost { state: Mutex::new(State::default()), dir: tempfile::tempdir().unwrap(), name: "fake".into(), view: None })
     }
 
     pub fn host(self: &Arc<Self>) -> Host {
-        Host { name: "fake".into(), engine: self.clone(), shell: self.clone(), probe: self.clone() }
+        Host { name: self.name.clone(), engine: self.clone(), shell: self.clone(), probe: self.clone() }
     }
 
     pub fn add_container(&self, name: &str, image: &str, host_port: u16) {
@@ -267,7 +301,15 @@ impl Shell for FakeHost {
             return Ok(CmdOutput { status: 1, stdout: String::new(), stderr: "injected reload failure".into() });
         }
         self.state.lock().unwrap().log.push(format!("run {}", argv.first().unwrap_or(&"")));
-        let mut cmd = tokio::process::Command::new(argv[0]);
+        let own = self.dir.path().display().to_string();
+        let argv: Vec<String> = argv
+            .iter()
+            .map(|a| match &self.view {
+                Some(view) => a.replace(view.as_str(), &own),
+                None => a.to_string(),
+            })
+            .collect();
+        let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..]).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| ShellError(e.to_string()))?;
         {

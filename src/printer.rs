@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use crate::events::{Event, InstanceOutcome, Sink};
+use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
 use crate::plan::Plan;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,6 +103,7 @@ impl Sink for Printer {
             Event::Gate(g) => self.enter(Some(format!("{} checks", g.host))),
             Event::BuildOutput { .. } | Event::Built(_) => self.enter(Some("build".into())),
             Event::Info { host: Some(_), .. } => {}
+            Event::Host(_) => self.enter(None),
             // Warnings and run-wide lines stay outside any fold.
             Event::Info { host: None, .. } | Event::Warn { .. } => self.enter(None),
         }
@@ -148,6 +149,15 @@ impl Sink for Printer {
                     self.always(&format!("{text}{output}"))
                 }
             }
+            Event::Host(HostEvent { host, phase }) => match phase {
+                // The connection's time is in the "connected" line and the report.
+                HostPhase::Connected { .. } => {}
+                HostPhase::Started { canary: true, .. } => self.line(&format!("{host}: canary: rolling it alone first; the other hosts wait until it is done")),
+                HostPhase::Started { .. } => {}
+                HostPhase::Finished { duration_ms, outcome, .. } => self.line(&format!("{host}: {} in {}", outcome.replace('_', " "), ms(duration_ms))),
+                HostPhase::Skipped { reason } => self.always(&format!("{host}: not started: {reason}")),
+                HostPhase::Reverting { reason } => self.always(&format!("{host}: putting it back: {reason}")),
+            },
             Event::BuildOutput { service, line } => self.line(&format!("  {service} | {line}")),
             Event::Built(b) => {
                 let what = match b.reference() {

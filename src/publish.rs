@@ -275,6 +275,8 @@ mod tests {
             duration_ms: 8_000,
             hosts: vec![HostReport {
                 host: "deploy@10.0.0.1:22".into(),
+                outcome: None,
+                timing: Default::default(),
                 instances: instances
                     .iter()
                     .map(|(n, o)| InstanceReport {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -34,7 +34,27 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HostReport {
     pub host: String,
+    /// `succeeded`, `rolled_back`, `failed`, `refused` or `skipped` (never started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    pub timing: HostTiming,
     pub instances: Vec<InstanceReport>,
+}
+
+/// Where a host's time went; milliseconds, `started_ms` from the run's start.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct HostTiming {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
+    /// Why it never started, or why it was put back after finishing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -56,15 +76,23 @@ pub struct Collector {
 }
 
 impl Collector {
-    fn with_instance(&self, host: &str, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
+    fn with_host(&self, host: &str, f: impl FnOnce(&mut HostReport)) {
         let mut hosts = self.hosts.lock().unwrap();
         let h = match hosts.iter().position(|h| h.host == host) {
             Some(i) => &mut hosts[i],
             None => {
-                hosts.push(HostReport { host: host.into(), instances: vec![] });
+                hosts.push(HostReport { host: host.into(), outcome: None, timing: HostTiming::default(), instances: vec![] });
                 hosts.last_mut().unwrap()
             }
         };
+        f(h)
+    }
+
+    fn with_instance(&self, host: &str, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
+        self.with_host(host, |h| Self::instance(h, service, name, f))
+    }
+
+    fn instance(h: &mut HostReport, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
         let i = match h.instances.iter().position(|i| i.name == name && i.service == service) {
             Some(i) => &mut h.instances[i],
             None => {
@@ -111,6 +139,23 @@ impl Sink for Collector {
             }
             Event::Built(b) => self.builds.lock().unwrap().push(b),
             Event::Gate(g) => self.gates.lock().unwrap().push(g),
+            Event::Host(HostEvent { host, phase }) => self.with_host(&host, |h| match phase {
+                HostPhase::Connected { ms } => h.timing.connect_ms = Some(ms),
+                HostPhase::Started { at_ms, canary } => {
+                    h.timing.started_ms = Some(at_ms);
+                    h.timing.canary = canary;
+                }
+                HostPhase::Finished { at_ms, duration_ms, outcome } => {
+                    h.timing.started_ms.get_or_insert(at_ms);
+                    h.timing.duration_ms = Some(duration_ms);
+                    h.outcome = Some(outcome);
+                }
+                HostPhase::Skipped { reason } => {
+                    h.outcome = Some("skipped".into());
+                    h.timing.note = Some(reason);
+                }
+                HostPhase::Reverting { reason } => h.timing.note = Some(reason),
+            }),
             Event::Info { .. } | Event::Warn { .. } | Event::BuildOutput { .. } => {}
         }
     }

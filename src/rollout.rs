@@ -47,8 +47,8 @@ pub struct Rollout<'a> {
 /// instance, validation after the last one, then the bake window.
 #[derive(Default, Clone, Copy)]
 pub struct Safety<'a> {
-    /// Run `migrate:` commands (one host per deploy does).
-    pub migrate: bool,
+    /// The services whose `migrate:` command this host runs (each runs on one host per deploy).
+    pub migrate: &'a [String],
     pub validate: Option<&'a crate::config::Validate>,
     pub bake: Duration,
 }
@@ -67,6 +67,8 @@ pub enum HostOutcome {
     Refused,
     /// Something could not be put back: the host needs attention.
     Failed,
+    /// Never started (an earlier host failed, or the run was cancelled): nothing changed.
+    Skipped,
 }
 
 impl HostOutcome {
@@ -76,6 +78,7 @@ impl HostOutcome {
             HostOutcome::RolledBack => "rolled_back",
             HostOutcome::Refused => "refused",
             HostOutcome::Failed => "failed",
+            HostOutcome::Skipped => "skipped",
         }
     }
 }
@@ -149,7 +152,7 @@ impl<'a> Rollout<'a> {
                     break 'services;
                 }
                 // The migration runs once, before the service's first instance, from the new image.
-                if let (true, Some(m)) = (self.safety.migrate, &svc.migrate) {
+                if let (true, Some(m)) = (self.safety.migrate.contains(&svc.name), &svc.migrate) {
                     if let Err(message) = self.migrate(svc, m, &first.name, &first.to_image).await {
                         failure = Some((format!("migrate {}", svc.name), Failure { message, restored: true }));
                         break 'services;
@@ -219,6 +222,26 @@ impl<'a> Rollout<'a> {
             format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
         };
         HostResult { outcome, instances: results, error: Some(error) }
+    }
+
+    /// Puts back a host whose rollout succeeded (another host failed, `on_failure:
+    /// revert_all`): each instance it replaced goes back to what it ran, newest
+    /// first, through the same replace procedure and discipline as a failure's revert.
+    pub async fn revert_finished(&self, finished: &HostResult, services: &[&Service]) -> HostResult {
+        let mut instances = finished.instances.clone();
+        let mut all_restored = true;
+        for r in instances.iter_mut().rev().filter(|r| r.outcome == InstanceOutcome::Replaced) {
+            let Some(svc) = services.iter().find(|s| s.name == r.service) else { continue };
+            let ok = match self.host.engine.inspect_container(&r.plan.name).await {
+                Ok(Some(current)) => self.replace(svc, &r.plan.name, &current, &current.spec, &r.plan.from_image, "revert ").await.is_ok(),
+                _ => false,
+            };
+            r.outcome = if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
+            all_restored &= ok;
+        }
+        self.emit_instances(&instances);
+        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        HostResult { outcome, instances, error: None }
     }
 
     fn gate(&self, g: crate::gates::Gate) -> crate::gates::Gate {
@@ -822,7 +845,8 @@ mod tests {
         let (host, services, plan) = prepared(w, to).await;
         let rec = Recorder::default();
         let cancel = Cancel::default();
-        let safety = Safety { migrate: true, validate: Some(&w.config.validate), bake: w.config.bake };
+        let all: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        let safety = Safety { migrate: &all, validate: Some(&w.config.validate), bake: w.config.bake };
         let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();

@@ -169,6 +169,8 @@ mod tests {
             duration_ms: 9_000,
             hosts: vec![HostReport {
                 host: "deployer@10.0.0.1:22".into(),
+                outcome: None,
+                timing: Default::default(),
                 instances: vec![InstanceReport {
                     service: "web".into(),
                     name: "web-1".into(),
