@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::http;
+use super::http::{self, HttpResponse};
 use super::load::LoadGen;
 use super::proc::{self, run, spawn_persistent, ChildGuard};
-use super::sandbox::{docker_cmd, Sandbox};
+use super::sandbox::{DockerCli, Sandbox};
 use super::{free_port, random_hex, repo_root, short_tempdir, wait_for, write_file};
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
@@ -86,7 +86,7 @@ pub struct App {
     lb_port: u16,
     upstream: PathBuf,
     nginx: Option<ChildGuard>,
-    docker_config: PathBuf,
+    cli: DockerCli,
     ssh_host: String,
     identity: PathBuf,
     known_hosts: PathBuf,
@@ -97,8 +97,7 @@ pub struct App {
 impl App {
     pub fn new(sandbox: &Sandbox, hint: &str, opts: AppOptions) -> App {
         assert!(opts.instances >= 1, "App needs at least one instance");
-        let hint: String = hint.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(20).collect();
-        let name = format!("t{hint}-{}", random_hex(6));
+        let name = app_name(hint);
         let tmp = short_tempdir("cst-a-");
         let dir = tmp.path().to_path_buf();
         write_file(&dir.join("owner"), std::process::id().to_string());
@@ -112,7 +111,7 @@ impl App {
             lb_port: 0,
             upstream: dir.join("nginx/upstream.conf"),
             nginx: None,
-            docker_config: sandbox.docker_config_dir().to_path_buf(),
+            cli: DockerCli::local(sandbox.docker_config_dir()),
             ssh_host: sandbox.ssh_host(),
             identity: sandbox.identity_file().to_path_buf(),
             known_hosts: sandbox.known_hosts().to_path_buf(),
@@ -125,70 +124,13 @@ impl App {
         let image = sandbox.image(&opts.version);
         let mut ports = Vec::new();
         for instance in app.instances.clone() {
-            ports.push(app.run_instance(&instance, &image, opts.start_delay_ms, &owner, &opts.env));
+            ports.push(run_instance(&app.cli, &app.name, &instance, &image, opts.start_delay_ms, &owner, &opts.env));
         }
         for (instance, port) in app.instances.iter().zip(&ports) {
-            let url = format!("http://127.0.0.1:{port}/health");
-            let ok = wait_for(Duration::from_secs(30), Duration::from_millis(50), || match http::get_with(&url, &[], Duration::from_secs(2)) {
-                Ok(r) if r.status == 200 => Some(()),
-                _ => None,
-            });
-            if ok.is_none() {
-                let logs = app.docker_out(&["logs", "--tail", "30", instance]);
-                panic!("{instance} did not answer 200 on {url} within 30 s; docker logs:\n{logs}");
-            }
+            wait_instance_healthy(&app.cli, instance, *port, |url| http::get_with(url, &[], Duration::from_secs(2)));
         }
         app.start_nginx(&ports);
         app
-    }
-
-    /// `docker run -d` one instance; retried on another port if the port was taken.
-    fn run_instance(&self, instance: &str, image: &str, delay_ms: u64, owner: &str, env: &[String]) -> u16 {
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let publish = format!("127.0.0.1:{port}:8080");
-            let delay = format!("DEMO_START_DELAY_MS={delay_ms}");
-            let label = format!("capstan.test={}", self.name);
-            let network = format!("{}-net", self.name);
-            let mut args = vec![
-                "run",
-                "-d",
-                "--name",
-                instance,
-                "--restart",
-                "unless-stopped",
-                "-p",
-                &publish,
-                "-e",
-                &delay,
-                "-e",
-                "APP_SETTING=kept",
-                "--label",
-                &label,
-                "--label",
-                owner,
-                "--network",
-                &network,
-                "--network-alias",
-                "web",
-            ];
-            for e in env {
-                args.extend(["-e", e.as_str()]);
-            }
-            args.push(image);
-            let out = run(&mut self.docker(&args), None, DOCKER_TIMEOUT).expect("run docker");
-            if out.success() {
-                return port;
-            }
-            last = format!("exit {}: {}", out.status, out.stderr.trim());
-            // The container may have been created but not started.
-            let _ = run(&mut self.docker(&["rm", "-f", instance]), None, DOCKER_TIMEOUT);
-            if !(last.contains("already allocated") || (last.contains("already in use") && last.contains("address"))) {
-                break;
-            }
-        }
-        panic!("docker run {instance} ({image}) failed: {last}");
     }
 
     fn nginx_dir(&self) -> PathBuf {
@@ -201,65 +143,23 @@ impl App {
 
     fn start_nginx(&mut self, ports: &[u16]) {
         let nd = self.nginx_dir();
-        let mut upstream = format!("upstream {} {{\n", self.name);
-        for p in ports {
-            upstream.push_str(&format!("    server 127.0.0.1:{p};\n"));
-        }
-        upstream.push_str("}\n");
-        write_file(self.upstream_conf(), upstream);
+        write_file(self.upstream_conf(), upstream_text(&self.name, ports));
         let mut last = String::new();
         for _ in 0..4 {
             let lb_port = free_port();
-            // `daemon off`: the master stays our child, gets SIGTERM if the test
-            // process dies (PR_SET_PDEATHSIG) and takes its workers down with it.
-            write_file(
-                &self.nginx_conf(),
-                format!(
-                    "daemon off;\n\
-                     master_process on;\n\
-                     pid {d}/nginx.pid;\n\
-                     error_log {d}/error.log;\n\
-                     worker_processes 1;\n\
-                     events {{}}\n\
-                     http {{\n\
-                     \x20   access_log off;\n\
-                     \x20   client_body_temp_path {d}/client_body;\n\
-                     \x20   proxy_temp_path {d}/proxy;\n\
-                     \x20   fastcgi_temp_path {d}/fastcgi;\n\
-                     \x20   uwsgi_temp_path {d}/uwsgi;\n\
-                     \x20   scgi_temp_path {d}/scgi;\n\
-                     \x20   include {up};\n\
-                     \x20   server {{\n\
-                     \x20       listen 127.0.0.1:{lb_port};\n\
-                     \x20       location / {{ proxy_pass http://{name}; }}\n\
-                     \x20   }}\n\
-                     }}\n",
-                    d = nd.display(),
-                    up = self.upstream_conf().display(),
-                    name = self.name,
-                ),
-            );
-            let log = fs::File::create(nd.join("nginx.out")).expect("create nginx.out");
-            let mut c = Command::new("nginx");
-            c.arg("-c").arg(self.nginx_conf()).stdin(Stdio::null()).stdout(log.try_clone().expect("dup")).stderr(log);
-            let child = spawn_persistent(c, libc::SIGTERM).unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
-            let mut guard = ChildGuard::new(child, "nginx");
+            write_file(&self.nginx_conf(), nginx_conf_text(&nd, self.upstream_conf(), &self.name, &[format!("127.0.0.1:{lb_port}")]));
             let url = format!("http://127.0.0.1:{lb_port}/");
-            let ready = guard.wait_ready(
-                Duration::from_secs(30),
-                Duration::from_millis(50),
-                || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200),
-            );
-            let Err(exited) = ready else {
-                self.lb_port = lb_port;
-                self.nginx = Some(guard);
-                return;
-            };
-            let out = fs::read_to_string(nd.join("nginx.out")).unwrap_or_default();
-            let err = fs::read_to_string(nd.join("error.log")).unwrap_or_default();
-            last = format!("{}\n{out}\n{err}", exited.unwrap_or_else(|| format!("{url} did not answer 200 within 30 s")));
-            drop(guard);
-            if !(out.contains("Address already in use") || err.contains("Address already in use")) {
+            let mut c = Command::new("nginx");
+            c.arg("-c").arg(self.nginx_conf());
+            match start_nginx(c, &nd, &url, || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)) {
+                Ok(guard) => {
+                    self.lb_port = lb_port;
+                    self.nginx = Some(guard);
+                    return;
+                }
+                Err(e) => last = e,
+            }
+            if !last.contains("Address already in use") {
                 break;
             }
         }
@@ -305,38 +205,19 @@ impl App {
     /// A complete config for this app on the sandbox host. `release.raw_tags`
     /// is on because the sandbox's images are tagged `v1`, `v2`, `broken`….
     pub fn default_config(&self) -> String {
-        format!(
-            "app: {name}\n\
-             hosts:\n  - {host}\n\
-             ssh:\n  identity_file: {identity}\n  known_hosts: {known_hosts}\n\
-             registry:\n  server: {registry}\n  username: capstan\n  password_env: REGISTRY_PASSWORD\n\
-             state_dir: {state}\n\
-             release:\n  raw_tags: true\n\
-             services:\n\
-             \x20 web:\n\
-             \x20   image: {registry}/capstan-demo\n\
-             \x20   instances: [{instances}]\n\
-             \x20   health:\n\
-             \x20     http: {{ port: 8080, path: /health }}\n\
-             \x20     timeout: 20s\n\
-             \x20     interval: 200ms\n\
-             \x20     healthy_after: 3\n\
-             \x20   drain:\n\
-             \x20     nginx: {{ upstream_conf: {upstream}, reload: \"{reload}\" }}\n\
-             \x20     wait: 300ms\n\
-             \x20   traffic: {{ url: \"{lb}\", requests: 20 }}\n\
-             \x20   pause: 500ms\n",
-            name = self.name,
-            host = self.ssh_host,
-            identity = self.identity.display(),
-            known_hosts = self.known_hosts.display(),
-            registry = self.registry,
-            state = self.state_dir().display(),
-            instances = self.instances.join(", "),
-            upstream = self.upstream_conf().display(),
-            reload = self.reload_cmd(),
-            lb = self.lb_url(),
-        )
+        render_config(&ConfigParts {
+            name: &self.name,
+            hosts: std::slice::from_ref(&self.ssh_host),
+            identity: &self.identity,
+            known_hosts: &self.known_hosts,
+            registry: &self.registry,
+            docker_socket: None,
+            state_dir: &self.state_dir(),
+            instances: &self.instances,
+            upstream: self.upstream_conf(),
+            reload: &self.reload_cmd(),
+            lb: &self.lb_url(),
+        })
     }
 
     /// Run capstan in `dir()` with `REGISTRY_PASSWORD` and `NO_COLOR=1`.
@@ -350,67 +231,28 @@ impl App {
     }
 
     pub fn capstan_with(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
-        let bin = capstan_bin();
-        assert!(bin.is_file(), "capstan binary not found at {} (build it, or set CAPSTAN_BIN)", bin.display());
-        let mut c = Command::new(&bin);
-        c.args(args).current_dir(self.dir()).env("REGISTRY_PASSWORD", &self.registry_password).env("NO_COLOR", "1").env_remove("CAPSTAN_CONFIG");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        let out = run(&mut c, None, timeout).unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut stderr = out.stderr;
-        if out.timed_out {
-            stderr.push_str(&format!("\n[support: capstan killed after {timeout:?}]"));
-        }
-        Run { status: out.status, stdout: out.stdout, stderr }
+        run_capstan(self.dir(), &self.registry_password, args, env, timeout)
     }
 
     /// The host port currently published for an instance's 8080/tcp.
     pub fn instance_port(&self, instance: &str) -> Option<u16> {
-        let out = self.docker_out(&[
-            "inspect",
-            "-f",
-            "{{range $p, $b := .NetworkSettings.Ports}}{{if eq $p \"8080/tcp\"}}{{range $b}}{{.HostPort}} {{end}}{{end}}{{end}}",
-            instance,
-        ]);
-        out.split_whitespace().next().and_then(|p| p.parse().ok())
+        instance_port(&self.cli, instance)
     }
 
     /// `GET /version` of every instance through its published port (looked up
     /// afresh each time); an error text in place of a version that can't be read.
     pub fn versions(&self) -> Vec<String> {
-        self.instances
-            .iter()
-            .map(|i| match self.instance_port(i) {
-                None => format!("<{i}: no published port>"),
-                Some(port) => match http::get(&format!("http://127.0.0.1:{port}/version")) {
-                    Ok(r) if r.status == 200 => r.body.trim().to_string(),
-                    Ok(r) => format!("<{i}: status {}>", r.status),
-                    Err(e) => format!("<{i}: {e}>"),
-                },
-            })
-            .collect()
+        versions(&self.cli, &self.instances, http::get)
     }
 
     /// The image ID (`sha256:...`) of every instance ("<missing>" if it does not exist).
     pub fn images(&self) -> Vec<String> {
-        self.instances
-            .iter()
-            .map(|i| {
-                let out = self.docker_out(&["inspect", "-f", "{{.Image}}", i]);
-                let id = out.trim();
-                if id.starts_with("sha256:") {
-                    id.to_string()
-                } else {
-                    "<missing>".to_string()
-                }
-            })
-            .collect()
+        images(&self.cli, &self.instances)
     }
 
     /// Names of all containers (any state) whose name starts with `<name>-`, sorted.
     pub fn containers(&self) -> Vec<String> {
-        list_containers(&self.docker_config, &self.name)
+        list_containers(&self.cli, &self.name)
     }
 
     /// Start a load generator on `lb_url()`.
@@ -420,26 +262,275 @@ impl App {
 
     /// A `docker` command with the sandbox's DOCKER_CONFIG.
     pub fn docker(&self, args: &[&str]) -> Command {
-        docker_cmd(&self.docker_config, args)
+        self.cli.cmd(args)
     }
 
     /// Run docker; stdout (empty on failure).
     pub fn docker_out(&self, args: &[&str]) -> String {
-        match run(&mut self.docker(args), None, DOCKER_TIMEOUT) {
-            Ok(o) if o.success() => o.stdout,
-            _ => String::new(),
-        }
+        self.cli.out(args)
     }
 
     /// Run docker; panic with its output on failure; stdout.
     pub fn docker_ok(&self, args: &[&str]) -> String {
-        proc::run_ok(&mut self.docker(args), DOCKER_TIMEOUT)
+        self.cli.ok(args)
     }
 }
 
-fn list_containers(config: &Path, name: &str) -> Vec<String> {
+// ------------------------------------------------ shared with the fleet (fleet.rs)
+
+/// `t<hint>-<6 hex>`: the hint lowercased, other than `[a-z0-9-]` as `-`, 20 characters at most.
+pub(crate) fn app_name(hint: &str) -> String {
+    let hint: String = hint.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).take(20).collect();
+    format!("t{hint}-{}", random_hex(6))
+}
+
+/// `docker run -d` one demo instance as every test app runs it: published on
+/// 127.0.0.1 of the engine's host, `APP_SETTING=kept`, the app's labels, on
+/// `<app>-net` with the alias `web`. Retried on another port if the port was
+/// taken. Returns the published port.
+pub(crate) fn run_instance(cli: &DockerCli, app: &str, instance: &str, image: &str, delay_ms: u64, owner: &str, env: &[String]) -> u16 {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:8080");
+        let delay = format!("DEMO_START_DELAY_MS={delay_ms}");
+        let label = format!("capstan.test={app}");
+        let network = format!("{app}-net");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            instance,
+            "--restart",
+            "unless-stopped",
+            "-p",
+            &publish,
+            "-e",
+            &delay,
+            "-e",
+            "APP_SETTING=kept",
+            "--label",
+            &label,
+            "--label",
+            owner,
+            "--network",
+            &network,
+            "--network-alias",
+            "web",
+        ];
+        for e in env {
+            args.extend(["-e", e.as_str()]);
+        }
+        args.push(image);
+        let out = run(&mut cli.cmd(&args), None, DOCKER_TIMEOUT).expect("run docker");
+        if out.success() {
+            return port;
+        }
+        last = format!("exit {}: {}", out.status, out.stderr.trim());
+        // The container may have been created but not started.
+        let _ = run(&mut cli.cmd(&["rm", "-f", instance]), None, DOCKER_TIMEOUT);
+        if !(last.contains("already allocated") || (last.contains("already in use") && last.contains("address"))) {
+            break;
+        }
+    }
+    panic!("docker run {instance} ({image}) failed: {last}");
+}
+
+/// Wait (30 s at most) until `GET http://127.0.0.1:<port>/health`, made by
+/// `get`, answers 200; panic with the container's log otherwise.
+pub(crate) fn wait_instance_healthy(cli: &DockerCli, instance: &str, port: u16, get: impl Fn(&str) -> std::io::Result<HttpResponse>) {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let ok = wait_for(Duration::from_secs(30), Duration::from_millis(50), || match get(&url) {
+        Ok(r) if r.status == 200 => Some(()),
+        _ => None,
+    });
+    if ok.is_none() {
+        let logs = cli.out(&["logs", "--tail", "30", instance]);
+        panic!("{instance} did not answer 200 on {url} within 30 s; docker logs:\n{logs}");
+    }
+}
+
+/// The nginx upstream file: `upstream <app> { server 127.0.0.1:<port>; ... }`.
+pub(crate) fn upstream_text(app: &str, ports: &[u16]) -> String {
+    let mut upstream = format!("upstream {app} {{\n");
+    for p in ports {
+        upstream.push_str(&format!("    server 127.0.0.1:{p};\n"));
+    }
+    upstream.push_str("}\n");
+    upstream
+}
+
+/// An nginx.conf whose pid, logs and temp dirs are in `dir`, listening on
+/// each of `listen` and proxying to the upstream `app` defined in `upstream`.
+pub(crate) fn nginx_conf_text(dir: &Path, upstream: &Path, app: &str, listen: &[String]) -> String {
+    let listen: String = listen.iter().map(|l| format!("    \x20   listen {l};\n")).collect();
+    // `daemon off`: the master stays our child, gets SIGTERM if the test
+    // process dies (PR_SET_PDEATHSIG) and takes its workers down with it.
+    format!(
+        "daemon off;\n\
+         master_process on;\n\
+         pid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\n\
+         worker_processes 1;\n\
+         events {{}}\n\
+         http {{\n\
+         \x20   access_log off;\n\
+         \x20   client_body_temp_path {d}/client_body;\n\
+         \x20   proxy_temp_path {d}/proxy;\n\
+         \x20   fastcgi_temp_path {d}/fastcgi;\n\
+         \x20   uwsgi_temp_path {d}/uwsgi;\n\
+         \x20   scgi_temp_path {d}/scgi;\n\
+         \x20   include {up};\n\
+         \x20   server {{\n\
+         {listen}\
+         \x20       location / {{ proxy_pass http://{app}; }}\n\
+         \x20   }}\n\
+         }}\n",
+        d = dir.display(),
+        up = upstream.display(),
+    )
+}
+
+/// Spawn nginx (`command`, whose config logs to `log_dir`) as a persistent
+/// child and wait (30 s at most) until `ready`; on failure, the reason with
+/// nginx's output and error log.
+pub(crate) fn start_nginx(mut command: Command, log_dir: &Path, url: &str, ready: impl FnMut() -> bool) -> Result<ChildGuard, String> {
+    let log = fs::File::create(log_dir.join("nginx.out")).expect("create nginx.out");
+    command.stdin(Stdio::null()).stdout(log.try_clone().expect("dup")).stderr(log);
+    let child = spawn_persistent(command, libc::SIGTERM).unwrap_or_else(|e| panic!("cannot start nginx: {e}"));
+    let mut guard = ChildGuard::new(child, "nginx");
+    let Err(exited) = guard.wait_ready(Duration::from_secs(30), Duration::from_millis(50), ready) else {
+        return Ok(guard);
+    };
+    let out = fs::read_to_string(log_dir.join("nginx.out")).unwrap_or_default();
+    let err = fs::read_to_string(log_dir.join("error.log")).unwrap_or_default();
+    drop(guard);
+    Err(format!("{}\n{out}\n{err}", exited.unwrap_or_else(|| format!("{url} did not answer 200 within 30 s"))))
+}
+
+/// What differs between the configs of an [`App`] and of a fleet.
+pub(crate) struct ConfigParts<'a> {
+    pub name: &'a str,
+    /// `user@addr:port` of every host.
+    pub hosts: &'a [String],
+    pub identity: &'a Path,
+    pub known_hosts: &'a Path,
+    pub registry: &'a str,
+    /// `docker.socket`, when not the default.
+    pub docker_socket: Option<&'a Path>,
+    pub state_dir: &'a Path,
+    pub instances: &'a [String],
+    pub upstream: &'a Path,
+    pub reload: &'a str,
+    /// `traffic.url`, as seen from the host.
+    pub lb: &'a str,
+}
+
+/// A complete capstan.yml for the demo app. `release.raw_tags` is on because
+/// the sandbox's images are tagged `v1`, `v2`, `broken`….
+pub(crate) fn render_config(p: &ConfigParts) -> String {
+    let hosts: String = p.hosts.iter().map(|h| format!("  - {h}\n")).collect();
+    let docker = p.docker_socket.map(|s| format!("docker:\n  socket: {}\n", s.display())).unwrap_or_default();
+    format!(
+        "app: {name}\n\
+         hosts:\n{hosts}\
+         ssh:\n  identity_file: {identity}\n  known_hosts: {known_hosts}\n\
+         registry:\n  server: {registry}\n  username: capstan\n  password_env: REGISTRY_PASSWORD\n\
+         {docker}\
+         state_dir: {state}\n\
+         release:\n  raw_tags: true\n\
+         services:\n\
+         \x20 web:\n\
+         \x20   image: {registry}/capstan-demo\n\
+         \x20   instances: [{instances}]\n\
+         \x20   health:\n\
+         \x20     http: {{ port: 8080, path: /health }}\n\
+         \x20     timeout: 20s\n\
+         \x20     interval: 200ms\n\
+         \x20     healthy_after: 3\n\
+         \x20   drain:\n\
+         \x20     nginx: {{ upstream_conf: {upstream}, reload: \"{reload}\" }}\n\
+         \x20     wait: 300ms\n\
+         \x20   traffic: {{ url: \"{lb}\", requests: 20 }}\n\
+         \x20   pause: 500ms\n",
+        name = p.name,
+        identity = p.identity.display(),
+        known_hosts = p.known_hosts.display(),
+        registry = p.registry,
+        state = p.state_dir.display(),
+        instances = p.instances.join(", "),
+        upstream = p.upstream.display(),
+        reload = p.reload,
+        lb = p.lb,
+    )
+}
+
+/// Run capstan in `dir` with `REGISTRY_PASSWORD` and `NO_COLOR=1` (and no
+/// `CAPSTAN_CONFIG`), plus `env`; killed after `timeout`.
+pub(crate) fn run_capstan(dir: &Path, registry_password: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
+    let bin = capstan_bin();
+    assert!(bin.is_file(), "capstan binary not found at {} (build it, or set CAPSTAN_BIN)", bin.display());
+    let mut c = Command::new(&bin);
+    c.args(args).current_dir(dir).env("REGISTRY_PASSWORD", registry_password).env("NO_COLOR", "1").env_remove("CAPSTAN_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = run(&mut c, None, timeout).unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let mut stderr = out.stderr;
+    if out.timed_out {
+        stderr.push_str(&format!("\n[support: capstan killed after {timeout:?}]"));
+    }
+    Run { status: out.status, stdout: out.stdout, stderr }
+}
+
+/// The host port currently published for an instance's 8080/tcp.
+pub(crate) fn instance_port(cli: &DockerCli, instance: &str) -> Option<u16> {
+    let out = cli.out(&[
+        "inspect",
+        "-f",
+        "{{range $p, $b := .NetworkSettings.Ports}}{{if eq $p \"8080/tcp\"}}{{range $b}}{{.HostPort}} {{end}}{{end}}{{end}}",
+        instance,
+    ]);
+    out.split_whitespace().next().and_then(|p| p.parse().ok())
+}
+
+/// `GET /version` of every instance through its published port (looked up
+/// afresh each time), made by `get`; an error text in place of a version that
+/// can't be read.
+pub(crate) fn versions(cli: &DockerCli, instances: &[String], get: impl Fn(&str) -> std::io::Result<HttpResponse>) -> Vec<String> {
+    instances
+        .iter()
+        .map(|i| match instance_port(cli, i) {
+            None => format!("<{i}: no published port>"),
+            Some(port) => match get(&format!("http://127.0.0.1:{port}/version")) {
+                Ok(r) if r.status == 200 => r.body.trim().to_string(),
+                Ok(r) => format!("<{i}: status {}>", r.status),
+                Err(e) => format!("<{i}: {e}>"),
+            },
+        })
+        .collect()
+}
+
+/// The image ID (`sha256:...`) of every instance ("<missing>" if it does not exist).
+pub(crate) fn images(cli: &DockerCli, instances: &[String]) -> Vec<String> {
+    instances
+        .iter()
+        .map(|i| {
+            let out = cli.out(&["inspect", "-f", "{{.Image}}", i]);
+            let id = out.trim();
+            if id.starts_with("sha256:") {
+                id.to_string()
+            } else {
+                "<missing>".to_string()
+            }
+        })
+        .collect()
+}
+
+/// Names of all containers (any state) whose name starts with `<name>-`, sorted.
+pub(crate) fn list_containers(cli: &DockerCli, name: &str) -> Vec<String> {
     let prefix = format!("{name}-");
-    let out = run(&mut docker_cmd(config, &["ps", "-a", "--filter", &format!("name={prefix}"), "--format", "{{.Names}}"]), None, DOCKER_TIMEOUT);
+    let out = run(&mut cli.cmd(&["ps", "-a", "--filter", &format!("name={prefix}"), "--format", "{{.Names}}"]), None, DOCKER_TIMEOUT);
     let mut names: Vec<String> = match out {
         Ok(o) => o.stdout.lines().filter(|n| n.starts_with(&prefix)).map(String::from).collect(),
         Err(_) => Vec::new(),
@@ -448,15 +539,16 @@ fn list_containers(config: &Path, name: &str) -> Vec<String> {
     names
 }
 
-fn remove_app_resources(config: &Path, name: &str) {
-    let containers = list_containers(config, name);
+/// Remove the app's containers and its network.
+pub(crate) fn remove_app_resources(cli: &DockerCli, name: &str) {
+    let containers = list_containers(cli, name);
     if !containers.is_empty() {
         let mut args = vec!["rm", "-f"];
         args.extend(containers.iter().map(|s| s.as_str()));
-        let _ = run(&mut docker_cmd(config, &args), None, DOCKER_TIMEOUT);
+        let _ = run(&mut cli.cmd(&args), None, DOCKER_TIMEOUT);
     }
     let net = format!("{name}-net");
-    let _ = run(&mut docker_cmd(config, &["network", "rm", &net]), None, DOCKER_TIMEOUT);
+    let _ = run(&mut cli.cmd(&["network", "rm", &net]), None, DOCKER_TIMEOUT);
 }
 
 impl Drop for App {
@@ -464,7 +556,7 @@ impl Drop for App {
         if let Some(mut nginx) = self.nginx.take() {
             nginx.terminate(Duration::from_secs(5));
         }
-        remove_app_resources(&self.docker_config, &self.name);
+        remove_app_resources(&self.cli, &self.name);
         // The temp dir goes with `self.tmp`.
     }
 }
@@ -485,7 +577,7 @@ pub(crate) fn cleanup_stale_app_dir(dir: &Path) {
     if let Ok(name) = fs::read_to_string(dir.join("name")) {
         let name = name.trim();
         if !name.is_empty() {
-            remove_app_resources(Path::new("/tmp/cst-nonexistent-config"), name);
+            remove_app_resources(&DockerCli::local(Path::new("/tmp/cst-nonexistent-config")), name);
         }
     }
     let _ = fs::remove_dir_all(dir);

@@ -21,7 +21,7 @@ mod sandbox;
 
 pub use app::{capstan_bin, App, AppOptions, Run};
 pub use load::{LoadGen, LoadStats};
-pub use sandbox::Sandbox;
+pub use sandbox::{DockerCli, Sandbox};
 
 use std::collections::HashSet;
 use std::net::TcpListener;

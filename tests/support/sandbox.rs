@@ -219,7 +219,51 @@ pub(crate) fn docker_cmd(config: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn ssh_base_args(identity: &Path, known_hosts: &Path, port: u16) -> Vec<String> {
+/// The docker CLI aimed at one engine: the sandbox's `DOCKER_CONFIG` (logged in
+/// to the registry), and `-H` for an engine other than the default one (a
+/// fleet host's).
+#[derive(Debug, Clone)]
+pub struct DockerCli {
+    config: PathBuf,
+    host: Option<String>,
+}
+
+impl DockerCli {
+    /// The default engine (`/var/run/docker.sock`).
+    pub fn local(config: &Path) -> DockerCli {
+        DockerCli { config: config.to_path_buf(), host: None }
+    }
+
+    /// The engine listening on the Unix socket `socket`.
+    pub fn at_socket(config: &Path, socket: &Path) -> DockerCli {
+        DockerCli { config: config.to_path_buf(), host: Some(format!("unix://{}", socket.display())) }
+    }
+
+    /// `docker [-H ...] args...`
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = docker_cmd(&self.config, &[]);
+        if let Some(h) = &self.host {
+            c.arg("-H").arg(h);
+        }
+        c.args(args);
+        c
+    }
+
+    /// Run docker; stdout (empty on failure).
+    pub fn out(&self, args: &[&str]) -> String {
+        match run(&mut self.cmd(args), None, DOCKER_TIMEOUT) {
+            Ok(o) if o.success() => o.stdout,
+            _ => String::new(),
+        }
+    }
+
+    /// Run docker; panic with its output on failure; stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        run_ok(&mut self.cmd(args), DOCKER_TIMEOUT)
+    }
+}
+
+pub(crate) fn ssh_base_args(identity: &Path, known_hosts: &Path, port: u16) -> Vec<String> {
     vec![
         "-F".into(),
         "/dev/null".into(),
@@ -450,7 +494,7 @@ fn start_registry(dir: &Path, password: &str) -> (ChildGuard, String) {
 
 // ---------------------------------------------------------------- sshd
 
-fn current_user() -> String {
+pub(crate) fn current_user() -> String {
     // SAFETY: getpwuid returns a pointer into static storage or null; we copy it at once.
     let from_passwd = unsafe {
         let pw = libc::getpwuid(libc::geteuid());
@@ -463,7 +507,7 @@ fn current_user() -> String {
     from_passwd.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "root".into())
 }
 
-fn keygen(path: &Path) -> String {
+pub(crate) fn keygen(path: &Path) -> String {
     let _ = fs::remove_file(path);
     run_ok(cmd("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"]).arg(path), Duration::from_secs(30));
     set_mode(path, 0o600);
