@@ -1,6 +1,6 @@
 //! Tests of the test harness itself (tests/support): the sandbox's sshd,
-//! registry and images, an App behind nginx, the load generator, and the demo
-//! service's behaviour in a container.
+//! registry and images, an App behind nginx, the load generator, the demo
+//! service's behaviour in a container, and a fleet of real namespace hosts.
 
 mod support;
 
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::http::{self, base64_std, basic_auth};
 use support::proc::{run, spawn_persistent, ChildGuard};
-use support::{random_hex, App, AppOptions, Sandbox};
+use support::{random_hex, App, AppOptions, Fleet, Sandbox};
 
 fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Output {
     let mut c = Command::new("ssh");
@@ -305,4 +305,134 @@ fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
     assert!(stop_took < Duration::from_secs(5), "SIGTERM ignored? docker stop took {stop_took:?}");
     let code = sb.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &c.name]);
     assert_eq!(code.trim(), "0");
+}
+
+#[test]
+fn fleet_of_three_hosts_is_real() {
+    let sb = Sandbox::get();
+    let fleet = Fleet::start(sb, 3, "fleet", AppOptions::default());
+    eprintln!("fleet of 3 hosts started in {:?}", fleet.startup_time());
+    let instances = fleet.instances();
+    let hosts = fleet.host_list();
+    assert_eq!(fleet.hosts(), hosts.iter().map(|h| format!("{}@{}:22", sb.ssh_user(), h.addr())).collect::<Vec<_>>());
+    let addrs: std::collections::HashSet<_> = hosts.iter().map(|h| h.addr()).collect();
+    assert_eq!(addrs.len(), 3, "one address per host: {addrs:?}");
+
+    // Each engine is its own and holds only its own instances.
+    let mut engine_ids = std::collections::HashSet::new();
+    let mut container_ids = Vec::new();
+    for h in hosts {
+        let info = h.docker_ok(&["info", "-f", "{{.ID}} {{.Name}}"]);
+        assert!(engine_ids.insert(info.trim().to_string()), "{} shares an engine: {info}", h.name());
+        assert!(info.trim().ends_with(&format!(" {}", h.hostname())), "{}: {info}", h.name());
+        assert_eq!(h.containers(), instances, "{}", h.name());
+        let ids: Vec<String> = h.docker_ok(&["ps", "-aq"]).split_whitespace().map(String::from).collect();
+        assert_eq!(ids.len(), instances.len(), "{}: only the app's containers: {ids:?}", h.name());
+        container_ids.push(ids);
+    }
+    for (i, ids) in container_ids.iter().enumerate() {
+        for (j, other) in container_ids.iter().enumerate() {
+            if i != j {
+                assert!(ids.iter().all(|id| !other.contains(id)), "h{} and h{} share containers", i + 1, j + 1);
+                for id in ids {
+                    assert!(
+                        !run(&mut hosts[j].docker(&["inspect", id]), None, Duration::from_secs(30)).unwrap().success(),
+                        "h{} sees h{}'s {id}",
+                        j + 1,
+                        i + 1
+                    );
+                }
+            }
+        }
+    }
+    let main_engine = run(&mut sb.docker(&["ps", "-aq", "--filter", &format!("name={}-", fleet.name())]), None, Duration::from_secs(30)).unwrap();
+    assert_eq!(main_engine.stdout.trim(), "", "the fleet's containers are not on the main engine");
+
+    // Each host's nginx answers v1 on the host's address, from its own instances,
+    // and on the host's own loopback (capstan's traffic check goes there).
+    for (h, ids) in hosts.iter().zip(&container_ids) {
+        for _ in 0..4 {
+            let r = http::get(&h.lb_url()).unwrap_or_else(|e| panic!("{}: {e}", h.lb_url()));
+            assert_eq!((r.status, r.header("x-demo-version")), (200, Some("v1")), "{}: {r:?}", h.lb_url());
+            let instance = r.header("x-demo-instance").unwrap_or("");
+            assert!(ids.iter().any(|id| id.starts_with(instance) && !instance.is_empty()), "{} answered from {instance:?}, not one of {ids:?}", h.name());
+        }
+        let r = h.http_get("http://127.0.0.1:80/").unwrap();
+        assert_eq!(r.status, 200, "{}: nginx on the host's 127.0.0.1:80", h.name());
+        assert_eq!(h.versions(), vec!["v1", "v1"], "{}", h.name());
+        // The config's paths are the same on every host and lead to each one's own files.
+        assert_eq!(fs::read_to_string(h.dir().join("name")).unwrap().trim(), format!("{} {}", h.name(), h.addr()));
+        let seen = h.exec_ok(&format!("cat {}/name; test -S {}", fleet.common().display(), fleet.docker_socket().display()));
+        assert_eq!(seen.trim(), format!("{} {}", h.name(), h.addr()));
+    }
+    assert_eq!(fs::read_dir(fleet.common()).unwrap().count(), 0, "the common path is empty outside the hosts");
+
+    // SSH with the sandbox identity and strict host-key checking lands in that host.
+    for h in hosts {
+        let out = h.ssh(&format!(
+            "cat {}/name; ip -4 -o addr show dev eth0; docker -H unix://{} ps -q | wc -l",
+            fleet.common().display(),
+            fleet.docker_socket().display()
+        ));
+        assert!(out.success(), "ssh {}: exit {} {}\n{}", h.ssh_host(), out.status, out.stderr, h.logs());
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines[0], format!("{} {}", h.name(), h.addr()), "{}", out.stdout);
+        assert!(lines[1].contains(&format!("inet {}/24", h.addr())), "{}", out.stdout);
+        assert_eq!(lines[2].trim(), instances.len().to_string(), "{}", out.stdout);
+    }
+    // Each host has its own key: h1's key under h2's address is refused.
+    let kh = fs::read_to_string(fleet.known_hosts()).unwrap();
+    assert_eq!(kh.lines().count(), 3, "{kh}");
+    let h1_key = kh.lines().next().unwrap().split_once(' ').unwrap().1.to_string();
+    let dir = support::short_tempdir("cst-k-");
+    let wrong = dir.path().join("known_hosts");
+    fs::write(&wrong, format!("{} {h1_key}\n", hosts[1].addr())).unwrap();
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", wrong.display()))
+        .arg("-i")
+        .arg(sb.identity_file())
+        .arg(format!("{}@{}", sb.ssh_user(), hosts[1].addr()))
+        .arg("true");
+    let out = run(&mut c, None, Duration::from_secs(30)).unwrap();
+    assert!(!out.success() && out.stderr.contains("HOST IDENTIFICATION HAS CHANGED"), "exit {} {}", out.status, out.stderr);
+
+    // The current capstan deploys v2 to all three hosts under load, losing nothing.
+    let config = fleet.default_config();
+    for h in fleet.hosts() {
+        assert!(config.contains(&format!("  - {h}\n")), "{config}");
+    }
+    assert!(config.contains(&format!("docker:\n  socket: {}\n", fleet.docker_socket().display())), "{config}");
+    fleet.write_config(&config);
+    let loads = fleet.load(50);
+    thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let deploy = fleet.capstan(&["deploy", "--version", "v2"]);
+    let took = t.elapsed();
+    thread::sleep(Duration::from_millis(500));
+    let stats: Vec<_> = loads.into_iter().map(|l| l.stop()).collect();
+    assert!(deploy.success(), "{deploy}\n{}", fleet.logs());
+    eprintln!("deploy of v2 to 3 hosts in {took:.2?}");
+    for (h, s) in hosts.iter().zip(&stats) {
+        eprintln!("load through {} ({}): {s}", h.name(), h.lb_url());
+        assert_eq!(s.failed, 0, "{}: {s}", h.name());
+        assert!(s.sent >= 100, "{}: {s}", h.name());
+        assert!(s.by_version.contains_key("v2"), "{}: v2 served through the host's nginx: {s}", h.name());
+    }
+    assert_eq!(fleet.versions(), vec![vec!["v2", "v2"]; 3]);
+    for h in hosts {
+        let log = fs::read_to_string(h.state_dir().join("deploys.jsonl")).unwrap_or_default();
+        assert_eq!(log.lines().count(), 1, "{}: one deploy recorded in its own state dir: {log}", h.name());
+        assert_eq!(h.containers(), instances, "{}: no leftover containers", h.name());
+    }
+
+    // Drop removes everything: processes, links, the dir.
+    let (fleet_dir, bridge) = (fleet.dir().to_path_buf(), format!("cstf{}", fleet.id()));
+    drop(fleet);
+    assert!(!fleet_dir.exists(), "{} left behind", fleet_dir.display());
+    let links = run(&mut Command::new("ip").args(["-o", "link", "show"]), None, Duration::from_secs(10)).unwrap();
+    assert!(!links.stdout.contains(&bridge), "links left behind: {}", links.stdout);
+    let ps = run(&mut Command::new("ps").args(["-eo", "args"]), None, Duration::from_secs(10)).unwrap();
+    assert!(!ps.stdout.contains(&fleet_dir.display().to_string()), "processes left behind:\n{}", ps.stdout);
 }

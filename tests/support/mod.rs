@@ -5,6 +5,8 @@
 //! - [`App`]: one per test — demo containers, a Docker network, an nginx load
 //!   balancer in front of them, a work dir with `capstan.yml` and the state dir.
 //! - [`LoadGen`]: fixed-rate HTTP load through the load balancer.
+//! - [`Fleet`]: N real hosts on this machine (network and mount namespaces),
+//!   each with its own dockerd, sshd, nginx and demo instances.
 //!
 //! Use from an integration test with `mod support;`, from an example with
 //! `#[path = "../tests/support/mod.rs"] mod support;`.
@@ -12,6 +14,7 @@
 
 mod app;
 pub mod base_image;
+mod fleet;
 pub mod github;
 pub mod http;
 mod load;
@@ -20,6 +23,7 @@ pub mod runner;
 mod sandbox;
 
 pub use app::{capstan_bin, App, AppOptions, Run};
+pub use fleet::{Fleet, FleetHost};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::{DockerCli, Sandbox};
 

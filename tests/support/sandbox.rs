@@ -617,6 +617,8 @@ fn cleanup_stale() {
         .filter_map(|p| fs::read_to_string(p.join("registry.addr")).ok())
         .collect();
 
+    // Fleets: their hosts' processes, namespaces, links and dirs.
+    super::fleet::cleanup_stale_fleets();
     // Apps first (nginx, containers, network), so their images are not in use.
     for path in entries.iter().filter(|p| starts(p, "cst-a-")).filter(dead) {
         super::app::cleanup_stale_app_dir(path);
