@@ -507,6 +507,9 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         }
     }
 
+    // From here the lease is kept alive while the run lives: a run that dies (SSH cut, SIGKILL)
+    // stops renewing it, and the next run takes the lock over once it has expired.
+    let heartbeat = Heartbeat::start(roll.hosts.clone(), dir.clone(), lease.clone(), ctx.config.lock_lease);
     let started_at = OffsetDateTime::now_utc();
     // Under the lock, before any change: every preflight check on every host, reported together.
     let checks = roll
@@ -516,6 +519,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         .map(|(h, hp)| gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, deploying, opts.force));
     let failed = emit_gates(ctx, join_all(checks).await);
     if !failed.is_empty() {
+        heartbeat.stop().await;
         return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("preflight", &failed)).await);
     }
     // What the hooks are told: the version before, as each host's log knows it.
@@ -540,11 +544,14 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         let runs = roll.hosts.iter().zip(&hook_envs).map(|(h, env)| gates::hook(h, "pre_deploy", cmd, env));
         let failed = emit_gates(ctx, join_all(runs).await.into_iter().map(|g| vec![g]).collect());
         if !failed.is_empty() {
+            heartbeat.stop().await;
             return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("the pre-deploy hook", &failed)).await);
         }
     }
 
     let results = roll_hosts(ctx, &roll, creds.as_ref(), &lease, t0).await;
+    // No renewal may land after a release (it would put the lock back).
+    heartbeat.stop().await;
     // Every host that was locked: its hook, its record, its lock released.
     let finish = roll.hosts.iter().zip(&results).zip(&hook_envs).map(|((h, result), env)| {
         let lease = lease.clone();
@@ -749,6 +756,52 @@ fn skipped(hp: &HostPlan, reason: String) -> HostResult {
     HostResult { outcome: HostOutcome::Skipped, instances, error: Some(format!("not started: {reason}")) }
 }
 
+/// Renews a run's lease on every locked host, every quarter of the lease, for as long as it
+/// is alive (dropping it stops it). The lease can then be short (`lock.lease`, 2 min by
+/// default) without a long step outliving it, and a dead run's lock expires soon.
+struct Heartbeat {
+    task: tokio::task::JoinHandle<()>,
+    /// Held during each round of renewals; `true` once stopped.
+    stopped: Arc<tokio::sync::Mutex<bool>>,
+}
+
+impl Heartbeat {
+    fn start(hosts: Vec<Host>, dir: String, lease: Lease, duration: Duration) -> Heartbeat {
+        let every = (duration / 4).max(Duration::from_millis(250));
+        let stopped = Arc::new(tokio::sync::Mutex::new(false));
+        let flag = stopped.clone();
+        let task = tokio::spawn(async move {
+            let mut lease = lease;
+            loop {
+                tokio::time::sleep(every).await;
+                let stopped = flag.lock().await;
+                if *stopped {
+                    return;
+                }
+                lease.expires_at = OffsetDateTime::now_utc() + duration;
+                for h in &hosts {
+                    if let Err(e) = state::renew(h.shell.as_ref(), &dir, &lease).await {
+                        tracing::warn!(host = %h.name, "could not renew the deploy lock: {e}");
+                    }
+                }
+            }
+        });
+        Heartbeat { task, stopped }
+    }
+
+    /// Stops renewing; returns once no renewal is under way.
+    async fn stop(&self) {
+        *self.stopped.lock().await = true;
+        self.task.abort();
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Emits every gate; returns the ones that failed.
 fn emit_gates(ctx: &Ctx<'_>, per_host: Vec<Vec<gates::Gate>>) -> Vec<gates::Gate> {
     let mut failed = Vec::new();
@@ -854,10 +907,12 @@ pub struct InstanceStatus {
 }
 
 pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Error> {
-    let services = ctx.services(&targets.services)?;
-    let hosts = ctx.connect_all(&ctx.hosts(&targets.hosts)?).await?;
+    let all = ctx.services(&targets.services)?;
+    let addrs: Vec<HostAddr> = ctx.hosts(&targets.hosts)?.into_iter().filter(|a| all.iter().any(|s| s.runs_on(a))).collect();
+    let hosts = ctx.connect_all(&addrs).await?;
     let mut out = Vec::new();
-    for h in &hosts {
+    for (h, addr) in hosts.iter().zip(&addrs) {
+        let services: Vec<&Service> = all.iter().filter(|s| s.runs_on(addr)).copied().collect();
         let host_err = |m: String| Error::Unreachable { host: h.name.clone(), message: m, hint: None };
         let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| host_err(e.to_string()))?;
         let lock = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| host_err(e.to_string()))?;
@@ -923,11 +978,27 @@ pub fn render_status(s: &StatusReport) -> String {
                 i.image.as_deref().map(crate::printer::short).unwrap_or_default()
             ));
         }
-        if let Some(l) = &h.lock {
-            out.push_str(&format!("  lock: held by {} ({}) since {}\n", l.holder, l.command, fmt_time(l.acquired_at)));
+        match &h.lock {
+            Some(l) if l.expired(OffsetDateTime::now_utc()) => out.push_str(&format!(
+                "  lock: left by {} ({} {}) since {}, expired {}: that run died; the next deploy or rollback takes the lock over and finishes what it left\n",
+                l.holder,
+                l.command,
+                l.version.as_deref().unwrap_or(""),
+                fmt_time(l.acquired_at),
+                fmt_time(l.expires_at)
+            )),
+            Some(l) => out.push_str(&format!(
+                "  lock: held by {} ({} {}) since {}, lease until {}\n",
+                l.holder,
+                l.command,
+                l.version.as_deref().unwrap_or(""),
+                fmt_time(l.acquired_at),
+                fmt_time(l.expires_at)
+            )),
+            None => {}
         }
         for l in &h.leftovers {
-            out.push_str(&format!("  leftover container: {l}\n"));
+            out.push_str(&format!("  leftover container: {l} (an interrupted replace kept it; `capstan deploy` or `capstan rollback` puts it back first)\n"));
         }
     }
     out
@@ -1258,6 +1329,23 @@ mod tests {
         let migrations: Vec<usize> =
             f.hosts.iter().map(|h| h.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run_once web-1-capstan-migrate")).count()).collect();
         assert_eq!(migrations, [0, 1, 0], "once, on the first host that runs the service");
+    }
+
+    /// The lease is renewed while the run lives, so a lease shorter than the run is safe:
+    /// a second deploy 2.5 s into a 1 s lease is still refused. (Real time: leases are wall-clock.)
+    #[tokio::test]
+    async fn a_live_run_keeps_its_short_lease() {
+        let w = world("lock: { lease: 1s }\nbake: 4s\n");
+        let first = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false);
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false).await
+        };
+        let ((a, _), (b, _)) = tokio::join!(first, second);
+        assert!(a.unwrap().error.is_none());
+        let refused = b.err().expect("the second run is refused while the first lives");
+        assert_eq!(refused.exit_code(), crate::error::exit::LOCKED, "{refused}");
+        assert_eq!(state::read_lock(w.fake.as_ref(), &w.config.state_dir).await.unwrap(), None, "released at the end");
     }
 
     #[tokio::test(start_paused = true)]

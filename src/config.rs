@@ -682,7 +682,7 @@ impl Validator {
         if !docker_socket.starts_with('/') {
             self.issue("docker.socket", format!("expected an absolute path on the host, got {docker_socket:?}"));
         }
-        let lock_lease = self.duration("lock.lease", raw.lock.lease.as_deref(), Duration::from_secs(15 * 60));
+        let lock_lease = self.duration("lock.lease", raw.lock.lease.as_deref(), Duration::from_secs(2 * 60));
         let roles = self.roles(raw.roles, &raw.hosts, &hosts);
         let rollout = self.rollout(raw.rollout, hosts.len());
         if raw.services.is_empty() {
