@@ -148,7 +148,7 @@ impl<'a> Rollout<'a> {
                     None => self.step(&svc.name, &first.name, "pull", self.pull(&images)).await,
                 };
                 if let Err(message) = pulled {
-                    failure = Some((first.name.clone(), Failure { message, restored: true }));
+                    failure = Some((format!("{} pull", first.name), Failure { message, restored: true }));
                     break 'services;
                 }
                 // The migration runs once, before the service's first instance, from the new image.
@@ -192,7 +192,10 @@ impl<'a> Rollout<'a> {
             self.emit_instances(&results);
             return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None };
         };
-        self.info(format!("{at} failed: {}; reverting {} replaced instance(s)", f.message, done.len()));
+        match done.len() {
+            0 => self.info(format!("{at} failed: {}", f.message)),
+            n => self.info(format!("{at} failed: {}; reverting {n} replaced instance(s)", f.message)),
+        }
         let mut all_restored = f.restored;
         // Newest first, except that instances serving nothing now (one that crashed while
         // baking, say) go back before any that serves: draining a healthy instance while
@@ -216,7 +219,9 @@ impl<'a> Rollout<'a> {
         }
         self.emit_instances(&results);
         let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
-        let error = if all_restored {
+        let error = if all_restored && results.iter().all(|r| r.outcome == InstanceOutcome::Unchanged) {
+            format!("{at}: {}; nothing was replaced", f.message)
+        } else if all_restored {
             format!("{at}: {}; every replaced instance was reverted", f.message)
         } else {
             format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
@@ -1027,7 +1032,8 @@ mod tests {
             assert_eq!(w.fake.names(), vec!["web-1", "web-2"], "{inject}: no leftovers");
             assert!(w.fake.state.lock().unwrap().containers.values().all(|c| c.running), "{inject}: all running");
             assert_eq!(upstream(&w), UPSTREAM, "{inject}: nothing left drained");
-            assert!(result.error.unwrap().contains("reverted"));
+            let error = result.error.unwrap();
+            assert!(error.contains("reverted") || (*inject == "pull" && error.contains("nothing was replaced")), "{inject}: {error}");
         }
     }
 

@@ -182,3 +182,135 @@ fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
         None,
     );
 }
+
+#[test]
+fn ssh_cut_then_status_explains_and_rollback_recovers() {
+    let _one = one_at_a_time();
+    let sb = sandbox();
+    let app = App::new(sb, "fsshrb", AppOptions::default());
+    app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
+    let load = app.load(200);
+    let child = spawn(&app, &["deploy", "--version", "v2"]);
+    let kept = format!("{}.capstan-old", app.instances()[0]);
+    until("the deploy replaces the first instance", || app.containers().contains(&kept));
+    let cut = Instant::now();
+    let killed = Command::new("pkill").args(["-KILL", "-P", &sb.sshd_pid().to_string()]).status().unwrap();
+    assert!(killed.success(), "pkill found the sessions");
+    let first = finish(child);
+    assert_ne!(first.status, 0, "the run that lost its host fails:\n{first}");
+    // The dead run renews its lease no more: once it expires, `status` says what was left and by whom.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = app.capstan(&["status"]);
+    status.assert_success();
+    assert!(status.stdout.contains(&format!("leftover container: {kept}")) || status.stderr.contains(&format!("leftover container: {kept}")), "{status}");
+    let text = format!("{}{}", status.stdout, status.stderr);
+    assert!(text.contains("that run died"), "status explains the expired lock:\n{status}");
+    // `rollback` finishes the interrupted replace (the kept v1 goes back) and leaves every instance on v1.
+    let back = app.capstan(&["rollback", "--to", "v1"]);
+    let recovered = cut.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    back.assert_success();
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert!(!app.containers().iter().any(|c| c.ends_with(".capstan-old")), "{:?}", app.containers());
+    assert!(!app.state_dir().join("lock.json").exists(), "the lock is released");
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    let commands: Vec<String> = log_records(&app).iter().map(|r| format!("{} {}", r["command"].as_str().unwrap(), r["outcome"].as_str().unwrap())).collect();
+    assert!(commands.iter().any(|c| c.starts_with("recover")), "the recovery is in the log: {commands:?}");
+    record_fault(
+        "SSH sessions cut mid-replace, then `status` and `rollback`",
+        "status names the leftover and the dead run's lock; rollback takes over the expired lease, puts the kept container back",
+        Some(&stats),
+        Some(recovered),
+    );
+}
+
+/// A TCP proxy to the registry that goes down (drops every connection, refuses new
+/// ones) once `flag` exists: the registry dies between resolving the release and the pull.
+struct RegistryProxy {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RegistryProxy {
+    fn start(target: &str, flag: std::path::PathBuf) -> RegistryProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (target, halt) = (target.to_string(), stop.clone());
+        std::thread::spawn(move || {
+            let live: Arc<Mutex<Vec<TcpStream>>> = Default::default();
+            let mut down = false;
+            while !halt.load(Ordering::SeqCst) {
+                if !down && flag.exists() {
+                    down = true;
+                    for s in live.lock().unwrap().drain(..) {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                }
+                match listener.accept() {
+                    Ok((client, _)) if down => drop(client),
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).unwrap();
+                        let Ok(server) = TcpStream::connect(&target) else { continue };
+                        live.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                        for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(Shutdown::Write);
+                            });
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        RegistryProxy { addr, stop }
+    }
+}
+
+impl Drop for RegistryProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn the_registry_going_down_before_the_pull_replaces_nothing() {
+    let _one = one_at_a_time();
+    let sb = sandbox();
+    let app = App::new(sb, "fregdown", AppOptions::default());
+    let flag = app.dir().join("registry-down");
+    let proxy = RegistryProxy::start(sb.registry(), flag.clone());
+    // The release is resolved through the proxy; the pre-deploy hook (on the host, under
+    // the lock, after the release was resolved) takes the registry down before the pull.
+    let config = app.default_config().replace(sb.registry(), &proxy.addr) + &format!("hooks:\n  pre_deploy: \"touch {}\"\n", flag.display());
+    app.write_config(&config);
+    let before = app.images();
+    let load = app.load(200);
+    let run = app.capstan(&["--json", "deploy", "--version", "v2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert!(flag.exists(), "the hook ran:\n{run}");
+    run.assert_status(1);
+    assert!(run.stderr.lines().any(|l| l.contains(" pull ") && l.contains("FAILED")), "the pull is what failed:\n{run}");
+    assert!(run.stderr.contains("nothing was replaced"), "{run}");
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert_eq!(app.images(), before, "nothing was replaced");
+    assert!(!app.containers().iter().any(|c| c.ends_with(".capstan-old")));
+    assert!(!app.state_dir().join("lock.json").exists(), "the lock is released");
+    let last = log_records(&app).pop().expect("the failed run is recorded");
+    assert_eq!(last["outcome"], "rolled_back", "{last}");
+    assert!(last["error"].as_str().unwrap_or_default().contains("pull"), "{last}");
+    assert_eq!(stats.failed, 0, "failed requests: {:?}", stats.samples);
+    record_fault(
+        "the registry goes down after the release was resolved, before the host pulls",
+        "pull fails, nothing replaced (exit 1, `rolled_back` with the pull's error in the log)",
+        Some(&stats),
+        None,
+    );
+}
