@@ -552,6 +552,13 @@ impl FleetHost {
         Ok(())
     }
 
+    /// The registry goes away for this host only: its relay stops and the
+    /// address refuses connections (a host-side fault for multi-host tests).
+    pub fn cut_registry(&self) {
+        self.relay_stop.store(true, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(50));
+    }
+
     fn start_dockerd(&mut self) -> Result<(), String> {
         let c = &self.common;
         let log = fs::File::create(self.dir.join("dockerd.log")).map_err(|e| e.to_string())?;
