@@ -69,6 +69,26 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         }
         out.push('\n');
     }
+    if report.hosts.len() > 1 {
+        out.push_str("| host | outcome | connect | started | took | |\n|---|---|---|---|---|---|\n");
+        for h in &report.hosts {
+            let t = &h.timing;
+            let ms = |v: Option<u64>| v.map(secs).unwrap_or_else(|| "—".into());
+            let mut note = if t.canary { "canary".to_string() } else { String::new() };
+            if let Some(n) = &t.note {
+                note = if note.is_empty() { cell(n) } else { format!("{note}; {}", cell(n)) };
+            }
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {note} |\n",
+                cell(&h.host),
+                h.outcome.as_deref().unwrap_or("—").replace('_', " "),
+                ms(t.connect_ms),
+                t.started_ms.map(|v| format!("+{}", secs(v))).unwrap_or_else(|| "—".into()),
+                ms(t.duration_ms)
+            ));
+        }
+        out.push('\n');
+    }
     if report.hosts.iter().any(|h| !h.instances.is_empty()) {
         out.push_str("| host | instance | from | to | outcome | time |\n|---|---|---|---|---|---|\n");
         for h in &report.hosts {
@@ -202,5 +222,23 @@ mod tests {
         assert!(render(&good, Some(&link), "v1.4.1").contains("gh workflow run deploy.yml -f rollback-to=v1.4.1"));
         assert!(md.contains("```mermaid\ngantt\n  dateFormat x\n"), "{md}");
         assert!(md.contains("  section deployer@10.0.0.1 22 web-1\n  drain :100, 500\n  health :crit, 600, 3600\n"), "{md}");
+        assert!(!md.contains("| host | outcome | connect |"), "one host needs no hosts table: {md}");
+    }
+
+    #[test]
+    fn several_hosts_get_a_table_of_their_outcomes_and_times() {
+        use crate::report::{HostReport, HostTiming};
+        let mut r = report();
+        r.hosts[0].outcome = Some("rolled_back".into());
+        r.hosts[0].timing = HostTiming { connect_ms: Some(310), started_ms: Some(1200), duration_ms: Some(8400), canary: true, note: None };
+        r.hosts.push(HostReport {
+            host: "deployer@10.0.0.2:22".into(),
+            outcome: Some("skipped".into()),
+            timing: HostTiming { connect_ms: Some(290), note: Some("deployer@10.0.0.1:22 rolled back".into()), ..Default::default() },
+            instances: vec![],
+        });
+        let md = render(&r, None, "previous");
+        assert!(md.contains("| deployer@10.0.0.1:22 | rolled back | 0.3 s | +1.2 s | 8.4 s | canary |"), "{md}");
+        assert!(md.contains("| deployer@10.0.0.2:22 | skipped | 0.3 s | — | — | deployer@10.0.0.1:22 rolled back |"), "{md}");
     }
 }
