@@ -15,9 +15,9 @@
 //!   (`hN <addr>`), `docker.sock`, `docker/` (data root), `exec/`, `nginx/`,
 //!   `ssh/`, `state/`, logs.
 //!
-//! Each host: a holder process (`unshare --net --mount`, then `sleep`) owns the
-//! namespaces; everything else of the host is started with `nsenter -t HOLDER
-//! -n -m`. A veth pair links the host's `eth0` (10.X.Y.N/24) to the fleet's
+//! Each host: a holder process (`unshare --net --mount --uts`, then `sleep`)
+//! owns the namespaces (hostname `cstfXXXXXX-hN`); everything else of the host
+//! is started with `nsenter -t HOLDER -n -m -u`. A veth pair links the host's `eth0` (10.X.Y.N/24) to the fleet's
 //! bridge `cstfXXXXXX` (10.X.Y.1) in the root namespace, so the host's sshd
 //! (port 22) and nginx (port 80) are reachable from here at the host's
 //! address. The host's own loopback carries what real servers keep there: the
@@ -779,6 +779,22 @@ impl FleetHost {
     /// Run a command on this host over SSH.
     pub fn ssh(&self, remote: &str) -> proc::Output {
         run(&mut self.ssh_command(remote), None, CMD_TIMEOUT).expect("run ssh")
+    }
+
+    /// Every process of the host: those in its mount namespace (the holder,
+    /// dockerd, containerd and shims, sshd and its sessions, nginx,
+    /// docker-proxy) and its containers' (the host's cgroup).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = processes_of_host(&self.common, &self.dir);
+        pids.extend(cgroup_pids(&self.cgroup));
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+
+    /// The host's dockerd (0 if it is not running).
+    pub fn dockerd_pid(&self) -> u32 {
+        self.dockerd.as_ref().map(|d| d.pid()).unwrap_or(0)
     }
 
     /// The listening sshd: its children are the live SSH sessions.
