@@ -168,11 +168,73 @@ pub struct Service {
     pub migrate: Option<Migrate>,
     /// The hosts it runs on (`services.<name>.hosts`, roles resolved); empty: every host.
     pub hosts: Vec<HostAddr>,
+    /// `target: swarm`: a Swarm service that Swarm rolls (capstan updates its image and
+    /// watches); `None`: the containers of `instances`, replaced by capstan.
+    pub swarm: Option<SwarmTarget>,
+}
+
+/// `services.<name>.swarm`: which Swarm service, and Swarm's own rolling-update settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmTarget {
+    /// The Swarm service's name; default `<app>_<service>`, as `docker stack deploy` names it.
+    pub service: String,
+    /// Tasks updated at once (0: all at once, as in Swarm).
+    pub parallelism: u64,
+    /// Between two batches of tasks.
+    pub delay: Duration,
+    pub order: SwarmOrder,
+    pub failure_action: SwarmFailureAction,
+    /// How long Swarm watches each updated task for a failure.
+    pub monitor: Duration,
+    /// Fraction of tasks that may fail during an update before `failure_action` applies.
+    pub max_failure_ratio: f64,
+    /// How long capstan waits for Swarm to finish the update (or its rollback).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwarmOrder {
+    StartFirst,
+    StopFirst,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwarmFailureAction {
+    Rollback,
+    Pause,
+    Continue,
+}
+
+impl SwarmOrder {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SwarmOrder::StartFirst => "start-first",
+            SwarmOrder::StopFirst => "stop-first",
+        }
+    }
+}
+
+impl SwarmFailureAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SwarmFailureAction::Rollback => "rollback",
+            SwarmFailureAction::Pause => "pause",
+            SwarmFailureAction::Continue => "continue",
+        }
+    }
 }
 
 impl Service {
     pub fn runs_on(&self, host: &HostAddr) -> bool {
         self.hosts.is_empty() || self.hosts.contains(host)
+    }
+
+    /// The rows of the plan: the instances, or for a Swarm service the Swarm service itself.
+    pub fn plan_names(&self) -> Vec<String> {
+        match &self.swarm {
+            Some(sw) => vec![sw.service.clone()],
+            None => self.instances.clone(),
+        }
     }
 }
 
@@ -419,6 +481,7 @@ struct RawRelease {
 struct RawService {
     image: String,
     build: Option<RawBuild>,
+    #[serde(default)]
     instances: Vec<String>,
     #[serde(default)]
     health: RawHealth,
@@ -427,6 +490,21 @@ struct RawService {
     pause: Option<String>,
     migrate: Option<RawMigrate>,
     hosts: Option<Vec<String>>,
+    target: Option<String>,
+    swarm: Option<RawSwarm>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSwarm {
+    service: Option<String>,
+    parallelism: Option<u64>,
+    delay: Option<String>,
+    order: Option<String>,
+    failure_action: Option<String>,
+    monitor: Option<String>,
+    max_failure_ratio: Option<f64>,
+    timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -690,9 +768,13 @@ impl Validator {
         }
         let mut services = Vec::new();
         let mut seen_instances: Vec<(String, String)> = Vec::new();
-        for (name, s) in raw.services {
+        for (name, mut s) in raw.services {
             let p = format!("services.{name}");
             self.name(&p, "service name", &name, names::check_service);
+            let swarm = self.swarm(&p, &raw.app, &name, s.target.as_deref(), s.swarm.take());
+            if swarm.is_some() {
+                self.swarm_refusals(&p, &s);
+            }
             for (i, inst) in s.instances.iter().enumerate() {
                 let ip = format!("{p}.instances[{i}]");
                 self.name(&ip, "instance name", inst, names::check_container);
@@ -701,7 +783,7 @@ impl Validator {
                 }
                 seen_instances.push((name.clone(), inst.clone()));
             }
-            if s.instances.is_empty() {
+            if s.instances.is_empty() && swarm.is_none() {
                 self.issue(format!("{p}.instances"), "expected the names of the containers to replace, like [web-1, web-2]");
             }
             self.name(&format!("{p}.image"), "image repository", &s.image, names::check_repository);
@@ -726,6 +808,12 @@ impl Validator {
                 Migrate { command: m.command, timeout }
             });
             let service_hosts = self.service_hosts(&p, s.hosts, &roles, &raw.hosts, &hosts);
+            if swarm.is_some() && hosts.len() > 1 && service_hosts.len() != 1 {
+                self.issue(
+                    format!("{p}.hosts"),
+                    "expected exactly one host for a target: swarm service: capstan updates it through one manager node, and Swarm rolls it on every node",
+                );
+            }
             services.push(Service {
                 name,
                 image: s.image,
@@ -737,6 +825,7 @@ impl Validator {
                 pause,
                 migrate,
                 hosts: service_hosts,
+                swarm,
             });
         }
         Config {
@@ -756,6 +845,84 @@ impl Validator {
             rollout,
             roles,
             services,
+        }
+    }
+
+    /// `target:` and `swarm:` of a service: `Some` for a Swarm service.
+    fn swarm(&mut self, p: &str, app: &str, name: &str, target: Option<&str>, raw: Option<RawSwarm>) -> Option<SwarmTarget> {
+        match target {
+            None | Some("containers") => {
+                if raw.is_some() {
+                    self.issue(format!("{p}.swarm"), "only for a Swarm service: add `target: swarm`, or leave swarm: out");
+                }
+                return None;
+            }
+            Some("swarm") => {}
+            Some(other) => {
+                self.issue(format!("{p}.target"), format!("expected containers (the default) or swarm, got {other:?}"));
+                return None;
+            }
+        }
+        let r = raw.unwrap_or_default();
+        let p = format!("{p}.swarm");
+        let service = r.service.unwrap_or_else(|| format!("{app}_{name}"));
+        if let Err(e) = names::check_swarm_service(&service) {
+            let how = if service == format!("{app}_{name}") { " (the default, <app>_<service>; set swarm.service)" } else { "" };
+            self.issue(format!("{p}.service"), format!("invalid Swarm service name {service:?}{how}: {e}"));
+        }
+        let order = match r.order.as_deref() {
+            None | Some("start-first") => SwarmOrder::StartFirst,
+            Some("stop-first") => SwarmOrder::StopFirst,
+            Some(other) => {
+                self.issue(format!("{p}.order"), format!("expected start-first or stop-first, got {other:?}"));
+                SwarmOrder::StartFirst
+            }
+        };
+        let failure_action = match r.failure_action.as_deref() {
+            None | Some("rollback") => SwarmFailureAction::Rollback,
+            Some("pause") => SwarmFailureAction::Pause,
+            Some("continue") => SwarmFailureAction::Continue,
+            Some(other) => {
+                self.issue(format!("{p}.failure_action"), format!("expected rollback, pause or continue, got {other:?}"));
+                SwarmFailureAction::Rollback
+            }
+        };
+        let max_failure_ratio = r.max_failure_ratio.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&max_failure_ratio) {
+            self.issue(format!("{p}.max_failure_ratio"), format!("expected a fraction from 0 to 1, like 0.2, got {max_failure_ratio}"));
+        }
+        let timeout = self.duration(&format!("{p}.timeout"), r.timeout.as_deref(), Duration::from_secs(10 * 60));
+        if timeout.is_zero() {
+            self.issue(format!("{p}.timeout"), "expected a duration above zero");
+        }
+        Some(SwarmTarget {
+            service,
+            parallelism: r.parallelism.unwrap_or(1),
+            delay: self.duration(&format!("{p}.delay"), r.delay.as_deref(), Duration::ZERO),
+            order,
+            failure_action,
+            monitor: self.duration(&format!("{p}.monitor"), r.monitor.as_deref(), Duration::from_secs(5)),
+            max_failure_ratio,
+            timeout,
+        })
+    }
+
+    /// The keys of a container service that mean nothing for a Swarm service, where Swarm replaces the tasks.
+    fn swarm_refusals(&mut self, p: &str, s: &RawService) {
+        if !s.instances.is_empty() {
+            self.issue(format!("{p}.instances"), "a target: swarm service has no containers to list: Swarm runs its tasks (leave instances out)");
+        }
+        if s.drain.is_some() {
+            self.issue(
+                format!("{p}.drain"),
+                "Swarm replaces the tasks of a target: swarm service itself, so capstan cannot drain them one by one (leave drain out; swarm.order: start-first keeps one serving)",
+            );
+        }
+        if s.pause.is_some() {
+            self.issue(format!("{p}.pause"), "Swarm paces a target: swarm service: use swarm.delay (between batches) and swarm.monitor instead");
+        }
+        if s.migrate.is_some() {
+            self.issue(format!("{p}.migrate"), "not supported for a target: swarm service (run the migration from a pre_deploy hook)");
         }
     }
 
@@ -1173,6 +1340,71 @@ services:
         let err = parse_str(&text).unwrap_err();
         assert_eq!(err.issues.len(), 2, "{err}");
         assert!(err.to_string().contains("2 problems"));
+    }
+
+    #[test]
+    fn swarm_targets() {
+        let swarm = |block: &str| GOOD.replacen("services:\n", &format!("services:\n  api:\n    image: ghcr.io/acme/api\n    target: swarm\n{block}"), 1);
+        let c = parse_str(&swarm("")).unwrap();
+        let api = c.service("api").unwrap();
+        assert_eq!(api.plan_names(), ["shop_api"], "named like docker stack deploy names it");
+        assert_eq!(
+            api.swarm,
+            Some(SwarmTarget {
+                service: "shop_api".into(),
+                parallelism: 1,
+                delay: Duration::ZERO,
+                order: SwarmOrder::StartFirst,
+                failure_action: SwarmFailureAction::Rollback,
+                monitor: Duration::from_secs(5),
+                max_failure_ratio: 0.0,
+                timeout: Duration::from_secs(600),
+            })
+        );
+        assert!(api.instances.is_empty() && c.service("web").unwrap().swarm.is_none());
+        let block = "    swarm: { service: shop-api, parallelism: 2, delay: 10s, order: stop-first, failure_action: pause, monitor: 30s, max_failure_ratio: 0.5, timeout: 3m }\n";
+        let sw = parse_str(&swarm(block)).unwrap().service("api").unwrap().swarm.clone().unwrap();
+        assert_eq!((sw.service.as_str(), sw.parallelism, sw.delay, sw.order), ("shop-api", 2, Duration::from_secs(10), SwarmOrder::StopFirst));
+        assert_eq!(
+            (sw.failure_action, sw.monitor, sw.max_failure_ratio, sw.timeout),
+            (SwarmFailureAction::Pause, Duration::from_secs(30), 0.5, Duration::from_secs(180))
+        );
+
+        let cases: &[(&str, &str, &str)] = &[
+            ("    swarm: { order: random }\n", "services.api.swarm.order", "expected start-first or stop-first"),
+            ("    swarm: { failure_action: retry }\n", "services.api.swarm.failure_action", "expected rollback, pause or continue"),
+            ("    swarm: { delay: soon }\n", "services.api.swarm.delay", "expected a duration"),
+            ("    swarm: { monitor: 5 parsecs }\n", "services.api.swarm.monitor", "expected a duration"),
+            ("    swarm: { timeout: 0s }\n", "services.api.swarm.timeout", "above zero"),
+            ("    swarm: { max_failure_ratio: 1.5 }\n", "services.api.swarm.max_failure_ratio", "from 0 to 1"),
+            ("    swarm: { parallelism: -1 }\n", "services.api.swarm.parallelism", ""),
+            ("    swarm: { service: \"a b\" }\n", "services.api.swarm.service", "invalid Swarm service name"),
+            ("    swarm: { service: api_ }\n", "services.api.swarm.service", "end with a letter or digit"),
+            ("    swarm: { replicas: 3 }\n", "services.api.swarm.replicas", "unknown field `replicas`"),
+            ("    instances: [api-1]\n", "services.api.instances", "Swarm runs its tasks"),
+            ("    drain: { nginx: { upstream_conf: /etc/nginx/api.conf } }\n", "services.api.drain", "cannot drain them one by one"),
+            ("    pause: 5s\n", "services.api.pause", "swarm.delay"),
+            ("    migrate: { command: [migrate] }\n", "services.api.migrate", "pre_deploy hook"),
+        ];
+        for (block, path, expect) in cases {
+            let err = parse_str(&swarm(block)).expect_err(&format!("{block:?} should be refused"));
+            assert!(err.issues.iter().any(|i| i.path == *path && i.message.contains(expect)), "case {block:?}: expected {path:?} and {expect:?}, got:\n{err}");
+        }
+        // target: and swarm: themselves.
+        let err = parse_str(&swarm("").replace("target: swarm", "target: kubernetes")).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.path == "services.api.target" && i.message.contains("containers (the default) or swarm")), "{err}");
+        let err = parse_str(&GOOD.replacen("pause: 10s", "pause: 10s\n    swarm: { parallelism: 2 }", 1)).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.path == "services.web.swarm" && i.message.contains("add `target: swarm`")), "{err}");
+        let err = parse_str(&swarm("").replacen("app: shop", "app: shop.eu", 1)).unwrap_err();
+        assert!(
+            err.issues.iter().any(|i| i.path == "services.api.swarm.service" && i.message.contains("(the default, <app>_<service>; set swarm.service)")),
+            "{err}"
+        );
+        // Updated through one manager: with several hosts, exactly one.
+        let two = swarm("").replacen("  - deployer@203.0.113.10:22\n", "  - deployer@203.0.113.10:22\n  - deployer@203.0.113.11\n", 1);
+        let err = parse_str(&two).unwrap_err();
+        assert!(err.issues.iter().any(|i| i.path == "services.api.hosts" && i.message.contains("exactly one host")), "{err}");
+        assert!(parse_str(&two.replacen("target: swarm\n", "target: swarm\n    hosts: [203.0.113.11]\n", 1)).is_ok());
     }
 
     #[test]

@@ -38,6 +38,20 @@ pub fn check_service(s: &str) -> Result<(), String> {
     chars_ok(s, "_-")
 }
 
+/// A Swarm service name, as swarmkit accepts it: letters and digits, `-` and `_` between
+/// them (`docker stack deploy` names services `<stack>_<service>`), 63 characters at most.
+pub fn check_swarm_service(s: &str) -> Result<(), String> {
+    first_alnum(s)?;
+    chars_ok(s, "_-")?;
+    if !s.ends_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err("it must end with a letter or digit".into());
+    }
+    if s.len() > 63 {
+        return Err("it is longer than 63 characters".into());
+    }
+    Ok(())
+}
+
 /// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. Versions become tags.
 pub fn check_tag(s: &str) -> Result<(), String> {
     match s.chars().next() {
