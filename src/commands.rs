@@ -140,6 +140,10 @@ async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> 
     let unreachable = |e: EngineError| Error::Unreachable { host: host.name.clone(), message: e.to_string(), hint: None };
     let mut o = Observed { all_names: host.engine.container_names().await.map_err(unreachable)?, ..Default::default() };
     for svc in services {
+        if let Some(sw) = &svc.swarm {
+            // A host that is no manager is a planning problem (exit 2), not an unreachable host.
+            o.swarm.insert(svc.name.clone(), host.swarm.inspect_service(&sw.service).await.map_err(|e| e.to_string()));
+        }
         for name in &svc.instances {
             if let Some(c) = host.engine.inspect_container(name).await.map_err(unreachable)? {
                 let image = host.engine.inspect_image(&c.image_id).await.map_err(unreachable)?;
@@ -264,7 +268,7 @@ async fn resolve_release(
             None => resolve(host, svc, version, creds).await?,
         };
         ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
-        for i in &svc.instances {
+        for i in &svc.plan_names() {
             images.insert((svc.name.clone(), i.clone()), image.clone());
         }
     }

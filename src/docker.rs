@@ -2,7 +2,8 @@
 //!
 //! Also the pure part of "replace everything but the image":
 //! [`spec_from_inspect`] turns an inspected container (and its image) into the
-//! create request for its successor.
+//! create request for its successor; and of a Swarm update: [`swarm_update_spec`]
+//! changes an inspected service's spec in the image and the update settings only.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +19,10 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use crate::host::{ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, PublishedPort};
+use crate::host::{
+    ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask,
+    SwarmUpdate, UpdateState,
+};
 
 pub struct DockerEngine {
     docker: Docker,
@@ -253,6 +257,133 @@ impl Engine for DockerEngine {
         }
         Ok(out)
     }
+}
+
+#[async_trait]
+impl Swarm for DockerEngine {
+    async fn inspect_service(&self, name: &str) -> Result<Option<SwarmService>, EngineError> {
+        match self.docker.inspect_service(name, None).await {
+            Ok(s) => Ok(Some(swarm_service(s))),
+            Err(e) if is_404(&e) => Ok(None),
+            // 503: "This node is not a swarm manager…"
+            Err(e) => Err(other(&format!("inspect the Swarm service {name}"), e)),
+        }
+    }
+
+    async fn update_service(&self, service: &SwarmService, image: &str, settings: &SwarmUpdate, c: Option<&Credentials>) -> Result<Vec<String>, EngineError> {
+        let spec = swarm_update_spec(&service.spec, image, settings);
+        let opts = bollard::query_parameters::UpdateServiceOptionsBuilder::new().version(service.version as i32).build();
+        // The credentials go with the spec, so that every node can pull (`--with-registry-auth`);
+        // the request modifier re-encodes them URL-safe like any other X-Registry-Auth.
+        let r = self.docker.update_service(&service.id, spec, opts, creds(c)).await.map_err(|e| classify(&format!("update {} to {image}", service.name), e))?;
+        Ok(r.warnings.unwrap_or_default())
+    }
+
+    async fn rollback_service(&self, service: &SwarmService) -> Result<(), EngineError> {
+        // What `docker service rollback` sends: the current spec, `rollback=previous`.
+        let opts = bollard::query_parameters::UpdateServiceOptionsBuilder::new().version(service.version as i32).rollback("previous").build();
+        self.docker.update_service(&service.id, service.spec.0.clone(), opts, None).await.map_err(|e| other(&format!("roll back {}", service.name), e))?;
+        Ok(())
+    }
+
+    async fn tasks(&self, service_id: &str) -> Result<Vec<SwarmTask>, EngineError> {
+        let mut filters = HashMap::new();
+        filters.insert("service".to_string(), vec![service_id.to_string()]);
+        let opts = bollard::query_parameters::ListTasksOptionsBuilder::new().filters(&filters).build();
+        let list = self.docker.list_tasks(Some(opts)).await.map_err(|e| other("list the Swarm tasks", e))?;
+        Ok(list.into_iter().map(swarm_task).collect())
+    }
+}
+
+/// The parts of an inspected Swarm service a rollout reads.
+pub fn swarm_service(s: bollard::models::Service) -> SwarmService {
+    let spec = s.spec.unwrap_or_default();
+    let image = spec.task_template.as_ref().and_then(|t| t.container_spec.as_ref()).and_then(|c| c.image.clone()).unwrap_or_default();
+    let replicas = match spec.mode.as_ref() {
+        Some(m) if m.global.is_some() => None,
+        Some(m) => Some(m.replicated.as_ref().and_then(|r| r.replicas).unwrap_or(1).max(0) as u64),
+        None => Some(1),
+    };
+    use bollard::models::ServiceUpdateStatusStateEnum as S;
+    let status = s.update_status.unwrap_or_default();
+    let update = match status.state {
+        Some(S::UPDATING) => Some(UpdateState::Updating),
+        Some(S::PAUSED) => Some(UpdateState::Paused),
+        Some(S::COMPLETED) => Some(UpdateState::Completed),
+        Some(S::ROLLBACK_STARTED) => Some(UpdateState::RollbackStarted),
+        Some(S::ROLLBACK_PAUSED) => Some(UpdateState::RollbackPaused),
+        Some(S::ROLLBACK_COMPLETED) => Some(UpdateState::RollbackCompleted),
+        Some(S::EMPTY) | None => None,
+    };
+    SwarmService {
+        id: s.id.unwrap_or_default(),
+        name: spec.name.clone().unwrap_or_default(),
+        version: s.version.and_then(|v| v.index).unwrap_or(0),
+        image,
+        replicas,
+        update,
+        update_message: status.message.unwrap_or_default(),
+        spec: SwarmSpec(spec),
+    }
+}
+
+fn swarm_task(t: bollard::models::Task) -> SwarmTask {
+    let status = t.status.unwrap_or_default();
+    let message = match (status.err.filter(|e| !e.is_empty()), status.message) {
+        (Some(e), _) => e,
+        (None, m) => m.unwrap_or_default(),
+    };
+    SwarmTask {
+        id: t.id.unwrap_or_default(),
+        slot: t.slot.map(|s| s.max(0) as u64),
+        image: t.spec.and_then(|s| s.container_spec).and_then(|c| c.image).unwrap_or_default(),
+        desired: t.desired_state.map(|d| d.to_string()).unwrap_or_default(),
+        state: status.state.map(|s| s.to_string()).unwrap_or_default(),
+        message,
+        container: status.container_status.and_then(|c| c.container_id).filter(|c| !c.is_empty()),
+    }
+}
+
+/// The spec of a Swarm update: the inspected one, with the new image and the
+/// update settings (the rollback runs at the same pace and order, and pauses
+/// rather than going forward again if it fails). Everything else is kept.
+pub fn swarm_update_spec(current: &SwarmSpec, image: &str, u: &SwarmUpdate) -> bollard::models::ServiceSpec {
+    use crate::config::{SwarmFailureAction as F, SwarmOrder as O};
+    use bollard::models::{
+        ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum as RF, ServiceSpecRollbackConfigOrderEnum as RO, ServiceSpecUpdateConfig,
+        ServiceSpecUpdateConfigFailureActionEnum as UF, ServiceSpecUpdateConfigOrderEnum as UO,
+    };
+    let mut spec = current.0.clone();
+    let task = spec.task_template.get_or_insert_with(Default::default);
+    task.container_spec.get_or_insert_with(Default::default).image = Some(image.to_string());
+    let nanos = |d: std::time::Duration| d.as_nanos().min(i64::MAX as u128) as i64;
+    spec.update_config = Some(ServiceSpecUpdateConfig {
+        parallelism: Some(u.parallelism as i64),
+        delay: Some(nanos(u.delay)),
+        failure_action: Some(match u.failure_action {
+            F::Rollback => UF::ROLLBACK,
+            F::Pause => UF::PAUSE,
+            F::Continue => UF::CONTINUE,
+        }),
+        monitor: Some(nanos(u.monitor)),
+        max_failure_ratio: Some(u.max_failure_ratio),
+        order: Some(match u.order {
+            O::StartFirst => UO::START_FIRST,
+            O::StopFirst => UO::STOP_FIRST,
+        }),
+    });
+    spec.rollback_config = Some(ServiceSpecRollbackConfig {
+        parallelism: Some(u.parallelism as i64),
+        delay: Some(nanos(u.delay)),
+        failure_action: Some(RF::PAUSE),
+        monitor: Some(nanos(u.monitor)),
+        max_failure_ratio: Some(u.max_failure_ratio),
+        order: Some(match u.order {
+            O::StartFirst => RO::START_FIRST,
+            O::StopFirst => RO::STOP_FIRST,
+        }),
+    });
+    spec
 }
 
 /// The create request for a one-off run (a migration) beside `spec`'s
@@ -638,6 +769,82 @@ mod tests {
         assert!(info.running);
         assert_eq!(info.docker_health, None);
         assert_eq!(info.image_ref, "registry.local/demo:v1");
+    }
+
+    /// A service as Docker 20.10 answers `GET /services/{id}` for one made by
+    /// `docker service create --with-registry-auth --network host --replicas 3 -e DEMO_PORT=18555`,
+    /// in the middle of a rollback Swarm started itself.
+    fn service_fixture() -> bollard::models::Service {
+        serde_json::from_value(serde_json::json!({
+            "ID": "7l969k51n4z0m04scxxqyqqeq",
+            "Version": { "Index": 2241 },
+            "Spec": {
+                "Name": "shop_web",
+                "Labels": { "com.docker.stack.namespace": "shop" },
+                "TaskTemplate": {
+                    "ContainerSpec": {
+                        "Image": "127.0.0.1:26829/capstan-demo:v1@sha256:0123abcd",
+                        "Env": ["DEMO_PORT=18555", "DEMO_REUSEPORT=1"],
+                        "Init": false,
+                        "StopGracePeriod": 10000000000u64,
+                        "DNSConfig": {},
+                        "Isolation": "default"
+                    },
+                    "Resources": { "Limits": {}, "Reservations": {} },
+                    "RestartPolicy": { "Condition": "any", "Delay": 5000000000u64, "MaxAttempts": 0 },
+                    "Placement": {},
+                    "Networks": [ { "Target": "host" } ],
+                    "ForceUpdate": 0,
+                    "Runtime": "container"
+                },
+                "Mode": { "Replicated": { "Replicas": 3 } },
+                "UpdateConfig": { "Parallelism": 1, "FailureAction": "pause", "Monitor": 5000000000u64, "MaxFailureRatio": 0, "Order": "stop-first" },
+                "EndpointSpec": { "Mode": "vip" }
+            },
+            "UpdateStatus": { "State": "rollback_started", "Message": "update rolled back due to failure or early termination of task x" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_a_swarm_service() {
+        let s = swarm_service(service_fixture());
+        assert_eq!((s.id.as_str(), s.name.as_str(), s.version, s.replicas), ("7l969k51n4z0m04scxxqyqqeq", "shop_web", 2241, Some(3)));
+        assert_eq!(s.image, "127.0.0.1:26829/capstan-demo:v1@sha256:0123abcd");
+        assert_eq!(crate::release::without_tag(&s.image), "127.0.0.1:26829/capstan-demo@sha256:0123abcd");
+        assert_eq!(s.update, Some(UpdateState::RollbackStarted));
+        assert!(s.update_message.contains("rolled back"));
+    }
+
+    #[test]
+    fn a_swarm_update_changes_the_image_and_the_settings_only() {
+        use crate::config::{SwarmFailureAction, SwarmOrder};
+        let s = swarm_service(service_fixture());
+        let u = SwarmUpdate {
+            parallelism: 2,
+            delay: std::time::Duration::from_millis(1500),
+            order: SwarmOrder::StartFirst,
+            failure_action: SwarmFailureAction::Rollback,
+            monitor: std::time::Duration::from_secs(3),
+            max_failure_ratio: 0.25,
+        };
+        let spec = swarm_update_spec(&s.spec, "r/demo@sha256:v2", &u);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Image"], "r/demo@sha256:v2");
+        assert_eq!(
+            json["UpdateConfig"],
+            serde_json::json!({ "Parallelism": 2, "Delay": 1_500_000_000u64, "FailureAction": "rollback", "Monitor": 3_000_000_000u64, "MaxFailureRatio": 0.25, "Order": "start-first" })
+        );
+        assert_eq!(json["RollbackConfig"]["FailureAction"], "pause", "a rollback that fails pauses, it never goes forward again");
+        assert_eq!(json["RollbackConfig"]["Order"], "start-first");
+        // Everything else as it was.
+        let before = serde_json::to_value(&s.spec.0).unwrap();
+        for key in ["Name", "Labels", "Mode", "EndpointSpec"] {
+            assert_eq!(json[key], before[key], "{key}");
+        }
+        assert_eq!(json["TaskTemplate"]["ContainerSpec"]["Env"], before["TaskTemplate"]["ContainerSpec"]["Env"]);
+        assert_eq!(json["TaskTemplate"]["Networks"], serde_json::json!([{ "Target": "host" }]));
+        assert_eq!(json["TaskTemplate"]["RestartPolicy"], before["TaskTemplate"]["RestartPolicy"]);
     }
 
     #[test]

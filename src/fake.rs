@@ -71,8 +71,82 @@ pub struct State {
     pub log: Vec<String>,
     /// Container output, by name.
     pub logs: HashMap<String, String>,
+    /// Swarm services, by name (the host is a manager).
+    pub swarm: HashMap<String, FakeSwarmService>,
+    /// Images whose Swarm tasks fail, so that Swarm applies the update's failure action.
+    pub swarm_failing: HashSet<String>,
+    /// `inspect_service` answers this error (a node that is no manager).
+    pub swarm_error: Option<String>,
     next_id: u64,
     healthy_probes: HashMap<String, u32>,
+}
+
+/// A Swarm service as the fake manager keeps it. Each inspect moves an update under
+/// way one tick on, as Swarm's updater would over time.
+#[derive(Clone, Debug)]
+pub struct FakeSwarmService {
+    pub id: String,
+    pub image: String,
+    /// The image of `PreviousSpec`, what `rollback=previous` returns to.
+    pub previous: Option<String>,
+    pub replicas: u64,
+    pub version: u64,
+    pub update: Option<UpdateState>,
+    pub message: String,
+    /// The settings of the last update, as sent.
+    pub settings: Option<SwarmUpdate>,
+    /// Accepted but not started yet (UpdateStatus is reset by an update).
+    pending: bool,
+    /// Inspects left before the update or rollback under way moves on.
+    pub ticks: u32,
+}
+
+impl FakeSwarmService {
+    fn tick(&mut self, failing: &HashSet<String>) {
+        if self.pending {
+            self.pending = false;
+            self.update = Some(UpdateState::Updating);
+            self.version += 1;
+            return;
+        }
+        if !self.update.is_some_and(|u| u.busy()) {
+            return;
+        }
+        if self.ticks > 0 {
+            self.ticks -= 1;
+            return;
+        }
+        self.version += 1;
+        match self.update {
+            Some(UpdateState::Updating) if failing.contains(&self.image) => {
+                use config::SwarmFailureAction as F;
+                match self.settings.as_ref().map(|s| s.failure_action).unwrap_or(F::Pause) {
+                    F::Rollback => {
+                        std::mem::swap(&mut self.image, self.previous.get_or_insert_with(String::new));
+                        self.update = Some(UpdateState::RollbackStarted);
+                        self.message = "update rolled back due to failure or early termination of task fake1".into();
+                        self.ticks = 2;
+                    }
+                    F::Pause => {
+                        self.update = Some(UpdateState::Paused);
+                        self.message = "update paused due to failure or early termination of task fake1".into();
+                    }
+                    F::Continue => {
+                        self.update = Some(UpdateState::Completed);
+                        self.message = "update completed".into();
+                    }
+                }
+            }
+            Some(UpdateState::Updating) => {
+                self.update = Some(UpdateState::Completed);
+                self.message = "update completed".into();
+            }
+            _ => {
+                self.update = Some(UpdateState::RollbackCompleted);
+                self.message = "rollback completed".into();
+            }
+        }
+    }
 }
 
 pub struct FakeHost {
@@ -118,7 +192,30 @@ impl FakeHost {
     }
 
     pub fn host(self: &Arc<Self>) -> Host {
-        Host { name: self.name.clone(), engine: self.clone(), shell: self.clone(), probe: self.clone() }
+        Host { name: self.name.clone(), engine: self.clone(), swarm: self.clone(), shell: self.clone(), probe: self.clone() }
+    }
+
+    /// A Swarm service `name` with `replicas` tasks running `image`, settled.
+    pub fn add_swarm_service(&self, name: &str, image: &str, replicas: u64) {
+        let mut s = self.state.lock().unwrap();
+        let id = format!("svc-{name}");
+        let svc = FakeSwarmService {
+            id,
+            image: image.into(),
+            previous: None,
+            replicas,
+            version: 10,
+            update: None,
+            message: String::new(),
+            settings: None,
+            pending: false,
+            ticks: 0,
+        };
+        s.swarm.insert(name.into(), svc);
+    }
+
+    pub fn swarm_image(&self, name: &str) -> Option<String> {
+        self.state.lock().unwrap().swarm.get(name).map(|s| s.image.clone())
     }
 
     pub fn add_container(&self, name: &str, image: &str, host_port: u16) {
@@ -290,6 +387,86 @@ impl Engine for FakeHost {
     async fn logs(&self, name: &str) -> Result<String, EngineError> {
         let s = self.state.lock().unwrap();
         Ok(s.logs.get(name).cloned().unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Swarm for FakeHost {
+    async fn inspect_service(&self, name: &str) -> Result<Option<SwarmService>, EngineError> {
+        let mut s = self.state.lock().unwrap();
+        if let Some(e) = &s.swarm_error {
+            return Err(EngineError::Other(e.clone()));
+        }
+        let failing = s.swarm_failing.clone();
+        let Some(svc) = s.swarm.get_mut(name) else { return Ok(None) };
+        svc.tick(&failing);
+        Ok(Some(SwarmService {
+            id: svc.id.clone(),
+            name: name.into(),
+            version: svc.version,
+            image: svc.image.clone(),
+            replicas: Some(svc.replicas),
+            update: svc.update,
+            update_message: svc.message.clone(),
+            spec: SwarmSpec::default(),
+        }))
+    }
+
+    async fn update_service(&self, service: &SwarmService, image: &str, settings: &SwarmUpdate, _c: Option<&Credentials>) -> Result<Vec<String>, EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("swarm-update", &mut s, &format!("{} {image}", service.name))?;
+        let svc = s.swarm.get_mut(&service.name).ok_or_else(|| EngineError::NotFound(format!("service {} not found", service.name)))?;
+        if svc.version != service.version {
+            return Err(EngineError::Other(format!("update out of sequence (version {} is not {})", service.version, svc.version)));
+        }
+        svc.previous = Some(std::mem::replace(&mut svc.image, image.into()));
+        svc.settings = Some(settings.clone());
+        svc.update = None;
+        svc.message = String::new();
+        svc.pending = true;
+        svc.ticks = 3;
+        svc.version += 1;
+        Ok(vec![])
+    }
+
+    async fn rollback_service(&self, service: &SwarmService) -> Result<(), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("swarm-rollback", &mut s, &service.name)?;
+        let svc = s.swarm.get_mut(&service.name).ok_or_else(|| EngineError::NotFound(format!("service {} not found", service.name)))?;
+        let Some(previous) = svc.previous.take() else { return Err(EngineError::Other("service has no previous spec to roll back to".into())) };
+        svc.previous = Some(std::mem::replace(&mut svc.image, previous));
+        svc.update = Some(UpdateState::RollbackStarted);
+        svc.message = "manually requested rollback".into();
+        svc.pending = false;
+        svc.ticks = 2;
+        svc.version += 1;
+        Ok(())
+    }
+
+    /// While an update or rollback runs, the first task already runs the image the spec
+    /// names and the others the one before; tasks of a failing image have failed.
+    async fn tasks(&self, service_id: &str) -> Result<Vec<SwarmTask>, EngineError> {
+        let s = self.state.lock().unwrap();
+        let Some(svc) = s.swarm.values().find(|v| v.id == service_id) else { return Ok(vec![]) };
+        let busy = svc.pending || svc.update.is_some_and(|u| u.busy());
+        Ok((1..=svc.replicas)
+            .map(|slot| {
+                let image = match (&svc.previous, busy && slot > 1) {
+                    (Some(p), true) => p.clone(),
+                    _ => svc.image.clone(),
+                };
+                let failing = s.swarm_failing.contains(&image);
+                SwarmTask {
+                    id: format!("task{slot}"),
+                    slot: Some(slot),
+                    desired: "running".into(),
+                    state: if failing { "failed" } else { "running" }.into(),
+                    message: if failing { "task: non-zero exit (1)".into() } else { "started".into() },
+                    container: None,
+                    image,
+                }
+            })
+            .collect())
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Endpoint, Service};
+use crate::config::{Config, Endpoint, Service, SwarmTarget};
 use crate::host::{ContainerInfo, DockerHealth, Host};
 use crate::plan::HostPlan;
 
@@ -77,9 +77,19 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
     if let Some(b) = &p.backup {
         out.push(backup(host, &b.path, b.max_age).await);
     }
+    for sp in &plan.services {
+        let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
+        let Some(sw) = &svc.swarm else { continue };
+        if sp.instances.iter().any(|i| i.replace) {
+            out.push(swarm_preflight(host, svc, sw, check_health, force).await);
+        }
+    }
     if check_health {
         for sp in &plan.services {
             let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
+            if svc.swarm.is_some() {
+                continue;
+            }
             for ip in sp.instances.iter().filter(|i| i.replace) {
                 let gate = format!("preflight health {}", ip.name);
                 let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
@@ -96,6 +106,76 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
         }
     }
     out
+}
+
+/// A Swarm service before its update: no update or rollback under way (capstan would
+/// fight Swarm over it), and for a deploy every task running and healthy.
+async fn swarm_preflight(host: &Host, svc: &Service, sw: &SwarmTarget, check_health: bool, force: bool) -> Gate {
+    let h = host.name.as_str();
+    let gate = format!("preflight swarm {}", sw.service);
+    let current = match host.swarm.inspect_service(&sw.service).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Gate::new(h, gate, false, "missing", "a running Swarm service"),
+        Err(e) => return Gate::new(h, gate, false, e.to_string(), "a running Swarm service"),
+    };
+    if let Some(state) = current.update.filter(|u| u.busy()) {
+        let measured = format!("Swarm's {} is under way ({})", state.as_str(), current.update_message);
+        return Gate::new(h, gate, false, measured, "no update under way");
+    }
+    if !check_health {
+        return Gate::new(h, gate, true, "no update under way", "no update under way");
+    }
+    let (ok, measured) = swarm_now(host, svc, sw, None).await;
+    let paused = current.update.filter(|u| matches!(u, crate::host::UpdateState::Paused | crate::host::UpdateState::RollbackPaused));
+    let (ok, measured) = match paused {
+        Some(p) => (false, format!("an earlier update is {} ({}); {measured}", p.as_str(), current.update_message)),
+        None => (ok, measured),
+    };
+    match (ok, force) {
+        (true, _) => Gate::new(h, gate, true, measured, "healthy"),
+        (false, true) => Gate::new(h, gate, true, format!("{measured}; deployed over it with --force"), "healthy"),
+        (false, false) => Gate::new(h, gate, false, format!("{measured} (deploy over it with --force)"), "healthy"),
+    }
+}
+
+/// One look at a Swarm service: as many tasks as Swarm wants are running `image` (any
+/// image when `None`), and those whose container is on this host are healthy (Docker
+/// health, and `health.http` probed at the container). Tasks on other nodes count by
+/// Swarm's word, which includes their image's HEALTHCHECK.
+pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Option<&str>) -> (bool, String) {
+    let current = match host.swarm.inspect_service(&sw.service).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return (false, format!("the Swarm service {} is gone", sw.service)),
+        Err(e) => return (false, e.to_string()),
+    };
+    let tasks = match host.swarm.tasks(&current.id).await {
+        Ok(t) => t,
+        Err(e) => return (false, e.to_string()),
+    };
+    let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
+    let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
+    let on_image = |t: &crate::host::SwarmTask| image.is_none_or(|i| crate::release::without_tag(&t.image) == i);
+    let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
+    let what = image.map(|i| format!(" {}", crate::printer::short(i))).unwrap_or_default();
+    if running.len() < want {
+        let why: Vec<String> = wanted.iter().filter(|t| t.state != "running").map(|t| format!("{} {}", t.state, t.message).trim().to_string()).collect();
+        let why = match why.first() {
+            Some(w) => format!(" (a task is {w})"),
+            None => String::new(),
+        };
+        return (false, format!("{}/{want} tasks running{what}{why}", running.len()));
+    }
+    let mut local = 0;
+    for t in &running {
+        let Some(id) = &t.container else { continue };
+        let Ok(Some(c)) = host.engine.inspect_container(id).await else { continue };
+        local += 1;
+        let (ok, measured) = healthy_now(host, svc, &c).await;
+        if !ok {
+            return (false, format!("task {}: {measured}", t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.id.chars().take(12).collect())));
+        }
+    }
+    (true, format!("{}/{want} tasks running{what}, {local} on this host healthy", running.len()))
 }
 
 /// One look at a running instance: running, Docker health not failing, one good HTTP probe.

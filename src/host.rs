@@ -1,8 +1,9 @@
-//! The effects a rollout needs from one host, behind three narrow traits:
-//! [`Engine`] (the host's Docker engine), [`Shell`] (a few quoted commands) and
-//! [`Probe`] (HTTP as seen from the host). The real implementations are
-//! `docker::DockerEngine` and `ssh::SshHost`; `fake::FakeHost` implements all
-//! three in memory for the executor's tests.
+//! The effects a rollout needs from one host, behind narrow traits:
+//! [`Engine`] (the host's Docker engine), [`Swarm`] (its Swarm services, when the
+//! host is a manager), [`Shell`] (a few quoted commands) and [`Probe`] (HTTP as
+//! seen from the host). The real implementations are `docker::DockerEngine` and
+//! `ssh::SshHost`; `fake::FakeHost` implements all four in memory for the
+//! executor's tests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,105 @@ pub trait Engine: Send + Sync {
     async fn logs(&self, name: &str) -> Result<String, EngineError>;
 }
 
+/// A Swarm service's spec as the engine returned it: sent back whole, with only the
+/// image and the update settings changed (so nothing else the user set is lost).
+#[derive(Clone, Debug, Default)]
+pub struct SwarmSpec(pub bollard::models::ServiceSpec);
+
+/// Where a Swarm service's last update stands (`UpdateStatus.State`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// An update or a rollback is under way.
+    pub fn busy(&self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SwarmService {
+    pub id: String,
+    pub name: String,
+    /// The object version an update must name (optimistic concurrency).
+    pub version: u64,
+    /// `TaskTemplate.ContainerSpec.Image`: `repo:tag@sha256:…`, `repo@sha256:…` or a tag.
+    pub image: String,
+    /// Desired tasks; `None` in global mode (one per eligible node).
+    pub replicas: Option<u64>,
+    /// `None` before any update, and right after one is accepted, until Swarm starts it.
+    pub update: Option<UpdateState>,
+    pub update_message: String,
+    pub spec: SwarmSpec,
+}
+
+/// One task of a Swarm service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwarmTask {
+    pub id: String,
+    pub slot: Option<u64>,
+    pub image: String,
+    /// `running`, `shutdown`…: what Swarm wants it to be.
+    pub desired: String,
+    /// `new` … `starting`, `running`, `complete`, `failed`, `rejected`…
+    pub state: String,
+    /// The error or message of its last state change.
+    pub message: String,
+    /// Its container, on whichever node runs it.
+    pub container: Option<String>,
+}
+
+/// Swarm's rolling-update settings for one update (`UpdateConfig`; the `RollbackConfig`
+/// gets the same pace and order, and pauses on a failure).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SwarmUpdate {
+    pub parallelism: u64,
+    pub delay: Duration,
+    pub order: crate::config::SwarmOrder,
+    pub failure_action: crate::config::SwarmFailureAction,
+    pub monitor: Duration,
+    pub max_failure_ratio: f64,
+}
+
+/// The Swarm services of a manager node. The update and the rollback return once
+/// Swarm accepted them; Swarm then rolls the tasks, which `inspect_service` and
+/// `tasks` watch.
+#[async_trait]
+pub trait Swarm: Send + Sync {
+    /// `None` when no service has that name; an error when the node is no manager.
+    async fn inspect_service(&self, name: &str) -> Result<Option<SwarmService>, EngineError>;
+    /// Sends `service`'s spec back with `image` and `settings` (at `service.version`), with
+    /// the registry credentials for the nodes' pulls (`--with-registry-auth`). Swarm's warnings.
+    async fn update_service(
+        &self,
+        service: &SwarmService,
+        image: &str,
+        settings: &SwarmUpdate,
+        creds: Option<&Credentials>,
+    ) -> Result<Vec<String>, EngineError>;
+    /// Swarm's own rollback to the spec before the last update (`docker service rollback`).
+    async fn rollback_service(&self, service: &SwarmService) -> Result<(), EngineError>;
+    async fn tasks(&self, service_id: &str) -> Result<Vec<SwarmTask>, EngineError>;
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct CmdOutput {
     pub status: i32,
@@ -165,11 +265,13 @@ pub trait Probe: Send + Sync {
     async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String>;
 }
 
-/// One connected host: its name as configured and its three effect handles.
+/// One connected host: its name as configured and its effect handles.
 #[derive(Clone)]
 pub struct Host {
     pub name: String,
     pub engine: Arc<dyn Engine>,
+    /// The same engine's Swarm API.
+    pub swarm: Arc<dyn Swarm>,
     pub shell: Arc<dyn Shell>,
     pub probe: Arc<dyn Probe>,
 }

@@ -34,6 +34,7 @@ mod rollout;
 mod ssh;
 mod state;
 mod summary;
+mod swarm;
 mod tags;
 mod tls;
 mod workflow;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::config::Service;
-use crate::host::{ContainerInfo, ImageInfo};
+use crate::host::{ContainerInfo, ImageInfo, SwarmService};
 use crate::release;
 
 /// What was seen on one host before anything changed.
@@ -18,6 +18,9 @@ pub struct Observed {
     pub containers: HashMap<String, (ContainerInfo, Option<ImageInfo>)>,
     /// Names of every container on the host (to spot leftovers of an interrupted run).
     pub all_names: Vec<String>,
+    /// Per `target: swarm` service (by its config name): the Swarm service, `None` when
+    /// absent, or why the manager could not say.
+    pub swarm: HashMap<String, Result<Option<SwarmService>, String>>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -68,7 +71,7 @@ pub fn offline(hosts: &[String], services: &[&Service], target: &dyn Fn(&Service
                     .map(|s| ServicePlan {
                         service: s.name.clone(),
                         instances: s
-                            .instances
+                            .plan_names()
                             .iter()
                             .map(|i| InstancePlan { name: i.clone(), from_image: NOT_CONTACTED.into(), to_image: target(s), replace: true })
                             .collect(),
@@ -83,11 +86,34 @@ pub fn offline(hosts: &[String], services: &[&Service], target: &dyn Fn(&Service
 pub const OLD_SUFFIX: &str = ".capstan-old";
 
 /// Plans one host. `target(service, instance)` is the exact image reference
-/// (`repo@sha256:…` or an image ID) the instance must run.
+/// (`repo@sha256:…` or an image ID) the instance must run. A `target: swarm`
+/// service is one row, named after its Swarm service, from the image its spec
+/// names to the target.
 pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target: &dyn Fn(&str, &str) -> Option<String>) -> Result<HostPlan, Vec<String>> {
     let mut problems = Vec::new();
     let mut out = Vec::new();
     for svc in services {
+        if let Some(sw) = &svc.swarm {
+            let row = match observed.swarm.get(&svc.name) {
+                Some(Ok(Some(current))) => match target(&svc.name, &sw.service) {
+                    Some(to) => {
+                        let from = release::without_tag(&current.image);
+                        Ok(InstancePlan { name: sw.service.clone(), replace: from != to, from_image: from, to_image: to })
+                    }
+                    None => Err(format!("{host}: no image to run for {}/{}", svc.name, sw.service)),
+                },
+                Some(Ok(None)) | None => Err(format!(
+                    "{host}: Swarm service {} (services.{}.swarm.service) does not exist; capstan updates a running service, create it first (for example with docker stack deploy)",
+                    sw.service, svc.name
+                )),
+                Some(Err(e)) => Err(format!("{host}: services.{} is a target: swarm service, but the host cannot say how it runs (is it a Swarm manager?): {e}", svc.name)),
+            };
+            match row {
+                Ok(r) => out.push(ServicePlan { service: svc.name.clone(), instances: vec![r] }),
+                Err(p) => problems.push(p),
+            }
+            continue;
+        }
         let mut instances = Vec::new();
         for (i, name) in svc.instances.iter().enumerate() {
             let leftover = format!("{name}{OLD_SUFFIX}");

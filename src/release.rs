@@ -91,6 +91,15 @@ pub fn tag_of(reference: &str) -> Option<&str> {
     }
 }
 
+/// `repo:tag@sha256:…` (how the Docker CLI pins a Swarm service's image) as
+/// `repo@sha256:…`, the form capstan plans and records; other references as they are.
+pub fn without_tag(reference: &str) -> String {
+    match reference.split_once('@') {
+        Some((name, digest)) => digest_ref(repo_of(name), digest),
+        None => reference.to_string(),
+    }
+}
+
 /// The image reference that names an image for the record: its digest
 /// reference in the service's repository when it has one, else its ID.
 pub fn best_reference(repo: &str, repo_digests: &[String], image_id: &str) -> String {

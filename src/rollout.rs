@@ -27,7 +27,7 @@ use crate::state::{self, Lease};
 
 /// Bytes an instance must receive during the traffic check to count as reached.
 /// A single proxied HTTP request is several hundred bytes; ARP noise is 42.
-const MIN_TRAFFIC_BYTES: u64 = 100;
+pub(crate) const MIN_TRAFFIC_BYTES: u64 = 100;
 
 pub struct Rollout<'a> {
     pub host: &'a Host,
@@ -98,9 +98,9 @@ pub struct HostResult {
 }
 
 #[derive(Debug)]
-struct Failure {
-    message: String,
-    restored: bool,
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) restored: bool,
 }
 
 /// What a replace has done so far, so that an undo knows what to put back.
@@ -112,15 +112,16 @@ struct Progress {
     created: bool,
 }
 
-/// An instance this run replaced, and what it ran before.
+/// An instance (or a Swarm service) this run replaced, and what it ran before.
 struct Done<'s> {
     service: &'s Service,
     name: String,
     spec: ContainerSpec,
     from_image: String,
+    to_image: String,
 }
 
-type StepResult<T> = Result<(T, String), String>;
+pub(crate) type StepResult<T> = Result<(T, String), String>;
 
 impl<'a> Rollout<'a> {
     pub async fn run(&self, plan: &HostPlan, services: &[&Service]) -> HostResult {
@@ -140,6 +141,23 @@ impl<'a> Rollout<'a> {
 
         'services: for sp in &plan.services {
             let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
+            // A Swarm service: one update that Swarm rolls, watched to its end (swarm.rs).
+            if let (Some(sw), Some(ip)) = (&svc.swarm, sp.instances.iter().find(|i| i.replace)) {
+                match self.roll_swarm(svc, sw, ip).await {
+                    Ok(()) => {
+                        set(&svc.name, &ip.name, InstanceOutcome::Replaced);
+                        let (from_image, to_image) = (ip.from_image.clone(), ip.to_image.clone());
+                        done.push(Done { service: svc, name: ip.name.clone(), spec: ContainerSpec::default(), from_image, to_image });
+                        self.renew_lease().await;
+                    }
+                    Err(f) => {
+                        set(&svc.name, &ip.name, if f.restored { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
+                        failure = Some((ip.name.clone(), f));
+                        break 'services;
+                    }
+                }
+                continue;
+            }
             let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
             if let Some(first) = to_replace.first() {
                 let images: BTreeSet<&str> = to_replace.iter().map(|i| i.to_image.as_str()).collect();
@@ -171,7 +189,8 @@ impl<'a> Rollout<'a> {
                 match self.replace(svc, &ip.name, &current, &current.spec, &ip.to_image, "").await {
                     Ok(()) => {
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
-                        done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image: ip.from_image.clone() });
+                        let (from_image, to_image) = (ip.from_image.clone(), ip.to_image.clone());
+                        done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image, to_image });
                         self.renew_lease().await;
                     }
                     Err(f) => {
@@ -203,6 +222,7 @@ impl<'a> Rollout<'a> {
         let mut order = Vec::new();
         for d in done.iter().rev() {
             let serving = match self.host.engine.inspect_container(&d.name).await {
+                _ if d.service.swarm.is_some() => true,
                 Ok(Some(c)) => crate::gates::healthy_now(self.host, d.service, &c).await.0,
                 _ => false,
             };
@@ -211,6 +231,7 @@ impl<'a> Rollout<'a> {
         order.sort_by_key(|(serving, _)| *serving);
         for (_, d) in order {
             let ok = match self.host.engine.inspect_container(&d.name).await {
+                _ if d.service.swarm.is_some() => self.revert_swarm(d.service, &d.name, &d.from_image, &d.to_image).await,
                 Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ").await.is_ok(),
                 _ => false,
             };
@@ -238,6 +259,7 @@ impl<'a> Rollout<'a> {
         for r in instances.iter_mut().rev().filter(|r| r.outcome == InstanceOutcome::Replaced) {
             let Some(svc) = services.iter().find(|s| s.name == r.service) else { continue };
             let ok = match self.host.engine.inspect_container(&r.plan.name).await {
+                _ if svc.swarm.is_some() => self.revert_swarm(svc, &r.plan.name, &r.plan.from_image, &r.plan.to_image).await,
                 Ok(Some(current)) => self.replace(svc, &r.plan.name, &current, &current.spec, &r.plan.from_image, "revert ").await.is_ok(),
                 _ => false,
             };
@@ -287,7 +309,14 @@ impl<'a> Rollout<'a> {
     /// After the last instance: the endpoints and the error lines, then the
     /// bake window. An error names the gate that failed.
     async fn validate_and_bake(&self, done: &[Done<'_>]) -> Result<(), (String, String)> {
-        let names: Vec<String> = done.iter().map(|d| d.name.clone()).collect();
+        // Containers whose output is checked: the replaced ones, and the new tasks of a Swarm service on this host.
+        let mut names: Vec<String> = Vec::new();
+        for d in done {
+            match &d.service.swarm {
+                Some(sw) => names.extend(self.swarm_containers(sw, &d.to_image).await),
+                None => names.push(d.name.clone()),
+            }
+        }
         let fail = |at: &str, g: &crate::gates::Gate| Err((at.to_string(), g.describe()));
         if let Some(v) = self.safety.validate {
             for e in &v.endpoints {
@@ -307,16 +336,19 @@ impl<'a> Rollout<'a> {
         if bake.is_zero() {
             return Ok(());
         }
-        self.info(format!("baking for {}: watching {} for health and errors", humantime::format_duration(bake), names.join(", ")));
+        let watched: Vec<&str> = done.iter().map(|d| d.name.as_str()).collect();
+        self.info(format!("baking for {}: watching {} for health and errors", humantime::format_duration(bake), watched.join(", ")));
         let start = Instant::now();
         let every = (bake / 20).clamp(Duration::from_millis(200), Duration::from_secs(5));
         let errors = self.safety.validate.and_then(|v| v.errors.as_ref());
         loop {
             for d in done {
-                let c = self.host.engine.inspect_container(&d.name).await.ok().flatten();
-                let (ok, measured) = match &c {
-                    Some(c) => crate::gates::healthy_now(self.host, d.service, c).await,
-                    None => (false, "gone".into()),
+                let (ok, measured) = match &d.service.swarm {
+                    Some(sw) => crate::gates::swarm_now(self.host, d.service, sw, Some(&d.to_image)).await,
+                    None => match self.host.engine.inspect_container(&d.name).await.ok().flatten() {
+                        Some(c) => crate::gates::healthy_now(self.host, d.service, &c).await,
+                        None => (false, "gone".into()),
+                    },
                 };
                 if !ok {
                     let g = self.gate(crate::gates::Gate::new(
@@ -348,7 +380,7 @@ impl<'a> Rollout<'a> {
             &self.host.name,
             "bake",
             true,
-            format!("{} healthy for {}", names.join(", "), humantime::format_duration(round(start.elapsed()))),
+            format!("{} healthy for {}", watched.join(", "), humantime::format_duration(round(start.elapsed()))),
             format!("healthy for {}", humantime::format_duration(bake)),
         ));
         Ok(())
@@ -367,16 +399,16 @@ impl<'a> Rollout<'a> {
         }
     }
 
-    fn info(&self, message: String) {
+    pub(crate) fn info(&self, message: String) {
         self.events.emit(Event::Info { host: Some(self.host.name.clone()), message });
     }
 
-    fn warn(&self, message: String) {
+    pub(crate) fn warn(&self, message: String) {
         self.events.emit(Event::Warn { host: Some(self.host.name.clone()), message });
     }
 
     /// Runs one step, timing it and reporting it as an event.
-    async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, String> {
+    pub(crate) async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, String> {
         let start = Instant::now();
         let r = fut.await;
         self.events.emit(Event::Step(StepEvent {
@@ -610,7 +642,7 @@ impl<'a> Rollout<'a> {
     }
 
     /// Err once the run is cancelled: no new step starts.
-    fn go_on(&self, cancellable: bool) -> Result<(), String> {
+    pub(crate) fn go_on(&self, cancellable: bool) -> Result<(), String> {
         match self.cancel.reason() {
             Some(why) if cancellable => Err(why),
             _ => Ok(()),
@@ -618,7 +650,7 @@ impl<'a> Rollout<'a> {
     }
 
     /// Sleeps, unless the run is cancelled first.
-    async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), String> {
+    pub(crate) async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), String> {
         if !cancellable {
             tokio::time::sleep(d).await;
             return Ok(());
@@ -721,7 +753,7 @@ impl<'a> Rollout<'a> {
     /// Bytes the container has received: from its network namespace's
     /// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
     /// (which answers at most once a second).
-    async fn rx_bytes(&self, name: &str) -> Result<u64, String> {
+    pub(crate) async fn rx_bytes(&self, name: &str) -> Result<u64, String> {
         let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?;
         if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
             let path = format!("/proc/{pid}/net/dev");
@@ -746,7 +778,7 @@ impl<'a> Rollout<'a> {
 
     /// Extends the lease once less than half of it is left: a short deploy
     /// spends no round trip on it, a long one never lets it lapse.
-    async fn renew_lease(&self) {
+    pub(crate) async fn renew_lease(&self) {
         let Some(k) = &self.lease else { return };
         let mut lease = k.lease.lock().await;
         let now = OffsetDateTime::now_utc();
@@ -800,7 +832,7 @@ fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
 }
 
 /// A duration to the tenth of a second, for messages.
-fn round(d: Duration) -> Duration {
+pub(crate) fn round(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64 / 100 * 100)
 }
 

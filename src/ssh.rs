@@ -93,7 +93,8 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
         message: format!("{name}: {e}"),
         hint: Some(format!("check that Docker runs on the host and that the ssh user may use {docker_socket}")),
     })?;
-    let host = Host { name, engine: Arc::new(engine), shell: ssh_host.clone(), probe: ssh_host.clone() };
+    let engine = Arc::new(engine);
+    let host = Host { name, engine: engine.clone(), swarm: engine, shell: ssh_host.clone(), probe: ssh_host.clone() };
     Ok((host, ssh_host))
 }
 
