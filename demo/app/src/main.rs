@@ -8,7 +8,10 @@
 //! - `DEMO_PORT` (default 8080): listens on 0.0.0.0:$DEMO_PORT;
 //! - `DEMO_VERSION` (default "dev"): reported by `/version`, `/` and the `X-Demo-Version` header;
 //! - `DEMO_HEALTH` (`ok` default | `broken`): `/health` answers 500 when broken;
-//! - `DEMO_START_DELAY_MS` (default 0): sleep before binding the listener (a slow start).
+//! - `DEMO_START_DELAY_MS` (default 0): sleep before binding the listener (a slow start);
+//! - `DEMO_REUSEPORT` (`1` to enable): bind with `SO_REUSEPORT`, so that several replicas on
+//!   the host's network share one port and the kernel spreads connections over them (the
+//!   Swarm tests, where the routing mesh is not available).
 //!
 //! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`, and for tests
 //! `GET /admin/health/break` and `/admin/health/fix` (turn `/health` to 500 and
@@ -35,8 +38,10 @@ static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 const MAX_SLEEP_MS: u64 = 120_000;
 /// Longest we wait for in-flight requests after a stop signal.
 const DRAIN_LIMIT: Duration = Duration::from_secs(150);
-/// Accept poll interval: how quickly a stop signal is noticed.
+/// How often the in-flight count is looked at while draining.
 const POLL: Duration = Duration::from_millis(2);
+/// The longest an idle listener sleeps before it looks at the stop flag again.
+const POLL_IDLE: Duration = Duration::from_millis(100);
 /// Largest request head we accept.
 const MAX_HEAD: usize = 16 * 1024;
 
@@ -139,7 +144,9 @@ fn main() {
         thread::sleep(Duration::from_millis(5));
     }
 
-    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+    let reuseport = env_or("DEMO_REUSEPORT", "0") == "1";
+    let bound = if reuseport { bind_reuseport(port) } else { TcpListener::bind(("0.0.0.0", port)) };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) => {
             eprintln!("capstan-demo: cannot listen on 0.0.0.0:{port}: {e}");
@@ -151,8 +158,9 @@ fn main() {
         std::process::exit(1);
     }
     log(&format!(
-        "version {} listening on 0.0.0.0:{port} (health {})",
+        "version {} listening on 0.0.0.0:{port}{} (health {})",
         settings.version,
+        if reuseport { " with SO_REUSEPORT" } else { "" },
         if settings.healthy { "ok" } else { "broken" }
     ));
 
@@ -165,7 +173,7 @@ fn main() {
                 if stopping {
                     break;
                 }
-                thread::sleep(POLL);
+                wait_readable(&listener, POLL_IDLE);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -190,6 +198,52 @@ fn main() {
     }
     let _ = io::stdout().flush();
     std::process::exit(0);
+}
+
+/// A listener on 0.0.0.0:`port` with `SO_REUSEADDR` and `SO_REUSEPORT`: other
+/// processes of the same user that do the same share the port.
+fn bind_reuseport(port: u16) -> io::Result<TcpListener> {
+    use std::os::unix::io::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; on error it is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fail = |fd: libc::c_int| {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            Err(e)
+        };
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            let p = &one as *const libc::c_int as *const libc::c_void;
+            if libc::setsockopt(fd, libc::SOL_SOCKET, opt, p, std::mem::size_of::<libc::c_int>() as libc::socklen_t) != 0 {
+                return fail(fd);
+            }
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        addr.sin_addr.s_addr = libc::INADDR_ANY.to_be();
+        let a = &addr as *const libc::sockaddr_in as *const libc::sockaddr;
+        if libc::bind(fd, a, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) != 0 {
+            return fail(fd);
+        }
+        if libc::listen(fd, 1024) != 0 {
+            return fail(fd);
+        }
+        Ok(TcpListener::from_raw_fd(fd))
+    }
+}
+
+/// Sleeps until `listener` has a connection waiting or `limit` passes (a signal cuts it
+/// short too): an idle instance wakes a few times a second, not every 2 ms.
+fn wait_readable(listener: &TcpListener, limit: Duration) {
+    use std::os::unix::io::AsRawFd;
+    let mut fds = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd that lives across the call.
+    unsafe { libc::poll(&mut fds, 1, limit.as_millis() as libc::c_int) };
 }
 
 struct InFlight;
