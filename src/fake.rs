@@ -99,6 +99,11 @@ pub struct FakeSwarmService {
     pending: bool,
     /// Inspects left before the update or rollback under way moves on.
     pub ticks: u32,
+    /// Inspects for which, once an update or rollback completed, a task of the image
+    /// before still runs (desired shutdown), as Swarm's old tasks do while they stop.
+    pub lingering: u32,
+    /// What `lingering` is set to when an update or rollback completes (1 by default).
+    pub linger_for: u32,
 }
 
 impl FakeSwarmService {
@@ -110,6 +115,7 @@ impl FakeSwarmService {
             return;
         }
         if !self.update.is_some_and(|u| u.busy()) {
+            self.lingering = self.lingering.saturating_sub(1);
             return;
         }
         if self.ticks > 0 {
@@ -134,16 +140,19 @@ impl FakeSwarmService {
                     F::Continue => {
                         self.update = Some(UpdateState::Completed);
                         self.message = "update completed".into();
+                        self.lingering = self.linger_for;
                     }
                 }
             }
             Some(UpdateState::Updating) => {
                 self.update = Some(UpdateState::Completed);
                 self.message = "update completed".into();
+                self.lingering = self.linger_for;
             }
             _ => {
                 self.update = Some(UpdateState::RollbackCompleted);
                 self.message = "rollback completed".into();
+                self.lingering = self.linger_for;
             }
         }
     }
@@ -210,6 +219,8 @@ impl FakeHost {
             settings: None,
             pending: false,
             ticks: 0,
+            lingering: 0,
+            linger_for: 1,
         };
         s.swarm.insert(name.into(), svc);
     }
@@ -449,24 +460,35 @@ impl Swarm for FakeHost {
         let s = self.state.lock().unwrap();
         let Some(svc) = s.swarm.values().find(|v| v.id == service_id) else { return Ok(vec![]) };
         let busy = svc.pending || svc.update.is_some_and(|u| u.busy());
-        Ok((1..=svc.replicas)
-            .map(|slot| {
-                let image = match (&svc.previous, busy && slot > 1) {
-                    (Some(p), true) => p.clone(),
-                    _ => svc.image.clone(),
-                };
-                let failing = s.swarm_failing.contains(&image);
-                SwarmTask {
-                    id: format!("task{slot}"),
-                    slot: Some(slot),
-                    desired: "running".into(),
-                    state: if failing { "failed" } else { "running" }.into(),
-                    message: if failing { "task: non-zero exit (1)".into() } else { "started".into() },
-                    container: None,
-                    image,
-                }
-            })
-            .collect())
+        let stopping = match (&svc.previous, svc.lingering > 0 && !busy) {
+            (Some(p), true) => Some(SwarmTask {
+                id: "task-old".into(),
+                slot: Some(1),
+                image: p.clone(),
+                desired: "shutdown".into(),
+                state: "running".into(),
+                message: "started".into(),
+                container: None,
+            }),
+            _ => None,
+        };
+        let tasks = (1..=svc.replicas).map(|slot| {
+            let image = match (&svc.previous, busy && slot > 1) {
+                (Some(p), true) => p.clone(),
+                _ => svc.image.clone(),
+            };
+            let failing = s.swarm_failing.contains(&image);
+            SwarmTask {
+                id: format!("task{slot}"),
+                slot: Some(slot),
+                desired: "running".into(),
+                state: if failing { "failed" } else { "running" }.into(),
+                message: if failing { "task: non-zero exit (1)".into() } else { "started".into() },
+                container: None,
+                image,
+            }
+        });
+        Ok(tasks.chain(stopping).collect())
     }
 }
 

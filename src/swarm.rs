@@ -188,6 +188,9 @@ impl Rollout<'_> {
             let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
             let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
             let up = wanted.iter().filter(|t| t.state == "running" && without_tag(&t.image) == image).count();
+            // Tasks of another image still running: Swarm marks a start-first update completed
+            // before the old tasks it told to stop have stopped, and they may still answer.
+            let stopping = tasks.iter().filter(|t| t.state == "running" && without_tag(&t.image) != image).count();
             // The errors of tasks that ran the image, for the message.
             for t in tasks.iter().filter(|t| without_tag(&t.image) == image && matches!(t.state.as_str(), "failed" | "rejected") && !t.message.is_empty()) {
                 if !errors.contains(&t.message) {
@@ -199,10 +202,13 @@ impl Rollout<'_> {
             {
                 reason.get_or_insert_with(|| current.update_message.clone());
             }
-            let tasks_text = match errors.first() {
-                Some(e) => format!("{up}/{want} tasks running {}; a task: {e}", short(image)),
-                None => format!("{up}/{want} tasks running {}", short(image)),
-            };
+            let mut tasks_text = format!("{up}/{want} tasks running {}", short(image));
+            if stopping > 0 {
+                tasks_text.push_str(&format!(", {stopping} of another image still stopping"));
+            }
+            if let Some(e) = errors.first() {
+                tasks_text.push_str(&format!("; a task: {e}"));
+            }
             let took = humantime::format_duration(round(start.elapsed()));
             let on_image = without_tag(&current.image) == image;
             let message = match reason.as_deref().or(Some(current.update_message.as_str())).filter(|m| !m.is_empty()) {
@@ -220,7 +226,7 @@ impl Rollout<'_> {
                     return Ok(Settled::Failed(format!("the service runs {} now, not {}: changed by someone else?", short(&current.image), short(image))));
                 }
                 // Completed, or no update recorded (an update that needed no task changed): done once the tasks are.
-                Some(UpdateState::Completed) | Some(UpdateState::RollbackCompleted) | None if on_image && up >= want => {
+                Some(UpdateState::Completed) | Some(UpdateState::RollbackCompleted) | None if on_image && up >= want && stopping == 0 => {
                     let how = current.update.map(|u| u.as_str()).unwrap_or("settled");
                     return Ok(Settled::Done(format!("{how} in {took}: {tasks_text}")));
                 }
@@ -424,6 +430,24 @@ mod tests {
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1));
         assert_eq!(swarm_steps(&events), ["update", "converge", "health", "traffic"]);
         assert_eq!(swarm_log(&fake), [format!("swarm-update shop_api {A2}"), format!("swarm-update shop_api {A1}")]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn converge_waits_for_the_old_tasks_to_stop() {
+        let (fake, config) = swarm_world("");
+        fake.state.lock().unwrap().swarm.get_mut("shop_api").unwrap().linger_for = 6;
+        let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
+        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        let converge = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Step(s) if s.instance == "shop_api" && s.step == "converge" => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        // Six more looks, half a second apart, after Swarm said completed.
+        assert!(converge.duration_ms >= 3000, "converge ended while an old task still ran: {converge:?}");
+        assert_eq!(fake.state.lock().unwrap().swarm["shop_api"].lingering, 0);
     }
 
     #[tokio::test(start_paused = true)]
