@@ -7,6 +7,8 @@
 //! - [`LoadGen`]: fixed-rate HTTP load through the load balancer.
 //! - [`Fleet`]: N real hosts on this machine (network and mount namespaces),
 //!   each with its own dockerd, sshd, nginx and demo instances.
+//! - [`SwarmApp`]: a Swarm service on the sandbox's engine in swarm mode, its
+//!   replicas on the host's network behind nginx (no routing mesh here).
 //!
 //! Use from an integration test with `mod support;`, from an example with
 //! `#[path = "../tests/support/mod.rs"] mod support;`.
@@ -21,11 +23,13 @@ mod load;
 pub mod proc;
 pub mod runner;
 mod sandbox;
+mod swarm;
 
 pub use app::{capstan_bin, App, AppOptions, Run};
 pub use fleet::{Fleet, FleetHost};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::{DockerCli, Sandbox};
+pub use swarm::{SwarmApp, SWARM_PORT};
 
 use std::collections::HashSet;
 use std::net::TcpListener;
