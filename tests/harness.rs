@@ -431,8 +431,8 @@ fn fleet_of_three_hosts_is_real() {
     let (fleet_dir, bridge) = (fleet.dir().to_path_buf(), format!("cstf{}", fleet.id()));
     drop(fleet);
     assert!(!fleet_dir.exists(), "{} left behind", fleet_dir.display());
-    let links = run(&mut Command::new("ip").args(["-o", "link", "show"]), None, Duration::from_secs(10)).unwrap();
+    let links = run(Command::new("ip").args(["-o", "link", "show"]), None, Duration::from_secs(10)).unwrap();
     assert!(!links.stdout.contains(&bridge), "links left behind: {}", links.stdout);
-    let ps = run(&mut Command::new("ps").args(["-eo", "args"]), None, Duration::from_secs(10)).unwrap();
+    let ps = run(Command::new("ps").args(["-eo", "args"]), None, Duration::from_secs(10)).unwrap();
     assert!(!ps.stdout.contains(&fleet_dir.display().to_string()), "processes left behind:\n{}", ps.stdout);
 }
