@@ -173,6 +173,8 @@ pub struct FakeHost {
 pub struct Fleet {
     pub hosts: Vec<Arc<FakeHost>>,
     pub config: config::Config,
+    /// The config's text (paths in it are seen by each host as its own).
+    pub yaml: String,
 }
 
 pub fn fleet(hosts: usize, extra: &str) -> Fleet {
@@ -192,7 +194,7 @@ pub fn fleet(hosts: usize, extra: &str) -> Fleet {
     for h in &hosts {
         std::fs::write(h.dir.path().join("upstream.conf"), UPSTREAM).unwrap();
     }
-    Fleet { hosts, config }
+    Fleet { hosts, config, yaml: text }
 }
 
 impl FakeHost {

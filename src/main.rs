@@ -31,6 +31,8 @@ mod registry;
 mod release;
 mod report;
 mod rollout;
+#[cfg(test)]
+mod simulated;
 mod ssh;
 mod state;
 mod summary;
