@@ -324,12 +324,10 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     let hosts = ctx.connect_all(&addrs).await?;
     // A deploy in progress explains whatever half-done state the hosts are in: say so first.
     let now = OffsetDateTime::now_utc();
-    for h in &hosts {
-        let lease = state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| Error::Unreachable {
-            host: h.name.clone(),
-            message: e.to_string(),
-            hint: None,
-        })?;
+    // Every host at once here and below: one round trip of wall time, not one per host.
+    let leases = join_all(hosts.iter().map(|h| state::read_lock(h.shell.as_ref(), &ctx.config.state_dir))).await;
+    for (h, lease) in hosts.iter().zip(leases) {
+        let lease = lease.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
         match lease {
             Some(l) if !l.expired(now) && !dry_run => return Err(locked(&h.name, l)),
             Some(l) if !l.expired(now) => {
@@ -338,15 +336,17 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
             _ => {}
         }
     }
-    let mut observed = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
+    let observed = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
         let services = on_host(i);
         let mut o = observe(h, &services).await?;
         if !dry_run && recover(ctx, h, &services, &o).await? {
             o = observe(h, &services).await?;
         }
-        observed.push(o);
-    }
+        Ok::<_, Error>(o)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, Error>>()?;
     let (command, version, per_host): (&str, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
             let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
@@ -357,12 +357,9 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
             let mut label = None;
             // Asked of the registry once, for every host whose log does not know the version.
             let mut from_registry = None;
-            for h in &hosts {
-                let (records, _) = state::read_log(h.shell.as_ref(), &ctx.config.state_dir).await.map_err(|e| Error::Unreachable {
-                    host: h.name.clone(),
-                    message: e.to_string(),
-                    hint: None,
-                })?;
+            let logs = join_all(hosts.iter().map(|h| state::read_log(h.shell.as_ref(), &ctx.config.state_dir))).await;
+            for (h, log) in hosts.iter().zip(logs) {
+                let (records, _) = log.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
                 let target = release::rollback_target(&records, to).map_err(|e| Error::input(format!("{}: {e}", h.name)))?;
                 let target = match (target, to) {
                     (Some(t), _) => t,
@@ -495,20 +492,23 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         expires_at: now + ctx.config.lock_lease,
     };
     let dir = &ctx.config.state_dir;
-    let mut taken: Vec<&Host> = Vec::new();
-    for h in &roll.hosts {
-        match state::acquire(h.shell.as_ref(), dir, &lease, now).await {
-            Ok(()) => taken.push(h),
-            Err(e) => {
-                for l in &taken {
-                    let _ = state::release(l.shell.as_ref(), dir, &lease.id).await;
-                }
-                return Err(match e {
-                    StateError::Held(l) => locked(&h.name, l),
-                    StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
-                });
-            }
-        }
+    // The first host's lock alone, then the others' at once: of two runs started together for
+    // the same hosts, the one that took the first host takes the rest, and the other is refused
+    // at the first without holding anything.
+    let (first, rest) = roll.hosts.split_first().expect("prepare refuses a run with no host");
+    let mut results = vec![state::acquire(first.shell.as_ref(), dir, &lease, now).await];
+    if results[0].is_ok() {
+        results.extend(join_all(rest.iter().map(|h| state::acquire(h.shell.as_ref(), dir, &lease, now))).await);
+    }
+    if let Some(i) = results.iter().position(Result::is_err) {
+        let taken = roll.hosts.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(h, _)| h);
+        join_all(taken.map(|l| state::release(l.shell.as_ref(), dir, &lease.id))).await;
+        let h = &roll.hosts[i];
+        let Err(e) = results.swap_remove(i) else { unreachable!("position found an error") };
+        return Err(match e {
+            StateError::Held(l) => locked(&h.name, l),
+            StateError::Host(m) => Error::Unreachable { host: h.name.clone(), message: format!("cannot take the deploy lock: {m}"), hint: None },
+        });
     }
 
     // From here the lease is kept alive while the run lives: a run that dies (SSH cut, SIGKILL)
@@ -530,12 +530,15 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     let hooks = &ctx.config.hooks;
     let any_hook = hooks.pre_deploy.is_some() || hooks.post_deploy.is_some() || hooks.on_failure.is_some();
     let mut hook_envs = Vec::new();
-    for h in &roll.hosts {
-        // (Only read when a hook will be told: it is a round trip per host.)
-        let records = match any_hook {
+    // (Only read when a hook will be told: it is a round trip per host.)
+    let logs = join_all(roll.hosts.iter().map(|h| async move {
+        match any_hook {
             true => state::read_log(h.shell.as_ref(), dir).await.map(|(r, _)| r).unwrap_or_default(),
             false => Vec::new(),
-        };
+        }
+    }))
+    .await;
+    for records in logs {
         let previous = records.iter().rev().find(|r| r.outcome == "succeeded" && r.version.is_some()).and_then(|r| r.version.clone());
         hook_envs.push(gates::HookEnv {
             app: ctx.config.app.clone(),

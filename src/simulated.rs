@@ -200,8 +200,19 @@ fn bench_yaml(fleet_yaml: &str, hosts: usize) -> String {
     format!("{y}rollout: {{ parallel: {hosts} }}\n")
 }
 
-/// One deploy v1 → v2 to `hosts` simulated hosts, every host at once: its wall time.
-pub async fn deploy_once(hosts: usize, lat: Latency) -> Duration {
+/// Where a simulated deploy's wall time went.
+#[derive(Clone, Copy, Debug)]
+pub struct Took {
+    pub wall: Duration,
+    /// From the run's start to the first host starting its rollout (connect, resolve,
+    /// plan, lock, preflight on every host).
+    pub before: Duration,
+    /// The slowest host's rollout.
+    pub slowest: Duration,
+}
+
+/// One deploy v1 → v2 to `hosts` simulated hosts, every host at once.
+pub async fn deploy_once(hosts: usize, lat: Latency) -> Took {
     use crate::cancel::Cancel;
     use crate::cli::Targets;
     use crate::commands::{roll, Ctx, RollOpts, Want};
@@ -218,8 +229,12 @@ pub async fn deploy_once(hosts: usize, lat: Latency) -> Duration {
     let out = roll(&ctx, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, &Targets::default(), RollOpts::default(), &collector)
         .await
         .expect("the run starts");
-    let took = t.elapsed();
+    let wall = t.elapsed();
     assert!(out.error.is_none(), "{hosts} simulated hosts: {:?}", out.error);
+    let timings = out.report.hosts.iter().map(|h| &h.timing);
+    let before = timings.clone().filter_map(|t| t.started_ms).min().unwrap_or(0);
+    let slowest = timings.filter_map(|t| t.duration_ms).max().unwrap_or(0);
+    let took = Took { wall, before: Duration::from_millis(before), slowest: Duration::from_millis(slowest) };
     for h in &fleet.hosts {
         assert_eq!(h.image_of("web-1").as_deref(), Some(crate::fake::V2), "{} took the release", h.name);
         assert_eq!(h.image_of("web-2").as_deref(), Some(crate::fake::V2), "{} took the release", h.name);
@@ -231,14 +246,14 @@ pub async fn deploy_once(hosts: usize, lat: Latency) -> Duration {
 mod tests {
     use super::*;
 
-    /// The same path as the benchmark, in paused time: the latencies add up as they should
-    /// and 20 hosts at once cost what one does (nothing in the orchestration serializes).
-    #[tokio::test(start_paused = true)]
-    async fn hosts_at_once_take_the_time_of_one() {
-        let one = deploy_once(1, Latency::REAL_HOST).await;
-        let twenty = deploy_once(20, Latency::REAL_HOST).await;
-        assert!(one >= Duration::from_secs(3), "the latencies apply: {one:?}");
-        assert!(twenty < one + one / 5, "20 hosts {twenty:?}, one {one:?}");
+    /// The benchmark's path works: every host takes the release through the slow wrappers
+    /// (with small latencies; real time, since the hosts' scripts are real processes).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn simulated_hosts_take_the_release() {
+        let ms = Duration::from_millis(1);
+        let lat = Latency { connect: ms, rtt: ms, pull: ms, create: ms, start: ms, stop: ms, probe: ms };
+        let took = deploy_once(3, lat).await;
+        assert!(took.before < took.wall && took.slowest < took.wall, "{took:?}");
     }
 
     /// `bench/hosts-simulated`: real time, every size, a table.
@@ -254,16 +269,18 @@ mod tests {
             for _ in 0..runs {
                 times.push(deploy_once(n, Latency::REAL_HOST).await);
             }
-            times.sort();
+            times.sort_by_key(|t| t.wall);
+            eprintln!("[bench] {n} simulated hosts: {:?}", times.iter().map(|t| t.wall).collect::<Vec<_>>());
             rows.push((n, times[times.len() / 2]));
-            eprintln!("[bench] {n} simulated hosts: {times:?}");
         }
-        let base = rows[0].1.as_secs_f64();
+        let base = rows[0].1.wall.as_secs_f64();
+        let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         println!("\nsimulated hosts (real capstan code above the host traits; each host's answers delayed as a real host's: {:?}); median of {runs} run(s) per size, every host at once\n", Latency::REAL_HOST);
-        println!("| hosts | `capstan deploy` wall time | ratio to {} host(s) |", rows[0].0);
-        println!("|---|---|---|");
+        println!("| hosts | `capstan deploy` wall time | ratio to {} host(s) | before the first host starts | slowest host's rollout | after it |", rows[0].0);
+        println!("|---|---|---|---|---|---|");
         for (n, t) in &rows {
-            println!("| {n} | {:.2} s | {:.2} |", t.as_secs_f64(), t.as_secs_f64() / base);
+            let after = t.wall.saturating_sub(t.before + t.slowest);
+            println!("| {n} | {} | {:.2} | {} | {} | {} |", s(t.wall), t.wall.as_secs_f64() / base, s(t.before), s(t.slowest), s(after));
         }
     }
 }
