@@ -4,8 +4,8 @@
 //! real engines without running out of CPU. Everything above the effect traits (the
 //! planner, the lock and its heartbeat, the executor, `roll_hosts`, events, the
 //! report) is the real code; only the host's answers are simulated. The latencies are
-//! calibrated on real namespace hosts (`bench/hosts`, one host): one simulated host
-//! deploys in about the time one real host does, which the benchmark prints next to it.
+//! fitted to real namespace hosts (`bench/hosts`, one host): one simulated host deploys
+//! in about the time one real host does.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,10 +32,13 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// Measured on a real namespace host of `tests/support/fleet.rs` on loopback (a plain
-    /// shell for the deploy user): master connection and forwards ~250 ms; a host command
-    /// or API call through the master ~15 ms; the demo's 1.4 MiB layer pulled ~200 ms;
-    /// create ~100 ms; start to listening ~300 ms; stop (SIGTERM, the demo drains) ~150 ms.
+    /// Estimates for a real namespace host of `tests/support/fleet.rs` on loopback (a plain
+    /// shell for the deploy user), fitted to `bench/hosts`' one-host run (2026-11-23: 5.2 s;
+    /// per host, both instances summed: pull 0.2 s, start 0.8 s, stop 0.3 s, drain 0.6 s of
+    /// which 0.6 s is the configured wait, traffic 0.1 s): master connection and forwards
+    /// 250 ms; a host command or API call through the master 15 ms; the demo's 1.4 MiB layer
+    /// pulled 200 ms; create 100 ms; start to listening 300 ms; stop (SIGTERM, the demo
+    /// drains) 150 ms. One simulated host then deploys in 4.7–4.9 s.
     pub const REAL_HOST: Latency = Latency {
         connect: Duration::from_millis(250),
         rtt: Duration::from_millis(15),
