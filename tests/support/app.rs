@@ -144,26 +144,9 @@ impl App {
     fn start_nginx(&mut self, ports: &[u16]) {
         let nd = self.nginx_dir();
         write_file(self.upstream_conf(), upstream_text(&self.name, ports));
-        let mut last = String::new();
-        for _ in 0..4 {
-            let lb_port = free_port();
-            write_file(&self.nginx_conf(), nginx_conf_text(&nd, self.upstream_conf(), &self.name, &[format!("127.0.0.1:{lb_port}")]));
-            let url = format!("http://127.0.0.1:{lb_port}/");
-            let mut c = Command::new("nginx");
-            c.arg("-c").arg(self.nginx_conf());
-            match start_nginx(c, &nd, &url, || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)) {
-                Ok(guard) => {
-                    self.lb_port = lb_port;
-                    self.nginx = Some(guard);
-                    return;
-                }
-                Err(e) => last = e,
-            }
-            if !last.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("cannot start nginx for {}: {last}", self.name);
+        let (lb_port, guard) = start_lb_nginx(&nd, self.upstream_conf(), &self.name);
+        self.lb_port = lb_port;
+        self.nginx = Some(guard);
     }
 
     pub fn name(&self) -> &str {
@@ -394,6 +377,29 @@ pub(crate) fn nginx_conf_text(dir: &Path, upstream: &Path, app: &str, listen: &[
 /// Spawn nginx (`command`, whose config logs to `log_dir`) as a persistent
 /// child and wait (30 s at most) until `ready`; on failure, the reason with
 /// nginx's output and error log.
+/// nginx as the load balancer of app `name` on a free loopback port, in front of the
+/// `upstream` file, its config and log in `nd` (another port if one was taken meanwhile):
+/// the port and the running nginx.
+pub(crate) fn start_lb_nginx(nd: &Path, upstream: &Path, name: &str) -> (u16, ChildGuard) {
+    let conf = nd.join("nginx.conf");
+    let mut last = String::new();
+    for _ in 0..4 {
+        let lb_port = free_port();
+        write_file(&conf, nginx_conf_text(nd, upstream, name, &[format!("127.0.0.1:{lb_port}")]));
+        let url = format!("http://127.0.0.1:{lb_port}/");
+        let mut c = Command::new("nginx");
+        c.arg("-c").arg(&conf);
+        match start_nginx(c, nd, &url, || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)) {
+            Ok(guard) => return (lb_port, guard),
+            Err(e) => last = e,
+        }
+        if !last.contains("Address already in use") {
+            break;
+        }
+    }
+    panic!("cannot start nginx for {name}: {last}");
+}
+
 pub(crate) fn start_nginx(mut command: Command, log_dir: &Path, url: &str, ready: impl FnMut() -> bool) -> Result<ChildGuard, String> {
     let log = fs::File::create(log_dir.join("nginx.out")).expect("create nginx.out");
     command.stdin(Stdio::null()).stdout(log.try_clone().expect("dup")).stderr(log);

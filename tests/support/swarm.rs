@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::app::{app_name, run_capstan, start_nginx, Run, CAPSTAN_TIMEOUT};
+use super::app::{app_name, run_capstan, start_lb_nginx, Run, CAPSTAN_TIMEOUT};
 use super::http;
 use super::load::LoadGen;
 use super::proc::{self, ChildGuard};
@@ -133,27 +133,9 @@ impl SwarmApp {
         let upstream = nd.join("upstream.conf");
         let server = format!("    server 127.0.0.1:{SWARM_PORT} max_fails=0;\n");
         write_file(&upstream, format!("upstream {} {{\n{}}}\n", self.name, server.repeat(3)));
-        let mut last = String::new();
-        for _ in 0..4 {
-            let lb_port = free_port();
-            let conf = nd.join("nginx.conf");
-            write_file(&conf, super::app::nginx_conf_text(&nd, &upstream, &self.name, &[format!("127.0.0.1:{lb_port}")]));
-            let url = format!("http://127.0.0.1:{lb_port}/");
-            let mut c = Command::new("nginx");
-            c.arg("-c").arg(&conf);
-            match start_nginx(c, &nd, &url, || matches!(http::get_with(&url, &[], Duration::from_secs(2)), Ok(r) if r.status == 200)) {
-                Ok(guard) => {
-                    self.lb_port = lb_port;
-                    self.nginx = Some(guard);
-                    return;
-                }
-                Err(e) => last = e,
-            }
-            if !last.contains("Address already in use") {
-                break;
-            }
-        }
-        panic!("cannot start nginx for {}: {last}", self.name);
+        let (lb_port, guard) = start_lb_nginx(&nd, &upstream, &self.name);
+        self.lb_port = lb_port;
+        self.nginx = Some(guard);
     }
 
     /// The Swarm service's name, `<app>_web` (capstan's default for the config's `web`).
