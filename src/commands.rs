@@ -417,6 +417,13 @@ pub struct RunOutput {
     pub error: Option<Error>,
 }
 
+/// A host's rollout (or its putting back), begun `started` after `t0`, ended with `outcome`.
+fn emit_finished(ctx: &Ctx, h: &Host, t0: Instant, started: Duration, outcome: HostOutcome) {
+    let phase =
+        HostPhase::Finished { at_ms: started.as_millis() as u64, duration_ms: (t0.elapsed() - started).as_millis() as u64, outcome: outcome.as_str().into() };
+    ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase }));
+}
+
 /// `deploy`, `rollback` and `check`: plan, then (unless `dry_run`) apply.
 /// How a deploy or rollback runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -665,14 +672,7 @@ async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>,
                 safety: Safety { migrate: if deploying { migrate } else { &[] }, validate: Some(&ctx.config.validate), bake: ctx.config.bake },
             };
             let result = r.run(hp, &roll.services).await;
-            ctx.events.emit(Event::Host(HostEvent {
-                host: h.name.clone(),
-                phase: HostPhase::Finished {
-                    at_ms: started.as_millis() as u64,
-                    duration_ms: (t0.elapsed() - started).as_millis() as u64,
-                    outcome: result.outcome.as_str().into(),
-                },
-            }));
+            emit_finished(ctx, h, t0, started, result.outcome);
             if result.outcome != HostOutcome::Succeeded {
                 let why = format!("{} {}", h.name, result.outcome.as_str().replace('_', " "));
                 no_new.lock().unwrap().get_or_insert(why.clone());
@@ -736,14 +736,7 @@ async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>,
                 HostOutcome::RolledBack => format!("put back because {why}"),
                 _ => format!("{why}; putting this host back failed, see the steps above"),
             });
-            ctx.events.emit(Event::Host(HostEvent {
-                host: h.name.clone(),
-                phase: HostPhase::Finished {
-                    at_ms: started.as_millis() as u64,
-                    duration_ms: (t0.elapsed() - started).as_millis() as u64,
-                    outcome: undone.outcome.as_str().into(),
-                },
-            }));
+            emit_finished(ctx, h, t0, started, undone.outcome);
             *r = undone;
         }
     });
