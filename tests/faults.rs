@@ -53,23 +53,40 @@ fn until(what: &str, mut f: impl FnMut() -> bool) {
     support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || f().then_some(())).unwrap_or_else(|| panic!("never: {what}"));
 }
 
-#[test]
-fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
-    let _one = one_at_a_time();
-    let sb = sandbox();
-    let app = App::new(sb, "fssh", AppOptions::default());
-    // A short lease, renewed after each instance: a run that lost its hosts holds the lock only that long.
+/// A deploy v1 → v2 under 200 requests/s whose SSH sessions are all cut (capstan's master
+/// connection dies with them) while the first instance is replaced, the old container kept.
+struct SshCut {
+    app: App,
+    load: support::LoadGen,
+    /// When the sessions were cut.
+    cut: Instant,
+    /// The run that lost its host (it failed).
+    first: Run,
+    /// The kept old container's name.
+    kept: String,
+}
+
+fn cut_ssh_mid_replace(sb: &Sandbox, hint: &str) -> SshCut {
+    let app = App::new(sb, hint, AppOptions::default());
+    // A short lease: a run that lost its hosts renews it no more and holds the lock only that long.
     app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
     let load = app.load(200);
     let child = spawn(&app, &["deploy", "--version", "v2"]);
     let kept = format!("{}.capstan-old", app.instances()[0]);
     until("the deploy replaces the first instance", || app.containers().contains(&kept));
-    // Cut every SSH session: capstan's master connection dies with them.
     let cut = Instant::now();
     let killed = Command::new("pkill").args(["-KILL", "-P", &sb.sshd_pid().to_string()]).status().unwrap();
     assert!(killed.success(), "pkill found the sessions");
     let first = finish(child);
     assert_ne!(first.status, 0, "the run that lost its host fails:\n{first}");
+    SshCut { app, load, cut, first, kept }
+}
+
+#[test]
+fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
+    let _one = one_at_a_time();
+    let sb = sandbox();
+    let SshCut { app, load, cut, first, .. } = cut_ssh_mid_replace(sb, "fssh");
     assert!(first.stderr.contains(&sb.ssh_host()) || first.stderr.contains("127.0.0.1"), "the error names the host:\n{first}");
     // The next run: waits out the lease, finds the half-replaced instance, finishes it, deploys.
     std::thread::sleep(Duration::from_secs(3));
@@ -186,18 +203,7 @@ fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
 #[test]
 fn ssh_cut_then_status_explains_and_rollback_recovers() {
     let _one = one_at_a_time();
-    let sb = sandbox();
-    let app = App::new(sb, "fsshrb", AppOptions::default());
-    app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
-    let load = app.load(200);
-    let child = spawn(&app, &["deploy", "--version", "v2"]);
-    let kept = format!("{}.capstan-old", app.instances()[0]);
-    until("the deploy replaces the first instance", || app.containers().contains(&kept));
-    let cut = Instant::now();
-    let killed = Command::new("pkill").args(["-KILL", "-P", &sb.sshd_pid().to_string()]).status().unwrap();
-    assert!(killed.success(), "pkill found the sessions");
-    let first = finish(child);
-    assert_ne!(first.status, 0, "the run that lost its host fails:\n{first}");
+    let SshCut { app, load, cut, kept, .. } = cut_ssh_mid_replace(sandbox(), "fsshrb");
     // The dead run renews its lease no more: once it expires, `status` says what was left and by whom.
     std::thread::sleep(Duration::from_secs(3));
     let status = app.capstan(&["status"]);
