@@ -11,12 +11,20 @@
 //! - `DEMO_START_DELAY_MS` (default 0): sleep before binding the listener (a slow start);
 //! - `DEMO_REUSEPORT` (`1` to enable): bind with `SO_REUSEPORT`, so that several replicas on
 //!   the host's network share one port and the kernel spreads connections over them (the
-//!   Swarm tests, where the routing mesh is not available).
+//!   Swarm tests, where the routing mesh is not available);
+//! - `DEMO_LEDGER` (optional): the file `POST /pay` appends its charges to.
 //!
 //! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`, and for tests
 //! `GET /admin/health/break` and `/admin/health/fix` (turn `/health` to 500 and
 //! back), `GET /admin/oops` (prints an `ERROR` line). One request per
 //! connection, always `Connection: close`.
+//!
+//! `POST /pay` with `X-Charge-Id: <id>` is a payment: the body is read in full
+//! (by `Content-Length`), the line `<id> <version>` is appended to `DEMO_LEDGER`
+//! (opened `O_APPEND`, one write per line, so the instances sharing that file
+//! never interleave) and the answer is `201`. Without `DEMO_LEDGER` the charge
+//! is answered `201` and recorded nowhere; a charge that cannot be recorded is
+//! answered `500`, never `201`.
 //!
 //! Subcommands: `probe` (the HEALTHCHECK), `migrate` (prints and exits 0),
 //! `exit N` (prints and exits N): one-off runs of the image, like migrations. On SIGTERM/SIGINT it closes the
@@ -44,6 +52,8 @@ const POLL: Duration = Duration::from_millis(2);
 const POLL_IDLE: Duration = Duration::from_millis(100);
 /// Largest request head we accept.
 const MAX_HEAD: usize = 16 * 1024;
+/// Largest `POST /pay` body we accept.
+const MAX_BODY: usize = 64 * 1024;
 
 extern "C" fn on_signal(_sig: libc::c_int) {
     // Only an atomic store: async-signal-safe.
@@ -73,6 +83,8 @@ struct Settings {
     version: String,
     instance: String,
     healthy: bool,
+    /// `DEMO_LEDGER`: where `POST /pay` records its charges.
+    ledger: Option<std::path::PathBuf>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -132,6 +144,7 @@ fn main() {
         version: env_or("DEMO_VERSION", "dev"),
         instance: instance_name(),
         healthy: env_or("DEMO_HEALTH", "ok") != "broken",
+        ledger: std::env::var_os("DEMO_LEDGER").filter(|l| !l.is_empty()).map(std::path::PathBuf::from),
     });
 
     // Simulated slow start; a stop signal during it ends the process at once.
@@ -286,9 +299,12 @@ struct Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         _ => "Unknown",
@@ -326,6 +342,8 @@ fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
 
     let (head_only, response) = if !complete {
         (false, Response { status: 431, body: "request head too large\n".into() })
+    } else if is_pay(&head) {
+        (false, pay(&mut stream, &head, settings))
     } else {
         route(&head, settings)
     };
@@ -361,6 +379,75 @@ fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Is this request `POST /pay`?
+fn is_pay(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next(), parts.next());
+    method == Some("POST") && target.map(|t| t.split('?').next().unwrap_or(t)) == Some("/pay")
+}
+
+/// The value of header `name` (case-insensitive) in a request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// `POST /pay`: read the body in full, record the charge in the ledger, answer 201.
+/// `received` is everything read so far: the head and maybe the start of the body.
+fn pay(stream: &mut TcpStream, received: &[u8], settings: &Settings) -> Response {
+    let (head_end, sep) = match (find(received, b"\r\n\r\n"), find(received, b"\n\n")) {
+        (Some(a), Some(b)) if b < a => (b, 2),
+        (Some(a), _) => (a, 4),
+        (None, Some(b)) => (b, 2),
+        (None, None) => return Response { status: 400, body: "bad request\n".into() },
+    };
+    let head = String::from_utf8_lossy(&received[..head_end]).into_owned();
+    let mut body = received[head_end + sep..].to_vec();
+    if header(&head, "transfer-encoding").is_some() {
+        return Response { status: 411, body: "a charge needs a Content-Length\n".into() };
+    }
+    let length = match header(&head, "content-length").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) if n <= MAX_BODY => n,
+        Some(Ok(_)) => return Response { status: 413, body: "charge body too large\n".into() },
+        Some(Err(_)) => return Response { status: 400, body: "bad Content-Length\n".into() },
+    };
+    let mut buf = [0u8; 4096];
+    while body.len() < length {
+        match stream.read(&mut buf) {
+            Ok(0) => return Response { status: 400, body: "request body cut short\n".into() },
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Response { status: 400, body: "request body cut short\n".into() },
+        }
+    }
+    let id = match header(&head, "x-charge-id") {
+        Some(id) if !id.is_empty() && !id.chars().any(char::is_whitespace) => id.to_string(),
+        _ => return Response { status: 400, body: "X-Charge-Id required\n".into() },
+    };
+    if let Some(path) = &settings.ledger {
+        let line = format!("{id} {}\n", settings.version);
+        let written = std::fs::OpenOptions::new().append(true).create(true).open(path).and_then(|mut f| f.write(line.as_bytes()));
+        match written {
+            Ok(n) if n == line.len() => {}
+            Ok(n) => {
+                log(&format!("ERROR charge {id}: wrote {n} of {} bytes to {}", line.len(), path.display()));
+                return Response { status: 500, body: "charge not recorded\n".into() };
+            }
+            Err(e) => {
+                log(&format!("ERROR charge {id}: cannot record it in {}: {e}", path.display()));
+                return Response { status: 500, body: "charge not recorded\n".into() };
+            }
+        }
+    }
+    Response { status: 201, body: format!("charged {id}\n") }
 }
 
 /// Returns (is HEAD, response).
