@@ -39,6 +39,7 @@ mod summary;
 mod swarm;
 mod tags;
 mod tls;
+mod upstream;
 mod workflow;
 
 use std::io::Write;
