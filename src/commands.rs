@@ -138,13 +138,17 @@ impl Ctx<'_> {
 
 async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> {
     let unreachable = |e: EngineError| Error::Unreachable { host: host.name.clone(), message: e.to_string(), hint: None };
-    let mut o = Observed { all_names: host.engine.container_names().await.map_err(unreachable)?, ..Default::default() };
+    let listed = host.engine.list_containers().await.map_err(unreachable)?;
+    let mut o = Observed { all_names: listed.iter().map(|c| c.name.clone()).collect(), ..Default::default() };
     for svc in services {
         if let Some(sw) = &svc.swarm {
             // A host that is no manager is a planning problem (exit 2), not an unreachable host.
             o.swarm.insert(svc.name.clone(), host.swarm.inspect_service(&sw.service).await.map_err(|e| e.to_string()));
+            continue;
         }
-        for name in &svc.instances {
+        let names = plan::resolve_instances(svc, &listed);
+        o.instances.insert(svc.name.clone(), names.clone());
+        for name in &names {
             if let Some(c) = host.engine.inspect_container(name).await.map_err(unreachable)? {
                 let image = host.engine.inspect_image(&c.image_id).await.map_err(unreachable)?;
                 o.containers.insert(name.clone(), (c, image));
@@ -159,7 +163,7 @@ async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> 
 async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &Observed) -> Result<bool, Error> {
     let leftovers: Vec<(&Service, &String)> = services
         .iter()
-        .flat_map(|s| s.instances.iter().map(move |i| (*s, i)))
+        .flat_map(|s| o.instances_of(s).iter().map(move |i| (*s, i)))
         .filter(|(_, i)| o.all_names.contains(&format!("{i}{}", plan::OLD_SUFFIX)))
         .collect();
     if leftovers.is_empty() {
@@ -190,6 +194,7 @@ async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &Observed) -
         cancel: ctx.cancel,
         drainer: Default::default(),
         safety: Safety::default(),
+        version: None,
     };
     let mut instances = Vec::new();
     let mut failed = Vec::new();
@@ -390,6 +395,19 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
             Err(mut e) => problems.append(&mut e),
         }
     }
+    // Whatever a drain would refuse, refuse now, before any change.
+    let drains = hosts.iter().zip(&observed).enumerate().map(|(i, (h, obs))| {
+        let services = on_host(i);
+        async move {
+            let with: Vec<(&Service, Vec<&crate::host::ContainerInfo>)> = services
+                .iter()
+                .filter(|s| s.swarm.is_none())
+                .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
+                .collect();
+            crate::drain::check(h, &with).await
+        }
+    });
+    problems.extend(join_all(drains).await.into_iter().flatten());
     if !problems.is_empty() {
         return Err(Error::input(problems.join("\n")));
     }
@@ -670,6 +688,7 @@ async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>,
                 cancel: abort,
                 drainer: Default::default(),
                 safety: Safety { migrate: if deploying { migrate } else { &[] }, validate: Some(&ctx.config.validate), bake: ctx.config.bake },
+                version: roll.version.as_deref(),
             };
             let result = r.run(hp, &roll.services).await;
             emit_finished(ctx, h, t0, started, result.outcome);
@@ -729,8 +748,17 @@ async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>,
             ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Reverting { reason: why.clone() } }));
             let started = t0.elapsed();
             // An undo is never cancelled.
-            let rollout =
-                Rollout { host: h, events: ctx.events, creds, t0, lease: keeper(), cancel: &never, drainer: Default::default(), safety: Safety::default() };
+            let rollout = Rollout {
+                host: h,
+                events: ctx.events,
+                creds,
+                t0,
+                lease: keeper(),
+                cancel: &never,
+                drainer: Default::default(),
+                safety: Safety::default(),
+                version: None,
+            };
             let mut undone = rollout.revert_finished(r, &roll.services).await;
             undone.error = Some(match undone.outcome {
                 HostOutcome::RolledBack => format!("put back because {why}"),
@@ -753,7 +781,7 @@ fn skipped(hp: &HostPlan, reason: String) -> HostResult {
             sp.instances.iter().map(|i| crate::rollout::InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged })
         })
         .collect();
-    HostResult { outcome: HostOutcome::Skipped, instances, error: Some(format!("not started: {reason}")) }
+    HostResult { outcome: HostOutcome::Skipped, instances, error: Some(format!("not started: {reason}")), ..Default::default() }
 }
 
 /// Renews a run's lease on every locked host, every quarter of the lease, for as long as it
@@ -824,7 +852,7 @@ fn refused(what: &str, failed: &[gates::Gate]) -> Error {
 async fn refuse(ctx: &Ctx<'_>, roll: &Roll<'_>, lease: &Lease, started: OffsetDateTime, mut report: Report, collector: &Collector, error: Error) -> RunOutput {
     let message = error.to_string();
     for h in &roll.hosts {
-        let r = HostResult { outcome: HostOutcome::Refused, instances: vec![], error: Some(message.clone()) };
+        let r = HostResult { outcome: HostOutcome::Refused, instances: vec![], error: Some(message.clone()), ..Default::default() };
         let rec = record(ctx.config, h, roll.command, roll.version.clone(), started, &r, lease);
         if let Err(e) = state::append_and_release(h.shell.as_ref(), &ctx.config.state_dir, &rec, &lease.id).await {
             ctx.warn(Some(&h.name), format!("could not record the refusal or release the lock ({e})"));
@@ -919,7 +947,7 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
         let obs = observe(h, &services).await?;
         let mut instances = Vec::new();
         for svc in &services {
-            for name in &svc.instances {
+            for name in obs.instances_of(svc) {
                 let st = match obs.containers.get(name) {
                     None => {
                         InstanceStatus { service: svc.name.clone(), name: name.clone(), state: "missing".into(), image: None, version: None, healthy: None }

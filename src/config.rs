@@ -171,6 +171,22 @@ pub struct Service {
     /// `target: swarm`: a Swarm service that Swarm rolls (capstan updates its image and
     /// watches); `None`: the containers of `instances`, replaced by capstan.
     pub swarm: Option<SwarmTarget>,
+    /// The Compose project its instances belong to (`compose:` at the top level or on the
+    /// service): `instances` may then name Compose services of it.
+    pub compose: Option<Compose>,
+}
+
+/// A service's Compose project, and how capstan keeps Compose's view of it true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compose {
+    pub project: String,
+    /// The `.env` variable the compose file takes this service's image tag from
+    /// (`image: repo:${SERVICE_A_TAG}`): capstan sets it to the release it deployed.
+    pub variable: Option<String>,
+    /// The Compose CLI on the host; `None`: chosen by the containers' Compose version label.
+    pub command: Option<Vec<String>>,
+    /// The `.env` file on the host; `None`: `.env` in the project's working directory.
+    pub env_file: Option<String>,
 }
 
 /// `services.<name>.swarm`: which Swarm service, and Swarm's own rolling-update settings.
@@ -276,8 +292,50 @@ pub struct Drain {
 #[derive(Debug, Clone, PartialEq)]
 pub enum DrainMethod {
     None,
-    Nginx { upstream_conf: String, reload: String, port: Option<u16> },
+    Nginx(Nginx),
     Command { drain: String, undrain: String },
+}
+
+/// `drain.nginx`: the upstream file, how nginx is reloaded, and how an instance's
+/// `server` line is found in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nginx {
+    /// The file on the host (bind-mounted into `container` when nginx runs in one).
+    pub upstream_conf: String,
+    /// A shell command on the host, or with `container`, the argv run inside it.
+    pub reload: String,
+    /// The upstream port when it differs from the published one (or the health port).
+    pub port: Option<u16>,
+    /// The container (or Compose service) nginx runs in: `nginx -t`, the reload and the
+    /// check that the change took run inside it through the Docker API.
+    pub container: Option<String>,
+    /// The `server` address of each instance, when capstan cannot tell it by itself.
+    pub server: Option<ServerAddress>,
+}
+
+/// `drain.nginx.server`: one template for every instance (`"{instance}:3001"`), or one
+/// address per instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerAddress {
+    Template(String),
+    PerInstance(IndexMap<String, String>),
+}
+
+impl ServerAddress {
+    /// The address for an instance as the config names it.
+    pub fn for_instance(&self, instance: &str) -> Option<String> {
+        match self {
+            ServerAddress::Template(t) => Some(t.replace("{instance}", instance)),
+            ServerAddress::PerInstance(m) => m.get(instance).cloned(),
+        }
+    }
+}
+
+impl Nginx {
+    /// The reload as an argv for `docker exec` (nginx in a container).
+    pub fn reload_argv(&self) -> Vec<String> {
+        shlex::split(&self.reload).unwrap_or_else(|| self.reload.split_whitespace().map(String::from).collect())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -375,7 +433,23 @@ struct RawConfig {
     rollout: RawRollout,
     #[serde(default)]
     roles: IndexMap<String, Vec<String>>,
+    compose: Option<RawComposeTop>,
     services: IndexMap<String, RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComposeTop {
+    project: Option<String>,
+    command: Option<Vec<String>>,
+    env_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComposeService {
+    project: Option<String>,
+    variable: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -492,6 +566,7 @@ struct RawService {
     hosts: Option<Vec<String>>,
     target: Option<String>,
     swarm: Option<RawSwarm>,
+    compose: Option<RawComposeService>,
 }
 
 #[derive(Deserialize, Default)]
@@ -555,6 +630,15 @@ struct RawNginx {
     upstream_conf: String,
     reload: Option<String>,
     port: Option<u16>,
+    container: Option<String>,
+    server: Option<RawServerAddress>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawServerAddress {
+    Template(String),
+    PerInstance(IndexMap<String, String>),
 }
 
 #[derive(Deserialize)]
@@ -788,7 +872,8 @@ impl Validator {
             }
             self.name(&format!("{p}.image"), "image repository", &s.image, names::check_repository);
             let health = self.health(&p, s.health);
-            let drain = self.drain(&p, s.drain);
+            let drain = self.drain(&p, s.drain, &s.instances);
+            let compose = self.compose(&p, raw.compose.as_ref(), s.compose.take());
             let traffic = s.traffic.map(|t| {
                 if !(t.url.starts_with("http://")) {
                     self.issue(format!("{p}.traffic.url"), format!("expected an http:// URL as seen from the host, got {:?}", t.url));
@@ -826,6 +911,7 @@ impl Validator {
                 migrate,
                 hosts: service_hosts,
                 swarm,
+                compose,
             });
         }
         Config {
@@ -1137,7 +1223,50 @@ impl Validator {
         Health { http, timeout, interval, healthy_after }
     }
 
-    fn drain(&mut self, p: &str, d: Option<RawDrain>) -> Drain {
+    /// A `server` address as nginx writes it: `host:port`, `[v6]:port` or `host`.
+    fn server_address(&mut self, path: &str, a: &str) {
+        let ok = !a.is_empty() && !a.contains(char::is_whitespace) && !a.contains(';') && !a.contains('{') && !a.contains('}') && !a.starts_with("unix:");
+        if !ok {
+            self.issue(path, format!("expected an upstream server address like service-a-1:3001, got {a:?}"));
+        }
+    }
+
+    fn compose(&mut self, p: &str, top: Option<&RawComposeTop>, raw: Option<RawComposeService>) -> Option<Compose> {
+        let project = raw.as_ref().and_then(|c| c.project.clone()).or_else(|| top.and_then(|t| t.project.clone()));
+        let variable = raw.as_ref().and_then(|c| c.variable.clone());
+        let Some(project) = project else {
+            if raw.is_some() || top.is_some() {
+                self.issue(
+                    format!("{p}.compose.project"),
+                    "expected the Compose project's name (compose: { project: NAME } at the top level or on the service)",
+                );
+            }
+            return None;
+        };
+        let valid = !project.is_empty() && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !valid {
+            self.issue(format!("{p}.compose.project"), format!("expected a Compose project name (lowercase letters, digits, - and _), got {project:?}"));
+        }
+        if let Some(v) = &variable {
+            if !names::is_env_name(v) {
+                self.issue(
+                    format!("{p}.compose.variable"),
+                    format!("expected the name of a variable of the compose project's .env, like SERVICE_A_TAG, got {v:?}"),
+                );
+            }
+        }
+        let command = top.and_then(|t| t.command.clone());
+        if command.as_ref().is_some_and(|c| c.is_empty() || c[0].trim().is_empty()) {
+            self.issue("compose.command", "expected the Compose command on the host, like [docker, compose] or [docker-compose]");
+        }
+        let env_file = top.and_then(|t| t.env_file.clone());
+        if env_file.as_ref().is_some_and(|f| !f.starts_with('/')) {
+            self.issue("compose.env_file", format!("expected an absolute path on the host, got {:?}", env_file.as_deref().unwrap_or_default()));
+        }
+        Some(Compose { project, variable, command, env_file })
+    }
+
+    fn drain(&mut self, p: &str, d: Option<RawDrain>, instances: &[String]) -> Drain {
         let Some(d) = d else {
             return Drain { method: DrainMethod::None, wait: Duration::ZERO };
         };
@@ -1155,7 +1284,28 @@ impl Validator {
                 if reload.trim().is_empty() {
                     self.issue(format!("{p}.drain.nginx.reload"), "expected the command that reloads nginx");
                 }
-                DrainMethod::Nginx { upstream_conf: n.upstream_conf, reload, port: n.port }
+                if let Some(c) = &n.container {
+                    self.name(&format!("{p}.drain.nginx.container"), "container name", c, names::check_container);
+                    if shlex::split(&reload).is_none_or(|a| a.is_empty()) {
+                        self.issue(format!("{p}.drain.nginx.reload"), format!("expected a command to run inside {c}, like nginx -s reload, got {reload:?}"));
+                    }
+                }
+                let server = n.server.map(|s| match s {
+                    RawServerAddress::Template(t) => {
+                        self.server_address(&format!("{p}.drain.nginx.server"), &t.replace("{instance}", "x"));
+                        ServerAddress::Template(t)
+                    }
+                    RawServerAddress::PerInstance(m) => {
+                        for (inst, a) in &m {
+                            self.server_address(&format!("{p}.drain.nginx.server.{inst}"), a);
+                            if !instances.contains(inst) {
+                                self.issue(format!("{p}.drain.nginx.server.{inst}"), format!("{inst:?} is not one of {p}.instances"));
+                            }
+                        }
+                        ServerAddress::PerInstance(m)
+                    }
+                });
+                DrainMethod::Nginx(Nginx { upstream_conf: n.upstream_conf, reload, port: n.port, container: n.container, server })
             }
             (None, Some(c)) => {
                 if c.drain.trim().is_empty() || c.undrain.trim().is_empty() {

@@ -20,9 +20,13 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use crate::host::{
-    ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask,
+    ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, Listed, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask,
     SwarmUpdate, UpdateState,
 };
+
+/// The labels by which Compose marks its containers.
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
 
 pub struct DockerEngine {
     docker: Docker,
@@ -143,10 +147,39 @@ impl Engine for DockerEngine {
         Ok(Some(container_info(&c, image.as_ref())))
     }
 
-    async fn container_names(&self) -> Result<Vec<String>, EngineError> {
+    async fn list_containers(&self) -> Result<Vec<Listed>, EngineError> {
         let opts = ListContainersOptionsBuilder::new().all(true).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(|e| other("list containers", e))?;
-        Ok(list.into_iter().flat_map(|c| c.names.unwrap_or_default()).map(|n| n.trim_start_matches('/').to_string()).collect())
+        Ok(list
+            .into_iter()
+            .flat_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let label = |k: &str| labels.get(k).cloned();
+                let (project, service, number) =
+                    (label(COMPOSE_PROJECT), label(COMPOSE_SERVICE), label("com.docker.compose.container-number").and_then(|n| n.parse().ok()));
+                c.names.unwrap_or_default().into_iter().map(move |n| Listed {
+                    name: n.trim_start_matches('/').to_string(),
+                    compose_project: project.clone(),
+                    compose_service: service.clone(),
+                    number,
+                })
+            })
+            .collect())
+    }
+
+    async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
+        use bollard::exec::{CreateExecOptions, StartExecResults};
+        let opts = CreateExecOptions { cmd: Some(argv.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() };
+        let what = || format!("exec `{}` in {container}", argv.join(" "));
+        let exec = self.docker.create_exec(container, opts).await.map_err(|e| other(&what(), e))?;
+        let mut out = String::new();
+        if let StartExecResults::Attached { output: mut stream, .. } = self.docker.start_exec(&exec.id, None).await.map_err(|e| other(&what(), e))? {
+            while let Some(item) = stream.next().await {
+                out.push_str(&item.map_err(|e| other(&what(), e))?.to_string());
+            }
+        }
+        let code = self.docker.inspect_exec(&exec.id).await.map_err(|e| other(&what(), e))?.exit_code.unwrap_or(-1);
+        Ok((code, out))
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
@@ -580,16 +613,23 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
     }
     ports.sort_by_key(|p| (p.container_port, p.host_port));
     ports.dedup_by_key(|p| (p.container_port, p.host_port));
-    let mut addresses: Vec<String> =
-        settings.networks.clone().unwrap_or_default().values().filter_map(|n| n.ip_address.clone()).filter(|a| !a.is_empty()).collect();
+    let networks = settings.networks.clone().unwrap_or_default();
+    let mut addresses: Vec<String> = networks.values().filter_map(|n| n.ip_address.clone()).filter(|a| !a.is_empty()).collect();
     addresses.sort();
+    // Docker adds the short container ID as an alias on user networks: not a name anyone routes by.
+    let short_id: String = c.id.clone().unwrap_or_default().chars().take(12).collect();
+    let mut aliases: Vec<String> = networks.values().flat_map(|n| n.aliases.clone().unwrap_or_default()).filter(|a| !a.is_empty() && *a != short_id).collect();
+    aliases.sort();
+    aliases.dedup();
     let docker_health = state.health.as_ref().and_then(|h| match h.status {
         Some(bollard::models::HealthStatusEnum::HEALTHY) => Some(DockerHealth::Healthy),
         Some(bollard::models::HealthStatusEnum::UNHEALTHY) => Some(DockerHealth::Unhealthy),
         Some(bollard::models::HealthStatusEnum::STARTING) => Some(DockerHealth::Starting),
         _ => None,
     });
+    let label = |k: &str| config.labels.as_ref().and_then(|l| l.get(k).cloned());
     ContainerInfo {
+        name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
         image_id: c.image.clone().unwrap_or_default(),
         image_ref: config.image.clone().unwrap_or_default(),
         running: state.running.unwrap_or(false),
@@ -597,7 +637,9 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
         docker_health,
         ports,
         addresses,
-        compose_project: config.labels.as_ref().and_then(|l| l.get("com.docker.compose.project").cloned()),
+        aliases,
+        compose_project: label(COMPOSE_PROJECT),
+        compose_service: label(COMPOSE_SERVICE),
         spec: spec_from_inspect(c, image),
     }
 }

@@ -1,171 +1,397 @@
-//! Taking an instance out of the load balancer and putting it back.
+//! Taking instances out of the load balancer and putting them back.
 //!
-//! The nginx method edits the upstream file: the `server` line whose port is
-//! the instance's published port gets the `down` flag (pure: [`set_down`]),
-//! the file is replaced atomically on the host and nginx reloaded (one round
-//! trip when the file is as capstan last wrote it). The
-//! command method runs the user's commands with the instance in the environment.
+//! The nginx method marks the instances' upstream `server` lines `down` (found by
+//! any name nginx can reach an instance by: `upstream.rs`, pure), writes the file
+//! on the host in place (a single-file bind mount into an nginx container keeps
+//! seeing it), tests and reloads nginx, and proves that the nginx that runs took
+//! the change: inside an nginx container, `nginx -T` must show the flag. One call
+//! may edit several lines with one reload (the undrain of one instance and the
+//! drain of the next). A failing `nginx -t` puts the file back and changes nothing
+//! else. The command method runs the user's commands with the instance in the
+//! environment.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::config::DrainMethod;
-use crate::host::Shell;
+use crate::config::{DrainMethod, Nginx, Service};
+use crate::host::{ContainerInfo, Host};
+use crate::upstream::{self, Identity};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DrainError {
-    #[error("{file}: no `server …:{port};` line for this instance's published port {port}")]
-    NoServerLine { file: String, port: u16 },
-    #[error("{file}: {count} `server` lines use port {port}; capstan cannot tell which one is this instance")]
-    Ambiguous { file: String, port: u16, count: usize },
+    #[error(transparent)]
+    Match(#[from] upstream::MatchError),
+    #[error("`nginx -t` in {container} refused the edited {file}, which was put back as it was: {output}")]
+    Test { container: String, file: String, output: String },
+    #[error(
+        "nginx in {container} does not see the change to {file}: `nginx -T` shows {what}; is {file} the file nginx reads (a file replaced by rename is not seen through a single-file bind mount)? The file was put back"
+    )]
+    NotTaken { container: String, file: String, what: String },
     #[error("{0}")]
     Host(String),
 }
 
-/// Marks (or unmarks) as `down` the upstream `server` line whose address has `port`.
-pub fn set_down(file: &str, conf: &str, port: u16, down: bool) -> Result<String, DrainError> {
-    let mut out = Vec::new();
-    let mut matched = 0;
-    for line in conf.split_inclusive('\n') {
-        match edit_server_line(line, port, down) {
-            Some(edited) => {
-                matched += 1;
-                out.push(edited);
-            }
-            None => out.push(line.to_string()),
+/// One instance as the load balancer knows it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub service: String,
+    /// The container's name.
+    pub instance: String,
+    /// Every name nginx may reach it by.
+    pub id: Identity,
+    /// For a command drain: the published port (`CAPSTAN_PORT`), if any.
+    pub port: Option<u16>,
+    /// For a command drain: its address on its network (`CAPSTAN_ADDRESS`), if any.
+    pub address: Option<String>,
+    /// Its Compose project, where `drain.nginx.container` names a Compose service.
+    pub project: Option<String>,
+}
+
+/// The container port an instance serves on, as the config says it: `drain.nginx.port`, else the health port.
+fn service_port(svc: &Service) -> Option<u16> {
+    match &svc.drain.method {
+        DrainMethod::Nginx(n) if n.port.is_some() => n.port,
+        _ => svc.health.http.as_ref().map(|h| h.port),
+    }
+}
+
+impl Target {
+    /// `c` as the load balancer of `svc` knows it.
+    pub fn of(svc: &Service, c: &ContainerInfo) -> Target {
+        let port = service_port(svc);
+        let published: Vec<u16> = match &svc.drain.method {
+            // Today's meaning of `port`: the upstream line's port, whatever its address.
+            DrainMethod::Nginx(n) if n.port.is_some() => n.port.into_iter().collect(),
+            _ => port.and_then(|p| c.host_port_for(p)).or_else(|| c.ports.first().map(|p| p.host_port)).into_iter().collect(),
+        };
+        let mut hosts = vec![c.name.clone()];
+        hosts.extend(c.compose_service.clone());
+        hosts.extend(c.aliases.iter().cloned());
+        hosts.dedup();
+        // The instance as the config names it: its Compose service, else its container.
+        let configured = match &c.compose_service {
+            Some(s) if svc.instances.contains(s) => s.clone(),
+            _ => c.name.clone(),
+        };
+        let explicit = match &svc.drain.method {
+            DrainMethod::Nginx(Nginx { server: Some(s), .. }) => s.for_instance(&configured),
+            _ => None,
+        };
+        let id =
+            Identity { instance: c.name.clone(), hosts, ips: c.addresses.clone(), ports: port.into_iter().collect(), published: published.clone(), explicit };
+        Target {
+            service: svc.name.clone(),
+            instance: c.name.clone(),
+            id,
+            port: published.first().copied(),
+            address: c.addresses.first().cloned(),
+            project: c.compose_project.clone(),
         }
     }
-    match matched {
-        0 => Err(DrainError::NoServerLine { file: file.into(), port }),
-        1 => Ok(out.concat()),
-        n => Err(DrainError::Ambiguous { file: file.into(), port, count: n }),
-    }
 }
 
-/// The edited line when `line` is `server ADDR:port [params];`, else `None`.
-fn edit_server_line(line: &str, port: u16, down: bool) -> Option<String> {
-    let (body, comment) = match line.find('#') {
-        Some(i) => (&line[..i], &line[i..]),
-        None => (line, ""),
-    };
-    let indent_len = body.len() - body.trim_start().len();
-    let indent = &body[..indent_len];
-    let trimmed = body.trim();
-    let inner = trimmed.strip_suffix(';')?.trim_end();
-    let mut tokens = inner.split_whitespace();
-    if tokens.next()? != "server" {
-        return None;
-    }
-    let addr = tokens.next()?;
-    if addr.starts_with("unix:") || addr == "{" {
-        return None;
-    }
-    let addr_port = addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok())?;
-    if addr_port != port {
-        return None;
-    }
-    let mut params: Vec<&str> = tokens.filter(|t| *t != "down").collect();
-    if down {
-        params.push("down");
-    }
-    let mut rebuilt = format!("{indent}server {addr}");
-    for p in params {
-        rebuilt.push(' ');
-        rebuilt.push_str(p);
-    }
-    rebuilt.push(';');
-    let newline = if line.ends_with('\n') && !comment.ends_with('\n') { "\n" } else { "" };
-    if comment.is_empty() {
-        Some(format!("{rebuilt}{newline}"))
-    } else {
-        Some(format!("{rebuilt} {comment}{newline}"))
-    }
-}
-
-/// Replaces file `$1` atomically with the content on stdin, then runs the reload
-/// command `$3`. With a SHA-256 in `$2`, only if the file still has that digest
-/// (else it prints `stale` and changes nothing).
-const WRITE_AND_RELOAD: &str = r#"set -e; f=$1
+/// Writes file `$1` in place (same inode, so that a bind mount sees it) with the
+/// content on stdin, then runs `$3` (the reload on the host; empty: none). With a
+/// SHA-256 in `$2`, only if the file still has that digest (else it prints `stale`
+/// and changes nothing).
+const WRITE_IN_PLACE: &str = r#"set -e; f=$1
 if [ -n "$2" ] && [ "$(sha256sum "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
-t="$f.capstan.$$"; cat > "$t"; chmod --reference="$f" "$t" 2>/dev/null || true; mv -f "$t" "$f"
-sh -c "$3"; echo written"#;
-
-pub struct Target<'a> {
-    pub service: &'a str,
-    pub instance: &'a str,
-    pub host_port: u16,
-}
+t=$(mktemp); trap 'rm -f "$t"' EXIT; cat > "$t"; cat "$t" > "$f"
+[ -z "$3" ] || sh -c "$3"; echo written"#;
 
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Drains and undrains instances. Remembers what it last wrote to each
-/// upstream file, so that the next edit is one round trip (write if unchanged,
-/// reload) instead of two (read, then write and reload).
+/// Drains and undrains instances. Remembers what it last wrote to each upstream
+/// file (so that the next edit is one round trip, not a read and a write), which
+/// container nginx runs in, and how many times it reloaded nginx per service.
 #[derive(Default)]
 pub struct Drainer {
     known: Mutex<HashMap<String, String>>,
+    containers: Mutex<HashMap<String, String>>,
+    reloads: Mutex<HashMap<String, u32>>,
 }
 
 impl Drainer {
-    /// Drains (`down = true`) or undrains an instance. Returns a short description of what was done.
-    pub async fn apply(&self, shell: &dyn Shell, method: &DrainMethod, t: &Target<'_>, down: bool) -> Result<String, DrainError> {
+    /// Reloads of the load balancer so far, per service.
+    pub fn reloads(&self) -> HashMap<String, u32> {
+        self.reloads.lock().unwrap().clone()
+    }
+
+    /// Drains (`true`) or undrains (`false`) each target, with one reload for all.
+    /// Returns a short description of what was done.
+    pub async fn apply(&self, host: &Host, method: &DrainMethod, edits: &[(&Target, bool)]) -> Result<String, DrainError> {
         match method {
             DrainMethod::None => Ok("no load balancer configured".into()),
-            DrainMethod::Nginx { upstream_conf, reload, port } => {
-                let port = port.unwrap_or(t.host_port);
-                let known = self.known.lock().unwrap().get(upstream_conf).cloned();
-                if let Some(current) = known {
-                    if self.write(shell, upstream_conf, reload, &current, port, down, true).await? {
-                        return Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }));
-                    }
-                }
-                let read = shell.run(&["cat", "--", upstream_conf], None).await.map_err(|e| DrainError::Host(e.0))?;
-                if !read.ok() {
-                    return Err(DrainError::Host(format!("cannot read {upstream_conf}: {}", read.stderr.trim())));
-                }
-                self.write(shell, upstream_conf, reload, &read.stdout, port, down, false).await?;
-                Ok(format!("{} server :{port} in {upstream_conf}", if down { "down" } else { "up" }))
-            }
+            DrainMethod::Nginx(n) => self.nginx(host, n, edits).await,
             DrainMethod::Command { drain, undrain } => {
-                let cmd = if down { drain } else { undrain };
-                let inst = format!("CAPSTAN_INSTANCE={}", t.instance);
-                let svc = format!("CAPSTAN_SERVICE={}", t.service);
-                let port = format!("CAPSTAN_PORT={}", t.host_port);
-                let r = shell.run(&["env", &inst, &svc, &port, "sh", "-c", cmd], None).await.map_err(|e| DrainError::Host(e.0))?;
-                if !r.ok() {
-                    return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
+                let mut done = Vec::new();
+                for (t, down) in edits {
+                    let cmd = if *down { drain } else { undrain };
+                    let inst = format!("CAPSTAN_INSTANCE={}", t.instance);
+                    let svc = format!("CAPSTAN_SERVICE={}", t.service);
+                    let port = format!("CAPSTAN_PORT={}", t.port.map(|p| p.to_string()).unwrap_or_default());
+                    let addr = format!("CAPSTAN_ADDRESS={}", t.address.clone().unwrap_or_default());
+                    let r = host.shell.run(&["env", &inst, &svc, &port, &addr, "sh", "-c", cmd], None).await.map_err(|e| DrainError::Host(e.0))?;
+                    if !r.ok() {
+                        return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
+                    }
+                    done.push(format!("ran `{cmd}` for {}", t.instance));
                 }
-                Ok(format!("ran `{cmd}`"))
+                Ok(done.join("; "))
             }
         }
     }
 
-    /// Writes `current` edited for `port` and reloads. With `guarded`, only if the
-    /// file on the host is still `current`: returns false when it was not.
+    /// The container nginx runs in: the configured name, or the container of that
+    /// Compose service of the instances' project.
+    async fn nginx_container(&self, host: &Host, name: &str, project: Option<&str>) -> Result<String, DrainError> {
+        if let Some(c) = self.containers.lock().unwrap().get(name) {
+            return Ok(c.clone());
+        }
+        let found = resolve_container(host, name, project).await?;
+        self.containers.lock().unwrap().insert(name.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn nginx(&self, host: &Host, n: &Nginx, edits: &[(&Target, bool)]) -> Result<String, DrainError> {
+        let file = &n.upstream_conf;
+        let cached = self.known.lock().unwrap().get(file).cloned();
+        let (current, guarded) = match cached {
+            Some(c) => (c, true),
+            None => (read(host, file).await?, false),
+        };
+        let (current, edited, lines) = match self.edit(file, &current, edits) {
+            Ok((edited, lines)) => (current, edited, lines),
+            // What capstan last wrote no longer names these instances (someone edited it): read it again.
+            Err(_) if guarded => {
+                let fresh = read(host, file).await?;
+                let (edited, lines) = self.edit(file, &fresh, edits)?;
+                (fresh, edited, lines)
+            }
+            Err(e) => return Err(e),
+        };
+        let what: Vec<String> =
+            edits.iter().zip(&lines).map(|((t, down), l)| format!("{} {} (line {})", if *down { "down" } else { "up" }, t.instance, l.line)).collect();
+        let what = what.join(", ");
+        if edited == current {
+            self.known.lock().unwrap().insert(file.clone(), current);
+            return Ok(format!("{what} in {file}: already so, no reload"));
+        }
+        let container = match &n.container {
+            Some(c) => Some(self.nginx_container(host, c, edits.first().and_then(|(t, _)| t.project.as_deref())).await?),
+            None => None,
+        };
+        let host_reload = if container.is_some() { "" } else { n.reload.as_str() };
+        match self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Changed since capstan wrote it: start again from what is there.
+                self.known.lock().unwrap().remove(file);
+                let fresh = read(host, file).await?;
+                let (edited, _) = self.edit(file, &fresh, edits)?;
+                if !self.write(host, file, &edited, Some(sha256_hex(&fresh)), host_reload).await? {
+                    return Err(DrainError::Host(format!("{file} keeps changing under capstan; try again")));
+                }
+                return self.after_write(host, n, container.as_deref(), file, &fresh, &edited, edits, &what).await;
+            }
+            Err(e) => {
+                self.known.lock().unwrap().remove(file);
+                // Put the file back as it was, so that the next reload surprises no one.
+                let _ = self.write(host, file, &current, None, "").await;
+                return Err(e);
+            }
+        }
+        self.after_write(host, n, container.as_deref(), file, &current, &edited, edits, &what).await
+    }
+
+    /// The edited text and the lines it changed.
+    fn edit(&self, file: &str, current: &str, edits: &[(&Target, bool)]) -> Result<(String, Vec<upstream::ServerLine>), DrainError> {
+        let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
+        let lines = upstream::locate(file, current, &ids)?;
+        let changes: Vec<(usize, &str, bool)> = lines.iter().zip(edits).map(|(l, (_, down))| (l.index, l.address.as_str(), *down)).collect();
+        Ok((upstream::set_down(current, &changes), lines))
+    }
+
+    /// In a container: `nginx -t` (the file goes back when it fails), the reload, and
+    /// `nginx -T` to prove nginx sees the change. Counts the reload.
     #[allow(clippy::too_many_arguments)]
-    async fn write(&self, shell: &dyn Shell, file: &str, reload: &str, current: &str, port: u16, down: bool, guarded: bool) -> Result<bool, DrainError> {
-        let edited = set_down(file, current, port, down)?;
-        let guard = if guarded { sha256_hex(current) } else { String::new() };
-        let r = shell
-            .run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", file, &guard, reload], Some(edited.as_bytes()))
+    async fn after_write(
+        &self,
+        host: &Host,
+        n: &Nginx,
+        container: Option<&str>,
+        file: &str,
+        before: &str,
+        edited: &str,
+        edits: &[(&Target, bool)],
+        what: &str,
+    ) -> Result<String, DrainError> {
+        let put_back = || async {
+            self.known.lock().unwrap().remove(file);
+            let _ = self.write(host, file, before, None, "").await;
+        };
+        let Some(c) = container else {
+            self.count(edits);
+            self.known.lock().unwrap().insert(file.to_string(), edited.to_string());
+            return Ok(format!("{what} in {file}; reloaded"));
+        };
+        let argv = n.reload_argv();
+        let nginx = argv.first().map(String::as_str).unwrap_or("nginx");
+        let (code, out) = host.engine.exec(c, &[nginx, "-t"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        if code != 0 {
+            put_back().await;
+            return Err(DrainError::Test { container: c.into(), file: file.into(), output: last_lines(&out) });
+        }
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let (code, out) = host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        if code != 0 {
+            put_back().await;
+            return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
+        }
+        self.count(edits);
+        let (code, dump) = host.engine.exec(c, &[nginx, "-T"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
+        let seen = upstream::down_in_effective(&dump, None, &ids);
+        let wrong: Vec<String> = edits
+            .iter()
+            .zip(&seen)
+            .filter(|((_, down), seen)| **seen != Some(*down))
+            .map(|((t, down), seen)| match seen {
+                None => format!("no server line for {}", t.instance),
+                Some(_) => format!("{} {}", t.instance, if *down { "not down" } else { "still down" }),
+            })
+            .collect();
+        if code != 0 || !wrong.is_empty() {
+            put_back().await;
+            let what = if code != 0 { format!("exit {code}: {}", last_lines(&dump)) } else { wrong.join(", ") };
+            return Err(DrainError::NotTaken { container: c.into(), file: file.into(), what });
+        }
+        self.known.lock().unwrap().insert(file.to_string(), edited.to_string());
+        Ok(format!("{what} in {file}; reloaded nginx in {c}, nginx -T shows it"))
+    }
+
+    fn count(&self, edits: &[(&Target, bool)]) {
+        if let Some((t, _)) = edits.first() {
+            *self.reloads.lock().unwrap().entry(t.service.clone()).or_default() += 1;
+        }
+    }
+
+    /// Writes `content` in place and runs `reload` on the host. With `guard`, only if
+    /// the file still has that digest: false when it had changed.
+    async fn write(&self, host: &Host, file: &str, content: &str, guard: Option<String>, reload: &str) -> Result<bool, DrainError> {
+        let guard = guard.unwrap_or_default();
+        let r = host
+            .shell
+            .run(&["sh", "-c", WRITE_IN_PLACE, "capstan-drain", file, &guard, reload], Some(content.as_bytes()))
             .await
             .map_err(|e| DrainError::Host(e.0))?;
         if r.ok() && r.stdout.trim_end().ends_with("stale") {
-            self.known.lock().unwrap().remove(file);
             return Ok(false);
         }
         if !r.ok() {
-            self.known.lock().unwrap().remove(file);
-            // Put the file back as it was so that the next reload does not surprise anyone.
-            let _ = shell.run(&["sh", "-c", WRITE_AND_RELOAD, "capstan-drain", file, "", "true"], Some(current.as_bytes())).await;
-            return Err(DrainError::Host(format!("`{reload}` failed with exit {}: {}", r.status, r.stderr.trim())));
+            return Err(DrainError::Host(match reload {
+                "" => format!("cannot write {file}: {}", r.stderr.trim()),
+                _ => format!("`{reload}` failed with exit {}: {}", r.status, r.stderr.trim()),
+            }));
         }
-        self.known.lock().unwrap().insert(file.to_string(), edited);
         Ok(true)
     }
+}
+
+async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
+    let r = host.shell.run(&["cat", "--", file], None).await.map_err(|e| DrainError::Host(e.0))?;
+    if !r.ok() {
+        return Err(DrainError::Host(format!("cannot read {file}: {}", r.stderr.trim())));
+    }
+    Ok(r.stdout)
+}
+
+/// The running container called `name`, else the one container of a Compose service `name`.
+pub async fn resolve_container(host: &Host, name: &str, project: Option<&str>) -> Result<String, DrainError> {
+    if host.engine.inspect_container(name).await.map_err(|e| DrainError::Host(e.to_string()))?.is_some() {
+        return Ok(name.to_string());
+    }
+    let listed = host.engine.list_containers().await.map_err(|e| DrainError::Host(e.to_string()))?;
+    let of_service: Vec<String> = listed
+        .into_iter()
+        .filter(|c| c.compose_service.as_deref() == Some(name) && project.is_none_or(|p| c.compose_project.as_deref() == Some(p)))
+        .filter(|c| !c.name.ends_with(crate::plan::OLD_SUFFIX))
+        .map(|c| c.name)
+        .collect();
+    match of_service.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(DrainError::Host(format!("no container or Compose service {name} runs nginx on this host (drain.nginx.container)"))),
+        many => Err(DrainError::Host(format!("Compose service {name} has {} containers ({}); name one in drain.nginx.container", many.len(), many.join(", ")))),
+    }
+}
+
+/// Before any change (`check`, `--dry-run` and `deploy` alike): every nginx drain of
+/// these services can find each instance's one `server` line in its file, no line
+/// reaches two instances, and an nginx container reads that file (its `nginx -T`
+/// shows the lines). `containers`: each instance's container as observed. One problem
+/// per line, naming the host, the file and the instance.
+pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    // Per upstream file: the nginx settings and every instance that lives in it.
+    let mut files: Vec<(&Nginx, Vec<Target>)> = Vec::new();
+    for (svc, containers) in services {
+        let DrainMethod::Nginx(n) = &svc.drain.method else { continue };
+        let targets = containers.iter().map(|c| Target::of(svc, c));
+        match files.iter_mut().find(|(f, _)| f.upstream_conf == n.upstream_conf) {
+            Some((_, t)) => t.extend(targets),
+            None => files.push((n, targets.collect())),
+        }
+    }
+    for (n, targets) in files {
+        let file = &n.upstream_conf;
+        let text = match read(host, file).await {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{}: drain.nginx.upstream_conf: {e}", host.name));
+                continue;
+            }
+        };
+        let ids: Vec<Identity> = targets.iter().map(|t| t.id.clone()).collect();
+        if let Err(e) = upstream::locate(file, &text, &ids) {
+            problems.push(format!("{}: {e}", host.name));
+            continue;
+        }
+        let Some(name) = &n.container else { continue };
+        let project = targets.first().and_then(|t| t.project.as_deref());
+        let container = match resolve_container(host, name, project).await {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("{}: {e}", host.name));
+                continue;
+            }
+        };
+        let nginx = n.reload_argv().first().cloned().unwrap_or_else(|| "nginx".into());
+        match host.engine.exec(&container, &[&nginx, "-T"]).await {
+            Ok((0, dump)) => {
+                let seen = upstream::down_in_effective(&dump, None, &ids);
+                let missing: Vec<&str> = targets.iter().zip(&seen).filter(|(_, s)| s.is_none()).map(|(t, _)| t.instance.as_str()).collect();
+                if !missing.is_empty() {
+                    problems.push(format!(
+                        "{}: nginx in {container} has no server line for {} although {file} has: is {file} the file nginx reads (drain.nginx.upstream_conf)?",
+                        host.name,
+                        missing.join(", ")
+                    ));
+                }
+            }
+            Ok((code, out)) => problems.push(format!("{}: `{nginx} -T` in {container} failed with exit {code}: {}", host.name, last_lines(&out))),
+            Err(e) => problems.push(format!("{}: {e}", host.name)),
+        }
+    }
+    problems
+}
+
+/// The end of a command's output, for a message.
+fn last_lines(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
 }
 
 #[cfg(test)]
@@ -174,82 +400,111 @@ mod tests {
 
     const CONF: &str = "upstream shop {\n    server 127.0.0.1:8081;\n    server 127.0.0.1:8082 max_fails=3; # web-2\n    server unix:/run/app.sock;\n}\nserver {\n    listen 80;\n    server_name shop;\n}\n";
 
-    #[test]
-    fn marks_only_the_instance_line() {
-        let cases: &[(u16, bool, &str, &str)] = &[
-            (8081, true, "    server 127.0.0.1:8081;\n", "    server 127.0.0.1:8081 down;\n"),
-            (8082, true, "    server 127.0.0.1:8082 max_fails=3; # web-2\n", "    server 127.0.0.1:8082 max_fails=3 down; # web-2\n"),
-        ];
-        for (port, down, from, to) in cases {
-            let out = set_down("f", CONF, *port, *down).unwrap();
-            assert_eq!(out, CONF.replace(from, to), "port {port}");
-            // And back.
-            assert_eq!(set_down("f", &out, *port, false).unwrap(), CONF);
-        }
+    fn target(name: &str, port: u16) -> Target {
+        let id = Identity { instance: name.into(), hosts: vec![name.into()], published: vec![port], ..Default::default() };
+        Target { service: "web".into(), instance: name.into(), id, port: Some(port), address: None, project: None }
     }
 
-    #[test]
-    fn draining_twice_keeps_one_down_flag() {
-        let once = set_down("f", CONF, 8081, true).unwrap();
-        assert_eq!(set_down("f", &once, 8081, true).unwrap(), once);
-    }
-
-    #[test]
-    fn refuses_when_the_port_is_missing_or_ambiguous() {
-        assert_eq!(set_down("f", CONF, 9999, true), Err(DrainError::NoServerLine { file: "f".into(), port: 9999 }));
-        let two = "server 10.0.0.1:8081;\nserver 10.0.0.2:8081;\n";
-        assert!(matches!(set_down("f", two, 8081, true), Err(DrainError::Ambiguous { count: 2, .. })));
-    }
-
-    #[test]
-    fn ipv6_and_hostnames() {
-        assert_eq!(set_down("f", "server [::1]:8081;", 8081, true).unwrap(), "server [::1]:8081 down;");
-        assert_eq!(set_down("f", "  server app:8081 weight=2;", 8081, true).unwrap(), "  server app:8081 weight=2 down;");
+    fn nginx(file: &std::path::Path, reload: String) -> DrainMethod {
+        DrainMethod::Nginx(Nginx { upstream_conf: file.display().to_string(), reload, port: None, container: None, server: None })
     }
 
     /// The real script, run by a local shell: one round trip when the file is as
-    /// last written, a re-read when someone else changed it meanwhile.
+    /// last written, a re-read when someone else changed it meanwhile; the file is
+    /// written in place (its inode stays, as a bind mount needs).
     #[tokio::test]
     async fn edits_in_one_round_trip_unless_the_file_changed() {
-        let host = crate::fake::FakeHost::new();
-        let file = host.dir.path().join("upstream.conf");
+        use std::os::unix::fs::MetadataExt;
+        let fake = crate::fake::FakeHost::new();
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
-        let marker = host.dir.path().join("reloads");
-        let method = DrainMethod::Nginx { upstream_conf: file.display().to_string(), reload: format!("echo reload >> {}", marker.display()), port: None };
-        let t = Target { service: "web", instance: "web-1", host_port: 8081 };
+        let inode = std::fs::metadata(&file).unwrap().ino();
+        let marker = fake.dir.path().join("reloads");
+        let method = nginx(&file, format!("echo reload >> {}", marker.display()));
+        let t = target("web-1", 8081);
         let d = Drainer::default();
-        let runs = || host.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run ")).count();
-        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
+        let runs = || fake.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run ")).count();
+        d.apply(&host, &method, &[(&t, true)]).await.unwrap();
         assert_eq!(runs(), 2, "read, then write and reload");
         assert!(std::fs::read_to_string(&file).unwrap().contains("server 127.0.0.1:8081 down;"));
-        d.apply(host.as_ref(), &method, &t, false).await.unwrap();
+        d.apply(&host, &method, &[(&t, false)]).await.unwrap();
         assert_eq!(runs(), 3, "the undrain needs no read");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+        assert_eq!(std::fs::metadata(&file).unwrap().ino(), inode, "written in place");
         // Someone edits the file between two drains: capstan notices, re-reads, keeps their edit.
         let theirs = CONF.replace("max_fails=3", "max_fails=5");
         std::fs::write(&file, &theirs).unwrap();
-        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
+        d.apply(&host, &method, &[(&t, true)]).await.unwrap();
         assert_eq!(runs(), 6, "a stale write, a read, a write");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), theirs.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081 down;"));
         assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 3, "reloaded once per edit");
+        assert_eq!(d.reloads().get("web"), Some(&3));
+    }
+
+    /// The undrain of one instance and the drain of the next: one write, one reload.
+    #[tokio::test]
+    async fn several_edits_take_one_reload() {
+        let fake = crate::fake::FakeHost::new();
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let marker = fake.dir.path().join("reloads");
+        let method = nginx(&file, format!("echo reload >> {}", marker.display()));
+        let (one, two) = (target("web-1", 8081), target("web-2", 8082));
+        let d = Drainer::default();
+        d.apply(&host, &method, &[(&one, true)]).await.unwrap();
+        d.apply(&host, &method, &[(&one, false), (&two, true)]).await.unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("server 127.0.0.1:8081;") && text.contains("server 127.0.0.1:8082 max_fails=3 down; # web-2"), "{text}");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
+        // Asking for what is already so reloads nothing.
+        d.apply(&host, &method, &[(&two, true)]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
+    }
+
+    /// A line that names no instance is refused before anything is written.
+    #[tokio::test]
+    async fn an_instance_with_no_line_changes_nothing() {
+        let fake = crate::fake::FakeHost::new();
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let err = Drainer::default().apply(&host, &nginx(&file, "true".into()), &[(&target("web-9", 9999), true)]).await.unwrap_err();
+        assert!(matches!(err, DrainError::Match(upstream::MatchError::NoLine { .. })), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+    }
+
+    /// A failing reload puts the file back.
+    #[tokio::test]
+    async fn a_failed_reload_puts_the_file_back() {
+        let fake = crate::fake::FakeHost::new();
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let err = Drainer::default().apply(&host, &nginx(&file, "echo broken >&2; exit 1".into()), &[(&target("web-1", 8081), true)]).await.unwrap_err();
+        assert!(err.to_string().contains("failed with exit 1: broken"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
     }
 
     /// The generic method runs the user's commands with the instance in the environment.
     #[tokio::test]
     async fn command_drain_gets_the_instance_in_its_environment() {
-        let host = crate::fake::FakeHost::new();
-        let out = host.dir.path().join("calls");
+        let fake = crate::fake::FakeHost::new();
+        let host = fake.host();
+        let out = fake.dir.path().join("calls");
         let method = DrainMethod::Command {
             drain: format!("echo \"drain $CAPSTAN_SERVICE $CAPSTAN_INSTANCE $CAPSTAN_PORT\" >> {}", out.display()),
-            undrain: format!("echo \"undrain $CAPSTAN_INSTANCE\" >> {}", out.display()),
+            undrain: format!("echo \"undrain $CAPSTAN_INSTANCE [$CAPSTAN_ADDRESS]\" >> {}", out.display()),
         };
-        let t = Target { service: "web", instance: "web-1", host_port: 8081 };
+        let mut t = target("web-1", 8081);
+        t.address = Some("172.18.0.2".into());
         let d = Drainer::default();
-        d.apply(host.as_ref(), &method, &t, true).await.unwrap();
-        d.apply(host.as_ref(), &method, &t, false).await.unwrap();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "drain web web-1 8081\nundrain web-1\n");
+        d.apply(&host, &method, &[(&t, true)]).await.unwrap();
+        d.apply(&host, &method, &[(&t, false)]).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "drain web web-1 8081\nundrain web-1 [172.18.0.2]\n");
         let failing = DrainMethod::Command { drain: "exit 3".into(), undrain: "true".into() };
-        let err = d.apply(host.as_ref(), &failing, &t, true).await.unwrap_err();
+        let err = d.apply(&host, &failing, &[(&t, true)]).await.unwrap_err();
         assert!(err.to_string().contains("`exit 3` failed with exit 3"), "{err}");
     }
 }

@@ -45,6 +45,12 @@ pub enum Event {
     Gate(crate::gates::Gate),
     /// A host's part of the run: connected, started, finished or skipped, with its times.
     Host(HostEvent),
+    /// How many times the load balancer was reloaded for a service on a host.
+    Reloads {
+        host: String,
+        service: String,
+        count: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

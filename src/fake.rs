@@ -281,6 +281,7 @@ impl Engine for FakeHost {
         }
         let c = c.clone();
         Ok(Some(ContainerInfo {
+            name: name.into(),
             image_id: format!("id:{}", c.image),
             image_ref: c.image.clone(),
             running: c.running,
@@ -288,13 +289,20 @@ impl Engine for FakeHost {
             docker_health: None,
             ports: vec![PublishedPort { container_port: 8080, host_ip: "127.0.0.1".into(), host_port: c.host_port }],
             addresses: vec![c.address.clone()],
-            compose_project: None,
             spec: c.spec.clone(),
+            ..Default::default()
         }))
     }
 
-    async fn container_names(&self) -> Result<Vec<String>, EngineError> {
-        Ok(self.names())
+    async fn list_containers(&self) -> Result<Vec<Listed>, EngineError> {
+        Ok(self.names().into_iter().map(|name| Listed { name, ..Default::default() }).collect())
+    }
+
+    /// Runs nothing: records the call; `exec` fails once when injected.
+    async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
+        let mut s = self.state.lock().unwrap();
+        self.check("exec", &mut s, &format!("{container} {}", argv.join(" ")))?;
+        Ok((0, String::new()))
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {

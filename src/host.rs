@@ -40,8 +40,10 @@ pub struct PublishedPort {
 #[derive(Clone, Debug, Default)]
 pub struct ContainerSpec(pub bollard::models::ContainerCreateBody);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ContainerInfo {
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
     /// The image ID (`sha256:…` of the image config).
     pub image_id: String,
     /// What the container was created from (`Config.Image`): a tag, a digest reference or an ID.
@@ -54,7 +56,11 @@ pub struct ContainerInfo {
     pub ports: Vec<PublishedPort>,
     /// The container's addresses on its networks, reachable from the host.
     pub addresses: Vec<String>,
+    /// Its other names on its networks (Compose service names, `--network-alias`), which
+    /// nginx may use for it; Docker's own short-ID alias left out.
+    pub aliases: Vec<String>,
     pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
     pub spec: ContainerSpec,
 }
 
@@ -70,6 +76,16 @@ impl ContainerInfo {
             None => ("127.0.0.1".to_string(), self.host_port_for(port).unwrap_or(port)),
         }
     }
+}
+
+/// A container as the engine lists it: enough to find the instances of a Compose service.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listed {
+    pub name: String,
+    pub compose_project: Option<String>,
+    pub compose_service: Option<String>,
+    /// `com.docker.compose.container-number`: the order of a scaled service's containers.
+    pub number: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -93,8 +109,10 @@ pub enum EngineError {
 pub trait Engine: Send + Sync {
     async fn version(&self) -> Result<String, EngineError>;
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError>;
-    /// Names of all containers, running or not.
-    async fn container_names(&self) -> Result<Vec<String>, EngineError>;
+    /// Every container, running or not, with its Compose labels.
+    async fn list_containers(&self) -> Result<Vec<Listed>, EngineError>;
+    /// Runs `argv` inside a running container (no shell), to its end: its exit code and output.
+    async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError>;
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError>;
     /// Asks the registry (through the engine) which manifest digest a tag points to, without pulling.
     async fn registry_digest(&self, reference: &str, creds: Option<&Credentials>) -> Result<String, EngineError>;

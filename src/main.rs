@@ -6,6 +6,7 @@ mod build;
 mod cancel;
 mod cli;
 mod commands;
+mod compose;
 mod config;
 mod context;
 mod docker;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::config::Service;
-use crate::host::{ContainerInfo, ImageInfo, SwarmService};
+use crate::host::{ContainerInfo, ImageInfo, Listed, SwarmService};
 use crate::release;
 
 /// What was seen on one host before anything changed.
@@ -21,6 +21,48 @@ pub struct Observed {
     /// Per `target: swarm` service (by its config name): the Swarm service, `None` when
     /// absent, or why the manager could not say.
     pub swarm: HashMap<String, Result<Option<SwarmService>, String>>,
+    /// Per service (by its config name): the containers its `instances` are on this host,
+    /// in order (a Compose service's containers found by their labels).
+    pub instances: HashMap<String, Vec<String>>,
+}
+
+impl Observed {
+    /// The containers of `svc` on this host: as resolved, else as the config names them.
+    pub fn instances_of<'a>(&'a self, svc: &'a Service) -> &'a [String] {
+        self.instances.get(&svc.name).map(Vec::as_slice).unwrap_or(&svc.instances)
+    }
+}
+
+/// The containers `svc.instances` name on a host: each entry is a container of that
+/// name, else (with `compose:`) every container of that Compose service of the project,
+/// in Compose's container-number order (a scaled service is replaced container by
+/// container), so that v2 names (`payment-web-1`), v1 names (`payment_web_1`) and
+/// `container_name:` all work. A half-replaced container's kept `.capstan-old` counts as
+/// its instance. An entry that matches nothing stays as written: the plan says it is missing.
+pub fn resolve_instances(svc: &Service, listed: &[Listed]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for entry in &svc.instances {
+        let exact = listed.iter().any(|c| c.name == *entry || c.name == format!("{entry}{OLD_SUFFIX}"));
+        let of_service: Vec<&Listed> = match (&svc.compose, exact) {
+            (Some(c), false) => {
+                let mut v: Vec<&Listed> =
+                    listed.iter().filter(|l| l.compose_project.as_deref() == Some(c.project.as_str()) && l.compose_service.as_deref() == Some(entry)).collect();
+                v.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.name.cmp(&b.name)));
+                v
+            }
+            _ => Vec::new(),
+        };
+        if of_service.is_empty() {
+            out.push(entry.clone());
+        }
+        for l in of_service {
+            let name = l.name.strip_suffix(OLD_SUFFIX).unwrap_or(&l.name).to_string();
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -115,7 +157,7 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
             continue;
         }
         let mut instances = Vec::new();
-        for (i, name) in svc.instances.iter().enumerate() {
+        for (i, name) in observed.instances_of(svc).iter().enumerate() {
             let leftover = format!("{name}{OLD_SUFFIX}");
             if observed.all_names.contains(&leftover) {
                 problems.push(format!(
@@ -124,10 +166,11 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
                 continue;
             }
             let Some((c, image)) = observed.containers.get(name) else {
-                problems.push(format!(
-                    "{host}: container {name} (services.{}.instances[{i}]) does not exist; capstan replaces running containers, start it first (for example with docker compose up -d)",
-                    svc.name
-                ));
+                let what = match &svc.compose {
+                    Some(c) => format!("{name} (services.{}.instances[{i}]) is neither a container nor a service of Compose project {}", svc.name, c.project),
+                    None => format!("container {name} (services.{}.instances[{i}]) does not exist", svc.name),
+                };
+                problems.push(format!("{host}: {what}; capstan replaces running containers, start it first (for example with docker compose up -d)"));
                 continue;
             };
             let Some(to) = target(&svc.name, name) else {
@@ -169,8 +212,8 @@ mod tests {
             docker_health: None,
             ports: vec![],
             addresses: vec![],
-            compose_project: None,
             spec: ContainerSpec::default(),
+            ..Default::default()
         }
     }
 

@@ -104,6 +104,7 @@ impl Sink for Printer {
             Event::BuildOutput { .. } | Event::Built(_) => self.enter(Some("build".into())),
             Event::Info { host: Some(_), .. } => {}
             Event::Host(_) => self.enter(None),
+            Event::Reloads { host, service, .. } => self.enter(Some(format!("{host} {service}"))),
             // Warnings and run-wide lines stay outside any fold.
             Event::Info { host: None, .. } | Event::Warn { .. } => self.enter(None),
         }
@@ -158,6 +159,7 @@ impl Sink for Printer {
                 HostPhase::Skipped { reason } => self.always(&format!("{host}: not started: {reason}")),
                 HostPhase::Reverting { reason } => self.always(&format!("{host}: putting it back: {reason}")),
             },
+            Event::Reloads { host, service, count } => self.line(&format!("  {host} {service}: the load balancer was reloaded {count} time(s)")),
             Event::BuildOutput { service, line } => self.line(&format!("  {service} | {line}")),
             Event::Built(b) => {
                 let what = match b.reference() {

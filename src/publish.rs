@@ -288,6 +288,7 @@ mod tests {
                         steps: vec![],
                     })
                     .collect(),
+                reloads: Default::default(),
             }],
             build: vec![],
             gates: vec![],

@@ -39,6 +39,9 @@ pub struct HostReport {
     pub outcome: Option<String>,
     pub timing: HostTiming,
     pub instances: Vec<InstanceReport>,
+    /// Per service, how many times the load balancer was reloaded on this host.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub reloads: std::collections::BTreeMap<String, u32>,
 }
 
 /// Where a host's time went; milliseconds, `started_ms` from the run's start.
@@ -81,7 +84,7 @@ impl Collector {
         let h = match hosts.iter().position(|h| h.host == host) {
             Some(i) => &mut hosts[i],
             None => {
-                hosts.push(HostReport { host: host.into(), outcome: None, timing: HostTiming::default(), instances: vec![] });
+                hosts.push(HostReport { host: host.into(), outcome: None, timing: HostTiming::default(), instances: vec![], reloads: Default::default() });
                 hosts.last_mut().unwrap()
             }
         };
@@ -156,6 +159,7 @@ impl Sink for Collector {
                 }
                 HostPhase::Reverting { reason } => h.timing.note = Some(reason),
             }),
+            Event::Reloads { host, service, count } => self.with_host(&host, |h| *h.reloads.entry(service).or_default() += count),
             Event::Info { .. } | Event::Warn { .. } | Event::BuildOutput { .. } => {}
         }
     }

@@ -7,7 +7,7 @@
 //! order, through the same replace procedure and the same discipline.
 //! Drives only the [`Host`] traits, so tests run it against `fake::FakeHost`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub struct Rollout<'a> {
     pub cancel: &'a Cancel,
     pub drainer: drain::Drainer,
     pub safety: Safety<'a>,
+    /// The release's version, which a Compose service's `.env` variable is set to.
+    pub version: Option<&'a str>,
 }
 
 /// The gates around the instances: migrations before a service's first
@@ -59,8 +61,9 @@ pub struct LeaseKeeper {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HostOutcome {
+    #[default]
     Succeeded,
     RolledBack,
     /// A gate said no before anything changed.
@@ -90,11 +93,15 @@ pub struct InstanceResult {
     pub outcome: InstanceOutcome,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HostResult {
     pub outcome: HostOutcome,
     pub instances: Vec<InstanceResult>,
     pub error: Option<String>,
+    /// The Compose `.env` variables this rollout set, as they were: what a revert puts back.
+    pub compose_env: Vec<crate::compose::EnvChange>,
+    /// Per replaced instance, the spec of the container it replaced: what a revert recreates.
+    pub replaced_specs: HashMap<String, ContainerSpec>,
 }
 
 #[derive(Debug)]
@@ -110,6 +117,17 @@ struct Progress {
     renamed: bool,
     stopped: bool,
     created: bool,
+    /// The next instance was drained with this one's undrain (one reload for both).
+    next_drained: bool,
+}
+
+/// How one forward replace meets its neighbours in the load balancer.
+#[derive(Default, Clone, Copy)]
+struct Handover<'t> {
+    /// This instance was drained already, with the previous one's undrain.
+    drained: bool,
+    /// The next instance to replace: drained with this one's undrain.
+    next: Option<&'t drain::Target>,
 }
 
 /// An instance (or a Swarm service) this run replaced, and what it ran before.
@@ -177,20 +195,58 @@ impl<'a> Rollout<'a> {
                     }
                 }
             }
-            for ip in to_replace {
+            // A Compose service whose tag comes from a variable: the hashes Compose will expect.
+            let mut relabel: HashMap<String, (String, String)> = HashMap::new();
+            if let (Some(first), Some(c)) = (to_replace.first(), svc.compose.as_ref().filter(|c| c.variable.is_some())) {
+                match self.step(&svc.name, &first.name, "compose", self.compose_hashes(svc, c, &first.name, &first.to_image)).await {
+                    Ok(h) => relabel = h,
+                    Err(message) => {
+                        failure = Some((format!("{} compose", svc.name), Failure { message, restored: true }));
+                        break 'services;
+                    }
+                }
+            }
+            let lb = svc.drain.method != DrainMethod::None;
+            // The instance drained together with the previous one's undrain, if any.
+            let mut pre_drained: Option<drain::Target> = None;
+            for (k, ip) in to_replace.iter().enumerate() {
                 let current = match self.host.engine.inspect_container(&ip.name).await {
                     Ok(Some(c)) => c,
                     found => {
                         let message = found.err().map(|e| e.to_string()).unwrap_or_else(|| format!("container {} disappeared", ip.name));
+                        if let Some(t) = pre_drained.take() {
+                            self.undrain_alone(svc, &t).await;
+                        }
                         failure = Some((ip.name.clone(), Failure { message, restored: true }));
                         break 'services;
                     }
                 };
-                match self.replace(svc, &ip.name, &current, &current.spec, &ip.to_image, "").await {
-                    Ok(()) => {
+                // The next instance goes out of the load balancer with this one's undrain.
+                let next = match to_replace.get(k + 1) {
+                    Some(n) if lb => self.host.engine.inspect_container(&n.name).await.ok().flatten().map(|c| drain::Target::of(svc, &c)),
+                    _ => None,
+                };
+                let spec = match (current.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
+                    (Some((hash, image_id)), _) => crate::compose::relabel(&current.spec, hash, image_id),
+                    (None, true) => current.spec.clone(),
+                    (None, false) => {
+                        if let Some(t) = pre_drained.take() {
+                            self.undrain_alone(svc, &t).await;
+                        }
+                        let message = format!("Compose computed no config hash for {}'s service {:?}", ip.name, current.compose_service);
+                        failure = Some((ip.name.clone(), Failure { message, restored: true }));
+                        break 'services;
+                    }
+                };
+                let handover = Handover { drained: pre_drained.take().is_some(), next: next.as_ref() };
+                match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, "", handover).await {
+                    Ok(next_drained) => {
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
                         let (from_image, to_image) = (ip.from_image.clone(), ip.to_image.clone());
                         done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image, to_image });
+                        if next_drained {
+                            pre_drained = next;
+                        }
                         self.renew_lease().await;
                     }
                     Err(f) => {
@@ -207,9 +263,18 @@ impl<'a> Rollout<'a> {
                 failure = Some((at, Failure { message, restored: true }));
             }
         }
+        let mut compose_env = Vec::new();
+        if failure.is_none() {
+            match self.set_compose_env(&done).await {
+                Ok(changes) => compose_env = changes,
+                Err((at, message)) => failure = Some((at, Failure { message, restored: true })),
+            }
+        }
         let Some((at, f)) = failure else {
+            self.emit_reloads();
             self.emit_instances(&results);
-            return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None };
+            let replaced_specs = done.iter().map(|d| (d.name.clone(), d.spec.clone())).collect();
+            return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
         };
         match done.len() {
             0 => self.info(format!("{at} failed: {}", f.message)),
@@ -232,13 +297,14 @@ impl<'a> Rollout<'a> {
         for (_, d) in order {
             let ok = match self.host.engine.inspect_container(&d.name).await {
                 _ if d.service.swarm.is_some() => self.revert_swarm(d.service, &d.name, &d.from_image, &d.to_image).await,
-                Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ").await.is_ok(),
+                Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ", Handover::default()).await.is_ok(),
                 _ => false,
             };
             set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
             all_restored &= ok;
         }
         self.emit_instances(&results);
+        self.emit_reloads();
         let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
         let error = if all_restored && results.iter().all(|r| r.outcome == InstanceOutcome::Unchanged) {
             format!("{at}: {}; nothing was replaced", f.message)
@@ -247,7 +313,7 @@ impl<'a> Rollout<'a> {
         } else {
             format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
         };
-        HostResult { outcome, instances: results, error: Some(error) }
+        HostResult { outcome, instances: results, error: Some(error), ..Default::default() }
     }
 
     /// Puts back a host whose rollout succeeded (another host failed, `on_failure:
@@ -256,19 +322,31 @@ impl<'a> Rollout<'a> {
     pub async fn revert_finished(&self, finished: &HostResult, services: &[&Service]) -> HostResult {
         let mut instances = finished.instances.clone();
         let mut all_restored = true;
+        if !finished.compose_env.is_empty() {
+            let last = finished.instances.last().map(|r| (r.service.clone(), r.plan.name.clone())).unwrap_or_default();
+            let put_back = async {
+                crate::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await?;
+                Ok(((), format!("{} put back", finished.compose_env.iter().map(|c| c.variable.as_str()).collect::<Vec<_>>().join(", "))))
+            };
+            all_restored &= self.step(&last.0, &last.1, "revert compose env", put_back).await.is_ok();
+        }
         for r in instances.iter_mut().rev().filter(|r| r.outcome == InstanceOutcome::Replaced) {
             let Some(svc) = services.iter().find(|s| s.name == r.service) else { continue };
             let ok = match self.host.engine.inspect_container(&r.plan.name).await {
                 _ if svc.swarm.is_some() => self.revert_swarm(svc, &r.plan.name, &r.plan.from_image, &r.plan.to_image).await,
-                Ok(Some(current)) => self.replace(svc, &r.plan.name, &current, &current.spec, &r.plan.from_image, "revert ").await.is_ok(),
+                Ok(Some(current)) => {
+                    let spec = finished.replaced_specs.get(&r.plan.name).unwrap_or(&current.spec);
+                    self.replace(svc, &r.plan.name, &current, spec, &r.plan.from_image, "revert ", Handover::default()).await.is_ok()
+                }
                 _ => false,
             };
             r.outcome = if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed };
             all_restored &= ok;
         }
         self.emit_instances(&instances);
+        self.emit_reloads();
         let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
-        HostResult { outcome, instances, error: None }
+        HostResult { outcome, instances, error: None, ..Default::default() }
     }
 
     fn gate(&self, g: crate::gates::Gate) -> crate::gates::Gate {
@@ -441,31 +519,46 @@ impl<'a> Rollout<'a> {
     }
 
     /// Replaces container `name` by a new one from `spec` running `to_image`.
-    /// On failure the old container is put back before returning.
-    async fn replace(&self, svc: &Service, name: &str, current: &ContainerInfo, spec: &ContainerSpec, to_image: &str, prefix: &str) -> Result<(), Failure> {
-        let host_port = lb_port(svc, current);
-        let target = match (&svc.drain.method, host_port) {
-            (DrainMethod::None, _) => drain::Target { service: &svc.name, instance: name, host_port: host_port.unwrap_or(0) },
-            (_, Some(hp)) => drain::Target { service: &svc.name, instance: name, host_port: hp },
-            (_, None) => return Err(Failure { message: format!("{name} publishes no port, so capstan cannot find it in the load balancer"), restored: true }),
-        };
+    /// On failure the old container is put back before returning. Returns whether
+    /// `handover.next` was drained with this instance's undrain (it then stays drained).
+    #[allow(clippy::too_many_arguments)]
+    async fn replace(
+        &self,
+        svc: &Service,
+        name: &str,
+        current: &ContainerInfo,
+        spec: &ContainerSpec,
+        to_image: &str,
+        prefix: &str,
+        handover: Handover<'_>,
+    ) -> Result<bool, Failure> {
+        let target = drain::Target::of(svc, current);
         let old = format!("{name}{OLD_SUFFIX}");
-        let compose = compose_reference(current, spec);
+        // Only a moving tag (`:production`) follows the release; a version tag is never moved.
+        let by_variable = svc.compose.as_ref().is_some_and(|c| c.variable.is_some());
+        let compose = compose_reference(current, spec).filter(|_| !by_variable);
+        if let Some(r) = compose.as_ref().filter(|r| !moving(r) && prefix.is_empty()) {
+            self.warn(format!(
+                "{name}: its compose file names {r}; capstan never moves a version tag, so `docker compose up --force-recreate` would bring {r} back: take the tag from a variable (image: repo:${{TAG}}) and set services.{}.compose.variable",
+                svc.name
+            ));
+        }
+        let compose = compose.filter(|r| moving(r));
         let spec = match &compose {
             Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
             None => spec.clone(),
         };
-        let mut p = Progress::default();
-        let forward = self.forward(svc, name, &spec, to_image, &target, &old, &mut p, prefix).await;
+        let mut p = Progress { drained: handover.drained, ..Default::default() };
+        let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, prefix).await;
         match forward {
             Ok(()) => {
                 if let Some(r) = compose {
                     self.point_tag(name, &r, to_image).await;
                 }
-                Ok(())
+                Ok(p.next_drained)
             }
             Err(message) => {
-                let restored = self.undo(svc, name, &old, &target, &p, prefix).await;
+                let restored = self.undo(svc, name, &old, &target, handover.next, &mut p, prefix).await;
                 Err(Failure { message, restored })
             }
         }
@@ -478,7 +571,8 @@ impl<'a> Rollout<'a> {
         name: &str,
         spec: &ContainerSpec,
         to_image: &str,
-        target: &drain::Target<'_>,
+        target: &drain::Target,
+        next: Option<&drain::Target>,
         old: &str,
         p: &mut Progress,
         prefix: &str,
@@ -488,13 +582,22 @@ impl<'a> Rollout<'a> {
         let step = |n: &str| format!("{prefix}{n}");
         // A revert runs to the end even when the run is cancelled.
         let cancellable = prefix.is_empty();
+        let lb = svc.drain.method != DrainMethod::None;
         self.go_on(cancellable)?;
-        if svc.drain.method != DrainMethod::None {
+        if lb && p.drained {
+            // Taken out with the previous instance's undrain, and proved idle by its traffic check.
+            self.step(s, name, &step("drain"), async { Ok(((), "drained with the previous instance's undrain (one reload for both)".to_string())) }).await?;
+        } else if lb {
             self.step(s, name, &step("drain"), async {
-                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, true)]).await.map_err(|e| e.to_string())?;
                 p.drained = true;
                 self.wait(svc.drain.wait, cancellable).await?;
-                Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
+                // Prove it: requests through the load balancer must no longer reach it.
+                let proof = match (&svc.traffic, cancellable) {
+                    (Some(t), true) => format!("; {}", self.through_lb(t, None, Some(name)).await?),
+                    _ => String::new(),
+                };
+                Ok(((), format!("{d}; waited {}{proof}", humantime::format_duration(svc.drain.wait))))
             })
             .await?;
         }
@@ -517,16 +620,25 @@ impl<'a> Rollout<'a> {
         .await?;
         self.go_on(cancellable)?;
         self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
-        if svc.drain.method != DrainMethod::None {
+        // With a next instance: one edit and one reload put this one back and take the next out.
+        let next = next.filter(|_| lb && cancellable);
+        if lb {
             self.step(s, name, &step("undrain"), async {
-                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                let mut edits = vec![(target, false)];
+                edits.extend(next.map(|n| (n, true)));
+                let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
                 p.drained = false;
+                p.next_drained = next.is_some();
+                if next.is_some() {
+                    // In-flight requests of the next instance finish before its drain is proved.
+                    self.wait(svc.drain.wait, cancellable).await?;
+                }
                 Ok(((), d))
             })
             .await?;
         }
         self.go_on(cancellable)?;
-        self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
+        self.step(s, name, &step("traffic"), self.traffic_check(svc, name, next.map(|n| n.instance.as_str()))).await?;
         self.step(s, name, &step("pause"), async {
             self.wait(svc.pause, cancellable).await?;
             let c = engine.inspect_container(name).await.map_err(|e| e.to_string())?;
@@ -549,6 +661,19 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
+    /// Puts an instance drained ahead of its turn back in the load balancer (its turn never came).
+    async fn undrain_alone(&self, svc: &Service, t: &drain::Target) {
+        let r = self
+            .step(&svc.name, &t.instance, "undrain", async {
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(t, false)]).await.map_err(|e| e.to_string())?;
+                Ok(((), d))
+            })
+            .await;
+        if let Err(e) = r {
+            self.warn(format!("{} stays drained: {e}", t.instance));
+        }
+    }
+
     /// Finishes the revert of an instance that a killed run left half-replaced:
     /// the kept `<name>.capstan-old` comes back as `<name>`, drained while it
     /// happens, health-checked, then undrained.
@@ -556,12 +681,16 @@ impl<'a> Rollout<'a> {
         let old = format!("{name}{OLD_SUFFIX}");
         let engine = &self.host.engine;
         let kept = engine.inspect_container(&old).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{old} is gone"))?;
-        let host_port = lb_port(svc, &kept).unwrap_or(0);
-        let target = drain::Target { service: &svc.name, instance: name, host_port };
+        let mut target = drain::Target::of(svc, &kept);
+        // The kept container is named after the instance in nginx, not after its temporary name.
+        target.instance = name.to_string();
+        target.id.hosts.retain(|h| h != &old);
+        target.id.hosts.insert(0, name.to_string());
+        target.id.instance = name.to_string();
         let (s, lb) = (&svc.name, svc.drain.method != DrainMethod::None);
         if lb {
             self.step(s, name, "recover drain", async {
-                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, &target, true).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, true)]).await.map_err(|e| e.to_string())?;
                 tokio::time::sleep(svc.drain.wait).await;
                 Ok(((), d))
             })
@@ -579,7 +708,7 @@ impl<'a> Rollout<'a> {
         self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
         if lb {
             self.step(s, name, "recover undrain", async {
-                let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, &target, false).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(|e| e.to_string())?;
                 Ok(((), d))
             })
             .await?;
@@ -587,23 +716,31 @@ impl<'a> Rollout<'a> {
         Ok(())
     }
 
-    /// Puts the kept old container back in place of a failed new one.
-    async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target<'_>, p: &Progress, prefix: &str) -> bool {
+    /// Puts the kept old container back in place of a failed new one. A next
+    /// instance drained with this one's undrain goes back in with this one's drain.
+    #[allow(clippy::too_many_arguments)]
+    async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target, next: Option<&drain::Target>, p: &mut Progress, prefix: &str) -> bool {
         let s = &svc.name;
         let engine = &self.host.engine;
         let step = |n: &str| format!("{prefix}restore {n}");
-        let mut drained = p.drained;
+        let lb = svc.drain.method != DrainMethod::None;
         let mut ok = true;
         if p.created {
-            if !drained && svc.drain.method != DrainMethod::None {
-                drained = self
+            if !p.drained && lb {
+                let mut edits = vec![(target, true)];
+                edits.extend(next.filter(|_| p.next_drained).map(|n| (n, false)));
+                let drained = self
                     .step(s, name, &step("drain"), async {
-                        let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, true).await.map_err(|e| e.to_string())?;
+                        let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
                         tokio::time::sleep(svc.drain.wait).await;
                         Ok(((), d))
                     })
                     .await
                     .is_ok();
+                if drained {
+                    p.drained = true;
+                    p.next_drained = false;
+                }
             }
             ok &= self
                 .step(s, name, &step("remove new"), async {
@@ -629,14 +766,17 @@ impl<'a> Rollout<'a> {
                 ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false)).await.is_ok();
             }
         }
-        if drained && ok {
+        if p.drained && ok {
             ok &= self
                 .step(s, name, &step("undrain"), async {
-                    let d = self.drainer.apply(self.host.shell.as_ref(), &svc.drain.method, target, false).await.map_err(|e| e.to_string())?;
+                    let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, false)]).await.map_err(|e| e.to_string())?;
                     Ok(((), d))
                 })
                 .await
                 .is_ok();
+        }
+        if let (true, Some(n)) = (p.next_drained, next) {
+            self.undrain_alone(svc, n).await;
         }
         ok
     }
@@ -719,12 +859,22 @@ impl<'a> Rollout<'a> {
         }
     }
 
-    async fn traffic_check(&self, svc: &Service, name: &str) -> StepResult<()> {
+    /// Requests through the load balancer reach the new instance `name`; with `idle`, the
+    /// instance drained with its undrain receives none of them (its drain took effect).
+    async fn traffic_check(&self, svc: &Service, name: &str, idle: Option<&str>) -> StepResult<()> {
         let Some(t) = &svc.traffic else {
             return Ok(((), "skipped: no traffic.url".into()));
         };
+        Ok(((), self.through_lb(t, Some(name), idle).await?))
+    }
+
+    /// Sends `traffic.requests` requests through the load balancer: every one must be
+    /// answered below 500, `active` must receive them (its network counters grow) and
+    /// `idle` must not (it gets less than one request's worth of bytes).
+    async fn through_lb(&self, t: &crate::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<String, String> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
-        let rx0 = self.rx_bytes(name).await?;
+        let watched: Vec<&str> = active.into_iter().chain(idle).collect();
+        let before = futures_util::future::try_join_all(watched.iter().map(|n| self.rx_bytes(n))).await?;
         // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
             .map(|_| self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)))
@@ -739,15 +889,28 @@ impl<'a> Rollout<'a> {
                 Err(e) => Some(e),
             })
             .collect();
-        let rx1 = self.rx_bytes(name).await?;
-        if !failed.is_empty() {
-            return Err(format!("{}/{} requests through {} failed (last: {})", failed.len(), t.requests, t.url, failed.last().unwrap()));
+        let after = futures_util::future::try_join_all(watched.iter().map(|n| self.rx_bytes(n))).await?;
+        if let Some(last) = failed.last() {
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url));
         }
-        let delta = rx1.saturating_sub(rx0);
-        if delta < MIN_TRAFFIC_BYTES {
-            return Err(format!("{name} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests));
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let mut said = vec![format!("{}/{} ok through {}", t.requests, t.requests, t.url)];
+        if let Some(name) = active {
+            if delta[0] < MIN_TRAFFIC_BYTES {
+                return Err(format!("{name} received no traffic through {} ({} requests, +{} bytes)", t.url, t.requests, delta[0]));
+            }
+            said.push(format!("{name} received +{} bytes", delta[0]));
         }
-        Ok(((), format!("{}/{} ok through {}, {name} received +{delta} bytes", t.requests, t.requests, t.url)))
+        if let Some(name) = idle {
+            let got = delta[watched.len() - 1];
+            // Less than one request's worth: what the active instance got per request sent, at least MIN_TRAFFIC_BYTES.
+            let one_request = active.map(|_| delta[0] / u64::from(t.requests.max(1))).unwrap_or(0).max(MIN_TRAFFIC_BYTES);
+            if got >= one_request {
+                return Err(format!("{name} is drained but still received +{got} bytes through {}: the load balancer did not take the drain", t.url));
+            }
+            said.push(format!("drained {name} received none (+{got} bytes)"));
+        }
+        Ok(said.join(", "))
     }
 
     /// Bytes the container has received: from its network namespace's
@@ -764,6 +927,82 @@ impl<'a> Rollout<'a> {
             }
         }
         self.host.engine.rx_bytes(name).await.map_err(|e| e.to_string())
+    }
+
+    /// Before a Compose service's first instance: the release tagged on the host as
+    /// `repo:<version>` (never moving a tag that names another image), and the config
+    /// hash Compose computes for each of the project's services with the service's
+    /// variable set to the version. Per Compose service: (hash, image ID).
+    async fn compose_hashes(&self, svc: &Service, c: &crate::config::Compose, first: &str, image: &str) -> StepResult<HashMap<String, (String, String)>> {
+        let (Some(variable), Some(version)) = (&c.variable, self.version) else {
+            return Err(format!("services.{}.compose.variable is set, but this run has no version to set it to", svc.name));
+        };
+        let engine = &self.host.engine;
+        let current = engine.inspect_container(first).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{first} disappeared"))?;
+        let project = crate::compose::Project::of(&current.spec, c)
+            .ok_or_else(|| format!("{first} carries no Compose project labels: is it a container of Compose project {}?", c.project))?;
+        let new =
+            engine.inspect_image(image).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{} is not on the host", crate::printer::short(image)))?;
+        let tagged = release::tag_ref(&svc.image, version);
+        match engine.inspect_image(&tagged).await.map_err(|e| e.to_string())? {
+            Some(i) if i.id != new.id => {
+                return Err(format!(
+                    "{tagged} on this host is another image ({}); capstan never moves a version tag: remove that tag, or deploy a new version",
+                    i.id
+                ))
+            }
+            Some(_) => {}
+            None => engine.tag(image, &svc.image, version).await.map_err(|e| e.to_string())?,
+        }
+        let hashes = crate::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await?;
+        let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
+        Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::printer::short(image), project.command.join(" "))))
+    }
+
+    /// After the host's rollout succeeded: each replaced Compose service's `.env` variable
+    /// set to the release, so that Compose's own view names what runs.
+    async fn set_compose_env(&self, done: &[Done<'_>]) -> Result<Vec<crate::compose::EnvChange>, (String, String)> {
+        let Some(version) = self.version else { return Ok(Vec::new()) };
+        // Per env file: its variables to set, and the instance whose step reports it.
+        type EnvFile<'d, 's> = (String, Vec<(String, String)>, &'d Done<'s>);
+        let mut files: Vec<EnvFile> = Vec::new();
+        for d in done {
+            let Some(c) = d.service.compose.as_ref() else { continue };
+            let Some(variable) = &c.variable else { continue };
+            let Some(project) = crate::compose::Project::of(&d.spec, c) else { continue };
+            let var = (variable.clone(), version.to_string());
+            match files.iter_mut().find(|(f, _, _)| *f == project.env_file) {
+                Some((_, vars, _)) if vars.contains(&var) => {}
+                Some((_, vars, _)) => vars.push(var),
+                None => files.push((project.env_file.clone(), vec![var], d)),
+            }
+        }
+        let mut changes = Vec::new();
+        for (file, vars, d) in files {
+            let set = async {
+                let c = crate::compose::set_env(self.host.shell.as_ref(), &file, &vars).await?;
+                let said = c.iter().map(|c| format!("{}={} (was {})", c.variable, c.after, c.before.as_deref().unwrap_or("unset"))).collect::<Vec<_>>();
+                Ok((c, format!("{file}: {}", said.join(", "))))
+            };
+            match self.step(&d.service.name, &d.name, "compose env", set).await {
+                Ok(c) => changes.extend(c),
+                Err(e) => {
+                    // What was set already goes back with the instances.
+                    let _ = crate::compose::restore_env(self.host.shell.as_ref(), &changes).await;
+                    return Err((format!("{} compose env", d.service.name), e));
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// How many times the load balancer was reloaded, per service.
+    fn emit_reloads(&self) {
+        let mut reloads: Vec<(String, u32)> = self.drainer.reloads().into_iter().collect();
+        reloads.sort();
+        for (service, count) in reloads {
+            self.events.emit(Event::Reloads { host: self.host.name.clone(), service, count });
+        }
     }
 
     /// Compose decides what to run from the tag its file names: point that tag
@@ -792,12 +1031,6 @@ impl<'a> Rollout<'a> {
     }
 }
 
-/// The published port that identifies an instance in the load balancer: the one
-/// of its health port, else its first.
-fn lb_port(svc: &Service, c: &ContainerInfo) -> Option<u16> {
-    svc.health.http.as_ref().and_then(|h| c.host_port_for(h.port)).or_else(|| c.ports.first().map(|p| p.host_port))
-}
-
 /// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
 fn parse_net_dev(text: &str) -> Option<u64> {
     let mut total = None;
@@ -823,6 +1056,11 @@ fn compose_reference(current: &ContainerInfo, spec: &ContainerSpec) -> Option<St
         return Some(r.clone());
     }
     release::tag_of(&current.image_ref).map(|_| current.image_ref.clone())
+}
+
+/// A compose reference whose tag moves with releases (`:production`), as opposed to a version.
+fn moving(reference: &str) -> bool {
+    release::tag_of(reference).is_some_and(|t| !crate::compose::is_version_tag(t))
 }
 
 fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
@@ -871,6 +1109,7 @@ mod tests {
             cancel: &cancel,
             drainer: Default::default(),
             safety: Default::default(),
+            version: None,
         };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
@@ -884,7 +1123,17 @@ mod tests {
         let cancel = Cancel::default();
         let all: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
         let safety = Safety { migrate: &all, validate: Some(&w.config.validate), bake: w.config.bake };
-        let r = Rollout { host: &host, events: &rec, creds: None, t0: Instant::now(), lease: None, cancel: &cancel, drainer: Default::default(), safety };
+        let r = Rollout {
+            host: &host,
+            events: &rec,
+            creds: None,
+            t0: Instant::now(),
+            lease: None,
+            cancel: &cancel,
+            drainer: Default::default(),
+            safety,
+            version: None,
+        };
         let result = r.run(&plan, &services).await;
         let events = rec.0.lock().unwrap().clone();
         (result, events)
@@ -998,7 +1247,8 @@ mod tests {
             ("rename", "web-1 stop FAILED"),
             ("create", "web-1 start FAILED"),
             ("broken", "web-1 health FAILED"),
-            ("rx", "web-1 traffic FAILED"),
+            // The drain's proof reads the network counters first.
+            ("rx", "web-1 drain FAILED"),
             ("crash", "web-1 pause FAILED"),
             ("start-second", "web-2 start FAILED"),
             ("broken-second", "web-2 health FAILED"),
@@ -1027,7 +1277,11 @@ mod tests {
             let watcher = tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(5)).await;
-                    let done = fake.state.lock().unwrap().log.iter().any(|l| l == "remove web-1.capstan-old");
+                    // Once web-1's undrain ran (after its health gate), the next start and health gate are web-2's.
+                    let done = {
+                        let s = fake.state.lock().unwrap();
+                        s.log.iter().position(|l| l == "start web-1").is_some_and(|i| s.log[i..].iter().any(|l| l.starts_with("run ")))
+                    };
                     if done {
                         match inject2.as_str() {
                             "start-second" => fake.fail("start"),
@@ -1050,6 +1304,7 @@ mod tests {
                 cancel: &cancel,
                 drainer: Default::default(),
                 safety: Default::default(),
+                version: None,
             };
             let result = r.run(&plan, &services).await;
             watcher.abort();
@@ -1095,6 +1350,7 @@ mod tests {
             cancel: &cancel,
             drainer: Default::default(),
             safety: Default::default(),
+            version: None,
         };
         let result = r.run(&plan, &services).await;
         watcher.abort();

@@ -77,9 +77,13 @@ impl Engine for Slow {
         self.call(Duration::ZERO).await;
         self.inner.inspect_container(name).await
     }
-    async fn container_names(&self) -> Result<Vec<String>, EngineError> {
+    async fn list_containers(&self) -> Result<Vec<Listed>, EngineError> {
         self.call(Duration::ZERO).await;
-        self.inner.container_names().await
+        self.inner.list_containers().await
+    }
+    async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
+        self.call(self.lat.rtt).await;
+        self.inner.exec(container, argv).await
     }
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
         self.call(Duration::ZERO).await;

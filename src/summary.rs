@@ -199,6 +199,7 @@ mod tests {
                     outcome: Some(InstanceOutcome::Reverted),
                     steps: vec![step("drain", 100, 400, true), step("health", 600, 3000, false)],
                 }],
+                reloads: Default::default(),
             }],
             build: vec![],
             gates: vec![],
@@ -236,6 +237,7 @@ mod tests {
             outcome: Some("skipped".into()),
             timing: HostTiming { connect_ms: Some(290), note: Some("deployer@10.0.0.1:22 rolled back".into()), ..Default::default() },
             instances: vec![],
+            reloads: Default::default(),
         });
         let md = render(&r, None, "previous");
         assert!(md.contains("| deployer@10.0.0.1:22 | rolled back | 0.3 s | +1.2 s | 8.4 s | canary |"), "{md}");

@@ -20,9 +20,6 @@
 //! upstream block (`upstream a { include a.servers; }`): nowhere else may a
 //! `server …;` statement stand. `server { … }` blocks and `server_name` never do.
 
-// Nothing calls it outside its tests until drain.rs takes it up.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::net::IpAddr;
 
 /// The names by which nginx could reach one instance.
