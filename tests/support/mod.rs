@@ -9,6 +9,10 @@
 //!   each with its own dockerd, sshd, nginx and demo instances.
 //! - [`SwarmApp`]: a Swarm service on the sandbox's engine in swarm mode, its
 //!   replicas on the host's network behind nginx (no routing mesh here).
+//! - [`PaymentSystem`]: the payment system of issue #14, a Compose project
+//!   with nginx as a container routing to its instances by service name.
+//! - [`KeepAliveLoad`]: GETs and POSTs over persistent connections, as real
+//!   clients send them, checked against the charges the service recorded.
 //!
 //! Use from an integration test with `mod support;`, from an example with
 //! `#[path = "../tests/support/mod.rs"] mod support;`.
@@ -16,9 +20,11 @@
 
 mod app;
 pub mod base_image;
+mod compose;
 mod fleet;
 pub mod github;
 pub mod http;
+mod keepalive_load;
 mod load;
 pub mod proc;
 pub mod runner;
@@ -26,7 +32,12 @@ mod sandbox;
 mod swarm;
 
 pub use app::{capstan_bin, App, AppOptions, Run};
+pub use compose::{
+    nginx_conf_text, registry_digest, ComposeCli, ComposeUp, Container, PaymentConfig, PaymentImages, PaymentSystem, PushedImage, INSTANCES, NGINX_SERVICE,
+    PAYMENT_TAGS, START_TAG, TAG_VARIABLES,
+};
 pub use fleet::{Fleet, FleetHost};
+pub use keepalive_load::{KeepAliveLoad, KeepAliveOptions, KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::{DockerCli, Sandbox};
 pub use swarm::{SwarmApp, SWARM_PORT};
