@@ -363,9 +363,10 @@ fn refused_by_check(sys: &PaymentSystem, what: &str, instance: &str) {
     let env = sys.env();
     let (runs, stats, check) =
         sys.under_load(what, || (sys.capstan(&["check", "--version", "v1.1.0"]), sys.capstan(&["deploy", "--version", "v1.1.0", "--skip-build", "--dry-run"])));
+    let file = sys.nginx_conf().display().to_string();
     for run in [&runs.0, &runs.1] {
         run.assert_status(2);
-        assert!(run.stderr.contains(instance), "{what}: the message names {instance}:\n{run}");
+        assert!(run.stderr.contains(instance) && run.stderr.contains(&file), "{what}: the message names {instance} and {file}:\n{run}");
     }
     eprintln!("{what}: check says:\n{}", runs.0.stderr);
     assert_eq!(container_ids(sys), ids, "{what}: containers untouched");
@@ -389,6 +390,8 @@ fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
     let sys = system("check", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     let conf = fs::read_to_string(sys.nginx_conf()).unwrap();
+    // The control: the system as it is passes.
+    sys.capstan(&["check", "--version", "v1.1.0"]).assert_success();
 
     // No upstream line names service-a-2 (nginx sends it nothing).
     rewrite_nginx_conf(&sys, &conf.replace("        server service-a-2:3001;\n", ""));
@@ -415,6 +418,8 @@ fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
     let (run, stats, check) = sys.under_load("a broken nginx.conf", || sys.capstan(&["deploy", "--version", "v1.1.0", "--skip-build", "--json"]));
     assert_ne!(run.status, 0, "{run}");
     eprintln!("broken nginx.conf: exit {}\n{}", run.status, run.stderr);
+    // Stopped by `nginx -t`, whose complaint is passed on (the report's error, or stderr).
+    assert!(run.stdout.contains("this_is_not_a_directive") || run.stderr.contains("this_is_not_a_directive"), "nginx -t's complaint is shown:\n{run}");
     assert_eq!(container_ids(&sys), ids, "no instance touched");
     sys.assert_versions(START_TAG, START_TAG);
     assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), broken, "the file is as it was");
