@@ -1,47 +1,29 @@
 //! capstan: zero-downtime rolling deploys of Docker services over SSH.
 //! See ARCHITECTURE.md for the map.
 
-mod action;
 mod build;
-mod cancel;
 mod cli;
 mod commands;
-mod compose;
-mod config;
-mod context;
-mod docker;
-mod dockerfile;
-mod dockerignore;
-mod drain;
+mod core;
 mod env;
 mod error;
-mod event;
-mod events;
-#[cfg(test)]
-mod fake;
 #[cfg(test)]
 mod fuzz;
-mod gates;
 mod github;
 mod host;
-mod names;
-mod plan;
-mod printer;
-mod publish;
-mod registry;
-mod release;
-mod report;
+mod output;
 mod rollout;
-#[cfg(test)]
-mod simulated;
-mod ssh;
-mod state;
-mod summary;
-mod swarm;
-mod tags;
 mod tls;
-mod upstream;
-mod workflow;
+
+// The modules' old paths, while the code moves to the new ones.
+use crate::build::{context, dockerfile, dockerignore, registry};
+use crate::core::{config, names, plan, release, tags, upstream};
+use crate::github::{action, publish, summary, trigger as event};
+#[cfg(test)]
+use crate::host::fake;
+use crate::host::{compose, docker, drain, ssh, state};
+use crate::output::{events, printer, report, workflow};
+use crate::rollout::{cancel, gates};
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -7,6 +7,10 @@
 //! order, through the same replace procedure and the same discipline.
 //! Drives only the [`Host`] traits, so tests run it against `fake::FakeHost`.
 
+pub mod cancel;
+pub mod gates;
+mod swarm;
+
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::time::Duration;

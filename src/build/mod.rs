@@ -9,6 +9,11 @@
 //! ([`plan`]) is pure; the engine is behind [`Images`] and the registry behind
 //! [`Registry`], with fakes in the tests below.
 
+pub mod context;
+pub mod dockerfile;
+pub mod dockerignore;
+pub mod registry;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -2,6 +2,9 @@
 //! rollback) applies through the same path. Hosts are reached through a
 //! [`Connector`], so the whole flow also runs against fakes.
 
+#[cfg(test)]
+pub mod simulated;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

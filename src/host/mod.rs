@@ -5,6 +5,14 @@
 //! `ssh::SshHost`; `fake::FakeHost` implements all four in memory for the
 //! executor's tests.
 
+pub mod compose;
+pub mod docker;
+pub mod drain;
+#[cfg(test)]
+pub mod fake;
+pub mod ssh;
+pub mod state;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,0 +1,10 @@
+//! The pure core: what names may look like, releases and their tags, the
+//! config, the plan, nginx's upstream files read and edited as text. No
+//! network, no host: table-tested.
+
+pub mod config;
+pub mod names;
+pub mod plan;
+pub mod release;
+pub mod tags;
+pub mod upstream;

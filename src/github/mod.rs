@@ -1,0 +1,11 @@
+//! The GitHub side: what a run is asked to do by its event, the action's
+//! setup and outputs, the job summary, and what GitHub is told (deployments,
+//! statuses, the pull request's check run) through its API.
+
+pub mod action;
+pub mod api;
+pub mod publish;
+pub mod summary;
+pub mod trigger;
+
+pub use api::*;
