@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::config::ConfigError;
+use crate::core::config::ConfigError;
 
 /// Exit codes, documented in the README. Keep them stable: CI scripts branch on them.
 pub mod exit {

@@ -116,7 +116,7 @@ const EVENTS: [&str; 7] = ["push", "release", "workflow_dispatch", "pull_request
 
 fn check_config(text: &str) {
     let path = Path::new("/repo/capstan.yml");
-    if let Err(e) = crate::config::parse(path, text) {
+    if let Err(e) = crate::core::config::parse(path, text) {
         let msg = e.to_string();
         assert!(msg.contains("/repo/capstan.yml"), "the error names the file: {msg}");
         assert!(!e.issues.is_empty() && e.issues.iter().all(|i| !i.message.trim().is_empty()), "every issue says what is wrong: {msg}");
@@ -126,7 +126,7 @@ fn check_config(text: &str) {
 }
 
 fn check_event(event: &str, payload: &Value) {
-    match crate::event::decide(event, payload, &crate::event::Inputs::default()) {
+    match crate::github::trigger::decide(event, payload, &crate::github::trigger::Inputs::default()) {
         Ok(_) => {}
         Err(msg) => assert!(!msg.trim().is_empty()),
     }
@@ -162,7 +162,7 @@ proptest! {
 fn seeds_are_valid() {
     for seed in fixtures("configs", "yml") {
         let text = String::from_utf8(seed).unwrap();
-        crate::config::parse(Path::new("/repo/capstan.yml"), &text).unwrap_or_else(|e| panic!("{e}"));
+        crate::core::config::parse(Path::new("/repo/capstan.yml"), &text).unwrap_or_else(|e| panic!("{e}"));
     }
     for seed in fixtures("events", "json") {
         let v: Value = serde_json::from_slice(&seed).unwrap();

@@ -15,16 +15,6 @@ mod output;
 mod rollout;
 mod tls;
 
-// The modules' old paths, while the code moves to the new ones.
-use crate::build::{context, dockerfile, dockerignore, registry};
-use crate::core::{config, names, plan, release, tags, upstream};
-use crate::github::{action, publish, summary, trigger as event};
-#[cfg(test)]
-use crate::host::fake;
-use crate::host::{compose, docker, drain, ssh, state};
-use crate::output::{events, printer, report, workflow};
-use crate::rollout::{cancel, gates};
-
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,10 +23,14 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, LockAction};
 use crate::commands::{Connector, Ctx, SshConnector, Want};
+use crate::core::{config, plan, release};
 use crate::error::{exit, Error};
-use crate::events::{Fanout, Sink};
-use crate::printer::{Printer, Verbosity};
-use crate::report::{Collector, Report};
+use crate::github::{action, publish, summary, trigger};
+use crate::output::events::{Fanout, Sink};
+use crate::output::printer::{Printer, Verbosity};
+use crate::output::report::{Collector, Report};
+use crate::output::{events, printer};
+use crate::rollout::cancel;
 
 fn main() {
     let cli = Cli::parse();
@@ -102,7 +96,7 @@ async fn run(cli: Cli) -> i32 {
             println!("{line}");
         }
         // A pull request's check shows the errors on the config's lines.
-        if let (event::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
+        if let (trigger::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
             if let Some(sha) = head_sha.clone().or_else(|| env::var(env::GITHUB_SHA)) {
                 let p = publish::Publisher { api: api.as_ref(), target: s.target(), events: printer.as_ref() };
                 let md = format!("capstan cannot read `{}`:\n\n```\n{e}\n```\n", e.file.display());
@@ -305,7 +299,7 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
     if let Some(why) = &setup.github_missing {
         ctx.events.emit(events::Event::Warn { host: None, message: why.clone() });
     }
-    if let event::Trigger::Check { version, head_sha, fork } = &setup.trigger {
+    if let trigger::Trigger::Check { version, head_sha, fork } = &setup.trigger {
         let mut skipped = Vec::new();
         let out = check_action(ctx, setup, version.as_deref(), head_sha.as_deref(), *fork, &mut skipped, collector).await;
         if let (Some(p), Some(sha)) = (&publisher, head_sha.clone().or_else(|| env::var(env::GITHUB_SHA))) {
@@ -324,12 +318,12 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
     let mut deployment = None;
     if let (Some(p), false) = (&publisher, setup.dry_run) {
         let kind = match &setup.trigger {
-            event::Trigger::Rollback { to } => publish::Kind::Rollback {
+            trigger::Trigger::Rollback { to } => publish::Kind::Rollback {
                 to: to.clone(),
                 sha: env::var(env::GITHUB_SHA).or_else(|| env::var(env::GITHUB_REF)).unwrap_or_else(|| "HEAD".into()),
             },
-            event::Trigger::Deploy { version } => publish::Kind::Deploy { version: version.clone() },
-            event::Trigger::Check { .. } => unreachable!("checks returned above"),
+            trigger::Trigger::Deploy { version } => publish::Kind::Deploy { version: version.clone() },
+            trigger::Trigger::Check { .. } => unreachable!("checks returned above"),
         };
         match p.start(&kind, &ctx.config.app).await {
             Ok(id) => deployment = id,
@@ -412,10 +406,10 @@ async fn check_action(
 fn action_command(setup: &action::Setup) -> Result<Command, Error> {
     let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
     Ok(match &setup.trigger {
-        event::Trigger::Deploy { version } => {
+        trigger::Trigger::Deploy { version } => {
             Command::Deploy(cli::DeployArgs { version: Some(version.clone()), targets, skip_build: false, jobs: None, force: false, dry_run: setup.dry_run })
         }
-        event::Trigger::Rollback { to } => Command::Rollback(cli::RollbackArgs { to: to.clone(), targets, dry_run: setup.dry_run }),
-        event::Trigger::Check { .. } => unreachable!("a pull request's check runs through check_action"),
+        trigger::Trigger::Rollback { to } => Command::Rollback(cli::RollbackArgs { to: to.clone(), targets, dry_run: setup.dry_run }),
+        trigger::Trigger::Check { .. } => unreachable!("a pull request's check runs through check_action"),
     })
 }

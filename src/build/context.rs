@@ -14,7 +14,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::dockerignore::Rules;
+use crate::build::dockerignore::Rules;
 
 /// A packed context, ready to send.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 //! `capstan build`, and the build step of `deploy`: each service with a
 //! `build:` block is built on the local Docker engine, tagged by the release
-//! rules of [`crate::tags`], and (with `--push`) pushed; the pushed digest is
+//! rules of [`crate::core::tags`], and (with `--push`) pushed; the pushed digest is
 //! what the deploy that follows runs.
 //!
 //! Order, so that a failure leaves nothing half-done: ask the registry which
@@ -22,13 +22,13 @@ use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::config::{Config, Service};
+use crate::build::registry::{Registry, RegistryError};
+use crate::core::config::{Config, Service};
+use crate::core::release::{self, Version};
+use crate::core::tags::{self, Tags};
 use crate::error::Error;
-use crate::events::{Event, Sink};
 use crate::host::Credentials;
-use crate::registry::{Registry, RegistryError};
-use crate::release::{self, Version};
-use crate::tags::{self, Tags};
+use crate::output::events::{Event, Sink};
 
 /// Where the source came from, for the OCI labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -171,7 +171,7 @@ impl Builder<'_> {
     }
 
     fn registry_name(&self, repo: &str) -> String {
-        crate::registry::split_repo(repo).0.split("://").nth(1).unwrap_or(repo).to_string()
+        crate::build::registry::split_repo(repo).0.split("://").nth(1).unwrap_or(repo).to_string()
     }
 
     /// Builds `services` that have a `build:` block; with `push`, pushes them.
@@ -238,7 +238,7 @@ impl Builder<'_> {
         // Without a target stage the labels join the Dockerfile as one step (see `dockerfile`).
         let fold = p.target.is_none().then(|| p.labels.clone());
         let packed = tokio::task::spawn_blocking(move || {
-            crate::context::pack(&context, &dockerfile, &|text| fold.as_ref().and_then(|l| crate::dockerfile::fold_labels(text, l)))
+            crate::build::context::pack(&context, &dockerfile, &|text| fold.as_ref().and_then(|l| crate::build::dockerfile::fold_labels(text, l)))
         })
         .await
         .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
@@ -286,7 +286,7 @@ impl Builder<'_> {
             r.map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
         }
         let build_ms = t0.elapsed().as_millis() as u64;
-        self.info(format!("{}: built {} in {:.1}s", svc.name, crate::printer::short(&image_id), build_ms as f64 / 1000.0));
+        self.info(format!("{}: built {} in {:.1}s", svc.name, crate::output::printer::short(&image_id), build_ms as f64 / 1000.0));
         Ok(Built {
             service: svc.name.clone(),
             image: p.repo.clone(),
@@ -346,7 +346,7 @@ impl Builder<'_> {
         b.push_ms = Some(t0.elapsed().as_millis() as u64);
         self.info(format!(
             "{svc}: pushed {} ({} tags) in {:.1}s",
-            crate::printer::short(&release::digest_ref(&b.image, &digest)),
+            crate::output::printer::short(&release::digest_ref(&b.image, &digest)),
             b.tags.len(),
             t0.elapsed().as_secs_f64()
         ));
@@ -445,12 +445,12 @@ pub async fn build_local(
     if !services.iter().any(|s| s.build.is_some()) {
         return Ok(Vec::new());
     }
-    let images = crate::docker::LocalImages::connect().await.map_err(|e| Error::Unreachable {
+    let images = crate::host::docker::LocalImages::connect().await.map_err(|e| Error::Unreachable {
         host: "local Docker engine".into(),
         message: e.to_string(),
         hint: Some("capstan builds on the engine of DOCKER_HOST (default /var/run/docker.sock); start Docker or set DOCKER_HOST".into()),
     })?;
-    let registry = crate::registry::RegistryClient::new(creds.cloned()).map_err(|e| Error::input(e.to_string()))?;
+    let registry = crate::build::registry::RegistryClient::new(creds.cloned()).map_err(|e| Error::input(e.to_string()))?;
     let dir = config.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let source = source(dir);
     let created = created(&source);
@@ -466,7 +466,7 @@ pub fn default_jobs() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Recorder;
+    use crate::output::events::Recorder;
     use std::sync::Mutex;
 
     fn version(v: &str) -> Version {
@@ -478,7 +478,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("api")).unwrap();
         std::fs::write(dir.join("api/Dockerfile"), "FROM scratch\n").unwrap();
         let yaml = "app: shop\nhosts: [h]\nregistry: { server: r.example, username: u, password_env: P }\nservices:\n  web:\n    image: r.example/web\n    build: { labels: { team: web, org.opencontainers.image.source: https://example.com/override } }\n    instances: [web-1, web-2]\n  api:\n    image: r.example/api\n    build: { context: api, tags: [version, latest] }\n    instances: [api-1, api-2]\n  worker:\n    image: r.example/worker\n    instances: [w-1, w-2]\n";
-        crate::config::parse(&dir.join("capstan.yml"), yaml).unwrap()
+        crate::core::config::parse(&dir.join("capstan.yml"), yaml).unwrap()
     }
 
     #[derive(Default)]

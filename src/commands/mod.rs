@@ -17,19 +17,19 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::cancel::Cancel;
 use crate::cli::Targets;
-use crate::config::{Config, HostAddr, OnFailure, Service};
+use crate::core::config::{Config, HostAddr, OnFailure, Service};
+use crate::core::plan::{self, HostPlan, Observed, Plan};
+use crate::core::release::{self, RollbackTo};
 use crate::env;
 use crate::error::{Error, Secret};
-use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
-use crate::gates;
+use crate::host::state::{self, Lease, Record, RecordInstance, StateError};
 use crate::host::{Credentials, EngineError, Host};
-use crate::plan::{self, HostPlan, Observed, Plan};
-use crate::release::{self, RollbackTo};
-use crate::report::{Collector, Report};
+use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
+use crate::output::report::{Collector, Report};
+use crate::rollout::cancel::Cancel;
+use crate::rollout::gates;
 use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout, Safety};
-use crate::state::{self, Lease, Record, RecordInstance, StateError};
 
 /// Opens hosts. The real one is SSH; tests use fakes.
 #[async_trait]
@@ -39,7 +39,7 @@ pub trait Connector: Send + Sync {
 }
 
 pub struct SshConnector {
-    open: tokio::sync::Mutex<Vec<Arc<crate::ssh::SshHost>>>,
+    open: tokio::sync::Mutex<Vec<Arc<crate::host::ssh::SshHost>>>,
 }
 
 impl SshConnector {
@@ -51,7 +51,7 @@ impl SshConnector {
 #[async_trait]
 impl Connector for SshConnector {
     async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error> {
-        let (host, ssh) = crate::ssh::connect(addr, &config.ssh, &config.docker_socket).await.map_err(|e| Error::Unreachable {
+        let (host, ssh) = crate::host::ssh::connect(addr, &config.ssh, &config.docker_socket).await.map_err(|e| Error::Unreachable {
             host: addr.to_string(),
             message: e.message,
             hint: e.hint,
@@ -64,7 +64,7 @@ impl Connector for SshConnector {
         for s in self.open.lock().await.drain(..) {
             s.close().await;
         }
-        crate::ssh::remove_socket_dir();
+        crate::host::ssh::remove_socket_dir();
     }
 }
 
@@ -275,7 +275,7 @@ async fn resolve_release(
             Some(i) => i.clone(),
             None => resolve(host, svc, version, creds).await?,
         };
-        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::printer::short(&image)));
+        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::output::printer::short(&image)));
         for i in &svc.plan_names() {
             images.insert((svc.name.clone(), i.clone()), image.clone());
         }
@@ -407,7 +407,7 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
                 .filter(|s| s.swarm.is_none())
                 .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
                 .collect();
-            crate::drain::check(h, &with).await
+            crate::host::drain::check(h, &with).await
         }
     });
     problems.extend(join_all(drains).await.into_iter().flatten());
@@ -473,7 +473,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         error: None,
         previous: roll.previous.clone(),
     };
-    ctx.info(None, crate::printer::render_plan(&roll.plan));
+    ctx.info(None, crate::output::printer::render_plan(&roll.plan));
     let deploying = roll.command == "deploy";
     if dry_run {
         // The read-only part of the safety net: the lock as it is now, and every preflight check.
@@ -1006,7 +1006,7 @@ pub fn render_status(s: &StatusReport) -> String {
                 i.state,
                 health,
                 i.version.as_deref().unwrap_or("-"),
-                i.image.as_deref().map(crate::printer::short).unwrap_or_default()
+                i.image.as_deref().map(crate::output::printer::short).unwrap_or_default()
             ));
         }
         match &h.lock {
@@ -1164,8 +1164,8 @@ pub fn render_lock(r: &LockReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Recorder;
-    use crate::fake::{world, FakeHost, V1, V2};
+    use crate::host::fake::{world, FakeHost, V1, V2};
+    use crate::output::events::Recorder;
 
     /// The whole command flow (connect, observe, resolve, plan, lock, roll out,
     /// record) against the fake host: the lock and log scripts run for real.
@@ -1179,7 +1179,7 @@ mod tests {
         async fn close(&self) {}
     }
 
-    async fn roll_fake(w: &crate::fake::World, want: Want, dry_run: bool) -> (Result<RunOutput, Error>, Vec<Event>) {
+    async fn roll_fake(w: &crate::host::fake::World, want: Want, dry_run: bool) -> (Result<RunOutput, Error>, Vec<Event>) {
         let rec = Recorder::default();
         let connector = FakeConnector(w.fake.clone());
         let cancel = Cancel::default();
@@ -1230,10 +1230,10 @@ mod tests {
         async fn close(&self) {}
     }
 
-    async fn roll_fleet(f: &crate::fake::Fleet) -> (RunOutput, Vec<Event>) {
+    async fn roll_fleet(f: &crate::host::fake::Fleet) -> (RunOutput, Vec<Event>) {
         let rec = Arc::new(Recorder::default());
         let collector = Arc::new(Collector::default());
-        let fan = crate::events::Fanout(vec![rec.clone(), collector.clone()]);
+        let fan = crate::output::events::Fanout(vec![rec.clone(), collector.clone()]);
         let connector = FleetConnector(f.hosts.clone());
         let cancel = Cancel::default();
         let ctx = Ctx { config: &f.config, events: &fan, connector: &connector, cancel: &cancel };
@@ -1259,11 +1259,11 @@ mod tests {
             .collect()
     }
 
-    async fn images(f: &crate::fake::Fleet) -> Vec<String> {
+    async fn images(f: &crate::host::fake::Fleet) -> Vec<String> {
         f.hosts.iter().map(|h| format!("{} {}", h.name, h.image_of("web-1").unwrap_or_default() + "," + &h.image_of("web-2").unwrap_or_default())).collect()
     }
 
-    async fn log_outcomes(f: &crate::fake::Fleet) -> Vec<String> {
+    async fn log_outcomes(f: &crate::host::fake::Fleet) -> Vec<String> {
         let mut out = Vec::new();
         for h in &f.hosts {
             let (records, _) = state::read_log(h.as_ref(), &f.config.state_dir).await.unwrap();
@@ -1279,7 +1279,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn hosts_roll_at_most_parallel_at_once() {
-        let f = crate::fake::fleet(3, "rollout: { parallel: 2 }\n");
+        let f = crate::host::fake::fleet(3, "rollout: { parallel: 2 }\n");
         let (out, events) = roll_fleet(&f).await;
         assert!(out.error.is_none(), "{:?}", out.error);
         let phases = host_phases(&events);
@@ -1303,7 +1303,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_canary_stops_the_rest() {
-        let f = crate::fake::fleet(3, "rollout: { canary: 1 }\n");
+        let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
         f.hosts[0].state.lock().unwrap().broken.insert(V2.into());
         let (out, events) = roll_fleet(&f).await;
         assert_eq!(out.report.outcome, "rolled_back");
@@ -1314,7 +1314,7 @@ mod tests {
         assert_eq!(skipped.outcome.as_deref(), Some("skipped"));
         assert!(skipped.timing.note.as_deref().unwrap().contains("h1 rolled back"), "{skipped:?}");
         // A good canary lets the rest go, after it is done.
-        let f = crate::fake::fleet(3, "rollout: { canary: 1 }\n");
+        let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
         let (out, events) = roll_fleet(&f).await;
         assert!(out.error.is_none());
         assert_eq!(host_phases(&events)[..2], ["h1 start", "h1 done succeeded"]);
@@ -1323,7 +1323,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_failed_host_reverts_all_by_default() {
-        let f = crate::fake::fleet(3, "rollout: { parallel: 1 }\n");
+        let f = crate::host::fake::fleet(3, "rollout: { parallel: 1 }\n");
         f.hosts[2].state.lock().unwrap().broken.insert(V2.into());
         let (out, events) = roll_fleet(&f).await;
         assert_eq!(out.report.outcome, "rolled_back");
@@ -1339,7 +1339,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn revert_host_keeps_the_hosts_that_finished() {
-        let f = crate::fake::fleet(3, "rollout: { parallel: 1, on_failure: revert_host }\n");
+        let f = crate::host::fake::fleet(3, "rollout: { parallel: 1, on_failure: revert_host }\n");
         f.hosts[1].state.lock().unwrap().broken.insert(V2.into());
         let (out, events) = roll_fleet(&f).await;
         assert_eq!(out.report.outcome, "rolled_back");
@@ -1351,7 +1351,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_service_runs_only_on_its_hosts_and_migrates_once() {
         let extra = "    migrate: { command: [exit, \"0\"] }\n    hosts: [back]\nroles:\n  back: [h2, h3]\n";
-        let f = crate::fake::fleet(3, extra);
+        let f = crate::host::fake::fleet(3, extra);
         let (out, _) = roll_fleet(&f).await;
         assert!(out.error.is_none(), "{:?}", out.error);
         let planned: Vec<_> = out.report.plan.unwrap().hosts.iter().map(|h| h.host.clone()).collect();

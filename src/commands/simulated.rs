@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config::{Config, HostAddr};
+use crate::core::config::{Config, HostAddr};
 use crate::error::Error;
-use crate::fake::FakeHost;
+use crate::host::fake::FakeHost;
 use crate::host::*;
 
 /// What one host's answers cost, in wall time (an SSH round trip for every command and
@@ -220,14 +220,14 @@ pub struct Took {
 
 /// One deploy v1 → v2 to `hosts` simulated hosts, every host at once.
 pub async fn deploy_once(hosts: usize, lat: Latency) -> Took {
-    use crate::cancel::Cancel;
     use crate::cli::Targets;
     use crate::commands::{roll, Ctx, RollOpts, Want};
-    use crate::report::Collector;
+    use crate::output::report::Collector;
+    use crate::rollout::cancel::Cancel;
 
-    let fleet = crate::fake::fleet(hosts, "");
+    let fleet = crate::host::fake::fleet(hosts, "");
     let yaml = bench_yaml(&fleet.yaml, hosts);
-    let config = crate::config::parse(std::path::Path::new("capstan.yml"), &yaml).expect("the bench config parses");
+    let config = crate::core::config::parse(std::path::Path::new("capstan.yml"), &yaml).expect("the bench config parses");
     let collector = Collector::default();
     let connector = SlowConnector { hosts: fleet.hosts.clone(), lat };
     let cancel = Cancel::default();
@@ -243,8 +243,8 @@ pub async fn deploy_once(hosts: usize, lat: Latency) -> Took {
     let slowest = timings.filter_map(|t| t.duration_ms).max().unwrap_or(0);
     let took = Took { wall, before: Duration::from_millis(before), slowest: Duration::from_millis(slowest) };
     for h in &fleet.hosts {
-        assert_eq!(h.image_of("web-1").as_deref(), Some(crate::fake::V2), "{} took the release", h.name);
-        assert_eq!(h.image_of("web-2").as_deref(), Some(crate::fake::V2), "{} took the release", h.name);
+        assert_eq!(h.image_of("web-1").as_deref(), Some(crate::host::fake::V2), "{} took the release", h.name);
+        assert_eq!(h.image_of("web-2").as_deref(), Some(crate::host::fake::V2), "{} took the release", h.name);
     }
     took
 }

@@ -2,7 +2,7 @@
 //! versions, hosts. Pure. Anything that reaches a host command or a Docker API
 //! path passes through here first, so a name can never carry shell syntax.
 
-use crate::config::HostAddr;
+use crate::core::config::HostAddr;
 
 fn chars_ok(s: &str, extra: &str) -> Result<(), String> {
     if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c))) {

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::config::Service;
+use crate::core::config::Service;
+use crate::core::release;
 use crate::host::{ContainerInfo, ImageInfo, Listed, SwarmService};
-use crate::release;
 
 /// What was seen on one host before anything changed.
 #[derive(Debug, Clone, Default)]
@@ -194,7 +194,7 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config;
+    use crate::core::config;
     use crate::host::ContainerSpec;
     use std::path::Path;
 

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::release::{parse_semver, Version};
+use crate::core::release::{parse_semver, Version};
 
 /// The kinds of tag a service can push (`build.tags` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

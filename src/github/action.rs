@@ -1,23 +1,23 @@
 //! `capstan action`: the entrypoint of the GitHub container action. It masks
 //! every secret before printing anything, puts the SSH key in a private 0600
-//! file, decides from the event what to run (see [`crate::event`]), and after
+//! file, decides from the event what to run (see [`crate::github::trigger`]), and after
 //! the run writes the step outputs and the job summary.
 //!
 //! It also makes the GitHub client ([`crate::github`]) from the
 //! `github-token` input, `GITHUB_API_URL` and `GITHUB_REPOSITORY`; what is
-//! sent is decided in [`crate::publish`].
+//! sent is decided in [`crate::github::publish`].
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::core::config::Config;
 use crate::env;
 use crate::error::Error;
-use crate::event::{self, Trigger};
-use crate::report::Report;
-use crate::summary::{self, RollbackLink};
-use crate::workflow::{self, input};
+use crate::github::summary::{self, RollbackLink};
+use crate::github::trigger::{self, Trigger};
+use crate::output::report::Report;
+use crate::output::workflow::{self, input};
 
 /// What the action prepared before the config is read.
 pub struct Setup {
@@ -29,7 +29,7 @@ pub struct Setup {
     /// The `environment` input: GitHub's deployment environment.
     pub environment: String,
     /// The GitHub API, when a token and the repository are known.
-    pub github: Option<Arc<crate::github::Client>>,
+    pub github: Option<Arc<crate::github::api::Client>>,
     /// Why there is no GitHub API, when there is none.
     pub github_missing: Option<String>,
     /// `GITHUB_WORKSPACE`: config paths in annotations are relative to it.
@@ -92,19 +92,19 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
             std::env::set_var(env::SOURCE_DATE_EPOCH, t.unix_timestamp().to_string());
         }
     }
-    let inputs = event::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
-    let trigger = event::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
+    let inputs = trigger::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
+    let trigger = trigger::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
     let (github, github_missing) = match (input("github-token"), env::var(env::GITHUB_REPOSITORY)) {
         (Some(token), Some(repo)) => {
             let api = env::var(env::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
-            let client = crate::github::Client::new(&api, &token, &repo, crate::github::RetryPolicy::default()).map_err(Error::input)?;
+            let client = crate::github::api::Client::new(&api, &token, &repo, crate::github::api::RetryPolicy::default()).map_err(Error::input)?;
             (Some(Arc::new(client)), None)
         }
         (None, _) => (None, Some("no github-token input: nothing is reported to GitHub".to_string())),
         (_, None) => (None, Some("GITHUB_REPOSITORY is not set: nothing is reported to GitHub".to_string())),
     };
     Ok(Setup {
-        config_path: PathBuf::from(input("config").unwrap_or_else(|| crate::config::DEFAULT_FILE.into())),
+        config_path: PathBuf::from(input("config").unwrap_or_else(|| crate::core::config::DEFAULT_FILE.into())),
         trigger,
         dry_run: input("dry-run").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         services: input("services").map(|s| s.split([',', ' ', '\n']).filter(|x| !x.is_empty()).map(String::from).collect()).unwrap_or_default(),
@@ -133,8 +133,8 @@ impl Setup {
     }
 
     /// Where GitHub records this run's deployment.
-    pub fn target(&self) -> crate::publish::Target {
-        crate::publish::Target {
+    pub fn target(&self) -> crate::github::publish::Target {
+        crate::github::publish::Target {
             environment: self.environment.clone(),
             environment_url: self.environment_url.clone(),
             log_url: env::run_url(),
@@ -204,7 +204,7 @@ fn report_location() -> (PathBuf, String) {
 }
 
 /// Config errors as annotations on the file's lines.
-pub fn annotate(e: &crate::config::ConfigError) -> Vec<String> {
+pub fn annotate(e: &crate::core::config::ConfigError) -> Vec<String> {
     let file = e.file.display().to_string();
     e.issues.iter().map(|i| workflow::error_annotation(&file, i.line, &i.describe())).collect()
 }

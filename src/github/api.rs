@@ -1,6 +1,6 @@
 //! GitHub's REST API, the part capstan uses: deployments, their statuses, and
 //! check runs. The effect behind the [`Api`] trait; what to send is decided in
-//! [`crate::publish`].
+//! [`crate::github::publish`].
 //!
 //! Requests go through octocrab's client (auth, base URL from `GITHUB_API_URL`
 //! so GitHub Enterprise works, TLS) with its own retry left out: it re-sends

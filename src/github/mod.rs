@@ -7,5 +7,3 @@ pub mod api;
 pub mod publish;
 pub mod summary;
 pub mod trigger;
-
-pub use api::*;

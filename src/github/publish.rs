@@ -5,17 +5,17 @@
 //! `inactive`, and for pull requests a check run with the plan.
 //!
 //! The requests are built by pure functions; [`Publisher`] sends them through
-//! [`crate::github::Api`]. A refusal when the deployment is created (a missing
+//! [`crate::github::api::Api`]. A refusal when the deployment is created (a missing
 //! permission, a protection rule) stops the run before any host is touched;
 //! GitHub being unreachable, or any later failure, is a warning: the rollout
 //! completes or reverts as it would.
 
 use serde_json::json;
 
-use crate::events::{Event, InstanceOutcome, Sink};
-use crate::github::{Annotation, Api, ApiError, CheckOutput, NewCheckRun, NewDeployment, NewStatus};
-use crate::report::Report;
-use crate::summary::RollbackLink;
+use crate::github::api::{Annotation, Api, ApiError, CheckOutput, NewCheckRun, NewDeployment, NewStatus};
+use crate::github::summary::RollbackLink;
+use crate::output::events::{Event, InstanceOutcome, Sink};
+use crate::output::report::Report;
 
 /// GitHub's limits.
 pub const MAX_DESCRIPTION: usize = 140;
@@ -172,7 +172,7 @@ pub fn check_run(head_sha: &str, summary_md: &str, ok: bool, skipped: &[String],
 }
 
 /// Config errors as check-run annotations on their lines.
-pub fn annotations(e: &crate::config::ConfigError, workspace: &std::path::Path) -> Vec<Annotation> {
+pub fn annotations(e: &crate::core::config::ConfigError, workspace: &std::path::Path) -> Vec<Annotation> {
     let path = e.file.strip_prefix(workspace).unwrap_or(&e.file).display().to_string();
     e.issues
         .iter()
@@ -253,9 +253,9 @@ impl Publisher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Recorder;
-    use crate::fake::FakeGitHub;
-    use crate::report::{HostReport, InstanceReport};
+    use crate::host::fake::FakeGitHub;
+    use crate::output::events::Recorder;
+    use crate::output::report::{HostReport, InstanceReport};
 
     fn target() -> Target {
         Target {

@@ -2,7 +2,7 @@
 //! outcome and version, hosts × instances with from → to and durations, the
 //! gates, the rollback link, and a Mermaid `gantt` timeline of the steps. Pure.
 
-use crate::report::Report;
+use crate::output::report::Report;
 
 /// Where the rollback runs: the workflow's dispatch page and its file name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ impl RollbackLink {
 }
 
 fn short(image: &str) -> String {
-    crate::printer::short(image)
+    crate::output::printer::short(image)
 }
 
 fn secs(ms: u64) -> String {
@@ -167,8 +167,8 @@ fn mermaid(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{InstanceOutcome, StepEvent};
-    use crate::report::{HostReport, InstanceReport};
+    use crate::output::events::{InstanceOutcome, StepEvent};
+    use crate::output::report::{HostReport, InstanceReport};
 
     fn report() -> Report {
         let step = |name: &str, start: u64, d: u64, ok: bool| StepEvent {
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn several_hosts_get_a_table_of_their_outcomes_and_times() {
-        use crate::report::{HostReport, HostTiming};
+        use crate::output::report::{HostReport, HostTiming};
         let mut r = report();
         r.hosts[0].outcome = Some("rolled_back".into());
         r.hosts[0].timing = HostTiming { connect_ms: Some(310), started_ms: Some(1200), duration_ms: Some(8400), canary: true, note: None };

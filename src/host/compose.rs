@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 
-use crate::config::Compose;
+use crate::core::config::Compose;
 use crate::host::{ContainerSpec, Shell};
 
 pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
@@ -261,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn env_variables_are_set_in_place_and_put_back() {
         use std::os::unix::fs::MetadataExt;
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let file = fake.dir.path().join(".env");
         let text = "# payment\nSERVICE_A_TAG=v1.0.0\nexport DB_URL=\"postgres://db/x=1\"\n\nOTHER=1";
         std::fs::write(&file, text).unwrap();

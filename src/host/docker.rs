@@ -381,7 +381,7 @@ fn swarm_task(t: bollard::models::Task) -> SwarmTask {
 /// update settings (the rollback runs at the same pace and order, and pauses
 /// rather than going forward again if it fails). Everything else is kept.
 pub fn swarm_update_spec(current: &SwarmSpec, image: &str, u: &SwarmUpdate) -> bollard::models::ServiceSpec {
-    use crate::config::{SwarmFailureAction as F, SwarmOrder as O};
+    use crate::core::config::{SwarmFailureAction as F, SwarmOrder as O};
     use bollard::models::{
         ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum as RF, ServiceSpecRollbackConfigOrderEnum as RO, ServiceSpecUpdateConfig,
         ServiceSpecUpdateConfigFailureActionEnum as UF, ServiceSpecUpdateConfigOrderEnum as UO,
@@ -853,14 +853,14 @@ mod tests {
         let s = swarm_service(service_fixture());
         assert_eq!((s.id.as_str(), s.name.as_str(), s.version, s.replicas), ("7l969k51n4z0m04scxxqyqqeq", "shop_web", 2241, Some(3)));
         assert_eq!(s.image, "127.0.0.1:26829/capstan-demo:v1@sha256:0123abcd");
-        assert_eq!(crate::release::without_tag(&s.image), "127.0.0.1:26829/capstan-demo@sha256:0123abcd");
+        assert_eq!(crate::core::release::without_tag(&s.image), "127.0.0.1:26829/capstan-demo@sha256:0123abcd");
         assert_eq!(s.update, Some(UpdateState::RollbackStarted));
         assert!(s.update_message.contains("rolled back"));
     }
 
     #[test]
     fn a_swarm_update_changes_the_image_and_the_settings_only() {
-        use crate::config::{SwarmFailureAction, SwarmOrder};
+        use crate::core::config::{SwarmFailureAction, SwarmOrder};
         let s = swarm_service(service_fixture());
         let u = SwarmUpdate {
             parallelism: 2,

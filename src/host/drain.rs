@@ -13,9 +13,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::config::{DrainMethod, Nginx, Service};
+use crate::core::config::{DrainMethod, Nginx, Service};
+use crate::core::upstream::{self, Identity};
 use crate::host::{ContainerInfo, Host};
-use crate::upstream::{self, Identity};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DrainError {
@@ -318,7 +318,7 @@ pub async fn resolve_container(host: &Host, name: &str, project: Option<&str>) -
     let of_service: Vec<String> = listed
         .into_iter()
         .filter(|c| c.compose_service.as_deref() == Some(name) && project.is_none_or(|p| c.compose_project.as_deref() == Some(p)))
-        .filter(|c| !c.name.ends_with(crate::plan::OLD_SUFFIX))
+        .filter(|c| !c.name.ends_with(crate::core::plan::OLD_SUFFIX))
         .map(|c| c.name)
         .collect();
     match of_service.as_slice() {
@@ -415,7 +415,7 @@ mod tests {
     #[tokio::test]
     async fn edits_in_one_round_trip_unless_the_file_changed() {
         use std::os::unix::fs::MetadataExt;
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let host = fake.host();
         let file = fake.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
@@ -445,7 +445,7 @@ mod tests {
     /// The undrain of one instance and the drain of the next: one write, one reload.
     #[tokio::test]
     async fn several_edits_take_one_reload() {
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let host = fake.host();
         let file = fake.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
@@ -466,7 +466,7 @@ mod tests {
     /// A line that names no instance is refused before anything is written.
     #[tokio::test]
     async fn an_instance_with_no_line_changes_nothing() {
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let host = fake.host();
         let file = fake.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
@@ -478,7 +478,7 @@ mod tests {
     /// A failing reload puts the file back.
     #[tokio::test]
     async fn a_failed_reload_puts_the_file_back() {
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let host = fake.host();
         let file = fake.dir.path().join("upstream.conf");
         std::fs::write(&file, CONF).unwrap();
@@ -490,7 +490,7 @@ mod tests {
     /// The generic method runs the user's commands with the instance in the environment.
     #[tokio::test]
     async fn command_drain_gets_the_instance_in_its_environment() {
-        let fake = crate::fake::FakeHost::new();
+        let fake = crate::host::fake::FakeHost::new();
         let host = fake.host();
         let out = fake.dir.path().join("calls");
         let method = DrainMethod::Command {

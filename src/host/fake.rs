@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::config;
+use crate::core::config;
 use crate::host::*;
 
 pub const V1: &str = "r/demo@sha256:v1";
@@ -579,7 +579,7 @@ pub struct FakeGitHub {
     pub denied: bool,
     /// (id, environment, statuses)
     pub deployments: Mutex<Vec<(u64, String, Vec<String>)>>,
-    pub check_runs: Mutex<Vec<crate::github::NewCheckRun>>,
+    pub check_runs: Mutex<Vec<crate::github::api::NewCheckRun>>,
 }
 
 impl FakeGitHub {
@@ -587,22 +587,22 @@ impl FakeGitHub {
         self.deployments.lock().unwrap().iter().find(|d| d.0 == id).map(|d| d.2.clone()).unwrap_or_default()
     }
 
-    fn gate(&self, what: &str) -> Result<(), crate::github::ApiError> {
-        use crate::github::ApiError;
+    fn gate(&self, what: &str) -> Result<(), crate::github::api::ApiError> {
+        use crate::github::api::ApiError;
         if self.down {
             return Err(ApiError::Unreachable { what: what.into(), attempts: 5, last: "502 Bad Gateway".into() });
         }
         if self.denied {
             let message = "Resource not accessible by integration".to_string();
-            return Err(ApiError::Refused { what: what.into(), status: 403, hint: crate::github::hint(403, &message, "deployments: write"), message });
+            return Err(ApiError::Refused { what: what.into(), status: 403, hint: crate::github::api::hint(403, &message, "deployments: write"), message });
         }
         Ok(())
     }
 }
 
 #[async_trait]
-impl crate::github::Api for FakeGitHub {
-    async fn create_deployment(&self, d: &crate::github::NewDeployment) -> Result<u64, crate::github::ApiError> {
+impl crate::github::api::Api for FakeGitHub {
+    async fn create_deployment(&self, d: &crate::github::api::NewDeployment) -> Result<u64, crate::github::api::ApiError> {
         self.gate("create a deployment")?;
         let mut all = self.deployments.lock().unwrap();
         let id = all.len() as u64 + 1;
@@ -610,10 +610,10 @@ impl crate::github::Api for FakeGitHub {
         Ok(id)
     }
 
-    async fn create_status(&self, deployment: u64, s: &crate::github::NewStatus) -> Result<(), crate::github::ApiError> {
+    async fn create_status(&self, deployment: u64, s: &crate::github::api::NewStatus) -> Result<(), crate::github::api::ApiError> {
         self.gate("set a status")?;
         let known = ["error", "failure", "inactive", "in_progress", "queued", "pending", "success"];
-        let refuse = |m: &str| Err(crate::github::ApiError::Refused { what: "set a status".into(), status: 422, message: m.into(), hint: None });
+        let refuse = |m: &str| Err(crate::github::api::ApiError::Refused { what: "set a status".into(), status: 422, message: m.into(), hint: None });
         if !known.contains(&s.state.as_str()) {
             return refuse("state is not included in the list");
         }
@@ -626,17 +626,22 @@ impl crate::github::Api for FakeGitHub {
                 d.2.push(s.state.clone());
                 Ok(())
             }
-            None => Err(crate::github::ApiError::Refused { what: "set a status".into(), status: 404, message: "Not Found".into(), hint: None }),
+            None => Err(crate::github::api::ApiError::Refused { what: "set a status".into(), status: 404, message: "Not Found".into(), hint: None }),
         }
     }
 
-    async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<crate::github::Earlier>, crate::github::ApiError> {
+    async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<crate::github::api::Earlier>, crate::github::api::ApiError> {
         self.gate("list deployments")?;
         let all = self.deployments.lock().unwrap();
-        Ok(all.iter().filter(|d| d.1 == environment).take(limit as usize).map(|d| crate::github::Earlier { id: d.0, state: d.2.last().cloned() }).collect())
+        Ok(all
+            .iter()
+            .filter(|d| d.1 == environment)
+            .take(limit as usize)
+            .map(|d| crate::github::api::Earlier { id: d.0, state: d.2.last().cloned() })
+            .collect())
     }
 
-    async fn create_check_run(&self, c: &crate::github::NewCheckRun) -> Result<u64, crate::github::ApiError> {
+    async fn create_check_run(&self, c: &crate::github::api::NewCheckRun) -> Result<u64, crate::github::api::ApiError> {
         self.gate("create a check run")?;
         let mut runs = self.check_runs.lock().unwrap();
         runs.push(c.clone());

@@ -214,8 +214,8 @@ pub struct SwarmTask {
 pub struct SwarmUpdate {
     pub parallelism: u64,
     pub delay: Duration,
-    pub order: crate::config::SwarmOrder,
-    pub failure_action: crate::config::SwarmFailureAction,
+    pub order: crate::core::config::SwarmOrder,
+    pub failure_action: crate::core::config::SwarmFailureAction,
     pub monitor: Duration,
     pub max_failure_ratio: f64,
 }

@@ -15,8 +15,8 @@ use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::config::{HostAddr, Ssh};
-use crate::docker::DockerEngine;
+use crate::core::config::{HostAddr, Ssh};
+use crate::host::docker::DockerEngine;
 use crate::host::{CmdOutput, Host, HttpAnswer, Probe, Shell, ShellError};
 
 pub struct SshHost {

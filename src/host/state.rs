@@ -245,7 +245,7 @@ mod tests {
     /// The real host scripts, run by a local shell in a temp dir.
     #[tokio::test]
     async fn the_lock_is_exclusive_expires_and_is_released_only_by_its_holder() {
-        let host = crate::fake::FakeHost::new();
+        let host = crate::host::fake::FakeHost::new();
         let dir = host.dir.path().join("state").display().to_string();
         let shell: &dyn Shell = host.as_ref();
         let now = time::macros::datetime!(2026-11-22 10:05 UTC);

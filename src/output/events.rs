@@ -42,7 +42,7 @@ pub enum Event {
     /// A service was built (and pushed, when it has a digest).
     Built(crate::build::Built),
     /// A preflight check, hook, migration, validation or bake result.
-    Gate(crate::gates::Gate),
+    Gate(crate::rollout::gates::Gate),
     /// A host's part of the run: connected, started, finished or skipped, with its times.
     Host(HostEvent),
     /// How many times the load balancer was reloaded for a service on a host.

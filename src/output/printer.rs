@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
-use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
-use crate::plan::Plan;
+use crate::core::plan::Plan;
+use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verbosity {
@@ -42,7 +42,7 @@ impl Printer {
             let _ = writeln!(err, "::endgroup::");
         }
         if let Some(k) = &key {
-            let _ = writeln!(err, "::group::{}", crate::workflow::escape_data(k));
+            let _ = writeln!(err, "::group::{}", crate::output::workflow::escape_data(k));
         }
         *open = key;
     }

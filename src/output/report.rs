@@ -5,8 +5,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
-use crate::plan::Plan;
+use crate::core::plan::Plan;
+use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -21,7 +21,7 @@ pub struct Report {
     pub build: Vec<crate::build::Built>,
     /// Every preflight check, hook, migration, validation and bake result, with its measured value.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub gates: Vec<crate::gates::Gate>,
+    pub gates: Vec<crate::rollout::gates::Gate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub error: Option<String>,
@@ -75,7 +75,7 @@ pub struct InstanceReport {
 pub struct Collector {
     hosts: Mutex<Vec<HostReport>>,
     builds: Mutex<Vec<crate::build::Built>>,
-    gates: Mutex<Vec<crate::gates::Gate>>,
+    gates: Mutex<Vec<crate::rollout::gates::Gate>>,
 }
 
 impl Collector {
@@ -121,7 +121,7 @@ impl Collector {
         self.builds.lock().unwrap().clone()
     }
 
-    pub fn gates(&self) -> Vec<crate::gates::Gate> {
+    pub fn gates(&self) -> Vec<crate::rollout::gates::Gate> {
         self.gates.lock().unwrap().clone()
     }
 }

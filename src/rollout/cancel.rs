@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::events::{Event, Sink};
+use crate::output::events::{Event, Sink};
 
 #[derive(Default)]
 pub struct Cancel {

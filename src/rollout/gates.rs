@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Config, Endpoint, Service, SwarmTarget};
+use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
+use crate::core::plan::HostPlan;
 use crate::host::{ContainerInfo, DockerHealth, Host};
-use crate::plan::HostPlan;
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -154,9 +154,9 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
     };
     let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
     let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
-    let on_image = |t: &crate::host::SwarmTask| image.is_none_or(|i| crate::release::without_tag(&t.image) == i);
+    let on_image = |t: &crate::host::SwarmTask| image.is_none_or(|i| crate::core::release::without_tag(&t.image) == i);
     let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
-    let what = image.map(|i| format!(" {}", crate::printer::short(i))).unwrap_or_default();
+    let what = image.map(|i| format!(" {}", crate::output::printer::short(i))).unwrap_or_default();
     if running.len() < want {
         let why: Vec<String> = wanted.iter().filter(|t| t.state != "running").map(|t| format!("{} {}", t.state, t.message).trim().to_string()).collect();
         let why = match why.first() {
@@ -412,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn host_checks_run_the_real_scripts() {
-        let w = crate::fake::world("");
+        let w = crate::host::fake::world("");
         let host = w.fake.host();
         // The backup script, against real files.
         let dir = w.fake.dir.path().join("backups");

@@ -20,14 +20,14 @@ use tokio::time::Instant;
 
 use time::OffsetDateTime;
 
-use crate::cancel::Cancel;
-use crate::config::{DrainMethod, Service};
-use crate::drain;
-use crate::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::core::config::{DrainMethod, Service};
+use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
+use crate::core::release;
+use crate::host::drain;
+use crate::host::state::{self, Lease};
 use crate::host::{ContainerInfo, ContainerSpec, Credentials, DockerHealth, Host};
-use crate::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
-use crate::release;
-use crate::state::{self, Lease};
+use crate::output::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::rollout::cancel::Cancel;
 
 /// Bytes an instance must receive during the traffic check to count as reached.
 /// A single proxied HTTP request is several hundred bytes; ARP noise is 42.
@@ -55,7 +55,7 @@ pub struct Rollout<'a> {
 pub struct Safety<'a> {
     /// The services whose `migrate:` command this host runs (each runs on one host per deploy).
     pub migrate: &'a [String],
-    pub validate: Option<&'a crate::config::Validate>,
+    pub validate: Option<&'a crate::core::config::Validate>,
     pub bake: Duration,
 }
 
@@ -103,7 +103,7 @@ pub struct HostResult {
     pub instances: Vec<InstanceResult>,
     pub error: Option<String>,
     /// The Compose `.env` variables this rollout set, as they were: what a revert puts back.
-    pub compose_env: Vec<crate::compose::EnvChange>,
+    pub compose_env: Vec<crate::host::compose::EnvChange>,
     /// Per replaced instance, the spec of the container it replaced: what a revert recreates.
     pub replaced_specs: HashMap<String, ContainerSpec>,
 }
@@ -231,7 +231,7 @@ impl<'a> Rollout<'a> {
                     _ => None,
                 };
                 let spec = match (current.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
-                    (Some((hash, image_id)), _) => crate::compose::relabel(&current.spec, hash, image_id),
+                    (Some((hash, image_id)), _) => crate::host::compose::relabel(&current.spec, hash, image_id),
                     (None, true) => current.spec.clone(),
                     (None, false) => {
                         if let Some(t) = pre_drained.take() {
@@ -292,7 +292,7 @@ impl<'a> Rollout<'a> {
         for d in done.iter().rev() {
             let serving = match self.host.engine.inspect_container(&d.name).await {
                 _ if d.service.swarm.is_some() => true,
-                Ok(Some(c)) => crate::gates::healthy_now(self.host, d.service, &c).await.0,
+                Ok(Some(c)) => crate::rollout::gates::healthy_now(self.host, d.service, &c).await.0,
                 _ => false,
             };
             order.push((serving, d));
@@ -329,7 +329,7 @@ impl<'a> Rollout<'a> {
         if !finished.compose_env.is_empty() {
             let last = finished.instances.last().map(|r| (r.service.clone(), r.plan.name.clone())).unwrap_or_default();
             let put_back = async {
-                crate::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await?;
+                crate::host::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await?;
                 Ok(((), format!("{} put back", finished.compose_env.iter().map(|c| c.variable.as_str()).collect::<Vec<_>>().join(", "))))
             };
             all_restored &= self.step(&last.0, &last.1, "revert compose env", put_back).await.is_ok();
@@ -353,24 +353,24 @@ impl<'a> Rollout<'a> {
         HostResult { outcome, instances, error: None, ..Default::default() }
     }
 
-    fn gate(&self, g: crate::gates::Gate) -> crate::gates::Gate {
+    fn gate(&self, g: crate::rollout::gates::Gate) -> crate::rollout::gates::Gate {
         self.events.emit(Event::Gate(g.clone()));
         g
     }
 
     /// Runs `migrate.command` as a one-off container of the new image, beside `instance`.
-    async fn migrate(&self, svc: &Service, m: &crate::config::Migrate, instance: &str, image: &str) -> Result<(), String> {
+    async fn migrate(&self, svc: &Service, m: &crate::core::config::Migrate, instance: &str, image: &str) -> Result<(), String> {
         self.go_on(true)?;
         let engine = &self.host.engine;
         let current = engine.inspect_container(instance).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{instance} disappeared"))?;
-        let spec = crate::docker::one_off_spec(&current.spec, &m.command);
+        let spec = crate::host::docker::one_off_spec(&current.spec, &m.command);
         let name = format!("{instance}-capstan-migrate");
         // A killed run may have left one behind.
         let _ = engine.remove(&name).await;
         let gate = format!("migrate {}", svc.name);
         let limit = format!("exit 0 within {}", humantime::format_duration(m.timeout));
         let g = match engine.run_once(&name, &spec, image, m.timeout).await {
-            Ok((code, output)) => crate::gates::Gate {
+            Ok((code, output)) => crate::rollout::gates::Gate {
                 host: self.host.name.clone(),
                 gate,
                 ok: code == 0,
@@ -378,7 +378,7 @@ impl<'a> Rollout<'a> {
                 limit,
                 output: output.trim_end().to_string(),
             },
-            Err(e) => crate::gates::Gate::new(&self.host.name, gate, false, e.to_string(), limit),
+            Err(e) => crate::rollout::gates::Gate::new(&self.host.name, gate, false, e.to_string(), limit),
         };
         let g = self.gate(g);
         if g.ok {
@@ -399,16 +399,16 @@ impl<'a> Rollout<'a> {
                 None => names.push(d.name.clone()),
             }
         }
-        let fail = |at: &str, g: &crate::gates::Gate| Err((at.to_string(), g.describe()));
+        let fail = |at: &str, g: &crate::rollout::gates::Gate| Err((at.to_string(), g.describe()));
         if let Some(v) = self.safety.validate {
             for e in &v.endpoints {
-                let g = self.gate(crate::gates::endpoint(self.host, e).await);
+                let g = self.gate(crate::rollout::gates::endpoint(self.host, e).await);
                 if !g.ok {
                     return fail("validate", &g);
                 }
             }
             if let Some(e) = &v.errors {
-                let g = self.gate(crate::gates::errors(self.host, &names, &e.pattern, e.max, "validate errors").await);
+                let g = self.gate(crate::rollout::gates::errors(self.host, &names, &e.pattern, e.max, "validate errors").await);
                 if !g.ok {
                     return fail("validate", &g);
                 }
@@ -426,14 +426,14 @@ impl<'a> Rollout<'a> {
         loop {
             for d in done {
                 let (ok, measured) = match &d.service.swarm {
-                    Some(sw) => crate::gates::swarm_now(self.host, d.service, sw, Some(&d.to_image)).await,
+                    Some(sw) => crate::rollout::gates::swarm_now(self.host, d.service, sw, Some(&d.to_image)).await,
                     None => match self.host.engine.inspect_container(&d.name).await.ok().flatten() {
-                        Some(c) => crate::gates::healthy_now(self.host, d.service, &c).await,
+                        Some(c) => crate::rollout::gates::healthy_now(self.host, d.service, &c).await,
                         None => (false, "gone".into()),
                     },
                 };
                 if !ok {
-                    let g = self.gate(crate::gates::Gate::new(
+                    let g = self.gate(crate::rollout::gates::Gate::new(
                         &self.host.name,
                         "bake",
                         false,
@@ -444,7 +444,7 @@ impl<'a> Rollout<'a> {
                 }
             }
             if let Some(e) = errors {
-                let g = crate::gates::errors(self.host, &names, &e.pattern, e.max, "bake errors").await;
+                let g = crate::rollout::gates::errors(self.host, &names, &e.pattern, e.max, "bake errors").await;
                 if !g.ok {
                     let mut g = self.gate(g);
                     g.measured = format!("{} after {} of baking", g.measured, humantime::format_duration(round(start.elapsed())));
@@ -458,7 +458,7 @@ impl<'a> Rollout<'a> {
                 return Err(("bake".into(), why));
             }
         }
-        self.gate(crate::gates::Gate::new(
+        self.gate(crate::rollout::gates::Gate::new(
             &self.host.name,
             "bake",
             true,
@@ -513,11 +513,11 @@ impl<'a> Rollout<'a> {
         let mut details = Vec::new();
         for image in images {
             if self.host.engine.inspect_image(image).await.map_err(|e| e.to_string())?.is_some() {
-                details.push(format!("{} present", crate::printer::short(image)));
+                details.push(format!("{} present", crate::output::printer::short(image)));
                 continue;
             }
             self.host.engine.pull(image, self.creds).await.map_err(|e| e.to_string())?;
-            details.push(format!("pulled {}", crate::printer::short(image)));
+            details.push(format!("pulled {}", crate::output::printer::short(image)));
         }
         Ok(((), details.join(", ")))
     }
@@ -619,7 +619,7 @@ impl<'a> Rollout<'a> {
             p.created = true;
             engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
             engine.start(name).await.map_err(|e| e.to_string())?;
-            Ok(((), crate::printer::short(to_image)))
+            Ok(((), crate::output::printer::short(to_image)))
         })
         .await?;
         self.go_on(cancellable)?;
@@ -875,7 +875,7 @@ impl<'a> Rollout<'a> {
     /// Sends `traffic.requests` requests through the load balancer: every one must be
     /// answered below 500, `active` must receive them (its network counters grow) and
     /// `idle` must not (it gets less than one request's worth of bytes).
-    async fn through_lb(&self, t: &crate::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<String, String> {
+    async fn through_lb(&self, t: &crate::core::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<String, String> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
         let watched: Vec<&str> = active.into_iter().chain(idle).collect();
         let before = futures_util::future::try_join_all(watched.iter().map(|n| self.rx_bytes(n))).await?;
@@ -937,16 +937,19 @@ impl<'a> Rollout<'a> {
     /// `repo:<version>` (never moving a tag that names another image), and the config
     /// hash Compose computes for each of the project's services with the service's
     /// variable set to the version. Per Compose service: (hash, image ID).
-    async fn compose_hashes(&self, svc: &Service, c: &crate::config::Compose, first: &str, image: &str) -> StepResult<HashMap<String, (String, String)>> {
+    async fn compose_hashes(&self, svc: &Service, c: &crate::core::config::Compose, first: &str, image: &str) -> StepResult<HashMap<String, (String, String)>> {
         let (Some(variable), Some(version)) = (&c.variable, self.version) else {
             return Err(format!("services.{}.compose.variable is set, but this run has no version to set it to", svc.name));
         };
         let engine = &self.host.engine;
         let current = engine.inspect_container(first).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{first} disappeared"))?;
-        let project = crate::compose::Project::of(&current.spec, c)
+        let project = crate::host::compose::Project::of(&current.spec, c)
             .ok_or_else(|| format!("{first} carries no Compose project labels: is it a container of Compose project {}?", c.project))?;
-        let new =
-            engine.inspect_image(image).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{} is not on the host", crate::printer::short(image)))?;
+        let new = engine
+            .inspect_image(image)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{} is not on the host", crate::output::printer::short(image)))?;
         let tagged = release::tag_ref(&svc.image, version);
         match engine.inspect_image(&tagged).await.map_err(|e| e.to_string())? {
             Some(i) if i.id != new.id => {
@@ -958,14 +961,14 @@ impl<'a> Rollout<'a> {
             Some(_) => {}
             None => engine.tag(image, &svc.image, version).await.map_err(|e| e.to_string())?,
         }
-        let hashes = crate::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await?;
+        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await?;
         let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
-        Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::printer::short(image), project.command.join(" "))))
+        Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::output::printer::short(image), project.command.join(" "))))
     }
 
     /// After the host's rollout succeeded: each replaced Compose service's `.env` variable
     /// set to the release, so that Compose's own view names what runs.
-    async fn set_compose_env(&self, done: &[Done<'_>]) -> Result<Vec<crate::compose::EnvChange>, (String, String)> {
+    async fn set_compose_env(&self, done: &[Done<'_>]) -> Result<Vec<crate::host::compose::EnvChange>, (String, String)> {
         let Some(version) = self.version else { return Ok(Vec::new()) };
         // Per env file: its variables to set, and the instance whose step reports it.
         type EnvFile<'d, 's> = (String, Vec<(String, String)>, &'d Done<'s>);
@@ -973,7 +976,7 @@ impl<'a> Rollout<'a> {
         for d in done {
             let Some(c) = d.service.compose.as_ref() else { continue };
             let Some(variable) = &c.variable else { continue };
-            let Some(project) = crate::compose::Project::of(&d.spec, c) else { continue };
+            let Some(project) = crate::host::compose::Project::of(&d.spec, c) else { continue };
             let var = (variable.clone(), version.to_string());
             match files.iter_mut().find(|(f, _, _)| *f == project.env_file) {
                 Some((_, vars, _)) if vars.contains(&var) => {}
@@ -984,7 +987,7 @@ impl<'a> Rollout<'a> {
         let mut changes = Vec::new();
         for (file, vars, d) in files {
             let set = async {
-                let c = crate::compose::set_env(self.host.shell.as_ref(), &file, &vars).await?;
+                let c = crate::host::compose::set_env(self.host.shell.as_ref(), &file, &vars).await?;
                 let said = c.iter().map(|c| format!("{}={} (was {})", c.variable, c.after, c.before.as_deref().unwrap_or("unset"))).collect::<Vec<_>>();
                 Ok((c, format!("{file}: {}", said.join(", "))))
             };
@@ -992,7 +995,7 @@ impl<'a> Rollout<'a> {
                 Ok(c) => changes.extend(c),
                 Err(e) => {
                     // What was set already goes back with the instances.
-                    let _ = crate::compose::restore_env(self.host.shell.as_ref(), &changes).await;
+                    let _ = crate::host::compose::restore_env(self.host.shell.as_ref(), &changes).await;
                     return Err((format!("{} compose env", d.service.name), e));
                 }
             }
@@ -1014,7 +1017,7 @@ impl<'a> Rollout<'a> {
     async fn point_tag(&self, name: &str, reference: &str, image: &str) {
         let (Some(tag), repo) = (release::tag_of(reference), release::repo_of(reference)) else { return };
         match self.host.engine.tag(image, repo, tag).await {
-            Ok(()) => self.info(format!("{name}: compose tag {repo}:{tag} now points at {}", crate::printer::short(image))),
+            Ok(()) => self.info(format!("{name}: compose tag {repo}:{tag} now points at {}", crate::output::printer::short(image))),
             Err(e) => self.warn(format!("{name}: could not move the compose tag {repo}:{tag}: {e}")),
         }
     }
@@ -1064,7 +1067,7 @@ fn compose_reference(current: &ContainerInfo, spec: &ContainerSpec) -> Option<St
 
 /// A compose reference whose tag moves with releases (`:production`), as opposed to a version.
 fn moving(reference: &str) -> bool {
-    release::tag_of(reference).is_some_and(|t| !crate::compose::is_version_tag(t))
+    release::tag_of(reference).is_some_and(|t| !crate::host::compose::is_version_tag(t))
 }
 
 fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {
@@ -1081,9 +1084,9 @@ pub(crate) fn round(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Event, Recorder};
-    use crate::fake::{world, World, UPSTREAM, V1, V2};
-    use crate::plan::{plan_host, Observed};
+    use crate::core::plan::{plan_host, Observed};
+    use crate::host::fake::{world, World, UPSTREAM, V1, V2};
+    use crate::output::events::{Event, Recorder};
     use std::sync::Arc;
 
     /// Observes the fake host and plans every instance onto `to`.

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Service, SwarmFailureAction, SwarmTarget};
+use crate::core::config::{Service, SwarmFailureAction, SwarmTarget};
+use crate::core::plan::InstancePlan;
+use crate::core::release::without_tag;
 use crate::host::{SwarmService, SwarmUpdate, UpdateState};
-use crate::plan::InstancePlan;
-use crate::printer::short;
-use crate::release::without_tag;
+use crate::output::printer::short;
 use crate::rollout::{round, Failure, Rollout, StepResult, MIN_TRAFFIC_BYTES};
 
 /// How often a Swarm update is looked at while it runs.
@@ -248,7 +248,7 @@ impl Rollout<'_> {
         let (mut good, mut looks) = (0u32, 0u32);
         loop {
             looks += 1;
-            let (ok, measured) = crate::gates::swarm_now(self.host, svc, sw, Some(image)).await;
+            let (ok, measured) = crate::rollout::gates::swarm_now(self.host, svc, sw, Some(image)).await;
             good = if ok { good + 1 } else { 0 };
             if good >= h.healthy_after {
                 return Ok(((), format!("{good} good looks in a row ({looks} looks): {measured}")));
@@ -332,17 +332,17 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use crate::cancel::Cancel;
     use crate::cli::Targets;
     use crate::commands::{roll, Connector, Ctx, RollOpts, RunOutput, Want};
-    use crate::config::{self, Config, HostAddr, SwarmOrder};
+    use crate::core::config::{self, Config, HostAddr, SwarmOrder};
+    use crate::core::release::RollbackTo;
     use crate::error::Error;
-    use crate::events::{Event, Fanout, InstanceOutcome, Recorder};
-    use crate::fake::{world, FakeHost, V1, V2};
+    use crate::host::fake::{world, FakeHost, V1, V2};
+    use crate::host::state;
     use crate::host::Host;
-    use crate::release::RollbackTo;
-    use crate::report::Collector;
-    use crate::state;
+    use crate::output::events::{Event, Fanout, InstanceOutcome, Recorder};
+    use crate::output::report::Collector;
+    use crate::rollout::cancel::Cancel;
 
     const A1: &str = "r/api@sha256:a1";
     const A2: &str = "r/api@sha256:a2";

@@ -12,7 +12,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::names;
+use crate::core::names;
 
 // ---------------------------------------------------------------------------
 // The validated config
@@ -263,7 +263,7 @@ pub struct Build {
     pub args: IndexMap<String, String>,
     pub target: Option<String>,
     pub labels: IndexMap<String, String>,
-    pub tags: Vec<crate::tags::TagKind>,
+    pub tags: Vec<crate::core::tags::TagKind>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1182,11 +1182,11 @@ impl Validator {
             }
         }
         let tags = match b.tags {
-            None => crate::tags::TagKind::ALL.to_vec(),
+            None => crate::core::tags::TagKind::ALL.to_vec(),
             Some(list) => {
                 let mut kinds = Vec::new();
                 for (i, t) in list.iter().enumerate() {
-                    match crate::tags::TagKind::parse(t) {
+                    match crate::core::tags::TagKind::parse(t) {
                         Some(k) => kinds.push(k),
                         None => self.issue(format!("{p}.tags[{i}]"), format!("unknown tag kind {t:?}: expected version, minor, major, latest or sha")),
                     }
@@ -1388,7 +1388,7 @@ services:
         let build = web.build.as_ref().unwrap();
         assert_eq!(build.context, Path::new("/repo/."));
         assert_eq!(build.dockerfile, Path::new("/repo/./Dockerfile"));
-        assert_eq!(build.tags, crate::tags::TagKind::ALL.to_vec());
+        assert_eq!(build.tags, crate::core::tags::TagKind::ALL.to_vec());
         assert!(!c.raw_tags);
     }
 
@@ -1413,7 +1413,7 @@ services:
         assert_eq!(b.args["RUST_VERSION"], "1.80");
         assert_eq!(b.target.as_deref(), Some("runtime"));
         assert_eq!(b.labels["team"], "storefront");
-        assert_eq!(b.tags, vec![crate::tags::TagKind::Version, crate::tags::TagKind::Latest]);
+        assert_eq!(b.tags, vec![crate::core::tags::TagKind::Version, crate::core::tags::TagKind::Latest]);
         assert!(c.raw_tags);
         let e = parse_str(&GOOD.replace("dockerfile: Dockerfile }", "dockerfile: Dockerfile, tags: [version, nightly], target: \"a b\" }")).unwrap_err();
         let text = e.to_string();
