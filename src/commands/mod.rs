@@ -18,7 +18,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::cli::Targets;
-use crate::core::config::{Config, HostAddr, OnFailure, Service};
+use crate::core::config::{Config, OnFailure, Service};
+use crate::core::names::HostAddr;
 use crate::core::plan::{self, HostPlan, Observed, Plan};
 use crate::core::release::{self, RollbackTo};
 use crate::env;

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::core::config::{Config, HostAddr};
+use crate::core::config::Config;
+use crate::core::names::HostAddr;
 use crate::error::Error;
 use crate::host::fake::FakeHost;
 use crate::host::*;

@@ -2,7 +2,7 @@
 //! versions, hosts. Pure. Anything that reaches a host command or a Docker API
 //! path passes through here first, so a name can never carry shell syntax.
 
-use crate::core::config::HostAddr;
+use std::fmt;
 
 fn chars_ok(s: &str, extra: &str) -> Result<(), String> {
     if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c))) {
@@ -93,6 +93,31 @@ pub fn check_repository(s: &str) -> Result<(), String> {
 
 pub fn is_env_name(s: &str) -> bool {
     !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_digit()) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A host as the config names it: `[user@]host[:port]`, parsed by [`parse_host`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostAddr {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        if self.host.contains(':') {
+            write!(f, "[{}]", self.host)?;
+        } else {
+            f.write_str(&self.host)?;
+        }
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        Ok(())
+    }
 }
 
 /// `[user@]host[:port]`, with `[v6]:port` for IPv6. A host may also be an alias

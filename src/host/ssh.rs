@@ -15,7 +15,8 @@ use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
-use crate::core::config::{HostAddr, Ssh};
+use crate::core::config::Ssh;
+use crate::core::names::HostAddr;
 use crate::host::docker::DockerEngine;
 use crate::host::{CmdOutput, Host, HttpAnswer, Probe, Shell, ShellError};
 

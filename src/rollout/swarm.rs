@@ -334,7 +334,8 @@ mod tests {
 
     use crate::cli::Targets;
     use crate::commands::{roll, Connector, Ctx, RollOpts, RunOutput, Want};
-    use crate::core::config::{self, Config, HostAddr, SwarmOrder};
+    use crate::core::config::{self, Config, SwarmOrder};
+    use crate::core::names::HostAddr;
     use crate::core::release::RollbackTo;
     use crate::error::Error;
     use crate::host::fake::{world, FakeHost, V1, V2};

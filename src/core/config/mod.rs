@@ -15,12 +15,13 @@ mod raw;
 mod tests;
 mod validate;
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
 use serde::Serialize;
+
+use crate::core::names::HostAddr;
 
 pub use issue::ConfigError;
 #[cfg(test)]
@@ -122,30 +123,6 @@ pub struct Migrate {
     /// The command (exec form), run with the image's entrypoint.
     pub command: Vec<String>,
     pub timeout: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HostAddr {
-    pub user: Option<String>,
-    pub host: String,
-    pub port: Option<u16>,
-}
-
-impl fmt::Display for HostAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(u) = &self.user {
-            write!(f, "{u}@")?;
-        }
-        if self.host.contains(':') {
-            write!(f, "[{}]", self.host)?;
-        } else {
-            f.write_str(&self.host)?;
-        }
-        if let Some(p) = self.port {
-            write!(f, ":{p}")?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

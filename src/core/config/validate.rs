@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use super::issue::Issue;
 use super::raw::*;
 use super::*;
-use crate::core::names;
+use crate::core::names::{self, HostAddr};
 
 /// Validates the raw shape into a [`Config`], or returns every problem found.
 pub(super) fn validate(file: &Path, raw: RawConfig) -> Result<Config, Vec<Issue>> {
