@@ -3,8 +3,6 @@
 //! Modules return their own typed errors; they are converted here. Rendering
 //! (`error:` / `hint:` lines) happens only in `main`, through [`Error::render`].
 
-use std::fmt;
-
 use crate::core::config::ConfigError;
 
 /// Exit codes, documented in the README. Keep them stable: CI scripts branch on them.
@@ -87,30 +85,5 @@ impl Error {
             out.push_str(&format!("\nhint: {h}"));
         }
         out
-    }
-}
-
-/// Wraps a secret so that it never prints: `Debug` and `Display` show a placeholder.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: String) -> Self {
-        Secret(s)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
     }
 }

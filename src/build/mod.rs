@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use crate::build::registry::{Registry, RegistryError};
 use crate::core::config::{Config, Service};
 use crate::core::release::{self, Version};
+use crate::core::secret::Credentials;
 use crate::core::tags::{self, Tags};
 use crate::error::Error;
-use crate::host::Credentials;
 use crate::output::events::{Event, Sink};
 
 /// Where the source came from, for the OCI labels.

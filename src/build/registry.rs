@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, AUTHORIZATION, LINK, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
-use crate::host::Credentials;
+use crate::core::secret::Credentials;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {

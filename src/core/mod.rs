@@ -6,5 +6,6 @@ pub mod config;
 pub mod names;
 pub mod plan;
 pub mod release;
+pub mod secret;
 pub mod tags;
 pub mod upstream;

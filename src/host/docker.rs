@@ -19,9 +19,10 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::core::secret::Credentials;
 use crate::host::{
-    ContainerInfo, ContainerSpec, Credentials, DockerHealth, Engine, EngineError, ImageInfo, Listed, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask,
-    SwarmUpdate, UpdateState,
+    ContainerInfo, ContainerSpec, DockerHealth, Engine, EngineError, ImageInfo, Listed, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask, SwarmUpdate,
+    UpdateState,
 };
 
 /// The labels by which Compose marks its containers.

@@ -18,15 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::Secret;
-
-/// Registry credentials handed to the host's engine for pulls.
-#[derive(Clone, Debug)]
-pub struct Credentials {
-    pub server: String,
-    pub username: String,
-    pub password: Secret,
-}
+use crate::core::secret::Credentials;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DockerHealth {
