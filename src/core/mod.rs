@@ -5,6 +5,7 @@
 pub mod config;
 pub mod names;
 pub mod plan;
+pub mod record;
 pub mod release;
 pub mod secret;
 pub mod tags;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::core::names;
-use crate::host::state::Record;
+use crate::core::record::Record;
 
 /// Where the version of a run can come from, in order: `--version`, the tag of
 /// `GITHUB_REF` (`refs/tags/v1.4.2`), `GITHUB_REF_NAME` when `GITHUB_REF_TYPE` is `tag`.
@@ -175,7 +175,7 @@ pub fn version_of_image(records: &[Record], image: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::state::RecordInstance;
+    use crate::core::record::RecordInstance;
 
     #[test]
     fn versions() {

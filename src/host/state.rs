@@ -8,59 +8,10 @@
 //!
 //! The host scripts are constants; every value reaches them as a quoted argument.
 
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::core::record::{Lease, Record};
 use crate::host::Shell;
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Lease {
-    pub id: String,
-    pub holder: String,
-    pub command: String,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub run_url: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub acquired_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub expires_at: OffsetDateTime,
-}
-
-impl Lease {
-    pub fn expired(&self, now: OffsetDateTime) -> bool {
-        now >= self.expires_at
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Record {
-    #[serde(with = "time::serde::rfc3339")]
-    pub time: OffsetDateTime,
-    pub app: String,
-    pub host: String,
-    pub command: String,
-    pub version: Option<String>,
-    pub outcome: String,
-    #[serde(default)]
-    pub actor: Option<String>,
-    #[serde(default)]
-    pub run_url: Option<String>,
-    pub duration_ms: u64,
-    pub instances: Vec<RecordInstance>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RecordInstance {
-    pub service: String,
-    pub name: String,
-    pub from_image: String,
-    pub to_image: String,
-    pub outcome: String,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StateError {
@@ -194,6 +145,7 @@ pub fn parse_log(text: &str) -> (Vec<Record>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::record::RecordInstance;
 
     #[test]
     fn log_lines_round_trip_and_bad_lines_are_counted() {

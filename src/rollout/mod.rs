@@ -22,10 +22,11 @@ use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
 use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
+use crate::core::record::Lease;
 use crate::core::release;
 use crate::core::secret::Credentials;
 use crate::host::drain;
-use crate::host::state::{self, Lease};
+use crate::host::state;
 use crate::host::{ContainerInfo, ContainerSpec, DockerHealth, Host};
 use crate::output::events::{Event, InstanceOutcome, Sink, StepEvent};
 use crate::rollout::cancel::Cancel;
