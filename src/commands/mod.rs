@@ -405,7 +405,7 @@ async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Op
     let drains = hosts.iter().zip(&observed).enumerate().map(|(i, (h, obs))| {
         let services = on_host(i);
         async move {
-            let with: Vec<(&Service, Vec<&crate::host::ContainerInfo>)> = services
+            let with: Vec<(&Service, Vec<&crate::core::observed::ContainerInfo>)> = services
                 .iter()
                 .filter(|s| s.swarm.is_none())
                 .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
@@ -971,7 +971,7 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
                                 let (addr, port) = c.probe_addr(http.port);
                                 Some(matches!(h.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await, Ok(a) if (200..400).contains(&a.status)))
                             }
-                            (None, true) => c.docker_health.map(|d| d == crate::host::DockerHealth::Healthy),
+                            (None, true) => c.docker_health.map(|d| d == crate::core::observed::DockerHealth::Healthy),
                         };
                         InstanceStatus {
                             service: svc.name.clone(),

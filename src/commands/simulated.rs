@@ -15,6 +15,7 @@ use async_trait::async_trait;
 
 use crate::core::config::Config;
 use crate::core::names::HostAddr;
+use crate::core::observed::*;
 use crate::core::secret::Credentials;
 use crate::error::Error;
 use crate::host::fake::FakeHost;

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod names;
+pub mod observed;
 pub mod plan;
 pub mod record;
 pub mod release;

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::core::config::Service;
+use crate::core::observed::{ContainerInfo, ImageInfo, Listed, SwarmService};
 use crate::core::release;
-use crate::host::{ContainerInfo, ImageInfo, Listed, SwarmService};
 
 /// What was seen on one host before anything changed.
 #[derive(Debug, Clone, Default)]
@@ -195,7 +195,7 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
 mod tests {
     use super::*;
     use crate::core::config;
-    use crate::host::ContainerSpec;
+    use crate::core::observed::ContainerSpec;
     use std::path::Path;
 
     fn service() -> Service {

@@ -22,7 +22,8 @@
 use std::collections::HashMap;
 
 use crate::core::config::Compose;
-use crate::host::{ContainerSpec, Shell};
+use crate::core::observed::ContainerSpec;
+use crate::host::Shell;
 
 pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
 pub const IMAGE: &str = "com.docker.compose.image";

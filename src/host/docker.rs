@@ -19,11 +19,9 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use crate::core::observed::{ContainerInfo, ContainerSpec, DockerHealth, ImageInfo, Listed, PublishedPort, SwarmService, SwarmSpec, SwarmTask, UpdateState};
 use crate::core::secret::Credentials;
-use crate::host::{
-    ContainerInfo, ContainerSpec, DockerHealth, Engine, EngineError, ImageInfo, Listed, PublishedPort, Swarm, SwarmService, SwarmSpec, SwarmTask, SwarmUpdate,
-    UpdateState,
-};
+use crate::host::{Engine, EngineError, Swarm, SwarmUpdate};
 
 /// The labels by which Compose marks its containers.
 pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";

@@ -14,8 +14,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::core::config::{DrainMethod, Nginx, Service};
+use crate::core::observed::ContainerInfo;
 use crate::core::upstream::{self, Identity};
-use crate::host::{ContainerInfo, Host};
+use crate::host::Host;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DrainError {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::core::config;
+use crate::core::observed::*;
 use crate::core::secret::Credentials;
 use crate::host::*;
 

@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
+use crate::core::observed::{ContainerInfo, DockerHealth};
 use crate::core::plan::HostPlan;
-use crate::host::{ContainerInfo, DockerHealth, Host};
+use crate::host::Host;
 
 /// One check's result.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -126,7 +127,7 @@ async fn swarm_preflight(host: &Host, svc: &Service, sw: &SwarmTarget, check_hea
         return Gate::new(h, gate, true, "no update under way", "no update under way");
     }
     let (ok, measured) = swarm_now(host, svc, sw, None).await;
-    let paused = current.update.filter(|u| matches!(u, crate::host::UpdateState::Paused | crate::host::UpdateState::RollbackPaused));
+    let paused = current.update.filter(|u| matches!(u, crate::core::observed::UpdateState::Paused | crate::core::observed::UpdateState::RollbackPaused));
     let (ok, measured) = match paused {
         Some(p) => (false, format!("an earlier update is {} ({}); {measured}", p.as_str(), current.update_message)),
         None => (ok, measured),
@@ -154,7 +155,7 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
     };
     let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
     let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
-    let on_image = |t: &crate::host::SwarmTask| image.is_none_or(|i| crate::core::release::without_tag(&t.image) == i);
+    let on_image = |t: &crate::core::observed::SwarmTask| image.is_none_or(|i| crate::core::release::without_tag(&t.image) == i);
     let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
     let what = image.map(|i| format!(" {}", crate::output::printer::short(i))).unwrap_or_default();
     if running.len() < want {

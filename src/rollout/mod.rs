@@ -21,13 +21,14 @@ use tokio::time::Instant;
 use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
+use crate::core::observed::{ContainerInfo, ContainerSpec, DockerHealth};
 use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
 use crate::core::record::Lease;
 use crate::core::release;
 use crate::core::secret::Credentials;
 use crate::host::drain;
 use crate::host::state;
-use crate::host::{ContainerInfo, ContainerSpec, DockerHealth, Host};
+use crate::host::Host;
 use crate::output::events::{Event, InstanceOutcome, Sink, StepEvent};
 use crate::rollout::cancel::Cancel;
 

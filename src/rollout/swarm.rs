@@ -17,9 +17,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::core::config::{Service, SwarmFailureAction, SwarmTarget};
+use crate::core::observed::{SwarmService, UpdateState};
 use crate::core::plan::InstancePlan;
 use crate::core::release::without_tag;
-use crate::host::{SwarmService, SwarmUpdate, UpdateState};
+use crate::host::SwarmUpdate;
 use crate::output::printer::short;
 use crate::rollout::{round, Failure, Rollout, StepResult, MIN_TRAFFIC_BYTES};
 
@@ -547,7 +548,7 @@ mod tests {
         {
             let mut s = fake.state.lock().unwrap();
             let svc = s.swarm.get_mut("shop_api").unwrap();
-            (svc.update, svc.ticks) = (Some(crate::host::UpdateState::RollbackStarted), 1000);
+            (svc.update, svc.ticks) = (Some(crate::core::observed::UpdateState::RollbackStarted), 1000);
         }
         let (out, _) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
