@@ -23,7 +23,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, LockAction};
 use crate::commands::{Connector, Ctx, SshConnector, Want};
-use crate::core::{config, plan, release};
+use crate::core::{config, image, plan, release};
 use crate::error::{exit, Error};
 use crate::github::{action, publish, summary, trigger};
 use crate::output::events::{Fanout, Sink};
@@ -241,7 +241,7 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             if a.dry_run && !a.skip_build {
                 // A dry run builds nothing: the plan names the tag the build would push.
                 for s in services.iter().filter(|s| s.build.is_some()) {
-                    pinned.insert(s.name.clone(), format!("{} (to be built)", release::tag_ref(&s.image, &version.text)));
+                    pinned.insert(s.name.clone(), format!("{} (to be built)", image::tag_ref(&s.image, &version.text)));
                 }
             } else if !a.skip_build {
                 let creds = ctx.credentials()?;
@@ -365,7 +365,7 @@ async fn check_action(
     if services.iter().any(|s| s.build.is_some()) {
         let creds = if fork { None } else { ctx.credentials().ok().flatten() };
         for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), false, build::default_jobs()).await? {
-            pinned.insert(b.service.clone(), format!("{} (built, not pushed)", release::tag_ref(&b.image, &version.text)));
+            pinned.insert(b.service.clone(), format!("{} (built, not pushed)", image::tag_ref(&b.image, &version.text)));
         }
     }
     let targets = cli::Targets { services: setup.services.clone(), hosts: vec![] };
@@ -376,7 +376,7 @@ async fn check_action(
             "the hosts: no ssh-private-key input, so what runs now was not read".into()
         });
         let hosts: Vec<String> = ctx.hosts(&[])?.iter().map(|h| h.to_string()).collect();
-        let plan = plan::offline(&hosts, &services, &|s| pinned.get(&s.name).cloned().unwrap_or_else(|| release::tag_ref(&s.image, &version.text)));
+        let plan = plan::offline(&hosts, &services, &|s| pinned.get(&s.name).cloned().unwrap_or_else(|| image::tag_ref(&s.image, &version.text)));
         ctx.events.emit(events::Event::Info { host: None, message: printer::render_plan(&plan) });
         for s in skipped.iter() {
             ctx.events.emit(events::Event::Warn { host: None, message: format!("skipped {s}") });

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 
 use crate::build::registry::{Registry, RegistryError};
 use crate::core::config::{Config, Service};
-use crate::core::release::{self, Version};
+use crate::core::image;
+use crate::core::release::Version;
 use crate::core::secret::Credentials;
 use crate::core::tags::{self, Tags};
 use crate::error::Error;
@@ -77,7 +78,7 @@ pub fn plan(svc: &Service, version: &Version, pushed: &[String], source: &Source
         labels,
         args: b.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         target: b.target.clone(),
-        cache_from: tags::previous_release(version, pushed).map(|t| release::tag_ref(&svc.image, &t)),
+        cache_from: tags::previous_release(version, pushed).map(|t| image::tag_ref(&svc.image, &t)),
     }
 }
 
@@ -144,7 +145,7 @@ pub struct Built {
 impl Built {
     /// `repo@sha256:…`: what a deploy runs.
     pub fn reference(&self) -> Option<String> {
-        self.digest.as_ref().map(|d| release::digest_ref(&self.image, d))
+        self.digest.as_ref().map(|d| image::digest_ref(&self.image, d))
     }
 }
 
@@ -262,7 +263,7 @@ impl Builder<'_> {
             "none".into()
         };
         self.info(format!("{}: building {} ({} files, {} KiB of context, cache: {cache})", svc.name, p.tags.tags[0], packed.files, packed.tar.len() / 1024));
-        let exact = release::tag_ref(&p.repo, &p.tags.tags[0]);
+        let exact = image::tag_ref(&p.repo, &p.tags.tags[0]);
         let service = svc.name.clone();
         let events = self.events;
         let out = move |line: String| events.emit(Event::BuildOutput { service: service.clone(), line });
@@ -286,7 +287,7 @@ impl Builder<'_> {
             r.map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
         }
         let build_ms = t0.elapsed().as_millis() as u64;
-        self.info(format!("{}: built {} in {:.1}s", svc.name, crate::output::printer::short(&image_id), build_ms as f64 / 1000.0));
+        self.info(format!("{}: built {} in {:.1}s", svc.name, crate::core::image::short(&image_id), build_ms as f64 / 1000.0));
         Ok(Built {
             service: svc.name.clone(),
             image: p.repo.clone(),
@@ -317,7 +318,7 @@ impl Builder<'_> {
         // digest (a rebuild of an unchanged commit), is not pushed again.
         let known = self.images.repo_digests(&b.image_id).await;
         let already = match self.registry.digest(&b.image, &b.tags[0]).await {
-            Ok(Some(d)) if known.contains(&release::digest_ref(&b.image, &d)) => Some(d),
+            Ok(Some(d)) if known.contains(&image::digest_ref(&b.image, &d)) => Some(d),
             _ => None,
         };
         let digest = match already {
@@ -346,7 +347,7 @@ impl Builder<'_> {
         b.push_ms = Some(t0.elapsed().as_millis() as u64);
         self.info(format!(
             "{svc}: pushed {} ({} tags) in {:.1}s",
-            crate::output::printer::short(&release::digest_ref(&b.image, &digest)),
+            crate::core::image::short(&image::digest_ref(&b.image, &digest)),
             b.tags.len(),
             t0.elapsed().as_secs_f64()
         ));
@@ -466,6 +467,7 @@ pub fn default_jobs() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::release;
     use crate::output::events::Recorder;
     use std::sync::Mutex;
 

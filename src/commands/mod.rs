@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use crate::cli::Targets;
 use crate::core::config::{Config, OnFailure, Service};
+use crate::core::image;
 use crate::core::names::HostAddr;
 use crate::core::plan::{self, HostPlan, Observed, Plan};
 use crate::core::record::{Lease, Record, RecordInstance};
@@ -242,9 +243,9 @@ async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &Observed) -
 
 /// Resolves `repo:version` to `repo@sha256:…` once, through the first host's engine.
 async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Credentials>) -> Result<String, Error> {
-    let reference = release::tag_ref(&svc.image, version);
+    let reference = image::tag_ref(&svc.image, version);
     match host.engine.registry_digest(&reference, creds).await {
-        Ok(d) if d.starts_with("sha256:") => Ok(release::digest_ref(&svc.image, &d)),
+        Ok(d) if d.starts_with("sha256:") => Ok(image::digest_ref(&svc.image, &d)),
         Ok(d) => {
             Err(Error::Unreachable { host: host.name.clone(), message: format!("{reference}: the registry answered an unexpected digest {d:?}"), hint: None })
         }
@@ -278,7 +279,7 @@ async fn resolve_release(
             Some(i) => i.clone(),
             None => resolve(host, svc, version, creds).await?,
         };
-        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::output::printer::short(&image)));
+        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::core::image::short(&image)));
         for i in &svc.plan_names() {
             images.insert((svc.name.clone(), i.clone()), image.clone());
         }
@@ -429,7 +430,7 @@ async fn version_from_tags(h: &Host, services: &[&Service], images: &HashMap<(St
     for svc in services {
         let Some(image) = images.iter().find(|((s, _), _)| *s == svc.name).map(|(_, i)| i) else { continue };
         let info = h.engine.inspect_image(image).await.ok().flatten()?;
-        if let Some(tag) = info.repo_tags.iter().filter(|t| release::repo_of(t) == svc.image).filter_map(|t| release::tag_of(t)).find(|t| *t != "latest") {
+        if let Some(tag) = info.repo_tags.iter().filter(|t| image::repo_of(t) == svc.image).filter_map(|t| image::tag_of(t)).find(|t| *t != "latest") {
             return Some(tag.to_string());
         }
     }
@@ -960,10 +961,10 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
                     }
                     Some((c, img)) => {
                         let digests = img.as_ref().map(|i| i.repo_digests.clone()).unwrap_or_default();
-                        let image = release::best_reference(&svc.image, &digests, &c.image_id);
+                        let image = image::best_reference(&svc.image, &digests, &c.image_id);
                         let version = release::version_of_image(&records, &image).or_else(|| {
                             img.as_ref()
-                                .and_then(|i| i.repo_tags.iter().find(|t| release::repo_of(t) == svc.image).and_then(|t| release::tag_of(t).map(String::from)))
+                                .and_then(|i| i.repo_tags.iter().find(|t| image::repo_of(t) == svc.image).and_then(|t| image::tag_of(t).map(String::from)))
                         });
                         let healthy = match (&svc.health.http, c.running) {
                             (_, false) => Some(false),
@@ -1009,7 +1010,7 @@ pub fn render_status(s: &StatusReport) -> String {
                 i.state,
                 health,
                 i.version.as_deref().unwrap_or("-"),
-                i.image.as_deref().map(crate::output::printer::short).unwrap_or_default()
+                i.image.as_deref().map(crate::core::image::short).unwrap_or_default()
             ));
         }
         match &h.lock {

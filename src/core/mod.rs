@@ -3,6 +3,7 @@
 //! network, no host: table-tested.
 
 pub mod config;
+pub mod image;
 pub mod names;
 pub mod observed;
 pub mod plan;

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::core::config::Service;
+use crate::core::image;
 use crate::core::observed::{ContainerInfo, ImageInfo, Listed, SwarmService};
-use crate::core::release;
 
 /// What was seen on one host before anything changed.
 #[derive(Debug, Clone, Default)]
@@ -139,7 +139,7 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
             let row = match observed.swarm.get(&svc.name) {
                 Some(Ok(Some(current))) => match target(&svc.name, &sw.service) {
                     Some(to) => {
-                        let from = release::without_tag(&current.image);
+                        let from = image::without_tag(&current.image);
                         Ok(InstancePlan { name: sw.service.clone(), replace: from != to, from_image: from, to_image: to })
                     }
                     None => Err(format!("{host}: no image to run for {}/{}", svc.name, sw.service)),
@@ -178,7 +178,7 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
                 continue;
             };
             let digests = image.as_ref().map(|i| i.repo_digests.clone()).unwrap_or_default();
-            let from = release::best_reference(&svc.image, &digests, &c.image_id);
+            let from = image::best_reference(&svc.image, &digests, &c.image_id);
             let runs_target = to == c.image_id || digests.contains(&to);
             instances.push(InstancePlan { name: name.clone(), from_image: from, to_image: to, replace: !runs_target });
         }

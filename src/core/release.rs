@@ -1,6 +1,6 @@
-//! Which release to run: the version asked for, the image references it
-//! becomes, and for a rollback the exact digests recorded for an earlier
-//! release. Pure.
+//! Which release to run: the version asked for, and for a rollback the exact
+//! digests recorded for an earlier release (image references themselves are
+//! `core::image`'s). Pure.
 
 use std::collections::HashMap;
 
@@ -61,49 +61,6 @@ pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, String
         ));
     }
     Ok(Version { text, semver })
-}
-
-pub fn tag_ref(repo: &str, tag: &str) -> String {
-    format!("{repo}:{tag}")
-}
-
-pub fn digest_ref(repo: &str, digest: &str) -> String {
-    format!("{repo}@{digest}")
-}
-
-/// The repository part of `repo:tag` or `repo@sha256:…`.
-pub fn repo_of(reference: &str) -> &str {
-    let no_digest = reference.split('@').next().unwrap_or(reference);
-    match no_digest.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => repo,
-        _ => no_digest,
-    }
-}
-
-/// The tag of `repo:tag`, if it has one (not a digest reference).
-pub fn tag_of(reference: &str) -> Option<&str> {
-    if reference.contains('@') {
-        return None;
-    }
-    match reference.rsplit_once(':') {
-        Some((_, tag)) if !tag.contains('/') => Some(tag),
-        _ => None,
-    }
-}
-
-/// `repo:tag@sha256:…` (how the Docker CLI pins a Swarm service's image) as
-/// `repo@sha256:…`, the form capstan plans and records; other references as they are.
-pub fn without_tag(reference: &str) -> String {
-    match reference.split_once('@') {
-        Some((name, digest)) => digest_ref(repo_of(name), digest),
-        None => reference.to_string(),
-    }
-}
-
-/// The image reference that names an image for the record: its digest
-/// reference in the service's repository when it has one, else its ID.
-pub fn best_reference(repo: &str, repo_digests: &[String], image_id: &str) -> String {
-    repo_digests.iter().find(|d| repo_of(d) == repo).or_else(|| repo_digests.first()).cloned().unwrap_or_else(|| image_id.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,20 +168,6 @@ mod tests {
         }
         assert!(version(src(Some("v2.0.0-rc.1"), None), false).unwrap().semver.is_some_and(|v| !v.pre.is_empty()));
         assert_eq!(version(src(Some("edge"), None), true).unwrap().semver, None);
-    }
-
-    #[test]
-    fn references() {
-        assert_eq!(repo_of("127.0.0.1:5000/demo:v1"), "127.0.0.1:5000/demo");
-        assert_eq!(repo_of("127.0.0.1:5000/demo@sha256:ab"), "127.0.0.1:5000/demo");
-        assert_eq!(repo_of("127.0.0.1:5000/demo"), "127.0.0.1:5000/demo");
-        assert_eq!(repo_of("demo:latest"), "demo");
-        assert_eq!(tag_of("127.0.0.1:5000/demo:v1"), Some("v1"));
-        assert_eq!(tag_of("127.0.0.1:5000/demo"), None);
-        assert_eq!(tag_of("demo@sha256:ab"), None);
-        let digests = vec!["other/x@sha256:1".to_string(), "r/demo@sha256:2".to_string()];
-        assert_eq!(best_reference("r/demo", &digests, "sha256:id"), "r/demo@sha256:2");
-        assert_eq!(best_reference("r/demo", &[], "sha256:id"), "sha256:id");
     }
 
     fn rec(version: &str, outcome: &str, from: &str, to: &str) -> Record {

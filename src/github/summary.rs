@@ -2,6 +2,7 @@
 //! outcome and version, hosts × instances with from → to and durations, the
 //! gates, the rollback link, and a Mermaid `gantt` timeline of the steps. Pure.
 
+use crate::core::image::short;
 use crate::output::report::Report;
 
 /// Where the rollback runs: the workflow's dispatch page and its file name.
@@ -26,10 +27,6 @@ impl RollbackLink {
     pub fn command(&self, to: &str) -> String {
         format!("gh workflow run {} -f rollback-to={to}", self.workflow)
     }
-}
-
-fn short(image: &str) -> String {
-    crate::output::printer::short(image)
 }
 
 fn secs(ms: u64) -> String {

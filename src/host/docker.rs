@@ -852,7 +852,7 @@ mod tests {
         let s = swarm_service(service_fixture());
         assert_eq!((s.id.as_str(), s.name.as_str(), s.version, s.replicas), ("7l969k51n4z0m04scxxqyqqeq", "shop_web", 2241, Some(3)));
         assert_eq!(s.image, "127.0.0.1:26829/capstan-demo:v1@sha256:0123abcd");
-        assert_eq!(crate::core::release::without_tag(&s.image), "127.0.0.1:26829/capstan-demo@sha256:0123abcd");
+        assert_eq!(crate::core::image::without_tag(&s.image), "127.0.0.1:26829/capstan-demo@sha256:0123abcd");
         assert_eq!(s.update, Some(UpdateState::RollbackStarted));
         assert!(s.update_message.contains("rolled back"));
     }

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use crate::core::image::short;
 use crate::core::plan::Plan;
 use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
 
@@ -77,14 +78,6 @@ pub fn render_plan(plan: &Plan) -> String {
     }
     out.push_str(&format!("\n  {} instance(s) to replace", plan.changes()));
     out
-}
-
-/// `repo@sha256:0123456789ab…` -> `repo@sha256:0123456789ab`.
-pub fn short(image: &str) -> String {
-    match image.split_once("sha256:") {
-        Some((head, hex)) => format!("{head}sha256:{}", &hex[..hex.len().min(12)]),
-        None => image.to_string(),
-    }
 }
 
 fn ms(d: u64) -> String {

@@ -155,9 +155,9 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
     };
     let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
     let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
-    let on_image = |t: &crate::core::observed::SwarmTask| image.is_none_or(|i| crate::core::release::without_tag(&t.image) == i);
+    let on_image = |t: &crate::core::observed::SwarmTask| image.is_none_or(|i| crate::core::image::without_tag(&t.image) == i);
     let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
-    let what = image.map(|i| format!(" {}", crate::output::printer::short(i))).unwrap_or_default();
+    let what = image.map(|i| format!(" {}", crate::core::image::short(i))).unwrap_or_default();
     if running.len() < want {
         let why: Vec<String> = wanted.iter().filter(|t| t.state != "running").map(|t| format!("{} {}", t.state, t.message).trim().to_string()).collect();
         let why = match why.first() {

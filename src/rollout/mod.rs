@@ -21,10 +21,10 @@ use tokio::time::Instant;
 use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
+use crate::core::image;
 use crate::core::observed::{ContainerInfo, ContainerSpec, DockerHealth};
 use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
 use crate::core::record::Lease;
-use crate::core::release;
 use crate::core::secret::Credentials;
 use crate::host::drain;
 use crate::host::state;
@@ -516,11 +516,11 @@ impl<'a> Rollout<'a> {
         let mut details = Vec::new();
         for image in images {
             if self.host.engine.inspect_image(image).await.map_err(|e| e.to_string())?.is_some() {
-                details.push(format!("{} present", crate::output::printer::short(image)));
+                details.push(format!("{} present", crate::core::image::short(image)));
                 continue;
             }
             self.host.engine.pull(image, self.creds).await.map_err(|e| e.to_string())?;
-            details.push(format!("pulled {}", crate::output::printer::short(image)));
+            details.push(format!("pulled {}", crate::core::image::short(image)));
         }
         Ok(((), details.join(", ")))
     }
@@ -622,7 +622,7 @@ impl<'a> Rollout<'a> {
             p.created = true;
             engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
             engine.start(name).await.map_err(|e| e.to_string())?;
-            Ok(((), crate::output::printer::short(to_image)))
+            Ok(((), crate::core::image::short(to_image)))
         })
         .await?;
         self.go_on(cancellable)?;
@@ -948,12 +948,9 @@ impl<'a> Rollout<'a> {
         let current = engine.inspect_container(first).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{first} disappeared"))?;
         let project = crate::host::compose::Project::of(&current.spec, c)
             .ok_or_else(|| format!("{first} carries no Compose project labels: is it a container of Compose project {}?", c.project))?;
-        let new = engine
-            .inspect_image(image)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{} is not on the host", crate::output::printer::short(image)))?;
-        let tagged = release::tag_ref(&svc.image, version);
+        let new =
+            engine.inspect_image(image).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{} is not on the host", crate::core::image::short(image)))?;
+        let tagged = image::tag_ref(&svc.image, version);
         match engine.inspect_image(&tagged).await.map_err(|e| e.to_string())? {
             Some(i) if i.id != new.id => {
                 return Err(format!(
@@ -966,7 +963,7 @@ impl<'a> Rollout<'a> {
         }
         let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await?;
         let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
-        Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::output::printer::short(image), project.command.join(" "))))
+        Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::core::image::short(image), project.command.join(" "))))
     }
 
     /// After the host's rollout succeeded: each replaced Compose service's `.env` variable
@@ -1018,9 +1015,9 @@ impl<'a> Rollout<'a> {
     /// Compose decides what to run from the tag its file names: point that tag
     /// at what now runs, so that a later `docker compose up -d` keeps it.
     async fn point_tag(&self, name: &str, reference: &str, image: &str) {
-        let (Some(tag), repo) = (release::tag_of(reference), release::repo_of(reference)) else { return };
+        let (Some(tag), repo) = (image::tag_of(reference), image::repo_of(reference)) else { return };
         match self.host.engine.tag(image, repo, tag).await {
-            Ok(()) => self.info(format!("{name}: compose tag {repo}:{tag} now points at {}", crate::output::printer::short(image))),
+            Ok(()) => self.info(format!("{name}: compose tag {repo}:{tag} now points at {}", crate::core::image::short(image))),
             Err(e) => self.warn(format!("{name}: could not move the compose tag {repo}:{tag}: {e}")),
         }
     }
@@ -1065,12 +1062,12 @@ fn compose_reference(current: &ContainerInfo, spec: &ContainerSpec) -> Option<St
     if let Some(r) = spec.0.labels.as_ref().and_then(|l| l.get(COMPOSE_IMAGE_LABEL)) {
         return Some(r.clone());
     }
-    release::tag_of(&current.image_ref).map(|_| current.image_ref.clone())
+    image::tag_of(&current.image_ref).map(|_| current.image_ref.clone())
 }
 
 /// A compose reference whose tag moves with releases (`:production`), as opposed to a version.
 fn moving(reference: &str) -> bool {
-    release::tag_of(reference).is_some_and(|t| !crate::host::compose::is_version_tag(t))
+    image::tag_of(reference).is_some_and(|t| !crate::host::compose::is_version_tag(t))
 }
 
 fn with_label(spec: &ContainerSpec, key: &str, value: &str) -> ContainerSpec {

@@ -17,11 +17,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::core::config::{Service, SwarmFailureAction, SwarmTarget};
+use crate::core::image::short;
+use crate::core::image::without_tag;
 use crate::core::observed::{SwarmService, UpdateState};
 use crate::core::plan::InstancePlan;
-use crate::core::release::without_tag;
 use crate::host::SwarmUpdate;
-use crate::output::printer::short;
 use crate::rollout::{round, Failure, Rollout, StepResult, MIN_TRAFFIC_BYTES};
 
 /// How often a Swarm update is looked at while it runs.
