@@ -430,7 +430,7 @@ pub fn created(source: &Source) -> String {
         .or(source.commit_time)
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .unwrap_or_else(time::OffsetDateTime::now_utc);
-    crate::commands::fmt_time(t.replace_nanosecond(0).unwrap_or(t))
+    crate::core::time::fmt_time(t.replace_nanosecond(0).unwrap_or(t))
 }
 
 /// Builds the services of `config` selected by `services` for `version`, on the local engine.

@@ -25,6 +25,7 @@ use crate::core::plan::{self, HostPlan, Observed, Plan};
 use crate::core::record::{Lease, Record, RecordInstance};
 use crate::core::release::{self, RollbackTo};
 use crate::core::secret::{Credentials, Secret};
+use crate::core::time::fmt_time;
 use crate::env;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
@@ -906,10 +907,6 @@ fn record(config: &Config, h: &Host, command: &str, version: Option<String>, sta
             .collect(),
         error: r.error.clone(),
     }
-}
-
-pub fn fmt_time(t: OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 // ---------------------------------------------------------------------------

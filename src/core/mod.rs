@@ -11,4 +11,5 @@ pub mod record;
 pub mod release;
 pub mod secret;
 pub mod tags;
+pub mod time;
 pub mod upstream;
