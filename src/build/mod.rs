@@ -19,7 +19,6 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
-use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::build::registry::{Registry, RegistryError};
@@ -29,7 +28,7 @@ use crate::core::release::Version;
 use crate::core::secret::Credentials;
 use crate::core::tags::{self, Tags};
 use crate::error::Error;
-use crate::output::events::{Event, Sink};
+use crate::output::events::{Built, Event, Sink};
 
 /// Where the source came from, for the OCI labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,32 +120,6 @@ pub trait Images: Send + Sync {
     /// The digests this image is known by in registries (`repo@sha256:…`), from earlier pushes or pulls.
     async fn repo_digests(&self, image: &str) -> Vec<String>;
     async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), String>;
-}
-
-/// One service's build, in the report.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Built {
-    pub service: String,
-    pub image: String,
-    pub tags: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_tags: Vec<String>,
-    /// `sha256:…` of the pushed manifest; `None` when not pushed.
-    pub digest: Option<String>,
-    pub image_id: String,
-    /// `local`, `from <ref>`, or `none`.
-    pub cache: String,
-    pub context_files: usize,
-    pub context_bytes: usize,
-    pub build_ms: u64,
-    pub push_ms: Option<u64>,
-}
-
-impl Built {
-    /// `repo@sha256:…`: what a deploy runs.
-    pub fn reference(&self) -> Option<String> {
-        self.digest.as_ref().map(|d| image::digest_ref(&self.image, d))
-    }
 }
 
 pub struct Builder<'a> {

@@ -30,7 +30,7 @@ use crate::env;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
 use crate::host::{EngineError, Host};
-use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
+use crate::output::events::{Event, Gate, HostEvent, HostPhase, InstanceOutcome, Sink};
 use crate::output::report::{Collector, Report};
 use crate::rollout::cancel::Cancel;
 use crate::rollout::gates;
@@ -839,7 +839,7 @@ impl Drop for Heartbeat {
 }
 
 /// Emits every gate; returns the ones that failed.
-fn emit_gates(ctx: &Ctx<'_>, per_host: Vec<Vec<gates::Gate>>) -> Vec<gates::Gate> {
+fn emit_gates(ctx: &Ctx<'_>, per_host: Vec<Vec<Gate>>) -> Vec<Gate> {
     let mut failed = Vec::new();
     for g in per_host.into_iter().flatten() {
         if !g.ok {
@@ -850,7 +850,7 @@ fn emit_gates(ctx: &Ctx<'_>, per_host: Vec<Vec<gates::Gate>>) -> Vec<gates::Gate
     failed
 }
 
-fn refused(what: &str, failed: &[gates::Gate]) -> Error {
+fn refused(what: &str, failed: &[Gate]) -> Error {
     let list: Vec<String> = failed.iter().map(|g| g.describe()).collect();
     Error::Refused(format!("{what} refused the deploy; nothing was changed: {}", list.join("; ")))
 }

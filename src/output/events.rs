@@ -1,10 +1,14 @@
 //! Rollout events: the one stream every kind of output is fed from (the
-//! terminal printer, the `--json` report, and later GitHub statuses and the
-//! job summary). Producers emit; they never print.
+//! terminal printer, the `--json` report, GitHub statuses and the job summary).
+//! Producers emit; they never print. The stream's vocabulary is defined here,
+//! including what the build ([`Built`]) and the gates ([`Gate`]) report, so that
+//! producers import the output layer and never the other way round.
 
 use std::sync::Arc;
 
 use serde::Serialize;
+
+use crate::core::image;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,9 +44,9 @@ pub enum Event {
         line: String,
     },
     /// A service was built (and pushed, when it has a digest).
-    Built(crate::build::Built),
+    Built(Built),
     /// A preflight check, hook, migration, validation or bake result.
-    Gate(crate::rollout::gates::Gate),
+    Gate(Gate),
     /// A host's part of the run: connected, started, finished or skipped, with its times.
     Host(HostEvent),
     /// How many times the load balancer was reloaded for a service on a host.
@@ -89,6 +93,61 @@ pub struct StepEvent {
     pub detail: String,
 }
 
+/// One check's result.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gate {
+    pub host: String,
+    /// `preflight disk`, `pre_deploy hook`, `migrate web`, `validate errors`, `bake`…
+    pub gate: String,
+    pub ok: bool,
+    /// What was found: `41.2 GiB free`, `exit 0`.
+    pub measured: String,
+    /// What was required, if anything: `at least 2.0 GiB`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub limit: String,
+    /// The output of a hook or a migration (its last 64 KiB).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+impl Gate {
+    pub fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
+        Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new() }
+    }
+
+    /// `web-1.example: preflight disk: 1.2 GiB free, needs at least 2.0 GiB`
+    pub fn describe(&self) -> String {
+        let limit = if self.limit.is_empty() { String::new() } else { format!(", needs {}", self.limit) };
+        format!("{}: {}: {}{limit}", self.host, self.gate, self.measured)
+    }
+}
+
+/// One service's build, in the report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Built {
+    pub service: String,
+    pub image: String,
+    pub tags: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_tags: Vec<String>,
+    /// `sha256:…` of the pushed manifest; `None` when not pushed.
+    pub digest: Option<String>,
+    pub image_id: String,
+    /// `local`, `from <ref>`, or `none`.
+    pub cache: String,
+    pub context_files: usize,
+    pub context_bytes: usize,
+    pub build_ms: u64,
+    pub push_ms: Option<u64>,
+}
+
+impl Built {
+    /// `repo@sha256:…`: what a deploy runs.
+    pub fn reference(&self) -> Option<String> {
+        self.digest.as_ref().map(|d| image::digest_ref(&self.image, d))
+    }
+}
+
 pub trait Sink: Send + Sync {
     fn emit(&self, e: Event);
 }
@@ -113,5 +172,16 @@ pub struct Recorder(pub std::sync::Mutex<Vec<Event>>);
 impl Sink for Recorder {
     fn emit(&self, e: Event) {
         self.0.lock().unwrap().push(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_name_the_host_the_check_and_the_limit() {
+        let g = Gate::new("h1", "preflight disk", false, "1.0 GiB free on /var/lib/docker", "at least 2.0 GiB");
+        assert_eq!(g.describe(), "h1: preflight disk: 1.0 GiB free on /var/lib/docker, needs at least 2.0 GiB");
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::core::plan::Plan;
-use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
+use crate::output::events::{Built, Event, Gate, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
@@ -18,10 +18,10 @@ pub struct Report {
     pub hosts: Vec<HostReport>,
     /// Per built service: image, tags, digest, build and push durations.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub build: Vec<crate::build::Built>,
+    pub build: Vec<Built>,
     /// Every preflight check, hook, migration, validation and bake result, with its measured value.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub gates: Vec<crate::rollout::gates::Gate>,
+    pub gates: Vec<Gate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
     pub error: Option<String>,
@@ -74,8 +74,8 @@ pub struct InstanceReport {
 #[derive(Default)]
 pub struct Collector {
     hosts: Mutex<Vec<HostReport>>,
-    builds: Mutex<Vec<crate::build::Built>>,
-    gates: Mutex<Vec<crate::rollout::gates::Gate>>,
+    builds: Mutex<Vec<Built>>,
+    gates: Mutex<Vec<Gate>>,
 }
 
 impl Collector {
@@ -117,11 +117,11 @@ impl Collector {
         self.hosts.lock().unwrap().clone()
     }
 
-    pub fn builds(&self) -> Vec<crate::build::Built> {
+    pub fn builds(&self) -> Vec<Built> {
         self.builds.lock().unwrap().clone()
     }
 
-    pub fn gates(&self) -> Vec<crate::rollout::gates::Gate> {
+    pub fn gates(&self) -> Vec<Gate> {
         self.gates.lock().unwrap().clone()
     }
 }

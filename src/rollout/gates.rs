@@ -10,41 +10,11 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
 use crate::core::observed::{ContainerInfo, DockerHealth};
 use crate::core::plan::HostPlan;
 use crate::host::Host;
-
-/// One check's result.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Gate {
-    pub host: String,
-    /// `preflight disk`, `pre_deploy hook`, `migrate web`, `validate errors`, `bake`…
-    pub gate: String,
-    pub ok: bool,
-    /// What was found: `41.2 GiB free`, `exit 0`.
-    pub measured: String,
-    /// What was required, if anything: `at least 2.0 GiB`.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub limit: String,
-    /// The output of a hook or a migration (its last 64 KiB).
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub output: String,
-}
-
-impl Gate {
-    pub fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
-        Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new() }
-    }
-
-    /// `web-1.example: preflight disk: 1.2 GiB free, needs at least 2.0 GiB`
-    pub fn describe(&self) -> String {
-        let limit = if self.limit.is_empty() { String::new() } else { format!(", needs {}", self.limit) };
-        format!("{}: {}: {}{limit}", self.host, self.gate, self.measured)
-    }
-}
+use crate::output::events::Gate;
 
 /// What the lock looked like to the preflight (it is taken, or read, before).
 pub enum LockSeen {
@@ -403,12 +373,6 @@ mod tests {
         let re = regex::Regex::new("ERROR|panic").unwrap();
         let (n, last) = count_errors("ok\nERROR one\nfine\npanic: two\n", &re);
         assert_eq!((n, last), (2, vec!["ERROR one".to_string(), "panic: two".to_string()]));
-    }
-
-    #[test]
-    fn descriptions_name_the_host_the_check_and_the_limit() {
-        let g = Gate::new("h1", "preflight disk", false, "1.0 GiB free on /var/lib/docker", "at least 2.0 GiB");
-        assert_eq!(g.describe(), "h1: preflight disk: 1.0 GiB free on /var/lib/docker, needs at least 2.0 GiB");
     }
 
     #[tokio::test]

@@ -29,7 +29,7 @@ use crate::core::secret::Credentials;
 use crate::host::drain;
 use crate::host::state;
 use crate::host::Host;
-use crate::output::events::{Event, InstanceOutcome, Sink, StepEvent};
+use crate::output::events::{Event, Gate, InstanceOutcome, Sink, StepEvent};
 use crate::rollout::cancel::Cancel;
 
 /// Bytes an instance must receive during the traffic check to count as reached.
@@ -356,7 +356,7 @@ impl<'a> Rollout<'a> {
         HostResult { outcome, instances, error: None, ..Default::default() }
     }
 
-    fn gate(&self, g: crate::rollout::gates::Gate) -> crate::rollout::gates::Gate {
+    fn gate(&self, g: Gate) -> Gate {
         self.events.emit(Event::Gate(g.clone()));
         g
     }
@@ -373,7 +373,7 @@ impl<'a> Rollout<'a> {
         let gate = format!("migrate {}", svc.name);
         let limit = format!("exit 0 within {}", humantime::format_duration(m.timeout));
         let g = match engine.run_once(&name, &spec, image, m.timeout).await {
-            Ok((code, output)) => crate::rollout::gates::Gate {
+            Ok((code, output)) => Gate {
                 host: self.host.name.clone(),
                 gate,
                 ok: code == 0,
@@ -381,7 +381,7 @@ impl<'a> Rollout<'a> {
                 limit,
                 output: output.trim_end().to_string(),
             },
-            Err(e) => crate::rollout::gates::Gate::new(&self.host.name, gate, false, e.to_string(), limit),
+            Err(e) => Gate::new(&self.host.name, gate, false, e.to_string(), limit),
         };
         let g = self.gate(g);
         if g.ok {
@@ -402,7 +402,7 @@ impl<'a> Rollout<'a> {
                 None => names.push(d.name.clone()),
             }
         }
-        let fail = |at: &str, g: &crate::rollout::gates::Gate| Err((at.to_string(), g.describe()));
+        let fail = |at: &str, g: &Gate| Err((at.to_string(), g.describe()));
         if let Some(v) = self.safety.validate {
             for e in &v.endpoints {
                 let g = self.gate(crate::rollout::gates::endpoint(self.host, e).await);
@@ -436,7 +436,7 @@ impl<'a> Rollout<'a> {
                     },
                 };
                 if !ok {
-                    let g = self.gate(crate::rollout::gates::Gate::new(
+                    let g = self.gate(Gate::new(
                         &self.host.name,
                         "bake",
                         false,
@@ -461,7 +461,7 @@ impl<'a> Rollout<'a> {
                 return Err(("bake".into(), why));
             }
         }
-        self.gate(crate::rollout::gates::Gate::new(
+        self.gate(Gate::new(
             &self.host.name,
             "bake",
             true,
