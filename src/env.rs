@@ -57,3 +57,25 @@ pub fn actor() -> String {
         format!("{user}@{host}")
     }
 }
+
+/// The environment variable the runner sets for an input of a container action:
+/// uppercased, spaces to underscores, hyphens kept (`rollback-to` -> `INPUT_ROLLBACK-TO`).
+pub fn input_var(name: &str) -> String {
+    format!("INPUT_{}", name.replace(' ', "_").to_uppercase())
+}
+
+/// An input's value, trimmed; `None` when unset or empty.
+pub fn input(name: &str) -> Option<String> {
+    std::env::var(input_var(name)).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_names_follow_the_runner() {
+        assert_eq!(input_var("rollback-to"), "INPUT_ROLLBACK-TO");
+        assert_eq!(input_var("ssh private key"), "INPUT_SSH_PRIVATE_KEY");
+    }
+}

@@ -12,12 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::core::config::Config;
-use crate::env;
+use crate::env::{self, input};
 use crate::error::Error;
 use crate::github::summary::{self, RollbackLink};
 use crate::github::trigger::{self, Trigger};
 use crate::output::report::Report;
-use crate::output::workflow::{self, input};
+use crate::output::workflow;
 
 /// What the action prepared before the config is read.
 pub struct Setup {

@@ -1,9 +1,8 @@
 //! GitHub Actions' side channels, in the formats the runner reads: workflow
-//! commands on stdout (`::add-mask::`, `::error file=…,line=…::`),
-//! step outputs in `GITHUB_OUTPUT` (multiline-safe `name<<DELIMITER`), and the
-//! action's inputs as the runner passes them to a container action
-//! (`INPUT_<NAME>`: uppercased, spaces to underscores, hyphens kept). The
-//! formatting is pure; [`append`] writes a file the runner gave.
+//! commands in the log (`::group::`, `::add-mask::`, `::error file=…,line=…::`)
+//! and step outputs in `GITHUB_OUTPUT` (multiline-safe `name<<DELIMITER`). The
+//! formatting is pure; [`append`] writes a file the runner gave. (The action's
+//! inputs, `INPUT_<NAME>`, are read in `env`.)
 
 use std::io::Write;
 use std::path::Path;
@@ -42,16 +41,6 @@ pub fn output_entry(name: &str, value: &str) -> String {
     format!("{name}<<{delim}\n{value}\n{delim}\n")
 }
 
-/// The environment variable the runner sets for an input: `rollback-to` -> `INPUT_ROLLBACK-TO`.
-pub fn input_var(name: &str) -> String {
-    format!("INPUT_{}", name.replace(' ', "_").to_uppercase())
-}
-
-/// An input's value, trimmed; `None` when unset or empty.
-pub fn input(name: &str) -> Option<String> {
-    std::env::var(input_var(name)).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
-}
-
 /// Appends to a file the runner names (`GITHUB_OUTPUT`, `GITHUB_STEP_SUMMARY`).
 pub fn append(path: &Path, text: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
@@ -79,11 +68,5 @@ mod tests {
         let head = lines.next().unwrap();
         let delim = head.strip_prefix("report<<").unwrap();
         assert_eq!(lines.collect::<Vec<_>>(), vec!["line 1", "line 2", delim]);
-    }
-
-    #[test]
-    fn input_names_follow_the_runner() {
-        assert_eq!(input_var("rollback-to"), "INPUT_ROLLBACK-TO");
-        assert_eq!(input_var("ssh private key"), "INPUT_SSH_PRIVATE_KEY");
     }
 }
