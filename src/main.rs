@@ -22,10 +22,11 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, LockAction};
-use crate::commands::{Connector, Ctx, SshConnector, Want};
+use crate::commands::{Ctx, Want};
 use crate::core::{config, image, plan, release};
 use crate::error::{exit, Error};
 use crate::github::{action, publish, summary, trigger};
+use crate::host::connect::{Connector, SshConnector};
 use crate::output::events::{Fanout, Sink};
 use crate::output::printer::{Printer, Verbosity};
 use crate::output::report::{Collector, Report};

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use async_trait::async_trait;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -28,6 +27,7 @@ use crate::core::secret::{Credentials, Secret};
 use crate::core::time::fmt_time;
 use crate::env;
 use crate::error::Error;
+use crate::host::connect::Connector;
 use crate::host::state::{self, StateError};
 use crate::host::{EngineError, Host};
 use crate::output::events::{Event, Gate, HostEvent, HostPhase, InstanceOutcome, Sink};
@@ -35,43 +35,6 @@ use crate::output::report::{Collector, Report};
 use crate::rollout::cancel::Cancel;
 use crate::rollout::gates;
 use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout, Safety};
-
-/// Opens hosts. The real one is SSH; tests use fakes.
-#[async_trait]
-pub trait Connector: Send + Sync {
-    async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error>;
-    async fn close(&self);
-}
-
-pub struct SshConnector {
-    open: tokio::sync::Mutex<Vec<Arc<crate::host::ssh::SshHost>>>,
-}
-
-impl SshConnector {
-    pub fn new() -> Self {
-        SshConnector { open: tokio::sync::Mutex::new(Vec::new()) }
-    }
-}
-
-#[async_trait]
-impl Connector for SshConnector {
-    async fn connect(&self, addr: &HostAddr, config: &Config) -> Result<Host, Error> {
-        let (host, ssh) = crate::host::ssh::connect(addr, &config.ssh, &config.docker_socket).await.map_err(|e| Error::Unreachable {
-            host: addr.to_string(),
-            message: e.message,
-            hint: e.hint,
-        })?;
-        self.open.lock().await.push(ssh);
-        Ok(host)
-    }
-
-    async fn close(&self) {
-        for s in self.open.lock().await.drain(..) {
-            s.close().await;
-        }
-        crate::host::ssh::remove_socket_dir();
-    }
-}
 
 /// What a command needs besides its arguments.
 pub struct Ctx<'a> {
@@ -1167,6 +1130,7 @@ mod tests {
     use super::*;
     use crate::host::fake::{world, FakeHost, V1, V2};
     use crate::output::events::Recorder;
+    use async_trait::async_trait;
 
     /// The whole command flow (connect, observe, resolve, plan, lock, roll out,
     /// record) against the fake host: the lock and log scripts run for real.

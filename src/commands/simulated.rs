@@ -191,7 +191,7 @@ pub struct SlowConnector {
 }
 
 #[async_trait]
-impl crate::commands::Connector for SlowConnector {
+impl crate::host::connect::Connector for SlowConnector {
     async fn connect(&self, addr: &HostAddr, _config: &Config) -> Result<Host, Error> {
         tokio::time::sleep(self.lat.connect).await;
         let h = self.hosts.iter().find(|h| h.name == addr.host).expect("a fake host by that name");

@@ -6,6 +6,7 @@
 //! executor's tests.
 
 pub mod compose;
+pub mod connect;
 pub mod docker;
 pub mod drain;
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! native-mux client, with no `ssh` process per command). Through it: quoted commands ([`Shell`]), the host's
 //! Docker socket forwarded to a local socket, and TCP tunnels for HTTP probes
 //! ([`Probe`]). Host keys are always checked strictly; nothing is accepted new.
-//! This is the only module that spawns processes.
+//! This is the only module that spawns processes. It knows nothing of Docker
+//! beyond forwarding a socket: `host::connect` puts the engine on it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,8 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::core::config::Ssh;
 use crate::core::names::HostAddr;
-use crate::host::docker::DockerEngine;
-use crate::host::{CmdOutput, Host, HttpAnswer, Probe, Shell, ShellError};
+use crate::host::{CmdOutput, HttpAnswer, Probe, Shell, ShellError};
 
 pub struct SshHost {
     session: Session,
@@ -53,8 +53,8 @@ pub fn remove_socket_dir() {
     let _ = std::fs::remove_dir_all(socket_dir());
 }
 
-/// Opens the master connection and the Docker socket forward: a ready [`Host`].
-pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<(Host, Arc<SshHost>), ConnectError> {
+/// Opens the master connection to `addr`.
+pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectError> {
     let name = addr.to_string();
     let mut b = SessionBuilder::default();
     b.known_hosts_check(KnownHosts::Strict).connect_timeout(ssh.connect_timeout).server_alive_interval(Duration::from_secs(10)).control_directory(socket_dir());
@@ -88,15 +88,7 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
         .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None })?;
-    let ssh_host = Arc::new(SshHost { session, name: name.clone(), tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) });
-    let local = ssh_host.forward_docker(docker_socket).await?;
-    let engine = DockerEngine::connect(&local).await.map_err(|e| ConnectError {
-        message: format!("{name}: {e}"),
-        hint: Some(format!("check that Docker runs on the host and that the ssh user may use {docker_socket}")),
-    })?;
-    let engine = Arc::new(engine);
-    let host = Host { name, engine: engine.clone(), swarm: engine, shell: ssh_host.clone(), probe: ssh_host.clone() };
-    Ok((host, ssh_host))
+    Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) }))
 }
 
 fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
@@ -122,7 +114,8 @@ fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
 }
 
 impl SshHost {
-    async fn forward_docker(&self, remote: &str) -> Result<PathBuf, ConnectError> {
+    /// Forwards the host's Docker socket `remote` to a local socket: its path.
+    pub async fn forward_docker(&self, remote: &str) -> Result<PathBuf, ConnectError> {
         let local = socket_dir().join(format!("d{}.sock", rand::random::<u32>()));
         let _ = std::fs::remove_file(&local);
         self.session.request_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote)).await.map_err(|e| ConnectError {

@@ -334,11 +334,12 @@ mod tests {
     use async_trait::async_trait;
 
     use crate::cli::Targets;
-    use crate::commands::{roll, Connector, Ctx, RollOpts, RunOutput, Want};
+    use crate::commands::{roll, Ctx, RollOpts, RunOutput, Want};
     use crate::core::config::{self, Config, SwarmOrder};
     use crate::core::names::HostAddr;
     use crate::core::release::RollbackTo;
     use crate::error::Error;
+    use crate::host::connect::Connector;
     use crate::host::fake::{world, FakeHost, V1, V2};
     use crate::host::state;
     use crate::host::Host;
