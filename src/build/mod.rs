@@ -12,6 +12,7 @@
 pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
+pub mod local;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -107,7 +108,7 @@ pub enum PushFailure {
     Other(String),
 }
 
-/// The local Docker engine, as the build needs it. Real: `docker::LocalImages`.
+/// The local Docker engine, as the build needs it. Real: `local::LocalImages`.
 #[async_trait]
 pub trait Images: Send + Sync {
     /// Builds; each output line goes to `out`. Returns the image ID.
@@ -419,7 +420,7 @@ pub async fn build_local(
     if !services.iter().any(|s| s.build.is_some()) {
         return Ok(Vec::new());
     }
-    let images = crate::host::docker::LocalImages::connect().await.map_err(|e| Error::Unreachable {
+    let images = local::LocalImages::connect().await.map_err(|e| Error::Unreachable {
         host: "local Docker engine".into(),
         message: e.to_string(),
         hint: Some("capstan builds on the engine of DOCKER_HOST (default /var/run/docker.sock); start Docker or set DOCKER_HOST".into()),

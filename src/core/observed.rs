@@ -19,7 +19,7 @@ pub struct PublishedPort {
 
 /// How to create a container again: everything the user set on the old one
 /// (env, ports, volumes, networks and aliases, labels, restart policy,
-/// healthcheck, command), minus the image. Built by `docker::spec_from_inspect`.
+/// healthcheck, command), minus the image. Built by `host::spec::spec_from_inspect`.
 #[derive(Clone, Debug, Default)]
 pub struct ContainerSpec(pub bollard::models::ContainerCreateBody);
 

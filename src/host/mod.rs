@@ -11,6 +11,7 @@ pub mod docker;
 pub mod drain;
 #[cfg(test)]
 pub mod fake;
+pub mod spec;
 pub mod ssh;
 pub mod state;
 

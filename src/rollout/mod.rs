@@ -366,7 +366,7 @@ impl<'a> Rollout<'a> {
         self.go_on(true)?;
         let engine = &self.host.engine;
         let current = engine.inspect_container(instance).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{instance} disappeared"))?;
-        let spec = crate::host::docker::one_off_spec(&current.spec, &m.command);
+        let spec = crate::host::spec::one_off_spec(&current.spec, &m.command);
         let name = format!("{instance}-capstan-migrate");
         // A killed run may have left one behind.
         let _ = engine.remove(&name).await;
