@@ -4,6 +4,8 @@
 
 pub mod action;
 pub mod api;
+#[cfg(test)]
+pub mod fake;
 pub mod publish;
 pub mod summary;
 pub mod trigger;

@@ -253,7 +253,7 @@ impl Publisher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::FakeGitHub;
+    use crate::github::fake::FakeGitHub;
     use crate::output::events::Recorder;
     use crate::output::report::{HostReport, InstanceReport};
 
