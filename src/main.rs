@@ -11,6 +11,8 @@ mod error;
 mod fuzz;
 mod github;
 mod host;
+#[cfg(test)]
+mod layers;
 mod output;
 mod rollout;
 mod tls;
