@@ -34,7 +34,8 @@ use crate::output::events::{Event, Gate, HostEvent, HostPhase, InstanceOutcome, 
 use crate::output::report::{Collector, Report};
 use crate::rollout::cancel::Cancel;
 use crate::rollout::gates;
-use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout, Safety};
+use crate::rollout::safety::Safety;
+use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout};
 
 /// What a command needs besides its arguments.
 pub struct Ctx<'a> {

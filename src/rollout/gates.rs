@@ -11,10 +11,11 @@
 use std::time::Duration;
 
 use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
-use crate::core::observed::{ContainerInfo, DockerHealth};
+use crate::core::observed::UpdateState;
 use crate::core::plan::HostPlan;
 use crate::host::Host;
 use crate::output::events::Gate;
+use crate::rollout::checks::{healthy_now, swarm_now};
 
 /// What the lock looked like to the preflight (it is taken, or read, before).
 pub enum LockSeen {
@@ -97,7 +98,7 @@ async fn swarm_preflight(host: &Host, svc: &Service, sw: &SwarmTarget, check_hea
         return Gate::new(h, gate, true, "no update under way", "no update under way");
     }
     let (ok, measured) = swarm_now(host, svc, sw, None).await;
-    let paused = current.update.filter(|u| matches!(u, crate::core::observed::UpdateState::Paused | crate::core::observed::UpdateState::RollbackPaused));
+    let paused = current.update.filter(|u| matches!(u, UpdateState::Paused | UpdateState::RollbackPaused));
     let (ok, measured) = match paused {
         Some(p) => (false, format!("an earlier update is {} ({}); {measured}", p.as_str(), current.update_message)),
         None => (ok, measured),
@@ -107,65 +108,6 @@ async fn swarm_preflight(host: &Host, svc: &Service, sw: &SwarmTarget, check_hea
         (false, true) => Gate::new(h, gate, true, format!("{measured}; deployed over it with --force"), "healthy"),
         (false, false) => Gate::new(h, gate, false, format!("{measured} (deploy over it with --force)"), "healthy"),
     }
-}
-
-/// One look at a Swarm service: as many tasks as Swarm wants are running `image` (any
-/// image when `None`), and those whose container is on this host are healthy (Docker
-/// health, and `health.http` probed at the container). Tasks on other nodes count by
-/// Swarm's word, which includes their image's HEALTHCHECK.
-pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Option<&str>) -> (bool, String) {
-    let current = match host.swarm.inspect_service(&sw.service).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return (false, format!("the Swarm service {} is gone", sw.service)),
-        Err(e) => return (false, e.to_string()),
-    };
-    let tasks = match host.swarm.tasks(&current.id).await {
-        Ok(t) => t,
-        Err(e) => return (false, e.to_string()),
-    };
-    let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
-    let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
-    let on_image = |t: &crate::core::observed::SwarmTask| image.is_none_or(|i| crate::core::image::without_tag(&t.image) == i);
-    let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
-    let what = image.map(|i| format!(" {}", crate::core::image::short(i))).unwrap_or_default();
-    if running.len() < want {
-        let why: Vec<String> = wanted.iter().filter(|t| t.state != "running").map(|t| format!("{} {}", t.state, t.message).trim().to_string()).collect();
-        let why = match why.first() {
-            Some(w) => format!(" (a task is {w})"),
-            None => String::new(),
-        };
-        return (false, format!("{}/{want} tasks running{what}{why}", running.len()));
-    }
-    let mut local = 0;
-    for t in &running {
-        let Some(id) = &t.container else { continue };
-        let Ok(Some(c)) = host.engine.inspect_container(id).await else { continue };
-        local += 1;
-        let (ok, measured) = healthy_now(host, svc, &c).await;
-        if !ok {
-            return (false, format!("task {}: {measured}", t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.id.chars().take(12).collect())));
-        }
-    }
-    (true, format!("{}/{want} tasks running{what}, {local} on this host healthy", running.len()))
-}
-
-/// One look at a running instance: running, Docker health not failing, one good HTTP probe.
-pub async fn healthy_now(host: &Host, svc: &Service, c: &ContainerInfo) -> (bool, String) {
-    if !c.running {
-        return (false, "not running".into());
-    }
-    if c.docker_health == Some(DockerHealth::Unhealthy) {
-        return (false, "Docker HEALTHCHECK reports unhealthy".into());
-    }
-    if let Some(http) = &svc.health.http {
-        let (addr, port) = c.probe_addr(http.port);
-        match host.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await {
-            Ok(a) if (200..400).contains(&a.status) => {}
-            Ok(a) => return (false, format!("GET {} answered {}", http.path, a.status)),
-            Err(e) => return (false, format!("GET {}: {e}", http.path)),
-        }
-    }
-    (true, "healthy".into())
 }
 
 async fn disk(host: &Host, min: u64) -> Gate {

@@ -17,12 +17,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::core::config::{Service, SwarmFailureAction, SwarmTarget};
-use crate::core::image::short;
-use crate::core::image::without_tag;
+use crate::core::image::{short, without_tag};
 use crate::core::observed::{SwarmService, UpdateState};
 use crate::core::plan::InstancePlan;
 use crate::host::SwarmUpdate;
-use crate::rollout::{round, Failure, Rollout, StepResult, MIN_TRAFFIC_BYTES};
+use crate::rollout::checks::{rx_bytes, swarm_now, MIN_TRAFFIC_BYTES};
+use crate::rollout::steps::{round, Failure, StepResult, Steps};
 
 /// How often a Swarm update is looked at while it runs.
 const POLL: Duration = Duration::from_millis(500);
@@ -58,22 +58,33 @@ fn describe(u: &SwarmUpdate) -> String {
     )
 }
 
-impl Rollout<'_> {
+/// A Swarm service's rollout on one host, driven through the executor's [`Steps`]
+/// (timed steps, cancellation, the host): it knows nothing else of `Rollout`.
+pub(super) struct SwarmRollout<'a> {
+    steps: Steps<'a>,
+}
+
+impl<'a> SwarmRollout<'a> {
+    pub(super) fn new(steps: Steps<'a>) -> Self {
+        SwarmRollout { steps }
+    }
+
     /// Updates the Swarm service of `svc` to `ip.to_image` and proves it. On failure the
     /// service is put back before returning (`Failure::restored` says whether that worked).
-    pub(crate) async fn roll_swarm(&self, svc: &Service, sw: &SwarmTarget, ip: &InstancePlan) -> Result<(), Failure> {
+    pub(super) async fn roll(&self, svc: &Service, sw: &SwarmTarget, ip: &InstancePlan) -> Result<(), Failure> {
         let (s, name) = (&svc.name, &ip.name);
-        self.go_on(true).map_err(|message| Failure { message, restored: true })?;
+        self.steps.go_on(true).map_err(|message| Failure { message, restored: true })?;
         let sent = self
+            .steps
             .step(s, name, "update", async {
                 let current = self.swarm_service(sw).await?;
                 if let Some(u) = current.update.filter(|u| u.busy()) {
                     return Err(format!("Swarm's {} of {} is under way ({}); try again once it is done", u.as_str(), sw.service, current.update_message));
                 }
                 let u = settings(sw);
-                let warnings = self.host.swarm.update_service(&current, &ip.to_image, &u, self.creds).await.map_err(|e| e.to_string())?;
+                let warnings = self.steps.host.swarm.update_service(&current, &ip.to_image, &u, self.steps.creds).await.map_err(|e| e.to_string())?;
                 for w in &warnings {
-                    self.warn(format!("{}: Swarm: {w}", sw.service));
+                    self.steps.warn(format!("{}: Swarm: {w}", sw.service));
                 }
                 Ok(((), format!("{} → {}: {}", short(&ip.from_image), short(&ip.to_image), describe(&u))))
             })
@@ -81,37 +92,38 @@ impl Rollout<'_> {
         // A refused update changed nothing.
         sent.map_err(|message| Failure { message, restored: true })?;
         let forward = async {
-            self.step(s, name, "converge", async {
-                match self.watch_swarm(sw, &ip.to_image, true).await? {
-                    Settled::Done(d) => Ok(((), d)),
-                    Settled::Failed(why) => Err(why),
-                }
-            })
-            .await?;
-            self.go_on(true)?;
-            self.step(s, name, "health", self.swarm_health(svc, sw, &ip.to_image, true)).await?;
-            self.go_on(true)?;
-            self.step(s, name, "traffic", self.swarm_traffic(svc, sw, &ip.to_image)).await?;
+            self.steps
+                .step(s, name, "converge", async {
+                    match self.watch_swarm(sw, &ip.to_image, true).await? {
+                        Settled::Done(d) => Ok(((), d)),
+                        Settled::Failed(why) => Err(why),
+                    }
+                })
+                .await?;
+            self.steps.go_on(true)?;
+            self.steps.step(s, name, "health", self.swarm_health(svc, sw, &ip.to_image, true)).await?;
+            self.steps.go_on(true)?;
+            self.steps.step(s, name, "traffic", self.swarm_traffic(svc, sw, &ip.to_image)).await?;
             Ok::<(), String>(())
         };
         match forward.await {
             Ok(()) => Ok(()),
             Err(message) => {
-                let restored = self.revert_swarm(svc, name, &ip.from_image, &ip.to_image).await;
+                let restored = self.revert(svc, name, &ip.from_image, &ip.to_image).await;
                 Err(Failure { message, restored })
             }
         }
     }
 
     /// Puts a Swarm service back on `from` (see the module's doc); whether it is back and healthy.
-    pub(crate) async fn revert_swarm(&self, svc: &Service, name: &str, from: &str, to: &str) -> bool {
+    pub(super) async fn revert(&self, svc: &Service, name: &str, from: &str, to: &str) -> bool {
         let Some(sw) = &svc.swarm else { return false };
         let s = &svc.name;
         // Swarm's own rollback, if one is under way, ends first; an update under way is rolled back at once.
         let current = match self.settle(sw).await {
             Ok(c) => c,
             Err(e) => {
-                self.warn(format!("{}: cannot put it back: {e}", sw.service));
+                self.steps.warn(format!("{}: cannot put it back: {e}", sw.service));
                 return false;
             }
         };
@@ -119,15 +131,16 @@ impl Rollout<'_> {
         if now != from {
             let step = if now == to { "revert rollback" } else { "revert update" };
             let sent = self
+                .steps
                 .step(s, name, step, async {
                     if now == to {
                         // This run's update is the last one: Swarm's previous spec is the one it replaced.
-                        self.host.swarm.rollback_service(&current).await.map_err(|e| e.to_string())?;
+                        self.steps.host.swarm.rollback_service(&current).await.map_err(|e| e.to_string())?;
                         Ok(((), format!("Swarm's rollback to the spec before ({})", short(from))))
                     } else {
                         // Changed since: back to the recorded image, and a failure pauses rather than going forward.
                         let u = SwarmUpdate { failure_action: SwarmFailureAction::Pause, ..settings(sw) };
-                        self.host.swarm.update_service(&current, from, &u, self.creds).await.map_err(|e| e.to_string())?;
+                        self.steps.host.swarm.update_service(&current, from, &u, self.steps.creds).await.map_err(|e| e.to_string())?;
                         Ok(((), format!("{} runs {}; updated to the recorded {}", sw.service, short(&now), short(from))))
                     }
                 })
@@ -137,6 +150,7 @@ impl Rollout<'_> {
             }
         }
         let converged = self
+            .steps
             .step(s, name, "revert converge", async {
                 match self.watch_swarm(sw, from, false).await? {
                     Settled::Done(d) => Ok(((), d)),
@@ -144,11 +158,11 @@ impl Rollout<'_> {
                 }
             })
             .await;
-        converged.is_ok() && self.step(s, name, "revert health", self.swarm_health(svc, sw, from, false)).await.is_ok()
+        converged.is_ok() && self.steps.step(s, name, "revert health", self.swarm_health(svc, sw, from, false)).await.is_ok()
     }
 
     async fn swarm_service(&self, sw: &SwarmTarget) -> Result<SwarmService, String> {
-        match self.host.swarm.inspect_service(&sw.service).await {
+        match self.steps.host.swarm.inspect_service(&sw.service).await {
             Ok(Some(s)) => Ok(s),
             Ok(None) => Err(format!("the Swarm service {} is gone", sw.service)),
             Err(e) => Err(e.to_string()),
@@ -185,7 +199,7 @@ impl Rollout<'_> {
         let mut errors: Vec<String> = Vec::new();
         loop {
             let current = self.swarm_service(sw).await?;
-            let tasks = self.host.swarm.tasks(&current.id).await.map_err(|e| e.to_string())?;
+            let tasks = self.steps.host.swarm.tasks(&current.id).await.map_err(|e| e.to_string())?;
             let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
             let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
             let up = wanted.iter().filter(|t| t.state == "running" && without_tag(&t.image) == image).count();
@@ -237,7 +251,7 @@ impl Rollout<'_> {
             if start.elapsed() >= sw.timeout {
                 return Ok(Settled::Failed(format!("Swarm did not finish within {} ({last})", humantime::format_duration(sw.timeout))));
             }
-            self.wait(POLL, cancellable).await.map_err(|why| format!("{why} ({last})"))?;
+            self.steps.wait(POLL, cancellable).await.map_err(|why| format!("{why} ({last})"))?;
         }
     }
 
@@ -249,7 +263,7 @@ impl Rollout<'_> {
         let (mut good, mut looks) = (0u32, 0u32);
         loop {
             looks += 1;
-            let (ok, measured) = crate::rollout::gates::swarm_now(self.host, svc, sw, Some(image)).await;
+            let (ok, measured) = swarm_now(self.steps.host, svc, sw, Some(image)).await;
             good = if ok { good + 1 } else { 0 };
             if good >= h.healthy_after {
                 return Ok(((), format!("{good} good looks in a row ({looks} looks): {measured}")));
@@ -258,18 +272,18 @@ impl Rollout<'_> {
                 return Err(format!("not healthy after {}: {measured}", humantime::format_duration(h.timeout)));
             }
             let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
-            self.wait(nap, cancellable).await?;
+            self.steps.wait(nap, cancellable).await?;
         }
     }
 
     /// The containers of the service's tasks running `image` on this host (short IDs).
-    pub(crate) async fn swarm_containers(&self, sw: &SwarmTarget, image: &str) -> Vec<String> {
+    pub(super) async fn containers(&self, sw: &SwarmTarget, image: &str) -> Vec<String> {
         let Ok(current) = self.swarm_service(sw).await else { return vec![] };
-        let Ok(tasks) = self.host.swarm.tasks(&current.id).await else { return vec![] };
+        let Ok(tasks) = self.steps.host.swarm.tasks(&current.id).await else { return vec![] };
         let mut out = Vec::new();
         for t in tasks.iter().filter(|t| t.desired == "running" && t.state == "running" && without_tag(&t.image) == image) {
             let Some(id) = &t.container else { continue };
-            if let Ok(Some(_)) = self.host.engine.inspect_container(id).await {
+            if let Ok(Some(_)) = self.steps.host.engine.inspect_container(id).await {
                 out.push(id.chars().take(12).collect());
             }
         }
@@ -285,8 +299,8 @@ impl Rollout<'_> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
         let mut counted = Vec::new();
         let mut host_network = 0;
-        for id in self.swarm_containers(sw, image).await {
-            let Ok(Some(c)) = self.host.engine.inspect_container(&id).await else { continue };
+        for id in self.containers(sw, image).await {
+            let Ok(Some(c)) = self.steps.host.engine.inspect_container(&id).await else { continue };
             let mode = c.spec.0.host_config.as_ref().and_then(|h| h.network_mode.clone()).unwrap_or_default();
             if mode == "host" {
                 host_network += 1;
@@ -296,11 +310,11 @@ impl Rollout<'_> {
         }
         let mut before = 0;
         for id in &counted {
-            before += self.rx_bytes(id).await?;
+            before += rx_bytes(self.steps.host, id).await?;
         }
         let mut failed = Vec::new();
         for _ in 0..t.requests {
-            match self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)).await {
+            match self.steps.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)).await {
                 Ok(a) if a.status < 500 => {}
                 Ok(a) => failed.push(format!("HTTP {}", a.status)),
                 Err(e) => failed.push(e),
@@ -311,7 +325,7 @@ impl Rollout<'_> {
         }
         let mut after = 0;
         for id in &counted {
-            after += self.rx_bytes(id).await?;
+            after += rx_bytes(self.steps.host, id).await?;
         }
         let delta = after.saturating_sub(before);
         if !counted.is_empty() && delta < MIN_TRAFFIC_BYTES {

@@ -1,0 +1,235 @@
+//! Is an instance healthy, does it get traffic: one look at an instance or a
+//! Swarm service ([`healthy_now`], [`swarm_now`]), the health gate (probes until
+//! `healthy_after` good ones in a row), and the traffic check through the load
+//! balancer, proved by the instances' network counters ([`rx_bytes`]).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::Instant;
+
+use crate::core::config::{Service, SwarmTarget};
+use crate::core::image;
+use crate::core::observed::{ContainerInfo, DockerHealth, SwarmTask};
+use crate::host::Host;
+use crate::rollout::steps::StepResult;
+use crate::rollout::Rollout;
+
+/// Bytes an instance must receive during the traffic check to count as reached.
+/// A single proxied HTTP request is several hundred bytes; ARP noise is 42.
+pub const MIN_TRAFFIC_BYTES: u64 = 100;
+
+/// One look at a Swarm service: as many tasks as Swarm wants are running `image` (any
+/// image when `None`), and those whose container is on this host are healthy (Docker
+/// health, and `health.http` probed at the container). Tasks on other nodes count by
+/// Swarm's word, which includes their image's HEALTHCHECK.
+pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Option<&str>) -> (bool, String) {
+    let current = match host.swarm.inspect_service(&sw.service).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return (false, format!("the Swarm service {} is gone", sw.service)),
+        Err(e) => return (false, e.to_string()),
+    };
+    let tasks = match host.swarm.tasks(&current.id).await {
+        Ok(t) => t,
+        Err(e) => return (false, e.to_string()),
+    };
+    let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
+    let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
+    let on_image = |t: &SwarmTask| image.is_none_or(|i| image::without_tag(&t.image) == i);
+    let running: Vec<_> = wanted.iter().filter(|t| t.state == "running" && on_image(t)).collect();
+    let what = image.map(|i| format!(" {}", image::short(i))).unwrap_or_default();
+    if running.len() < want {
+        let why: Vec<String> = wanted.iter().filter(|t| t.state != "running").map(|t| format!("{} {}", t.state, t.message).trim().to_string()).collect();
+        let why = match why.first() {
+            Some(w) => format!(" (a task is {w})"),
+            None => String::new(),
+        };
+        return (false, format!("{}/{want} tasks running{what}{why}", running.len()));
+    }
+    let mut local = 0;
+    for t in &running {
+        let Some(id) = &t.container else { continue };
+        let Ok(Some(c)) = host.engine.inspect_container(id).await else { continue };
+        local += 1;
+        let (ok, measured) = healthy_now(host, svc, &c).await;
+        if !ok {
+            return (false, format!("task {}: {measured}", t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.id.chars().take(12).collect())));
+        }
+    }
+    (true, format!("{}/{want} tasks running{what}, {local} on this host healthy", running.len()))
+}
+
+/// One look at a running instance: running, Docker health not failing, one good HTTP probe.
+pub async fn healthy_now(host: &Host, svc: &Service, c: &ContainerInfo) -> (bool, String) {
+    if !c.running {
+        return (false, "not running".into());
+    }
+    if c.docker_health == Some(DockerHealth::Unhealthy) {
+        return (false, "Docker HEALTHCHECK reports unhealthy".into());
+    }
+    if let Some(http) = &svc.health.http {
+        let (addr, port) = c.probe_addr(http.port);
+        match host.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await {
+            Ok(a) if (200..400).contains(&a.status) => {}
+            Ok(a) => return (false, format!("GET {} answered {}", http.path, a.status)),
+            Err(e) => return (false, format!("GET {}: {e}", http.path)),
+        }
+    }
+    (true, "healthy".into())
+}
+
+impl Rollout<'_> {
+    /// Waits for `healthy_after` good probes in a row. A forward gate gives up
+    /// when the run is cancelled; an undo's gate does not.
+    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<()> {
+        let h = &svc.health;
+        let started = Instant::now();
+        let deadline = started + h.timeout;
+        let probe_timeout = Duration::from_secs(2).min(h.timeout);
+        let (mut good, mut probes) = (0u32, 0u32);
+        let mut last = String::from("no probe answered yet");
+        loop {
+            probes += 1;
+            let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} disappeared"))?;
+            let mut ok = c.running;
+            if !c.running {
+                last = "the container is not running".into();
+            }
+            if let (true, Some(http)) = (ok, &h.http) {
+                let (addr, port) = c.probe_addr(http.port);
+                match self.host.probe.http_get(&addr, port, &http.path, probe_timeout).await {
+                    Ok(a) if (200..400).contains(&a.status) => {}
+                    Ok(a) => {
+                        ok = false;
+                        last = format!("GET {} answered {}", http.path, a.status);
+                    }
+                    Err(e) => {
+                        ok = false;
+                        last = format!("GET {}: {e}", http.path);
+                    }
+                }
+            }
+            match c.docker_health {
+                None | Some(DockerHealth::Healthy) => {}
+                Some(DockerHealth::Starting) if ok => {
+                    ok = false;
+                    last = "Docker HEALTHCHECK still starting".into();
+                }
+                Some(DockerHealth::Unhealthy) if ok => {
+                    ok = false;
+                    last = "Docker HEALTHCHECK reports unhealthy".into();
+                }
+                _ => {}
+            }
+            if ok {
+                good += 1;
+                if good >= h.healthy_after {
+                    return Ok(((), format!("{good} good probes in a row ({probes} probes)")));
+                }
+            } else {
+                good = 0;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)));
+            }
+            let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
+            self.wait(nap, cancellable).await?;
+        }
+    }
+
+    /// Requests through the load balancer reach the new instance `name`; with `idle`, the
+    /// instance drained with its undrain receives none of them (its drain took effect).
+    pub(super) async fn traffic_check(&self, svc: &Service, name: &str, idle: Option<&str>) -> StepResult<()> {
+        let Some(t) = &svc.traffic else {
+            return Ok(((), "skipped: no traffic.url".into()));
+        };
+        Ok(((), self.through_lb(t, Some(name), idle).await?))
+    }
+
+    /// Sends `traffic.requests` requests through the load balancer: every one must be
+    /// answered below 500, `active` must receive them (its network counters grow) and
+    /// `idle` must not (it gets less than one request's worth of bytes).
+    pub(super) async fn through_lb(&self, t: &crate::core::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<String, String> {
+        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
+        let watched: Vec<&str> = active.into_iter().chain(idle).collect();
+        let before = futures_util::future::try_join_all(watched.iter().map(|n| rx_bytes(self.host, n))).await?;
+        // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
+        let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
+            .map(|_| self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)))
+            .buffer_unordered(4)
+            .collect()
+            .await;
+        let failed: Vec<String> = answers
+            .into_iter()
+            .filter_map(|a| match a {
+                Ok(a) if a.status < 500 => None,
+                Ok(a) => Some(format!("HTTP {}", a.status)),
+                Err(e) => Some(e),
+            })
+            .collect();
+        let after = futures_util::future::try_join_all(watched.iter().map(|n| rx_bytes(self.host, n))).await?;
+        if let Some(last) = failed.last() {
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url));
+        }
+        let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
+        let mut said = vec![format!("{}/{} ok through {}", t.requests, t.requests, t.url)];
+        if let Some(name) = active {
+            if delta[0] < MIN_TRAFFIC_BYTES {
+                return Err(format!("{name} received no traffic through {} ({} requests, +{} bytes)", t.url, t.requests, delta[0]));
+            }
+            said.push(format!("{name} received +{} bytes", delta[0]));
+        }
+        if let Some(name) = idle {
+            let got = delta[watched.len() - 1];
+            // Less than one request's worth: what the active instance got per request sent, at least MIN_TRAFFIC_BYTES.
+            let one_request = active.map(|_| delta[0] / u64::from(t.requests.max(1))).unwrap_or(0).max(MIN_TRAFFIC_BYTES);
+            if got >= one_request {
+                return Err(format!("{name} is drained but still received +{got} bytes through {}: the load balancer did not take the drain", t.url));
+            }
+            said.push(format!("drained {name} received none (+{got} bytes)"));
+        }
+        Ok(said.join(", "))
+    }
+}
+
+/// Bytes the container has received: from its network namespace's
+/// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
+/// (which answers at most once a second).
+pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, String> {
+    let c = host.engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+    if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
+        let path = format!("/proc/{pid}/net/dev");
+        if let Ok(out) = host.shell.run(&["cat", &path], None).await {
+            if let Some(rx) = out.ok().then(|| parse_net_dev(&out.stdout)).flatten() {
+                return Ok(rx);
+            }
+        }
+    }
+    host.engine.rx_bytes(name).await.map_err(|e| e.to_string())
+}
+
+/// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
+fn parse_net_dev(text: &str) -> Option<u64> {
+    let mut total = None;
+    for line in text.lines().skip(2) {
+        let (iface, counters) = line.split_once(':')?;
+        if iface.trim() == "lo" {
+            continue;
+        }
+        let rx: u64 = counters.split_whitespace().next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0) + rx);
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_counters() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    7942     103    0    0    0     0          0         0     9117      89    0    0    0     0       0          0\n  eth1:      58       1    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n";
+        assert_eq!(parse_net_dev(text), Some(8000));
+        assert_eq!(parse_net_dev("garbage"), None);
+    }
+}

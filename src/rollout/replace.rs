@@ -1,0 +1,298 @@
+//! One instance's state machine: forward (drain, stop and keep the old container,
+//! start the new one, health, undrain, traffic, pause, cleanup), undo (the kept
+//! old container back, health-checked, undrained), and the recovery of a replace
+//! a killed run left half-done. A revert is the same replace, to the recorded
+//! image and original spec; it is never cancelled.
+
+use crate::core::config::{DrainMethod, Service};
+use crate::core::observed::{ContainerInfo, ContainerSpec};
+use crate::core::plan::OLD_SUFFIX;
+use crate::host::drain;
+use crate::rollout::compose::{compose_reference, moving, with_label, COMPOSE_IMAGE_LABEL};
+use crate::rollout::steps::Failure;
+use crate::rollout::Rollout;
+
+/// What a replace has done so far, so that an undo knows what to put back.
+#[derive(Default, Debug)]
+struct Progress {
+    drained: bool,
+    renamed: bool,
+    stopped: bool,
+    created: bool,
+    /// The next instance was drained with this one's undrain (one reload for both).
+    next_drained: bool,
+}
+
+/// How one forward replace meets its neighbours in the load balancer.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Handover<'t> {
+    /// This instance was drained already, with the previous one's undrain.
+    pub(super) drained: bool,
+    /// The next instance to replace: drained with this one's undrain.
+    pub(super) next: Option<&'t drain::Target>,
+}
+
+impl Rollout<'_> {
+    /// Replaces container `name` by a new one from `spec` running `to_image`.
+    /// On failure the old container is put back before returning. Returns whether
+    /// `handover.next` was drained with this instance's undrain (it then stays drained).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn replace(
+        &self,
+        svc: &Service,
+        name: &str,
+        current: &ContainerInfo,
+        spec: &ContainerSpec,
+        to_image: &str,
+        prefix: &str,
+        handover: Handover<'_>,
+    ) -> Result<bool, Failure> {
+        let target = drain::Target::of(svc, current);
+        let old = format!("{name}{OLD_SUFFIX}");
+        // Only a moving tag (`:production`) follows the release; a version tag is never moved.
+        let by_variable = svc.compose.as_ref().is_some_and(|c| c.variable.is_some());
+        let compose = compose_reference(current, spec).filter(|_| !by_variable);
+        if let Some(r) = compose.as_ref().filter(|r| !moving(r) && prefix.is_empty()) {
+            self.warn(format!(
+                "{name}: its compose file names {r}; capstan never moves a version tag, so `docker compose up --force-recreate` would bring {r} back: take the tag from a variable (image: repo:${{TAG}}) and set services.{}.compose.variable",
+                svc.name
+            ));
+        }
+        let compose = compose.filter(|r| moving(r));
+        let spec = match &compose {
+            Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
+            None => spec.clone(),
+        };
+        let mut p = Progress { drained: handover.drained, ..Default::default() };
+        let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, prefix).await;
+        match forward {
+            Ok(()) => {
+                if let Some(r) = compose {
+                    self.point_tag(name, &r, to_image).await;
+                }
+                Ok(p.next_drained)
+            }
+            Err(message) => {
+                let restored = self.undo(svc, name, &old, &target, handover.next, &mut p, prefix).await;
+                Err(Failure { message, restored })
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        svc: &Service,
+        name: &str,
+        spec: &ContainerSpec,
+        to_image: &str,
+        target: &drain::Target,
+        next: Option<&drain::Target>,
+        old: &str,
+        p: &mut Progress,
+        prefix: &str,
+    ) -> Result<(), String> {
+        let s = &svc.name;
+        let engine = &self.host.engine;
+        let step = |n: &str| format!("{prefix}{n}");
+        // A revert runs to the end even when the run is cancelled.
+        let cancellable = prefix.is_empty();
+        let lb = svc.drain.method != DrainMethod::None;
+        self.go_on(cancellable)?;
+        if lb && p.drained {
+            // Taken out with the previous instance's undrain, and proved idle by its traffic check.
+            self.step(s, name, &step("drain"), async { Ok(((), "drained with the previous instance's undrain (one reload for both)".to_string())) }).await?;
+        } else if lb {
+            self.step(s, name, &step("drain"), async {
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, true)]).await.map_err(|e| e.to_string())?;
+                p.drained = true;
+                self.wait(svc.drain.wait, cancellable).await?;
+                // Prove it: requests through the load balancer must no longer reach it.
+                let proof = match (&svc.traffic, cancellable) {
+                    (Some(t), true) => format!("; {}", self.through_lb(t, None, Some(name)).await?),
+                    _ => String::new(),
+                };
+                Ok(((), format!("{d}; waited {}{proof}", humantime::format_duration(svc.drain.wait))))
+            })
+            .await?;
+        }
+        self.go_on(cancellable)?;
+        self.step(s, name, &step("stop"), async {
+            engine.rename(name, old).await.map_err(|e| e.to_string())?;
+            p.renamed = true;
+            engine.stop(old).await.map_err(|e| e.to_string())?;
+            p.stopped = true;
+            Ok(((), format!("kept as {old}")))
+        })
+        .await?;
+        self.go_on(cancellable)?;
+        self.step(s, name, &step("start"), async {
+            p.created = true;
+            engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
+            engine.start(name).await.map_err(|e| e.to_string())?;
+            Ok(((), crate::core::image::short(to_image)))
+        })
+        .await?;
+        self.go_on(cancellable)?;
+        self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
+        // With a next instance: one edit and one reload put this one back and take the next out.
+        let next = next.filter(|_| lb && cancellable);
+        if lb {
+            self.step(s, name, &step("undrain"), async {
+                let mut edits = vec![(target, false)];
+                edits.extend(next.map(|n| (n, true)));
+                let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
+                p.drained = false;
+                p.next_drained = next.is_some();
+                if next.is_some() {
+                    // In-flight requests of the next instance finish before its drain is proved.
+                    self.wait(svc.drain.wait, cancellable).await?;
+                }
+                Ok(((), d))
+            })
+            .await?;
+        }
+        self.go_on(cancellable)?;
+        self.step(s, name, &step("traffic"), self.traffic_check(svc, name, next.map(|n| n.instance.as_str()))).await?;
+        self.step(s, name, &step("pause"), async {
+            self.wait(svc.pause, cancellable).await?;
+            let c = engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+            match c {
+                Some(c) if c.running => Ok(((), format!("still running after {}", humantime::format_duration(svc.pause)))),
+                _ => Err(format!("{name} stopped during the pause")),
+            }
+        })
+        .await?;
+        // The new container has proved itself: the old one can go.
+        if let Err(e) = self
+            .step(s, name, &step("cleanup"), async {
+                engine.remove(old).await.map_err(|e| e.to_string())?;
+                Ok(((), format!("removed {old}")))
+            })
+            .await
+        {
+            self.warn(format!("could not remove {old}: {e}"));
+        }
+        Ok(())
+    }
+
+    /// Puts an instance drained ahead of its turn back in the load balancer (its turn never came).
+    pub(super) async fn undrain_alone(&self, svc: &Service, t: &drain::Target) {
+        let r = self
+            .step(&svc.name, &t.instance, "undrain", async {
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(t, false)]).await.map_err(|e| e.to_string())?;
+                Ok(((), d))
+            })
+            .await;
+        if let Err(e) = r {
+            self.warn(format!("{} stays drained: {e}", t.instance));
+        }
+    }
+
+    /// Finishes the revert of an instance that a killed run left half-replaced:
+    /// the kept `<name>.capstan-old` comes back as `<name>`, drained while it
+    /// happens, health-checked, then undrained.
+    pub async fn recover(&self, svc: &Service, name: &str) -> Result<(), String> {
+        let old = format!("{name}{OLD_SUFFIX}");
+        let engine = &self.host.engine;
+        let kept = engine.inspect_container(&old).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{old} is gone"))?;
+        let mut target = drain::Target::of(svc, &kept);
+        // The kept container is named after the instance in nginx, not after its temporary name.
+        target.instance = name.to_string();
+        target.id.hosts.retain(|h| h != &old);
+        target.id.hosts.insert(0, name.to_string());
+        target.id.instance = name.to_string();
+        let (s, lb) = (&svc.name, svc.drain.method != DrainMethod::None);
+        if lb {
+            self.step(s, name, "recover drain", async {
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, true)]).await.map_err(|e| e.to_string())?;
+                tokio::time::sleep(svc.drain.wait).await;
+                Ok(((), d))
+            })
+            .await?;
+        }
+        self.step(s, name, "recover old back", async {
+            if engine.inspect_container(name).await.map_err(|e| e.to_string())?.is_some() {
+                engine.remove(name).await.map_err(|e| e.to_string())?;
+            }
+            engine.rename(&old, name).await.map_err(|e| e.to_string())?;
+            engine.start(name).await.map_err(|e| e.to_string())?;
+            Ok(((), format!("{old} is {name} again")))
+        })
+        .await?;
+        self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
+        if lb {
+            self.step(s, name, "recover undrain", async {
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(|e| e.to_string())?;
+                Ok(((), d))
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the kept old container back in place of a failed new one. A next
+    /// instance drained with this one's undrain goes back in with this one's drain.
+    #[allow(clippy::too_many_arguments)]
+    async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target, next: Option<&drain::Target>, p: &mut Progress, prefix: &str) -> bool {
+        let s = &svc.name;
+        let engine = &self.host.engine;
+        let step = |n: &str| format!("{prefix}restore {n}");
+        let lb = svc.drain.method != DrainMethod::None;
+        let mut ok = true;
+        if p.created {
+            if !p.drained && lb {
+                let mut edits = vec![(target, true)];
+                edits.extend(next.filter(|_| p.next_drained).map(|n| (n, false)));
+                let drained = self
+                    .step(s, name, &step("drain"), async {
+                        let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
+                        tokio::time::sleep(svc.drain.wait).await;
+                        Ok(((), d))
+                    })
+                    .await
+                    .is_ok();
+                if drained {
+                    p.drained = true;
+                    p.next_drained = false;
+                }
+            }
+            ok &= self
+                .step(s, name, &step("remove new"), async {
+                    // Drained (and waited on) by now: no request is lost by removing it at once.
+                    engine.remove(name).await.map_err(|e| e.to_string())?;
+                    Ok(((), format!("removed the new {name}")))
+                })
+                .await
+                .is_ok();
+        }
+        if p.renamed {
+            ok &= self
+                .step(s, name, &step("old back"), async {
+                    engine.rename(old, name).await.map_err(|e| e.to_string())?;
+                    if p.stopped {
+                        engine.start(name).await.map_err(|e| e.to_string())?;
+                    }
+                    Ok(((), format!("{old} is {name} again")))
+                })
+                .await
+                .is_ok();
+            if ok && p.stopped {
+                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false)).await.is_ok();
+            }
+        }
+        if p.drained && ok {
+            ok &= self
+                .step(s, name, &step("undrain"), async {
+                    let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, false)]).await.map_err(|e| e.to_string())?;
+                    Ok(((), d))
+                })
+                .await
+                .is_ok();
+        }
+        if let (true, Some(n)) = (p.next_drained, next) {
+            self.undrain_alone(svc, n).await;
+        }
+        ok
+    }
+}
