@@ -24,7 +24,9 @@ use std::sync::Arc;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, LockAction};
-use crate::commands::{Ctx, Want};
+use crate::commands::deploy::{roll, RollOpts, RunOutput};
+use crate::commands::prepare::Want;
+use crate::commands::{history, lock, status, Ctx};
 use crate::core::{config, image, plan, release};
 use crate::error::{exit, Error};
 use crate::github::{action, publish, summary, trigger};
@@ -144,7 +146,7 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Collector, setup: Option<&action::Setup>) -> Result<i32, Error> {
-    let finish = |out: commands::RunOutput| -> i32 {
+    let finish = |out: RunOutput| -> i32 {
         if cli.json {
             print_json(&out.report);
         }
@@ -181,7 +183,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
                 error: None,
                 previous: None,
             };
-            Ok(finish(commands::RunOutput { report, error: None }))
+            Ok(finish(RunOutput { report, error: None }))
         }
         Command::Deploy(_) | Command::Rollback(_) | Command::Check(_) => Ok(finish(roll_command(ctx, &cli.command, collector).await?)),
         Command::Action => {
@@ -194,22 +196,22 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             if let Err(e) = setup.finish(&report, deployment) {
                 printer.always(&format!("warning: could not write the step outputs or the job summary: {e}"));
             }
-            Ok(finish(commands::RunOutput { report, error }))
+            Ok(finish(RunOutput { report, error }))
         }
         Command::Status(t) => {
-            let s = commands::status(ctx, t).await?;
+            let s = status::status(ctx, t).await?;
             if cli.json {
                 print_json(&s);
             }
-            printer.always(commands::render_status(&s).trim_end());
+            printer.always(status::render_status(&s).trim_end());
             Ok(exit::OK)
         }
         Command::History(a) => {
-            let h = commands::history(ctx, &a.targets, a.limit).await?;
+            let h = history::history(ctx, &a.targets, a.limit).await?;
             if cli.json {
                 print_json(&h);
             }
-            printer.always(commands::render_history(&h).trim_end());
+            printer.always(history::render_history(&h).trim_end());
             Ok(exit::OK)
         }
         Command::Lock { action } => {
@@ -217,11 +219,11 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
                 LockAction::Status(t) => (t, None),
                 LockAction::Release { force, targets } => (targets, Some(*force)),
             };
-            let r = commands::lock(ctx, targets, release).await?;
+            let r = lock::lock(ctx, targets, release).await?;
             if cli.json {
                 print_json(&r);
             }
-            printer.always(commands::render_lock(&r).trim_end());
+            printer.always(lock::render_lock(&r).trim_end());
             Ok(exit::OK)
         }
     }
@@ -235,7 +237,7 @@ fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Erro
 }
 
 /// `deploy`, `rollback` and `check`: their report, or the error that stopped them before one.
-async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -> Result<commands::RunOutput, Error> {
+async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -> Result<RunOutput, Error> {
     match command {
         Command::Deploy(a) => {
             let version = version_of(ctx, a.version.as_deref())?;
@@ -256,16 +258,16 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
                 }
             }
             let want = Want::Deploy { version: version.text, pinned };
-            commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: a.force }, collector).await
+            roll(ctx, want, &a.targets, RollOpts { dry_run: a.dry_run, force: a.force }, collector).await
         }
         Command::Rollback(a) => {
             let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
-            commands::roll(ctx, Want::Rollback { to }, &a.targets, commands::RollOpts { dry_run: a.dry_run, force: false }, collector).await
+            roll(ctx, Want::Rollback { to }, &a.targets, RollOpts { dry_run: a.dry_run, force: false }, collector).await
         }
         Command::Check(a) => {
             let version = version_of(ctx, a.version.as_deref())?;
             let want = Want::Deploy { version: version.text, pinned: Default::default() };
-            let mut out = commands::roll(ctx, want, &a.targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
+            let mut out = roll(ctx, want, &a.targets, RollOpts { dry_run: true, force: false }, collector).await?;
             out.report.command = "check".into();
             Ok(out)
         }
@@ -297,7 +299,7 @@ fn error_report(ctx: &Ctx<'_>, collector: &Collector, e: &Error) -> Report {
 
 /// An action run: the command its event stands for, with the GitHub
 /// deployment around a deploy or rollback, or the check run of a pull request.
-async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector) -> (Result<commands::RunOutput, Error>, Option<u64>) {
+async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector) -> (Result<RunOutput, Error>, Option<u64>) {
     let publisher = setup.github.as_deref().map(|api| publish::Publisher { api, target: setup.target(), events: ctx.events });
     if let Some(why) = &setup.github_missing {
         ctx.events.emit(events::Event::Warn { host: None, message: why.clone() });
@@ -355,7 +357,7 @@ async fn check_action(
     fork: bool,
     skipped: &mut Vec<String>,
     collector: &Collector,
-) -> Result<commands::RunOutput, Error> {
+) -> Result<RunOutput, Error> {
     let t0 = std::time::Instant::now();
     let version = match (version, head_sha) {
         (Some(v), _) => version_of(ctx, Some(v))?,
@@ -397,10 +399,10 @@ async fn check_action(
             error: None,
             previous: None,
         };
-        return Ok(commands::RunOutput { report, error: None });
+        return Ok(RunOutput { report, error: None });
     }
     let want = Want::Deploy { version: version.text, pinned };
-    let mut out = commands::roll(ctx, want, &targets, commands::RollOpts { dry_run: true, force: false }, collector).await?;
+    let mut out = roll(ctx, want, &targets, RollOpts { dry_run: true, force: false }, collector).await?;
     out.report.command = "check".into();
     Ok(out)
 }

@@ -224,7 +224,9 @@ pub struct Took {
 /// One deploy v1 → v2 to `hosts` simulated hosts, every host at once.
 pub async fn deploy_once(hosts: usize, lat: Latency) -> Took {
     use crate::cli::Targets;
-    use crate::commands::{roll, Ctx, RollOpts, Want};
+    use crate::commands::deploy::{roll, RollOpts};
+    use crate::commands::prepare::Want;
+    use crate::commands::Ctx;
     use crate::output::report::Collector;
     use crate::rollout::cancel::Cancel;
 

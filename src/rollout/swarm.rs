@@ -348,7 +348,9 @@ mod tests {
     use async_trait::async_trait;
 
     use crate::cli::Targets;
-    use crate::commands::{roll, Ctx, RollOpts, RunOutput, Want};
+    use crate::commands::deploy::{roll, RollOpts, RunOutput};
+    use crate::commands::prepare::Want;
+    use crate::commands::Ctx;
     use crate::core::config::{self, Config, SwarmOrder};
     use crate::core::names::HostAddr;
     use crate::core::release::RollbackTo;

@@ -1,0 +1,266 @@
+//! Everything before a change: connect every host at once, read their locks,
+//! observe what runs, put back what a killed run left (`recover`), resolve the
+//! release to digests (or, for a rollback, read the targets from each host's log),
+//! plan each host, and refuse what a drain would refuse. Changes nothing but
+//! a recovery; a dry run changes nothing at all.
+
+use std::collections::HashMap;
+
+use futures_util::future::join_all;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use crate::cli::Targets;
+use crate::commands::recover::recover;
+use crate::commands::{locked, Ctx};
+use crate::core::config::Service;
+use crate::core::image;
+use crate::core::names::HostAddr;
+use crate::core::plan::{self, HostPlan, Observed, Plan};
+use crate::core::release::{self, RollbackTo};
+use crate::core::secret::Credentials;
+use crate::core::time::fmt_time;
+use crate::error::Error;
+use crate::host::state;
+use crate::host::{EngineError, Host};
+use crate::output::events::{Event, HostEvent, HostPhase};
+
+/// What a deploy or a rollback asks for.
+pub enum Want {
+    /// `pinned`: per service, the image this run built and pushed (its digest reference).
+    Deploy {
+        version: String,
+        pinned: HashMap<String, String>,
+    },
+    Rollback {
+        to: RollbackTo,
+    },
+}
+
+/// A prepared run: what `prepare` found and planned, and what `deploy` and `fleet` carry out.
+pub(super) struct Roll<'a> {
+    pub(super) command: &'static str,
+    pub(super) version: Option<String>,
+    pub(super) hosts: Vec<Host>,
+    pub(super) services: Vec<&'a Service>,
+    pub(super) plan: Plan,
+    /// What the first host's log says runs now.
+    pub(super) previous: Option<String>,
+}
+
+/// Per (service, instance): the exact image it must run.
+type Images = HashMap<(String, String), String>;
+
+impl Ctx<'_> {
+    /// Opens every host at once: the SSH master and the engine's first answer.
+    pub(super) async fn connect_all(&self, addrs: &[HostAddr]) -> Result<Vec<Host>, Error> {
+        let results = join_all(addrs.iter().map(|a| async move {
+            let t = Instant::now();
+            let h = self.connector.connect(a, self.config).await?;
+            let v = h.engine.version().await.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+            Ok::<_, Error>((h, v, t.elapsed()))
+        }))
+        .await;
+        let mut hosts = Vec::new();
+        for r in results {
+            let (h, v, took) = r?;
+            self.info(Some(&h.name), format!("connected in {} ms, Docker {v}", took.as_millis()));
+            self.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Connected { ms: took.as_millis() as u64 } }));
+            hosts.push(h);
+        }
+        Ok(hosts)
+    }
+}
+
+pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> {
+    let unreachable = |e: EngineError| Error::Unreachable { host: host.name.clone(), message: e.to_string(), hint: None };
+    let listed = host.engine.list_containers().await.map_err(unreachable)?;
+    let mut o = Observed { all_names: listed.iter().map(|c| c.name.clone()).collect(), ..Default::default() };
+    for svc in services {
+        if let Some(sw) = &svc.swarm {
+            // A host that is no manager is a planning problem (exit 2), not an unreachable host.
+            o.swarm.insert(svc.name.clone(), host.swarm.inspect_service(&sw.service).await.map_err(|e| e.to_string()));
+            continue;
+        }
+        let names = plan::resolve_instances(svc, &listed);
+        o.instances.insert(svc.name.clone(), names.clone());
+        for name in &names {
+            if let Some(c) = host.engine.inspect_container(name).await.map_err(unreachable)? {
+                let image = host.engine.inspect_image(&c.image_id).await.map_err(unreachable)?;
+                o.containers.insert(name.clone(), (c, image));
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Resolves `repo:version` to `repo@sha256:…` once, through the first host's engine.
+async fn resolve(host: &Host, svc: &Service, version: &str, creds: Option<&Credentials>) -> Result<String, Error> {
+    let reference = image::tag_ref(&svc.image, version);
+    match host.engine.registry_digest(&reference, creds).await {
+        Ok(d) if d.starts_with("sha256:") => Ok(image::digest_ref(&svc.image, &d)),
+        Ok(d) => {
+            Err(Error::Unreachable { host: host.name.clone(), message: format!("{reference}: the registry answered an unexpected digest {d:?}"), hint: None })
+        }
+        Err(EngineError::NotFound(m)) => Err(Error::input_hint(
+            format!("services.{}: image {reference} does not exist: {m}", svc.name),
+            "build and push it first (capstan build --push), or check --version",
+        )),
+        Err(EngineError::Auth(m)) => {
+            Err(Error::input_hint(format!("services.{}: {m}", svc.name), "check registry.username and the variable named by registry.password_env"))
+        }
+        Err(EngineError::Other(m)) => {
+            Err(Error::Unreachable { host: host.name.clone(), message: format!("cannot ask the registry about {reference}: {m}"), hint: None })
+        }
+    }
+}
+
+/// The image every instance of every service runs for `version`: each service's
+/// tag resolved once to its digest, unless `pinned` already names its image
+/// (the digest this run's build pushed).
+async fn resolve_release(
+    ctx: &Ctx<'_>,
+    host: &Host,
+    services: &[&Service],
+    version: &str,
+    pinned: &HashMap<String, String>,
+    creds: Option<&Credentials>,
+) -> Result<HashMap<(String, String), String>, Error> {
+    let mut images = HashMap::new();
+    for svc in services {
+        let image = match pinned.get(&svc.name) {
+            Some(i) => i.clone(),
+            None => resolve(host, svc, version, creds).await?,
+        };
+        ctx.info(None, format!("{}: {version} is {}", svc.name, crate::core::image::short(&image)));
+        for i in &svc.plan_names() {
+            images.insert((svc.name.clone(), i.clone()), image.clone());
+        }
+    }
+    Ok(images)
+}
+
+/// Connects, observes, resolves and plans. Changes nothing.
+pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets, creds: Option<&Credentials>, dry_run: bool) -> Result<Roll<'a>, Error> {
+    let services = ctx.services(&targets.services)?;
+    // Only the hosts that run one of these services (`services.*.hosts`, roles).
+    let addrs: Vec<HostAddr> = ctx.hosts(&targets.hosts)?.into_iter().filter(|a| services.iter().any(|s| s.runs_on(a))).collect();
+    if addrs.is_empty() {
+        return Err(Error::input(format!(
+            "{}: no host runs {} (see services.*.hosts and --host)",
+            ctx.config.file.display(),
+            services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let on_host = |i: usize| -> Vec<&Service> { services.iter().filter(|s| s.runs_on(&addrs[i])).copied().collect() };
+    if ctx.config.hosts.len() == 1 {
+        for s in services.iter().filter(|s| s.instances.len() == 1) {
+            ctx.warn(None, format!(
+                "services.{}: one instance on one host cannot be replaced without a gap: while it is drained, nothing serves (list two instances for zero downtime)",
+                s.name
+            ));
+        }
+    }
+    let hosts = ctx.connect_all(&addrs).await?;
+    // A deploy in progress explains whatever half-done state the hosts are in: say so first.
+    let now = OffsetDateTime::now_utc();
+    // Every host at once here and below: one round trip of wall time, not one per host.
+    let leases = join_all(hosts.iter().map(|h| state::read_lock(h.shell.as_ref(), &ctx.config.state_dir))).await;
+    for (h, lease) in hosts.iter().zip(leases) {
+        let lease = lease.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+        match lease {
+            Some(l) if !l.expired(now) && !dry_run => return Err(locked(&h.name, l)),
+            Some(l) if !l.expired(now) => {
+                ctx.warn(Some(&h.name), format!("deploy lock held by {} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at)))
+            }
+            _ => {}
+        }
+    }
+    let observed = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
+        let services = on_host(i);
+        let mut o = observe(h, &services).await?;
+        if !dry_run && recover(ctx, h, &services, &o).await? {
+            o = observe(h, &services).await?;
+        }
+        Ok::<_, Error>(o)
+    }))
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, Error>>()?;
+    let (command, version, per_host): (&str, Option<String>, Vec<Images>) = match want {
+        Want::Deploy { version, pinned } => {
+            let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
+            ("deploy", Some(version.clone()), vec![images; hosts.len()])
+        }
+        Want::Rollback { to } => {
+            let mut per_host = Vec::new();
+            let mut label = None;
+            // Asked of the registry once, for every host whose log does not know the version.
+            let mut from_registry = None;
+            let logs = join_all(hosts.iter().map(|h| state::read_log(h.shell.as_ref(), &ctx.config.state_dir))).await;
+            for (h, log) in hosts.iter().zip(logs) {
+                let (records, _) = log.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
+                let target = release::rollback_target(&records, to).map_err(|e| Error::input(format!("{}: {e}", h.name)))?;
+                let target = match (target, to) {
+                    (Some(t), _) => t,
+                    (None, RollbackTo::Version(v)) => {
+                        ctx.warn(Some(&h.name), format!("{v} is not in the deployment log; using the registry's current {v} tag"));
+                        if from_registry.is_none() {
+                            from_registry = Some(resolve_release(ctx, &hosts[0], &services, v, &HashMap::new(), creds).await?);
+                        }
+                        release::RollbackTarget { version: Some(v.clone()), images: from_registry.clone().unwrap_or_default() }
+                    }
+                    (None, RollbackTo::Previous) => unreachable!("previous always has a target or an error"),
+                };
+                let version = match &target.version {
+                    Some(v) => Some(v.clone()),
+                    None => version_from_tags(h, &services, &target.images).await,
+                };
+                label = label.or(version);
+                per_host.push(target.images);
+            }
+            ("rollback", label, per_host)
+        }
+    };
+    let mut host_plans: Vec<HostPlan> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, ((h, obs), images)) in hosts.iter().zip(&observed).zip(&per_host).enumerate() {
+        match plan::plan_host(&h.name, &on_host(i), obs, &|s, i| images.get(&(s.to_string(), i.to_string())).cloned()) {
+            Ok(p) => host_plans.push(p),
+            Err(mut e) => problems.append(&mut e),
+        }
+    }
+    // Whatever a drain would refuse, refuse now, before any change.
+    let drains = hosts.iter().zip(&observed).enumerate().map(|(i, (h, obs))| {
+        let services = on_host(i);
+        async move {
+            let with: Vec<(&Service, Vec<&crate::core::observed::ContainerInfo>)> = services
+                .iter()
+                .filter(|s| s.swarm.is_none())
+                .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
+                .collect();
+            crate::host::drain::check(h, &with).await
+        }
+    });
+    problems.extend(join_all(drains).await.into_iter().flatten());
+    if !problems.is_empty() {
+        return Err(Error::input(problems.join("\n")));
+    }
+    let previous = match state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await {
+        Ok((records, _)) => release::current_version(&records),
+        Err(_) => None,
+    };
+    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous })
+}
+
+/// A version name for images the log does not know: the tag they carry on the host, if any.
+async fn version_from_tags(h: &Host, services: &[&Service], images: &HashMap<(String, String), String>) -> Option<String> {
+    for svc in services {
+        let Some(image) = images.iter().find(|((s, _), _)| *s == svc.name).map(|(_, i)| i) else { continue };
+        let info = h.engine.inspect_image(image).await.ok().flatten()?;
+        if let Some(tag) = info.repo_tags.iter().filter(|t| image::repo_of(t) == svc.image).filter_map(|t| image::tag_of(t)).find(|t| *t != "latest") {
+            return Some(tag.to_string());
+        }
+    }
+    None
+}

@@ -1,0 +1,237 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::*;
+use crate::cli::Targets;
+use crate::commands::deploy::{roll, RollOpts, RunOutput};
+use crate::commands::prepare::Want;
+use crate::core::release::RollbackTo;
+use crate::host::fake::{world, FakeHost, V1, V2};
+use crate::host::state;
+use crate::host::Host;
+use crate::output::events::{HostEvent, HostPhase, InstanceOutcome, Recorder};
+use crate::output::report::Collector;
+
+/// The whole command flow (connect, observe, resolve, plan, lock, roll out,
+/// record) against the fake host: the lock and log scripts run for real.
+struct FakeConnector(Arc<FakeHost>);
+
+#[async_trait]
+impl Connector for FakeConnector {
+    async fn connect(&self, _addr: &HostAddr, _config: &Config) -> Result<Host, Error> {
+        Ok(self.0.host())
+    }
+    async fn close(&self) {}
+}
+
+async fn roll_fake(w: &crate::host::fake::World, want: Want, dry_run: bool) -> (Result<RunOutput, Error>, Vec<Event>) {
+    let rec = Recorder::default();
+    let connector = FakeConnector(w.fake.clone());
+    let cancel = Cancel::default();
+    let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel };
+    let out = roll(&ctx, want, &Targets::default(), RollOpts { dry_run, force: false }, &Collector::default()).await;
+    let events = rec.0.lock().unwrap().clone();
+    (out, events)
+}
+
+#[tokio::test(start_paused = true)]
+async fn deploy_records_and_rollback_returns_to_the_recorded_images() {
+    let w = world("");
+    let (dry, _) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
+    assert_eq!(dry.unwrap().report.plan.unwrap().changes(), 2);
+    assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "a dry run changes nothing");
+
+    let (out, _) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false).await;
+    let out = out.unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.report.outcome, "succeeded");
+    assert_eq!((w.fake.image_of("web-1").unwrap(), w.fake.image_of("web-2").unwrap()), (V2.to_string(), V2.to_string()));
+    let dir = &w.config.state_dir;
+    let (log, _) = state::read_log(w.fake.as_ref(), dir).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].instances[0].to_image, V2);
+    assert_eq!(state::read_lock(w.fake.as_ref(), dir).await.unwrap(), None, "released");
+
+    let (out, _) = roll_fake(&w, Want::Rollback { to: RollbackTo::Previous }, false).await;
+    assert_eq!(out.unwrap().report.outcome, "succeeded");
+    assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
+
+    // An unknown tag is bad input, and nothing is taken or changed.
+    let (out, _) = roll_fake(&w, Want::Deploy { version: "v9".into(), pinned: HashMap::new() }, false).await;
+    let err = out.err().expect("v9 is refused");
+    assert_eq!(err.exit_code(), crate::error::exit::BAD_INPUT);
+    assert!(err.to_string().contains("r/demo:v9 does not exist"), "{err}");
+    assert_eq!(state::read_log(w.fake.as_ref(), dir).await.unwrap().0.len(), 2);
+}
+
+/// Several fake hosts, found by name.
+struct FleetConnector(Vec<Arc<FakeHost>>);
+
+#[async_trait]
+impl Connector for FleetConnector {
+    async fn connect(&self, addr: &HostAddr, _config: &Config) -> Result<Host, Error> {
+        Ok(self.0.iter().find(|h| h.name == addr.host).expect("a fake host by that name").host())
+    }
+    async fn close(&self) {}
+}
+
+async fn roll_fleet(f: &crate::host::fake::Fleet) -> (RunOutput, Vec<Event>) {
+    let rec = Arc::new(Recorder::default());
+    let collector = Arc::new(Collector::default());
+    let fan = crate::output::events::Fanout(vec![rec.clone(), collector.clone()]);
+    let connector = FleetConnector(f.hosts.clone());
+    let cancel = Cancel::default();
+    let ctx = Ctx { config: &f.config, events: &fan, connector: &connector, cancel: &cancel };
+    let out = roll(&ctx, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, &Targets::default(), RollOpts::default(), &collector).await;
+    let events = rec.0.lock().unwrap().clone();
+    (out.expect("the run starts"), events)
+}
+
+/// `(host, phase)` in the order they happened: `start`, `done <outcome>`, `skip`, `revert`.
+fn host_phases(events: &[Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Host(HostEvent { host, phase }) => match phase {
+                HostPhase::Connected { .. } => None,
+                HostPhase::Started { .. } => Some(format!("{host} start")),
+                HostPhase::Finished { outcome, .. } => Some(format!("{host} done {outcome}")),
+                HostPhase::Skipped { .. } => Some(format!("{host} skip")),
+                HostPhase::Reverting { .. } => Some(format!("{host} revert")),
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+async fn images(f: &crate::host::fake::Fleet) -> Vec<String> {
+    f.hosts.iter().map(|h| format!("{} {}", h.name, h.image_of("web-1").unwrap_or_default() + "," + &h.image_of("web-2").unwrap_or_default())).collect()
+}
+
+async fn log_outcomes(f: &crate::host::fake::Fleet) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in &f.hosts {
+        let (records, _) = state::read_log(h.as_ref(), &f.config.state_dir).await.unwrap();
+        assert_eq!(state::read_lock(h.as_ref(), &f.config.state_dir).await.unwrap(), None, "{}: lock released", h.name);
+        out.push(format!("{} {}", h.name, records.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>().join(",")));
+    }
+    out
+}
+
+fn both(image: &str) -> String {
+    format!("{image},{image}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn hosts_roll_at_most_parallel_at_once() {
+    let f = crate::host::fake::fleet(3, "rollout: { parallel: 2 }\n");
+    let (out, events) = roll_fleet(&f).await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let phases = host_phases(&events);
+    // Never more than two at once, and h3 only once one of the first two is done.
+    let mut running = 0i32;
+    let most = phases.iter().map(|p| {
+        running += if p.ends_with("start") { 1 } else { -1 };
+        running
+    });
+    assert_eq!(most.max(), Some(2), "{phases:?}");
+    let h3 = phases.iter().position(|p| p == "h3 start").unwrap();
+    assert!(phases[..h3].iter().any(|p| p.contains(" done ")), "{phases:?}");
+    assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V2))));
+    // The report times every host.
+    for h in &out.report.hosts {
+        assert!(h.timing.connect_ms.is_some() && h.timing.started_ms.is_some() && h.timing.duration_ms.is_some(), "{h:?}");
+        assert_eq!(h.outcome.as_deref(), Some("succeeded"));
+    }
+    assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 succeeded", "h3 succeeded"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_canary_stops_the_rest() {
+    let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
+    f.hosts[0].state.lock().unwrap().broken.insert(V2.into());
+    let (out, events) = roll_fleet(&f).await;
+    assert_eq!(out.report.outcome, "rolled_back");
+    assert_eq!(host_phases(&events), ["h1 start", "h1 done rolled_back", "h2 skip", "h3 skip"]);
+    assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V1))));
+    assert_eq!(log_outcomes(&f).await, ["h1 rolled_back", "h2 skipped", "h3 skipped"]);
+    let skipped = &out.report.hosts.iter().find(|h| h.host == "h2").unwrap();
+    assert_eq!(skipped.outcome.as_deref(), Some("skipped"));
+    assert!(skipped.timing.note.as_deref().unwrap().contains("h1 rolled back"), "{skipped:?}");
+    // A good canary lets the rest go, after it is done.
+    let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
+    let (out, events) = roll_fleet(&f).await;
+    assert!(out.error.is_none());
+    assert_eq!(host_phases(&events)[..2], ["h1 start", "h1 done succeeded"]);
+    assert!(out.report.hosts.iter().find(|h| h.host == "h1").unwrap().timing.canary);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failed_host_reverts_all_by_default() {
+    let f = crate::host::fake::fleet(3, "rollout: { parallel: 1 }\n");
+    f.hosts[2].state.lock().unwrap().broken.insert(V2.into());
+    let (out, events) = roll_fleet(&f).await;
+    assert_eq!(out.report.outcome, "rolled_back");
+    let phases = host_phases(&events);
+    assert_eq!(phases[..6], ["h1 start", "h1 done succeeded", "h2 start", "h2 done succeeded", "h3 start", "h3 done rolled_back"]);
+    assert!(phases[6..].contains(&"h1 revert".to_string()) && phases[6..].contains(&"h2 done rolled_back".to_string()), "{phases:?}");
+    assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V1))));
+    assert_eq!(log_outcomes(&f).await, ["h1 rolled_back", "h2 rolled_back", "h3 rolled_back"]);
+    let h1 = out.report.hosts.iter().find(|h| h.host == "h1").unwrap();
+    assert!(h1.instances.iter().all(|i| i.outcome == Some(InstanceOutcome::Reverted)), "{h1:?}");
+    assert!(out.error.unwrap().to_string().contains("h1: put back because h3 failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn revert_host_keeps_the_hosts_that_finished() {
+    let f = crate::host::fake::fleet(3, "rollout: { parallel: 1, on_failure: revert_host }\n");
+    f.hosts[1].state.lock().unwrap().broken.insert(V2.into());
+    let (out, events) = roll_fleet(&f).await;
+    assert_eq!(out.report.outcome, "rolled_back");
+    assert_eq!(host_phases(&events), ["h1 start", "h1 done succeeded", "h2 start", "h2 done rolled_back", "h3 skip"]);
+    assert_eq!(images(&f).await, [format!("h1 {}", both(V2)), format!("h2 {}", both(V1)), format!("h3 {}", both(V1))]);
+    assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 rolled_back", "h3 skipped"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_runs_only_on_its_hosts_and_migrates_once() {
+    let extra = "    migrate: { command: [exit, \"0\"] }\n    hosts: [back]\nroles:\n  back: [h2, h3]\n";
+    let f = crate::host::fake::fleet(3, extra);
+    let (out, _) = roll_fleet(&f).await;
+    assert!(out.error.is_none(), "{:?}", out.error);
+    let planned: Vec<_> = out.report.plan.unwrap().hosts.iter().map(|h| h.host.clone()).collect();
+    assert_eq!(planned, ["h2", "h3"], "h1 runs no service of this run and is not touched");
+    assert_eq!(images(&f).await, [format!("h1 {}", both(V1)), format!("h2 {}", both(V2)), format!("h3 {}", both(V2))]);
+    let migrations: Vec<usize> =
+        f.hosts.iter().map(|h| h.state.lock().unwrap().log.iter().filter(|l| l.starts_with("run_once web-1-capstan-migrate")).count()).collect();
+    assert_eq!(migrations, [0, 1, 0], "once, on the first host that runs the service");
+}
+
+/// The lease is renewed while the run lives, so a lease shorter than the run is safe:
+/// a second deploy 2.5 s into a 1 s lease is still refused. (Real time: leases are wall-clock.)
+#[tokio::test]
+async fn a_live_run_keeps_its_short_lease() {
+    let w = world("lock: { lease: 1s }\nbake: 4s\n");
+    let first = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false).await
+    };
+    let ((a, _), (b, _)) = tokio::join!(first, second);
+    assert!(a.unwrap().error.is_none());
+    let refused = b.err().expect("the second run is refused while the first lives");
+    assert_eq!(refused.exit_code(), crate::error::exit::LOCKED, "{refused}");
+    assert_eq!(state::read_lock(w.fake.as_ref(), &w.config.state_dir).await.unwrap(), None, "released at the end");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_single_instance_on_a_single_host_is_warned_about() {
+    let w = world("  worker:\n    image: r/worker\n    instances: [worker-1]\n");
+    w.fake.add_container("worker-1", "r/worker@sha256:w1", 8090);
+    let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
+    assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.web"))));
+}
