@@ -6,14 +6,17 @@
 //! Order, so that a failure leaves nothing half-done: ask the registry which
 //! tags exist (this also checks the credentials) → build every service
 //! (bounded parallelism) → only if all built, push. Planning
-//! ([`plan`]) is pure; the engine is behind [`Images`] and the registry behind
-//! [`Registry`], with fakes in the tests below.
+//! ([`plan`]) is pure; the engine is behind [`Images`] (real: `local.rs`) and the
+//! registry behind [`Registry`] (real: `registry.rs`), with fakes in the tests
+//! below. Where the source came from (commit, URL, time) is `source.rs`'s.
 
 pub mod context;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod local;
+pub mod plan;
 pub mod registry;
+pub mod source;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,65 +25,15 @@ use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
+use crate::build::plan::{plan, BuildPlan};
 use crate::build::registry::{Registry, RegistryError};
+use crate::build::source::{created, source, Source};
 use crate::core::config::{Config, Service};
 use crate::core::image;
 use crate::core::release::Version;
 use crate::core::secret::Credentials;
-use crate::core::tags::{self, Tags};
 use crate::error::Error;
 use crate::output::events::{Built, Event, Sink};
-
-/// Where the source came from, for the OCI labels.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Source {
-    /// The commit (`GITHUB_SHA`, else `git rev-parse HEAD`).
-    pub revision: Option<String>,
-    /// The repository URL (`$GITHUB_SERVER_URL/$GITHUB_REPOSITORY`, else the `origin` remote).
-    pub url: Option<String>,
-    /// The commit's time (Unix seconds), when git knows it.
-    pub commit_time: Option<i64>,
-}
-
-/// What to build for one service. Pure data, made by [`plan`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct BuildPlan {
-    pub service: String,
-    pub repo: String,
-    pub tags: Tags,
-    pub labels: BTreeMap<String, String>,
-    pub args: BTreeMap<String, String>,
-    pub target: Option<String>,
-    /// The previous release, to take the build cache from on an engine that has none.
-    pub cache_from: Option<String>,
-}
-
-pub fn plan(svc: &Service, version: &Version, pushed: &[String], source: &Source, created: &str) -> BuildPlan {
-    let b = svc.build.as_ref().expect("plan is only called for services with a build block");
-    let tags = tags::derive(version, &b.tags, pushed, source.revision.as_deref());
-    let mut labels: BTreeMap<String, String> = BTreeMap::new();
-    labels.insert("org.opencontainers.image.version".into(), version.text.clone());
-    labels.insert("org.opencontainers.image.created".into(), created.to_string());
-    if let Some(r) = &source.revision {
-        labels.insert("org.opencontainers.image.revision".into(), r.clone());
-    }
-    if let Some(u) = &source.url {
-        labels.insert("org.opencontainers.image.source".into(), u.clone());
-    }
-    // The service's own labels win: the user said so explicitly.
-    for (k, v) in &b.labels {
-        labels.insert(k.clone(), v.clone());
-    }
-    BuildPlan {
-        service: svc.name.clone(),
-        repo: svc.image.clone(),
-        tags,
-        labels,
-        args: b.args.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        target: b.target.clone(),
-        cache_from: tags::previous_release(version, pushed).map(|t| image::tag_ref(&svc.image, &t)),
-    }
-}
 
 /// What went into one `/build` call.
 pub struct BuildRequest<'a> {
@@ -358,55 +311,6 @@ fn build_error(svc: &Service, dockerfile: &Path, f: BuildFailure) -> Error {
     Error::input_hint(msg, "nothing was pushed and no host was touched")
 }
 
-/// The commit and repository URL for the labels: from GitHub's environment,
-/// else from git in `dir`.
-pub fn source(dir: &Path) -> Source {
-    use crate::env;
-    let git = |args: &[&str]| -> Option<String> {
-        let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
-    };
-    let revision = env::var(env::GITHUB_SHA).or_else(|| git(&["rev-parse", "HEAD"]));
-    let url = match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY)) {
-        (Some(s), Some(r)) => Some(format!("{s}/{r}")),
-        _ => git(&["config", "--get", "remote.origin.url"]).map(|u| web_url(&u)),
-    };
-    let commit_time = revision
-        .as_deref()
-        .filter(|r| r.chars().all(|c| c.is_ascii_hexdigit()))
-        .and_then(|r| git(&["log", "-1", "--format=%ct", r]))
-        .and_then(|t| t.parse().ok());
-    Source { revision, url, commit_time }
-}
-
-/// `git@github.com:acme/web.git` -> `https://github.com/acme/web`; credentials in an https remote are dropped.
-fn web_url(remote: &str) -> String {
-    let u = remote.trim().trim_end_matches(".git");
-    if let Some(rest) = u.strip_prefix("git@") {
-        if let Some((host, path)) = rest.split_once(':') {
-            return format!("https://{host}/{path}");
-        }
-    }
-    if let Some(rest) = u.strip_prefix("https://") {
-        let rest = rest.split_once('@').map(|(_, r)| r).unwrap_or(rest);
-        return format!("https://{rest}");
-    }
-    u.to_string()
-}
-
-/// The `created` label: `SOURCE_DATE_EPOCH` when set, else the commit's time,
-/// else now. Tied to the source rather than the clock, the same commit builds
-/// the same image (every step a cache hit, the same digest), so re-running a
-/// release job pushes nothing new.
-pub fn created(source: &Source) -> String {
-    let t = crate::env::var(crate::env::SOURCE_DATE_EPOCH)
-        .and_then(|s| s.parse::<i64>().ok())
-        .or(source.commit_time)
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .unwrap_or_else(time::OffsetDateTime::now_utc);
-    crate::core::time::fmt_time(t.replace_nanosecond(0).unwrap_or(t))
-}
-
 /// Builds the services of `config` selected by `services` for `version`, on the local engine.
 pub async fn build_local(
     config: &Config,
@@ -441,6 +345,7 @@ pub fn default_jobs() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::build::source::web_url;
     use crate::core::release;
     use crate::output::events::Recorder;
     use std::sync::Mutex;
