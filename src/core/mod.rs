@@ -1,6 +1,8 @@
-//! The pure core: what names may look like, releases and their tags, the
-//! config, the plan, nginx's upstream files read and edited as text. No
-//! network, no host: table-tested.
+//! The pure core, which every layer may use and which uses none of them: what
+//! names may look like, image references, releases and their tags, the config,
+//! what a host reports, the plan, the log's records, secrets, and nginx's
+//! upstream files read and edited as text. No network, no host, no process;
+//! the one file read is the config (`config::load`). Table-tested.
 
 pub mod config;
 pub mod image;

@@ -3,7 +3,7 @@
 //! file, decides from the event what to run (see [`crate::github::trigger`]), and after
 //! the run writes the step outputs and the job summary.
 //!
-//! It also makes the GitHub client ([`crate::github`]) from the
+//! It also makes the GitHub client ([`crate::github::api`]) from the
 //! `github-token` input, `GITHUB_API_URL` and `GITHUB_REPOSITORY`; what is
 //! sent is decided in [`crate::github::publish`].
 

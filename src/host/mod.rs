@@ -2,8 +2,10 @@
 //! [`Engine`] (the host's Docker engine), [`Swarm`] (its Swarm services, when the
 //! host is a manager), [`Shell`] (a few quoted commands) and [`Probe`] (HTTP as
 //! seen from the host). The real implementations are `docker::DockerEngine` and
-//! `ssh::SshHost`; `fake::FakeHost` implements all four in memory for the
-//! executor's tests.
+//! `ssh::SshHost`, put together by `connect`; `fake::FakeHost` implements all
+//! four in memory for the executor's tests. Also here: what runs on a host
+//! through them: the lock and log scripts (`state`), the load balancer's drain
+//! (`drain`), the Compose CLI and `.env` (`compose`).
 
 pub mod compose;
 pub mod connect;
