@@ -36,6 +36,10 @@ const LAYERS: &[(&str, u32)] = &[
     ("layers", 6),
 ];
 
+/// Below them but out of reach: the build and the GitHub side sit beside the commands and
+/// need no executor; they use the core, the output and the host layer only.
+const NOT_FROM: &[(&str, &str)] = &[("build", "rollout"), ("github", "rollout")];
+
 type Module = Vec<String>;
 
 fn name(m: &[String]) -> String {
@@ -379,6 +383,9 @@ fn each_layer_imports_only_from_the_layers_below() {
                 if b >= a {
                     problems.push(format!("{} (layer {a}) imports {} (layer {b}): {via}", name(from), name(target)));
                 }
+            }
+            if NOT_FROM.contains(&(top.as_str(), their.as_str())) {
+                problems.push(format!("{} imports {}, which {top} may not use: {via}", name(from), name(target)));
             }
         }
     }
