@@ -129,14 +129,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn describe(s: &Sample) -> String {
     format!(
-        "{:.1} s, {} reloads{}, GET {}/{} failed, POST {}/{} failed, {} 5xx, {} duplicate and {} missing charges, up -d after recreates {}",
+        "{:.1} s, {} reloads{}, GET {}/{} failed, POST {}/{} failed ({} unanswered), {} 5xx, {} duplicate and {} missing charges, up -d after recreates {}",
         s.wall.as_secs_f64(),
         s.reloads,
         s.reported_reloads.as_ref().map(|r| format!(" (report: {r})")).unwrap_or_default(),
         s.stats.get_failed,
         s.stats.get_sent,
-        s.stats.post_failed,
+        s.stats.post_sent - s.stats.post_2xx,
         s.stats.post_sent,
+        s.stats.post_failed,
         s.stats.total_5xx(),
         s.check.duplicates.len(),
         s.check.missing.len(),
@@ -166,13 +167,14 @@ fn main() {
         let wall = median(s.iter().map(|x| x.wall).collect());
         let reloads: Vec<String> = s.iter().map(|x| x.reloads.to_string()).collect();
         println!(
-            "| {name} | {:.1} s | {} | {} of {} | {} of {} | {} | {} | {} | {} |",
+            "| {name} | {:.1} s | {} | {} of {} | {} of {} ({} unanswered) | {} | {} | {} | {} |",
             wall.as_secs_f64(),
             reloads.join(", "),
             sum(s, &|x| x.stats.get_failed),
             sum(s, &|x| x.stats.get_sent),
-            sum(s, &|x| x.stats.post_failed),
+            sum(s, &|x| x.stats.post_sent - x.stats.post_2xx),
             sum(s, &|x| x.stats.post_sent),
+            sum(s, &|x| x.stats.post_failed),
             sum(s, &|x| x.stats.total_5xx()),
             sum(s, &|x| x.check.duplicates.len() as u64),
             sum(s, &|x| x.check.missing.len() as u64),
@@ -184,7 +186,7 @@ fn main() {
         "The payment system (2 services x 2 instances, nginx in a container), v1.0.0 -> v1.1.0 under 100 GET/s + 25 POST/s \
          over 8 keep-alive connections; {runs} runs each, alternating (deploy time: median; reloads and `up -d` after: per run; counts: summed)\n"
     );
-    println!("| v1.0.0 -> v1.1.0 | deploy time | nginx reloads | failed GETs | failed POSTs | 5xx | duplicate charges | answered charges missing | `compose up -d` after recreates |");
+    println!("| v1.0.0 -> v1.1.0 | deploy time | nginx reloads | failed GETs (not 2xx) | failed POSTs (not 2xx) | 5xx (GET+POST) | duplicate charges | answered charges missing | `compose up -d` after recreates |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let cw = row("capstan deploy", &capstan);
     let rw = row("runbook (stop, up -d --no-deps, wait healthy, pause)", &runbook);
