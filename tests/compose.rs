@@ -409,20 +409,38 @@ fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
 #[test]
 fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
     let sys = system("brokenngx", ComposeCli::V2);
-    sys.write_config(&sys.render_config(&sys.config()));
-    // nginx runs the good config it loaded; the file now has an error `nginx -t` finds.
-    let broken =
-        fs::read_to_string(sys.nginx_conf()).unwrap().replace("    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
-    fs::write(sys.nginx_conf(), &broken).unwrap();
+    let config = sys.render_config(&sys.config());
+    sys.write_config(&config);
+    let good = fs::read_to_string(sys.nginx_conf()).unwrap();
     let ids = container_ids(&sys);
+    // Broken before the run: `check` refuses it (nginx -T fails), nothing touched.
+    let broken = good.replace("    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
+    fs::write(sys.nginx_conf(), &broken).unwrap();
+    let run = sys.capstan(&["check", "--version", "v1.1.0"]);
+    assert_eq!(run.status, 2, "check refuses a config nginx -T rejects\n{run}");
+    assert!(run.stderr.contains("this_is_not_a_directive"), "nginx's complaint is shown:\n{run}");
+    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), broken, "the file is as it was");
+    // Broken during the run, after every check passed (a pre_deploy hook appends to the file in
+    // place): the drain's own `nginx -t` stops the step, the file goes back as it was, and the
+    // instance is never touched.
+    fs::write(sys.nginx_conf(), &good).unwrap();
+    let conf = sys.nginx_conf();
+    sys.write_config(&format!("{config}hooks:\n  pre_deploy: \"printf 'this_is_not_a_directive on;\\n' >> {}\"\n", conf.display()));
     let (run, stats, check) = sys.under_load("a broken nginx.conf", || sys.capstan(&["deploy", "--version", "v1.1.0", "--skip-build", "--json"]));
-    assert_ne!(run.status, 0, "{run}");
     eprintln!("broken nginx.conf: exit {}\n{}", run.status, run.stderr);
-    // Stopped by `nginx -t`, whose complaint is passed on (the report's error, or stderr).
-    assert!(run.stdout.contains("this_is_not_a_directive") || run.stderr.contains("this_is_not_a_directive"), "nginx -t's complaint is shown:\n{run}");
+    assert_eq!(run.status, 1, "the drain fails, nothing was replaced\n{run}");
+    let report: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
+    assert_eq!(report["outcome"], "rolled_back", "{run}");
+    let steps: Vec<String> = report["hosts"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| i["steps"].as_array().unwrap().iter().map(|s| format!("{} {} {}", s["step"].as_str().unwrap(), s["ok"], s["detail"].as_str().unwrap_or(""))))
+        .collect();
+    assert!(steps.iter().any(|s| s.starts_with("drain false") && s.contains("nginx -t") && s.contains("this_is_not_a_directive")), "{steps:#?}");
     assert_eq!(container_ids(&sys), ids, "no instance touched");
     sys.assert_versions(START_TAG, START_TAG);
-    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), broken, "the file is as it was");
+    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), format!("{good}this_is_not_a_directive on;\n"), "the file is as the hook left it");
     assert_nothing_lost("a broken nginx.conf", &stats, &check);
     assert_env(&sys, START_TAG);
 }
