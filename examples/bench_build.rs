@@ -6,7 +6,7 @@
 //! already in the registry). Prints each run, the medians and the ratio
 //! capstan / CLI (below 1 means capstan is faster).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::path::Path;

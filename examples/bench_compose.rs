@@ -17,7 +17,7 @@
 //! failed POSTs, 5xx, charges recorded twice or answered and missing, and what
 //! a `docker compose up -d` right after would recreate.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

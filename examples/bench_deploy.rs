@@ -5,7 +5,7 @@
 //! the waits no tool can avoid (pull, start-to-healthy, configured pauses and
 //! drain waits), and failed requests, per run and as medians, with ratios.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::process::Command;

@@ -1,5 +1,5 @@
 //! `bash bench/hosts`: the same v1 -> v2 release deployed by capstan to fleets
-//! of 1, 5, 10 and 20 real hosts on this machine (tests/support/fleet.rs: each
+//! of 1, 5, 10 and 20 real hosts on this machine (tests/it/support/fleet.rs: each
 //! host its own network and mount namespace, dockerd, sshd, nginx and 2 demo
 //! instances), with every host rolled at once (`rollout: { parallel: N }`) and
 //! load through every host's nginx. A fresh fleet per size (and per run), so
@@ -14,7 +14,7 @@
 //! BENCH_HOSTS="1 5 10 20" (sizes), BENCH_RUNS=1 (fresh fleets per size;
 //! medians), BENCH_RPS=10 (requests/s through each host's nginx; 0: no load).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

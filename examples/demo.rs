@@ -3,7 +3,7 @@
 //! through nginx. Prints capstan's progress, its JSON report and the count of
 //! failed requests.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Stdio};

@@ -4,11 +4,10 @@
 //! at validation; paths are passed through as they are. Canary files prove
 //! that nothing ran that should not have.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::{App, AppOptions, Sandbox};
+use crate::support;
+use crate::support::{App, AppOptions, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));

@@ -11,16 +11,15 @@
 //! debootstrap and the build names it through the Dockerfile's
 //! `RUST_IMAGE`/`RUNTIME_IMAGE` arguments.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::github::FakeGitHub;
+use crate::support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
 use serde_json::Value;
-use support::github::FakeGitHub;
-use support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
 
 const TOKEN: &str = "ghs_imagetoken0123456789abcdefghijklmnop";
 const IMAGE_REPO: &str = "capstan-test/action";

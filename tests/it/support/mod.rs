@@ -14,8 +14,8 @@
 //! - [`KeepAliveLoad`]: GETs and POSTs over persistent connections, as real
 //!   clients send them, checked against the charges the service recorded.
 //!
-//! Use from an integration test with `mod support;`, from an example with
-//! `#[path = "../tests/support/mod.rs"] mod support;`.
+//! Compiled once into the integration tests (`tests/it/main.rs`: `mod support;`),
+//! and into each example with `#[path = "../tests/it/support/mod.rs"] mod support;`.
 #![allow(dead_code, unused_imports)]
 
 mod app;

@@ -1,15 +1,14 @@
 //! End-to-end: the capstan binary against real parts on loopback (an sshd, a
 //! Docker engine, a registry with a password, nginx in front of two demo
-//! instances), started by `tests/support`. Nothing here is mocked.
-
-mod support;
+//! instances), started by `support`. Nothing here is mocked.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{App, AppOptions, Run, Sandbox};
 use serde_json::Value;
-use support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.

@@ -1,16 +1,15 @@
-//! Many hosts (#7): real hosts in network namespaces (tests/support/fleet.rs),
+//! Many hosts (#7): real hosts in network namespaces (support/fleet.rs),
 //! each with its own address, sshd, Docker engine, nginx and instances, all
 //! driven by one `capstan.yml`. A parallel deploy under load, a failed canary
 //! that stops the rest, and one host's failure that reverts every host.
 //!
 //! One fleet at a time (a lock below): three engines per fleet on a small machine.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::{record_fault, AppOptions, Fleet, LoadStats, Sandbox};
 use serde_json::Value;
-use support::{record_fault, AppOptions, Fleet, LoadStats, Sandbox};
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

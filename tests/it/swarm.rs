@@ -4,14 +4,13 @@
 //! password (the nodes pull with the credentials capstan sends), and the sshd.
 //! The routing mesh cannot run on this machine (no IPVS in its kernel): the
 //! replicas share port 8080 on the host's network with SO_REUSEPORT, and nginx is
-//! the load balancer (see tests/support/swarm.rs). One Swarm app at a time.
-
-mod support;
+//! the load balancer (see support/swarm.rs). One Swarm app at a time.
 
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{Run, Sandbox, SwarmApp};
 use serde_json::Value;
-use support::{Run, Sandbox, SwarmApp};
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));

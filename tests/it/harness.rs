@@ -1,8 +1,6 @@
-//! Tests of the test harness itself (tests/support): the sandbox's sshd,
+//! Tests of the test harness itself (support): the sandbox's sshd,
 //! registry and images, an App behind nginx, the load generator, the demo
 //! service's behaviour in a container, and a fleet of real namespace hosts.
-
-mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,9 +10,10 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::http::{self, base64_std, basic_auth};
-use support::proc::{run, spawn_persistent, ChildGuard};
-use support::{random_hex, App, AppOptions, Fleet, Sandbox};
+use crate::support;
+use crate::support::http::{self, base64_std, basic_auth};
+use crate::support::proc::{run, spawn_persistent, ChildGuard};
+use crate::support::{random_hex, App, AppOptions, Fleet, Sandbox};
 
 fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Output {
     let mut c = Command::new("ssh");

@@ -2,16 +2,15 @@
 //! real Docker engine, pushing to the sandbox's registry with its password
 //! (whose base64 has `+` or `/`, the bollard header bug's trigger).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support;
+use crate::support::http::{basic_auth, get_with};
+use crate::support::{random_hex, write_file, App, AppOptions, Run, Sandbox};
 use serde_json::Value;
-use support::http::{basic_auth, get_with};
-use support::{random_hex, write_file, App, AppOptions, Run, Sandbox};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 

@@ -5,17 +5,15 @@
 //! Every test runs under GET and POST load through nginx over keep-alive
 //! connections, and checks the POSTs against the ledger.
 //!
-//! `tests/support/compose.rs` makes the system; `PaymentSystem::config` is the
+//! `support/compose.rs` makes the system; `PaymentSystem::config` is the
 //! capstan.yml of the contract. The first tests check the harness
 //! itself.
-
-mod support;
 
 use std::fs;
 use std::time::Duration;
 
+use crate::support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, Sandbox, INSTANCES, NGINX_SERVICE, START_TAG};
 use serde_json::Value;
-use support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, Sandbox, INSTANCES, NGINX_SERVICE, START_TAG};
 
 fn system(hint: &str, compose: ComposeCli) -> PaymentSystem {
     // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.
@@ -435,7 +433,9 @@ fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|i| i["steps"].as_array().unwrap().iter().map(|s| format!("{} {} {}", s["step"].as_str().unwrap(), s["ok"], s["detail"].as_str().unwrap_or(""))))
+        .flat_map(|i| {
+            i["steps"].as_array().unwrap().iter().map(|s| format!("{} {} {}", s["step"].as_str().unwrap(), s["ok"], s["detail"].as_str().unwrap_or("")))
+        })
         .collect();
     assert!(steps.iter().any(|s| s.starts_with("drain false") && s.contains("nginx -t") && s.contains("this_is_not_a_directive")), "{steps:#?}");
     assert_eq!(container_ids(&sys), ids, "no instance touched");

@@ -4,13 +4,11 @@
 //! must leave every instance on its previous image, lose no request, name the
 //! check, the host and the threshold, and leave the right record in the log.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::http::get;
+use crate::support::{App, AppOptions, LoadStats, Run, Sandbox};
 use serde_json::Value;
-use support::http::get;
-use support::{App, AppOptions, LoadStats, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));

@@ -3,11 +3,10 @@
 //! which capstan must carry to the successor), at the most verbose level. None
 //! of the values may appear in stdout, stderr, the `--json` report, or the
 //! host's deployment log and lock. The action's run (outputs, job summary,
-//! requests to GitHub) is checked the same way in `tests/action.rs`.
+//! requests to GitHub) is checked the same way in `action.rs`.
 
-mod support;
-
-use support::{App, AppOptions, Run, Sandbox};
+use crate::support;
+use crate::support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));

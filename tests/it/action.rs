@@ -2,15 +2,14 @@
 //! the way the runner runs it (INPUT_* variables, the event payload in a file,
 //! GITHUB_OUTPUT and GITHUB_STEP_SUMMARY files) against the real sandbox host.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::github::{FakeGitHub, Fault};
-use support::runner::outputs;
-use support::{App, AppOptions, Run, Sandbox};
+use crate::support;
+use crate::support::github::{FakeGitHub, Fault};
+use crate::support::runner::outputs;
+use crate::support::{App, AppOptions, Run, Sandbox};
 
 fn sandbox() -> &'static Sandbox {
     std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));

@@ -8,13 +8,12 @@
 //! They run one at a time (a lock below, whatever `--test-threads` says):
 //! cutting SSH cuts every session of the sandbox's sshd.
 
-mod support;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{record_fault, App, AppOptions, Run, Sandbox};
 use serde_json::Value;
-use support::{record_fault, App, AppOptions, Run, Sandbox};
 
 /// Held by each test for its whole run.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
