@@ -6,15 +6,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::sandbox;
 use crate::support;
 use crate::support::github::{FakeGitHub, Fault};
 use crate::support::runner::outputs;
 use crate::support::{App, AppOptions, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 /// The app's config with no key, no known hosts and no password of its own:
 /// everything secret comes from the action's inputs.

@@ -7,17 +7,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::sandbox;
 use crate::support;
 use crate::support::http::{basic_auth, get_with};
-use crate::support::{random_hex, write_file, App, AppOptions, Run, Sandbox};
+use crate::support::{random_hex, write_file, App, AppOptions, Run};
 use serde_json::Value;
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{run}"))

@@ -12,12 +12,11 @@
 use std::fs;
 use std::time::Duration;
 
-use crate::support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, Sandbox, INSTANCES, NGINX_SERVICE, START_TAG};
+use crate::sandbox;
+use crate::support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, INSTANCES, NGINX_SERVICE, START_TAG};
 use serde_json::Value;
 
 fn system(hint: &str, compose: ComposeCli) -> PaymentSystem {
-    // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
     PaymentSystem::new(hint, compose)
 }
 
@@ -79,7 +78,7 @@ fn assert_reloads(what: &str, sys: &PaymentSystem, report: &Value, before: usize
 /// like versions still name what was pushed under them.
 #[track_caller]
 fn assert_version_tags_unmoved(sys: &PaymentSystem) {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let images = sys.images();
     for service in ["service-a", "service-b"] {
         for tag in ["v1.0.0", "v1.1.0"] {
@@ -183,9 +182,9 @@ fn harness_the_system_comes_up_carries_load_and_goes_away() {
 
     let project = sys.project().to_string();
     drop(sys);
-    let left = Sandbox::get().docker_ok(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    let left = sandbox().docker_ok(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
     assert!(left.trim().is_empty(), "containers left after the teardown: {left}");
-    let nets = Sandbox::get().docker_ok(&["network", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    let nets = sandbox().docker_ok(&["network", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
     assert!(nets.trim().is_empty(), "networks left after the teardown: {nets}");
 }
 

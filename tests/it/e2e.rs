@@ -6,15 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::sandbox;
 use crate::support;
-use crate::support::{App, AppOptions, Run, Sandbox};
+use crate::support::{App, AppOptions, Run};
 use serde_json::Value;
-
-fn sandbox() -> &'static Sandbox {
-    // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 fn app(hint: &str) -> App {
     App::new(sandbox(), hint, AppOptions::default())

@@ -11,6 +11,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::sandbox;
 use crate::support;
 use crate::support::{record_fault, App, AppOptions, Run, Sandbox};
 use serde_json::Value;
@@ -19,11 +20,6 @@ use serde_json::Value;
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
 }
 
 fn log_records(app: &App) -> Vec<Value> {

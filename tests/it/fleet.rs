@@ -7,8 +7,9 @@
 
 use std::time::Duration;
 
+use crate::sandbox;
 use crate::support;
-use crate::support::{record_fault, AppOptions, Fleet, LoadStats, Sandbox};
+use crate::support::{record_fault, AppOptions, Fleet, LoadStats};
 use serde_json::Value;
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -17,8 +18,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn fleet(hint: &str) -> Fleet {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    let f = Fleet::start(Sandbox::get(), 3, hint, AppOptions::default());
+    let f = Fleet::start(sandbox(), 3, hint, AppOptions::default());
     eprintln!("fleet of 3 started in {:?}", f.startup_time());
     f
 }

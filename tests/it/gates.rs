@@ -6,14 +6,10 @@
 
 use std::time::Duration;
 
+use crate::sandbox;
 use crate::support::http::get;
-use crate::support::{App, AppOptions, LoadStats, Run, Sandbox};
+use crate::support::{App, AppOptions, LoadStats, Run};
 use serde_json::Value;
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{run}"))

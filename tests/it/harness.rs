@@ -10,6 +10,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::sandbox;
 use crate::support;
 use crate::support::http::{self, base64_std, basic_auth};
 use crate::support::proc::{run, spawn_persistent, ChildGuard};
@@ -31,7 +32,7 @@ fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Outpu
 
 #[test]
 fn sshd_accepts_the_key_with_strict_host_key_checking() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     eprintln!("sandbox started in {:?}", sb.startup_time());
 
     let mode = fs::metadata(sb.identity_file()).unwrap().permissions().mode() & 0o777;
@@ -51,7 +52,7 @@ fn sshd_accepts_the_key_with_strict_host_key_checking() {
 
 #[test]
 fn sshd_is_refused_when_known_hosts_has_another_key() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let dir = support::short_tempdir("cst-k-");
     let other = dir.path().join("other");
     let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
@@ -82,7 +83,7 @@ fn sshd_is_refused_when_known_hosts_has_another_key() {
 #[test]
 fn sshd_forwards_the_docker_socket() {
     // What capstan does: forward a local Unix socket to the host's Docker socket.
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let dir = support::short_tempdir("cst-f-");
     let sock = dir.path().join("d.sock");
     let mut c = Command::new("ssh");
@@ -115,7 +116,7 @@ fn sshd_forwards_the_docker_socket() {
 
 #[test]
 fn registry_requires_basic_auth_and_holds_the_demo_tags() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     assert_eq!(sb.registry_user(), "capstan");
     let json = format!("{{\"username\":\"capstan\",\"password\":\"{}\"}}", sb.registry_password());
     let enc = base64_std(json.as_bytes());
@@ -157,7 +158,7 @@ fn registry_requires_basic_auth_and_holds_the_demo_tags() {
 
 #[test]
 fn app_serves_through_nginx_and_takes_load_without_errors() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let app = App::new(sb, "harness", AppOptions::default());
     let name = app.name().to_string();
     assert!(name.starts_with("tharness-") && name.len() == "tharness-".len() + 6, "{name}");
@@ -269,7 +270,7 @@ impl Drop for Throwaway {
 
 #[test]
 fn broken_image_fails_its_health_check() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let image = sb.image("broken");
     {
         // Pulled from the registry with the sandbox credentials.
@@ -286,7 +287,7 @@ fn broken_image_fails_its_health_check() {
 
 #[test]
 fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let c = Throwaway::run(sb, &sb.image("v1"));
     assert_eq!(http::get(&c.url("/health")).unwrap().status, 200);
     assert_eq!(http::get(&c.url("/nope")).unwrap().status, 404);
@@ -308,7 +309,7 @@ fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
 
 #[test]
 fn fleet_of_three_hosts_is_real() {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let fleet = Fleet::start(sb, 3, "fleet", AppOptions::default());
     eprintln!("fleet of 3 hosts started in {:?}", fleet.startup_time());
     let instances = fleet.instances();

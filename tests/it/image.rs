@@ -16,6 +16,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::sandbox;
 use crate::support;
 use crate::support::github::FakeGitHub;
 use crate::support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
@@ -171,11 +172,10 @@ fn run_action(sb: &Sandbox, image: &str, dirs: &RunnerDirs, env: &BTreeMap<Strin
 
 #[test]
 fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
     let t0 = Instant::now();
     // The base image (debootstrap, the slow part, when not cached) while the sandbox starts.
     let base = std::thread::spawn(base_image::bookworm);
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let base = base.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
     match base.made_in {
         Some(d) => eprintln!("[image] base image {} made in {d:?}", base.tag),

@@ -6,13 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::sandbox;
 use crate::support;
-use crate::support::{App, AppOptions, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support::{App, AppOptions};
 
 /// Shell metacharacters of every kind, each one creating a canary file named
 /// `<token>-N` if a shell ever read it as code. No `/`, so that it can be part of

@@ -17,3 +17,10 @@ mod image;
 mod injection;
 mod secrets;
 mod swarm;
+
+/// The sandbox of this process (sshd, registry, images), started by the first
+/// test that asks. The tests find capstan through `support::capstan_bin`, which
+/// is fixed at compile time here: nothing is set in the environment.
+fn sandbox() -> &'static support::Sandbox {
+    support::Sandbox::get()
+}

@@ -5,13 +5,9 @@
 //! host's deployment log and lock. The action's run (outputs, job summary,
 //! requests to GitHub) is checked the same way in `action.rs`.
 
+use crate::sandbox;
 use crate::support;
-use crate::support::{App, AppOptions, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support::{App, AppOptions, Run};
 
 #[track_caller]
 fn clean(what: &str, text: &str, secrets: &[&str]) {

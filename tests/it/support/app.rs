@@ -16,14 +16,15 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default limit for one `capstan` run.
 pub const CAPSTAN_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The capstan binary to test: `$CAPSTAN_BIN` if set, else the binary cargo
-/// built for this integration test (`CARGO_BIN_EXE_capstan`, known at compile
-/// time in `tests/*.rs`), else `<repo>/target/debug/capstan` (examples).
+/// The capstan binary to test: in the integration tests, the one cargo built
+/// for them (`CARGO_BIN_EXE_capstan`, fixed at compile time, so nothing in the
+/// process's environment can point elsewhere); in the examples, which cargo
+/// gives no such path, `$CAPSTAN_BIN` if set, else `<repo>/target/debug/capstan`.
 pub fn capstan_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAPSTAN_BIN") {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_capstan") {
         return PathBuf::from(p);
     }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_capstan") {
+    if let Some(p) = std::env::var_os("CAPSTAN_BIN") {
         return PathBuf::from(p);
     }
     repo_root().join("target/debug/capstan")
