@@ -7,6 +7,7 @@
 //! capstan / CLI (below 1 means capstan is faster).
 
 #[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::path::Path;

@@ -18,6 +18,7 @@
 //! a `docker compose up -d` right after would recreate.
 
 #[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::collections::BTreeMap;

@@ -6,6 +6,7 @@
 //! drain waits), and failed requests, per run and as medians, with ratios.
 
 #[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::process::Command;

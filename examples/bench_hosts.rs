@@ -15,6 +15,7 @@
 //! medians), BENCH_RPS=10 (requests/s through each host's nginx; 0: no load).
 
 #[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::collections::BTreeMap;

@@ -4,6 +4,7 @@
 //! failed requests.
 
 #[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::process::{Command, Stdio};

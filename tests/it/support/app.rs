@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::http::{self, HttpResponse};
 use super::load::LoadGen;
-use super::proc::{self, run, spawn_persistent, ChildGuard};
+use super::proc::{run, spawn_persistent, ChildGuard};
 use super::sandbox::{DockerCli, Sandbox};
 use super::{free_port, random_hex, repo_root, short_tempdir, wait_for, write_file};
 
@@ -174,10 +174,6 @@ impl App {
     pub fn state_dir(&self) -> PathBuf {
         self.dir().join("state")
     }
-    /// The nginx error log (upstream errors show up here).
-    pub fn nginx_error_log(&self) -> String {
-        fs::read_to_string(self.nginx_dir().join("error.log")).unwrap_or_default()
-    }
 
     /// Write `<dir>/capstan.yml`; returns its path.
     pub fn write_config(&self, yaml: &str) -> PathBuf {
@@ -242,11 +238,6 @@ impl App {
     /// Start a load generator on `lb_url()`.
     pub fn load(&self, rps: u32) -> LoadGen {
         LoadGen::start(&self.lb_url(), rps)
-    }
-
-    /// A `docker` command with the sandbox's DOCKER_CONFIG.
-    pub fn docker(&self, args: &[&str]) -> Command {
-        self.cli.cmd(args)
     }
 
     /// Run docker; stdout (empty on failure).

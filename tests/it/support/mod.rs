@@ -16,7 +16,6 @@
 //!
 //! Compiled once into the integration tests (`tests/it/main.rs`: `mod support;`),
 //! and into each example with `#[path = "../tests/it/support/mod.rs"] mod support;`.
-#![allow(dead_code, unused_imports)]
 
 mod app;
 pub mod base_image;
@@ -31,16 +30,16 @@ pub mod runner;
 mod sandbox;
 mod swarm;
 
-pub use app::{capstan_bin, App, AppOptions, Run};
-pub use compose::{
-    nginx_conf_text, registry_digest, ComposeCli, ComposeUp, Container, PaymentConfig, PaymentImages, PaymentSystem, PushedImage, INSTANCES, NGINX_SERVICE,
-    PAYMENT_TAGS, START_TAG, TAG_VARIABLES,
-};
-pub use fleet::{Fleet, FleetHost};
-pub use keepalive_load::{KeepAliveLoad, KeepAliveOptions, KeepAliveStats, LedgerCheck, PostOutcome};
+pub use app::{App, AppOptions, Run};
+pub use compose::{registry_digest, ComposeCli, PaymentSystem, INSTANCES, NGINX_SERVICE, START_TAG};
+pub use fleet::Fleet;
+pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
-pub use sandbox::{DockerCli, Sandbox};
-pub use swarm::{SwarmApp, SWARM_PORT};
+pub use sandbox::Sandbox;
+pub use swarm::SwarmApp;
+// What only the examples name.
+#[allow(unused_imports)]
+pub use {app::capstan_bin, compose::PaymentImages};
 
 use std::collections::HashSet;
 use std::net::TcpListener;
