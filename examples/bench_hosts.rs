@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{AppOptions, Fleet, Sandbox};
+use support::{edit, AppOptions, Fleet, Sandbox};
 
 struct Sample {
     hosts: usize,
@@ -84,7 +84,7 @@ fn one_run(sb: &Sandbox, n: usize, rps: u32) -> Sample {
     // Every host at once; if this capstan does not know `rollout:`, without it
     // (every host is rolled at once then too).
     let base = fleet.default_config();
-    let with_key = base.replacen("services:\n", &format!("rollout:\n  parallel: {n}\nservices:\n"), 1);
+    let with_key = edit(&base).set("rollout", serde_json::json!({ "parallel": n })).text();
     fleet.write_config(&with_key);
     let check = fleet.capstan(&["check", "--version", "v2"]);
     let parallel_key = check.success();

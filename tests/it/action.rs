@@ -10,15 +10,17 @@ use crate::sandbox;
 use crate::support;
 use crate::support::github::{FakeGitHub, Fault};
 use crate::support::runner::outputs;
+use crate::support::{edit, ConfigEdit};
 use crate::support::{App, AppOptions, Run, Sandbox};
 
 /// The app's config with no key, no known hosts and no password of its own:
 /// everything secret comes from the action's inputs.
-fn config(app: &App, sb: &Sandbox) -> String {
-    app.default_config()
-        .replace(&format!("  identity_file: {}\n", sb.identity_file().display()), "")
-        .replace(&format!("  known_hosts: {}\n", sb.known_hosts().display()), "  connect_timeout: 15s\n")
-        .replace("password_env: REGISTRY_PASSWORD", "password_env: DEPLOY_REGISTRY_TOKEN")
+fn config(app: &App) -> ConfigEdit {
+    edit(&app.default_config())
+        .remove("ssh.identity_file")
+        .remove("ssh.known_hosts")
+        .set("ssh.connect_timeout", "15s")
+        .set("registry.password_env", "DEPLOY_REGISTRY_TOKEN")
 }
 
 struct ActionRun {
@@ -118,7 +120,7 @@ fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) ->
 fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     let sb = sandbox();
     let app = App::new(sb, "action", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     // GitHub has a bad minute: the deployment is made but the answer is a 502,
     // then a secondary rate limit on the first status. Neither may cost a deploy
@@ -197,7 +199,7 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
 fn a_missing_permission_stops_before_any_host_is_touched() {
     let sb = sandbox();
     let app = App::new(sb, "actiondeny", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     gh.deny("deployments");
     let a = action(&app, &gh, "push_tag_v2", &[]);
@@ -236,7 +238,7 @@ fn a_missing_permission_stops_before_any_host_is_touched() {
 fn pull_requests_get_a_check_run_with_the_plan() {
     let sb = sandbox();
     let app = App::new(sb, "actionpr", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     let head = "266574110acf203503badf966df2ea24b5d732d7";
     // From a branch of the repository: the hosts are read and the plan says what each instance goes from and to.
@@ -271,7 +273,7 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     assert!(summary.contains(&format!("| `? (host not contacted)` | `{}` | replace |", sb.image("v2"))), "{summary}");
 
     // A config error: a failed check with an annotation on the line of the key.
-    app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&config(&app).set("services.web.health.timeout", "soon").text());
     let a = action(&app, &gh, "pull_request", &[("version", "v2")]);
     a.run.assert_status(2);
     let runs = gh.check_runs();
@@ -281,7 +283,8 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     assert_eq!(ann["path"], "capstan.yml", "relative to the workspace");
     assert_eq!(ann["annotation_level"], "failure");
     assert!(ann["message"].as_str().unwrap().contains("services.web.health.timeout"), "{ann}");
-    let line = config(&app, sb).lines().position(|l| l.contains("timeout: 20s")).unwrap() as u64 + 1;
+    let text = config(&app).set("services.web.health.timeout", "soon").text();
+    let line = text.lines().position(|l| l.contains(r#""timeout": "soon""#)).unwrap() as u64 + 1;
     assert_eq!(ann["start_line"], line);
 }
 
@@ -289,7 +292,7 @@ fn pull_requests_get_a_check_run_with_the_plan() {
 fn unknown_events_and_config_errors_are_clear() {
     let sb = sandbox();
     let app = App::new(sb, "actionbad", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     // An event capstan does not answer.
     let a = action(&app, &gh, "push_tag_v2", &[("GITHUB_EVENT_NAME", "schedule")]);
@@ -298,7 +301,7 @@ fn unknown_events_and_config_errors_are_clear() {
     secrets_masked_first(&a, sb, &gh);
 
     // A config error becomes an annotation on its line.
-    app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&config(&app).set("services.web.health.timeout", "soon").text());
     let a = action(&app, &gh, "push_tag_v2", &[]);
     a.run.assert_status(2);
     let file = app.dir().join("capstan.yml");

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use crate::sandbox;
 use crate::support;
+use crate::support::edit;
 use crate::support::http::{basic_auth, get_with};
 use crate::support::{random_hex, write_file, App, AppOptions, Run};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
@@ -222,23 +223,22 @@ fn build_push_tags_labels_and_the_dockerignore() {
 }
 
 /// A sandbox app whose service is built from `<app dir>/ctx` (filled by `fill`)
-/// into a fresh repository, with `build` as the rest of its build block.
-fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: &str) -> (App, String, Images) {
+/// into a fresh repository, with `build` as its build block (context `ctx`).
+fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: Value) -> (App, String, Images) {
     let sb = sandbox();
     let app = App::new(sb, hint, AppOptions::default());
     let (repo, cleanup) = repo(hint);
     let ctx = app.dir().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     fill(&ctx);
-    let cfg = app.default_config().replace(&format!("image: {}/capstan-demo", sb.registry()), &format!("image: {repo}\n    build: {{ context: ctx{build} }}"));
-    app.write_config(&cfg);
+    app.write_config(&edit(&app.default_config()).set("services.web.image", &repo).set("services.web.build", build).text());
     (app, repo, cleanup)
 }
 
 #[test]
 fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
     let sb = sandbox();
-    let (app, repo, _cleanup) = app_with_build("badpw", context, "");
+    let (app, repo, _cleanup) = app_with_build("badpw", context, json!({ "context": "ctx" }));
     let before = app.versions();
     let run = app.capstan_env(&["deploy", "--version", "v1.0.0"], &[("REGISTRY_PASSWORD", "not-the-password")]);
     run.assert_status(2);
@@ -279,7 +279,7 @@ fn deploy_builds_pushes_and_runs_the_pushed_digest() {
         std::fs::copy(sandbox().demo_binary(), ctx.join("capstan-demo")).unwrap();
         std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).unwrap();
     };
-    let (app, repo, _cleanup) = app_with_build("deploy", demo_app, ", args: { DEMO_VERSION: v2.0.0 }");
+    let (app, repo, _cleanup) = app_with_build("deploy", demo_app, json!({ "context": "ctx", "args": { "DEMO_VERSION": "v2.0.0" } }));
     // A dry run builds nothing and plans the tag the build would push.
     let dry = app.capstan(&["deploy", "--version", "v2.0.0", "--dry-run", "--json"]);
     dry.assert_success();

@@ -13,8 +13,10 @@ use std::fs;
 use std::time::Duration;
 
 use crate::sandbox;
-use crate::support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, INSTANCES, NGINX_SERVICE, START_TAG};
-use serde_json::Value;
+use crate::support::{
+    edit, registry_digest, replace_once, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, INSTANCES, NGINX_SERVICE, START_TAG,
+};
+use serde_json::{json, Value};
 
 fn system(hint: &str, compose: ComposeCli) -> PaymentSystem {
     PaymentSystem::new(hint, compose)
@@ -391,14 +393,14 @@ fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
     sys.capstan(&["check", "--version", "v1.1.0"]).assert_success();
 
     // No upstream line names service-a-2 (nginx sends it nothing).
-    rewrite_nginx_conf(&sys, &conf.replace("        server service-a-2:3001;\n", ""));
+    rewrite_nginx_conf(&sys, &replace_once(&conf, "        server service-a-2:3001;\n", ""));
     refused_by_check(&sys, "no server line for service-a-2", "service-a-2");
 
     // Two lines name service-a-2: by its service name and by its container name.
     let container = sys.container_of("service-a-2").unwrap().name;
     rewrite_nginx_conf(
         &sys,
-        &conf.replace("        server service-a-2:3001;\n", &format!("        server service-a-2:3001;\n        server {container}:3001;\n")),
+        &replace_once(&conf, "        server service-a-2:3001;\n", &format!("        server service-a-2:3001;\n        server {container}:3001;\n")),
     );
     refused_by_check(&sys, "two server lines for service-a-2", "service-a-2");
 }
@@ -411,7 +413,7 @@ fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
     let good = fs::read_to_string(sys.nginx_conf()).unwrap();
     let ids = container_ids(&sys);
     // Broken before the run: `check` refuses it (nginx -T fails), nothing touched.
-    let broken = good.replace("    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
+    let broken = replace_once(&good, "    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
     fs::write(sys.nginx_conf(), &broken).unwrap();
     let run = sys.capstan(&["check", "--version", "v1.1.0"]);
     assert_eq!(run.status, 2, "check refuses a config nginx -T rejects\n{run}");
@@ -422,7 +424,7 @@ fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
     // instance is never touched.
     fs::write(sys.nginx_conf(), &good).unwrap();
     let conf = sys.nginx_conf();
-    sys.write_config(&format!("{config}hooks:\n  pre_deploy: \"printf 'this_is_not_a_directive on;\\n' >> {}\"\n", conf.display()));
+    sys.write_config(&edit(&config).set("hooks", json!({ "pre_deploy": format!("printf 'this_is_not_a_directive on;\\n' >> {}", conf.display()) })).text());
     let (run, stats, check) = sys.under_load("a broken nginx.conf", || sys.capstan(&["deploy", "--version", "v1.1.0", "--skip-build", "--json"]));
     eprintln!("broken nginx.conf: exit {}\n{}", run.status, run.stderr);
     assert_eq!(run.status, 1, "the drain fails, nothing was replaced\n{run}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox;
 use crate::support;
+use crate::support::edit;
 use crate::support::{App, AppOptions, Run};
 use serde_json::Value;
 
@@ -122,7 +123,7 @@ fn instances_to_image(report: &Value, i: usize) -> Value {
 #[test]
 fn a_release_that_never_turns_healthy_is_reverted() {
     let app = app("broken");
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: 3s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "3s").text());
     let before = app.images();
     let load = app.load(200);
     std::thread::sleep(Duration::from_millis(300));
@@ -148,7 +149,7 @@ fn a_release_that_never_turns_healthy_is_reverted() {
 #[test]
 fn rollback_history_and_status() {
     let app = app("rollback");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 100ms"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "100ms").text());
     ok(&app.capstan(&["deploy", "--version", "v2"]));
     ok(&app.capstan(&["deploy", "--version", "v3"]));
     assert_eq!(app.versions(), vec!["v3", "v3"]);
@@ -185,7 +186,7 @@ fn rollback_history_and_status() {
 #[test]
 fn a_second_deploy_is_refused_by_the_lock() {
     let app = app("lock");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 2s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "2s").text());
     let mut first = spawn_deploy(&app, "v2");
     let lock = app.state_dir().join("lock.json");
     let t = Instant::now();
@@ -228,13 +229,15 @@ fn bad_input_changes_nothing() {
     let ids = container_ids(&app);
 
     // An unknown key, with the file and the key path in the message.
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 500ms\n    pasue: 1s"));
+    let config = edit(&app.default_config()).set("services.web.pasue", "1s").text();
+    let line = config.lines().position(|l| l.trim_start().starts_with("\"pasue\"")).expect("the key is in the config") + 1;
+    app.write_config(&config);
     let run = app.capstan(&["deploy", "--version", "v2"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("error: capstan.yml:28: services.web.pasue: unknown field `pasue`"), "file, line, key path: {}", run.stderr);
+    assert!(run.stderr.contains(&format!("error: capstan.yml:{line}: services.web.pasue: unknown field `pasue`")), "file, line, key path: {}", run.stderr);
 
     // A bad duration.
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "soon").text());
     let run = app.capstan(&["deploy", "--version", "v2"]);
     assert_eq!(run.status, 2);
     assert!(run.stderr.contains("services.web.health.timeout") && run.stderr.contains("expected a duration"), "{}", run.stderr);
@@ -293,7 +296,7 @@ fn a_changed_host_key_is_refused_before_any_command() {
     let port = sb.ssh_host().rsplit(':').next().unwrap().to_string();
     let kh = dir.path().join("known_hosts");
     std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" "))).unwrap();
-    app.write_config(&app.default_config().replace(&sb.known_hosts().display().to_string(), &kh.display().to_string()));
+    app.write_config(&edit(&app.default_config()).set("ssh.known_hosts", &kh).text());
     let run = app.capstan(&["status"]);
     assert_eq!(run.status, 4, "{}", run.stderr);
     assert!(run.stderr.contains("host's key is not the one in known_hosts"), "{}", run.stderr);
@@ -339,7 +342,7 @@ fn compose_tags_follow_what_runs() {
     }
     support::wait_for(Duration::from_secs(20), Duration::from_millis(100), || (app.versions() == ["v1", "v1"]).then_some(()))
         .expect("recreated instances serve");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 100ms"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "100ms").text());
     ok(&app.capstan(&["deploy", "--version", "v2"]));
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let tag_now = docker(&["image", "inspect", "-f", "{{.Id}}", &moving]);
@@ -408,11 +411,7 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
         ),
     )
     .unwrap();
-    let yaml = app
-        .default_config()
-        .replace(&format!("  - {}", sb.ssh_host()), "  - capstan-target")
-        .replace("ssh:\n", &format!("ssh:\n  config: {}\n", cfg.display()));
-    app.write_config(&yaml);
+    app.write_config(&edit(&app.default_config()).set("hosts.0", "capstan-target").set("ssh.config", &cfg).text());
     let run = app.capstan(&["status", "--json"]);
     ok(&run);
     let status = json(&run);
@@ -460,7 +459,7 @@ fn the_next_deploy_recovers_from_a_killed_run() {
 #[test]
 fn the_image_healthcheck_gates_the_rollout() {
     let app = app("dockerhc");
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: 6s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "6s").text());
     let run = app.capstan(&["deploy", "--version", "hc-bad", "--json"]);
     assert_eq!(run.status, 1, "{}", run.stderr);
     assert!(json(&run)["error"].as_str().unwrap().contains("HEALTHCHECK"), "{}", run.stderr);

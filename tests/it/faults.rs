@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox;
 use crate::support;
+use crate::support::edit;
 use crate::support::{record_fault, App, AppOptions, Run, Sandbox};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Held by each test for its whole run.
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
@@ -289,8 +290,11 @@ fn the_registry_going_down_before_the_pull_replaces_nothing() {
     let proxy = RegistryProxy::start(sb.registry(), flag.clone());
     // The release is resolved through the proxy; the pre-deploy hook (on the host, under
     // the lock, after the release was resolved) takes the registry down before the pull.
-    let config = app.default_config().replace(sb.registry(), &proxy.addr) + &format!("hooks:\n  pre_deploy: \"touch {}\"\n", flag.display());
-    app.write_config(&config);
+    let config = edit(&app.default_config())
+        .set("registry.server", &proxy.addr)
+        .set("services.web.image", format!("{}/capstan-demo", proxy.addr))
+        .set("hooks", json!({ "pre_deploy": format!("touch {}", flag.display()) }));
+    app.write_config(&config.text());
     let before = app.images();
     let load = app.load(200);
     let run = app.capstan(&["--json", "deploy", "--version", "v2"]);

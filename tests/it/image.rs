@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox;
 use crate::support;
+use crate::support::edit;
 use crate::support::github::FakeGitHub;
 use crate::support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
 use serde_json::Value;
@@ -257,12 +258,12 @@ fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
     let gh = FakeGitHub::start("acme/shop", TOKEN, &["v2"]);
     let dirs = RunnerDirs::new();
     // The config has no key, known hosts or password of its own: those come from the inputs.
-    let config = app
-        .default_config()
-        .replace(&format!("  identity_file: {}\n", sb.identity_file().display()), "")
-        .replace(&format!("  known_hosts: {}\n", sb.known_hosts().display()), "  connect_timeout: 15s\n")
-        .replace("password_env: REGISTRY_PASSWORD", "password_env: DEPLOY_REGISTRY_TOKEN");
-    write_file(&dirs.workspace.join("capstan.yml"), &config);
+    let config = edit(&app.default_config())
+        .remove("ssh.identity_file")
+        .remove("ssh.known_hosts")
+        .set("ssh.connect_timeout", "15s")
+        .set("registry.password_env", "DEPLOY_REGISTRY_TOKEN");
+    write_file(&dirs.workspace.join("capstan.yml"), config.text());
     let fixtures = repo_root().join("tests/fixtures/events");
     fs::copy(fixtures.join("push_tag_v2.json"), dirs.workflow.join("event.json")).unwrap();
     let mut env: BTreeMap<String, String> = fs::read_to_string(fixtures.join("push_tag_v2.env"))

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox;
 use crate::support;
+use crate::support::edit;
 use crate::support::{Run, SwarmApp};
 use serde_json::Value;
 
@@ -150,7 +151,7 @@ fn a_release_whose_healthcheck_fails_is_rolled_back_by_swarm() {
 fn a_release_capstan_finds_unhealthy_is_put_back_by_swarm_s_rollback() {
     // `broken` has no HEALTHCHECK: Swarm completes the update, capstan's own /health probe fails.
     let app = SwarmApp::new(sandbox(), "swarm-broken", "v1", 3);
-    app.write_config(&app.config("").replace("timeout: 20s", "timeout: 3s"));
+    app.write_config(&edit(&app.config("")).set("services.web.health.timeout", "3s").text());
     let before = app.image();
     let (run, stats, took) = deploy_under_load(&app, "broken");
     eprintln!("[swarm] v1 -> broken, put back with Swarm's rollback in {took:?} under load: {stats}");

@@ -11,6 +11,8 @@
 //!   replicas on the host's network behind nginx (no routing mesh here).
 //! - [`PaymentSystem`]: the payment system of issue #14, a Compose project
 //!   with nginx as a container routing to its instances by service name.
+//! - [`edit`]: a config changed by key path (`services.web.health.timeout`),
+//!   never by text replacement.
 //! - [`KeepAliveLoad`]: GETs and POSTs over persistent connections, as real
 //!   clients send them, checked against the charges the service recorded.
 //!
@@ -20,6 +22,7 @@
 mod app;
 pub mod base_image;
 mod compose;
+mod config_edit;
 mod fleet;
 pub mod github;
 pub mod http;
@@ -32,6 +35,7 @@ mod swarm;
 
 pub use app::{App, AppOptions, Run};
 pub use compose::{registry_digest, ComposeCli, PaymentSystem, INSTANCES, NGINX_SERVICE, START_TAG};
+pub use config_edit::{edit, ConfigEdit};
 pub use fleet::Fleet;
 pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
@@ -151,6 +155,16 @@ pub fn port_open(port: u16) -> bool {
 /// A private temporary directory with a short path: `/tmp/<prefix>XXXXXX`.
 pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).rand_bytes(6).tempdir_in("/tmp").unwrap_or_else(|e| panic!("create a temp dir /tmp/{prefix}*: {e}"))
+}
+
+/// `text` with `from`, which must occur in it exactly once, replaced by `to`:
+/// for files that are not capstan's config (an nginx.conf), so that an edit
+/// whose text drifted fails instead of silently changing nothing.
+#[track_caller]
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    let n = text.matches(from).count();
+    assert_eq!(n, 1, "replace_once: {from:?} occurs {n} times, not once, in:\n{text}");
+    text.replacen(from, to, 1)
 }
 
 /// Write a file, panicking with its path on error.
