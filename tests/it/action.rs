@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::sandbox;
 use crate::support;
 use crate::support::github::{FakeGitHub, Fault};
 use crate::support::runner::outputs;
 use crate::support::{edit, ConfigEdit};
 use crate::support::{App, AppOptions, Run, Sandbox};
+use crate::{sandbox, shared};
 
 /// The app's config with no key, no known hosts and no password of its own:
 /// everything secret comes from the action's inputs.
@@ -118,6 +118,7 @@ fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) ->
 
 #[test]
 fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "action", AppOptions::default());
     app.write_config(&config(&app).text());
@@ -197,6 +198,7 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
 
 #[test]
 fn a_missing_permission_stops_before_any_host_is_touched() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actiondeny", AppOptions::default());
     app.write_config(&config(&app).text());
@@ -236,6 +238,7 @@ fn a_missing_permission_stops_before_any_host_is_touched() {
 
 #[test]
 fn pull_requests_get_a_check_run_with_the_plan() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actionpr", AppOptions::default());
     app.write_config(&config(&app).text());
@@ -290,6 +293,7 @@ fn pull_requests_get_a_check_run_with_the_plan() {
 
 #[test]
 fn unknown_events_and_config_errors_are_clear() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actionbad", AppOptions::default());
     app.write_config(&config(&app).text());

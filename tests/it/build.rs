@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::http::{basic_auth, get_with};
 use crate::support::{random_hex, write_file, App, AppOptions, Run};
+use crate::{sandbox, shared};
 use serde_json::{json, Value};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -142,6 +142,7 @@ fn capstan(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 #[test]
 fn build_push_tags_labels_and_the_dockerignore() {
+    let _turn = shared();
     let (repo, _cleanup) = repo("build");
     let dir = tempfile::tempdir().unwrap();
     context(dir.path());
@@ -237,6 +238,7 @@ fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: Value) -> (App, S
 
 #[test]
 fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
+    let _turn = shared();
     let sb = sandbox();
     let (app, repo, _cleanup) = app_with_build("badpw", context, json!({ "context": "ctx" }));
     let before = app.versions();
@@ -253,6 +255,7 @@ fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
 
 #[test]
 fn a_broken_dockerfile_shows_the_failing_instruction_and_pushes_nothing() {
+    let _turn = shared();
     let (repo, _cleanup) = repo("broken");
     let dir = tempfile::tempdir().unwrap();
     context(dir.path());
@@ -275,6 +278,7 @@ fn a_broken_dockerfile_shows_the_failing_instruction_and_pushes_nothing() {
 
 #[test]
 fn deploy_builds_pushes_and_runs_the_pushed_digest() {
+    let _turn = shared();
     let demo_app = |ctx: &Path| {
         std::fs::copy(sandbox().demo_binary(), ctx.join("capstan-demo")).unwrap();
         std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).unwrap();

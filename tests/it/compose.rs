@@ -12,13 +12,14 @@
 use std::fs;
 use std::time::Duration;
 
-use crate::sandbox;
 use crate::support::{
     edit, registry_digest, replace_once, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, INSTANCES, NGINX_SERVICE, START_TAG,
 };
+use crate::{alone, assert_turn, sandbox};
 use serde_json::{json, Value};
 
 fn system(hint: &str, compose: ComposeCli) -> PaymentSystem {
+    assert_turn();
     PaymentSystem::new(hint, compose)
 }
 
@@ -142,6 +143,7 @@ fn failed_at_drain(report: &Value) -> bool {
 
 #[test]
 fn harness_the_system_comes_up_carries_load_and_goes_away() {
+    let _turn = alone();
     let sys = system("harness", ComposeCli::V2);
     sys.assert_versions(START_TAG, START_TAG);
     // Only nginx publishes a port.
@@ -192,6 +194,7 @@ fn harness_the_system_comes_up_carries_load_and_goes_away() {
 
 #[test]
 fn harness_compose_1_29_brings_up_the_same_system() {
+    let _turn = alone();
     let sys = system("harness1", ComposeCli::V1);
     sys.assert_versions(START_TAG, START_TAG);
     let names: Vec<String> = sys.containers().into_iter().map(|c| c.name).collect();
@@ -204,6 +207,7 @@ fn harness_compose_1_29_brings_up_the_same_system() {
 
 #[test]
 fn harness_compose_up_reports_what_it_recreates() {
+    let _turn = alone();
     let sys = system("harnessup", ComposeCli::V2);
     fs::write(sys.env_file(), "SERVICE_A_TAG=v1.0.0\nSERVICE_B_TAG=v1.1.0\n").unwrap();
     let up = sys.compose_up(ComposeCli::V2);
@@ -215,6 +219,7 @@ fn harness_compose_up_reports_what_it_recreates() {
 
 #[test]
 fn harness_ledger_check_counts_missing_and_duplicate_charges() {
+    let _turn = alone();
     let stats = KeepAliveStats {
         posts: vec![
             ("a".into(), PostOutcome::Answered(201)),
@@ -253,6 +258,7 @@ fn deploy_and_check(sys: &PaymentSystem, compose: ComposeCli, what: &str) {
 
 #[test]
 fn deploy_both_services_under_load_loses_nothing_and_compose_agrees() {
+    let _turn = alone();
     let sys = system("deploy", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     deploy_and_check(&sys, ComposeCli::V2, "deploy v1.1.0 (Compose v2)");
@@ -260,6 +266,7 @@ fn deploy_both_services_under_load_loses_nothing_and_compose_agrees() {
 
 #[test]
 fn deploy_a_project_of_compose_1_29() {
+    let _turn = alone();
     let sys = system("deploy129", ComposeCli::V1);
     let mut config = sys.config();
     config.compose_command = Some(ComposeCli::V1.command());
@@ -269,6 +276,7 @@ fn deploy_a_project_of_compose_1_29() {
 
 #[test]
 fn a_release_of_service_b_that_never_gets_healthy_puts_both_back() {
+    let _turn = alone();
     let sys = system("badb", ComposeCli::V2);
     let mut config = sys.config();
     config.health_timeout = "8s".into();
@@ -287,6 +295,7 @@ fn a_release_of_service_b_that_never_gets_healthy_puts_both_back() {
 
 #[test]
 fn rollback_history_and_status_of_the_payment_system() {
+    let _turn = alone();
     let sys = system("rollback", ComposeCli::V2);
     let mut config = sys.config();
     config.pause = "500ms".into();
@@ -331,6 +340,7 @@ fn rollback_history_and_status_of_the_payment_system() {
 
 #[test]
 fn a_drain_that_cannot_take_effect_fails_its_step_and_puts_the_instance_back() {
+    let _turn = alone();
     let sys = system("nodrain", ComposeCli::V2);
     // The config names a copy of nginx.conf: nginx never reads it.
     let copy = sys.dir().join("nginx-elsewhere/nginx.conf");
@@ -386,6 +396,7 @@ fn rewrite_nginx_conf(sys: &PaymentSystem, text: &str) {
 
 #[test]
 fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
+    let _turn = alone();
     let sys = system("check", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     let conf = fs::read_to_string(sys.nginx_conf()).unwrap();
@@ -407,6 +418,7 @@ fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
 
 #[test]
 fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
+    let _turn = alone();
     let sys = system("brokenngx", ComposeCli::V2);
     let config = sys.render_config(&sys.config());
     sys.write_config(&config);

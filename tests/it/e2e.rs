@@ -6,10 +6,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::{App, AppOptions, Run};
+use crate::{sandbox, shared};
 use serde_json::Value;
 
 fn app(hint: &str) -> App {
@@ -66,6 +66,7 @@ fn ok(run: &Run) {
 
 #[test]
 fn rolling_deploy_under_load_loses_no_request() {
+    let _turn = shared();
     let app = app("deploy");
     app.write_config(&app.default_config());
     let load = app.load(200);
@@ -122,6 +123,7 @@ fn instances_to_image(report: &Value, i: usize) -> Value {
 
 #[test]
 fn a_release_that_never_turns_healthy_is_reverted() {
+    let _turn = shared();
     let app = app("broken");
     app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "3s").text());
     let before = app.images();
@@ -148,6 +150,7 @@ fn a_release_that_never_turns_healthy_is_reverted() {
 
 #[test]
 fn rollback_history_and_status() {
+    let _turn = shared();
     let app = app("rollback");
     app.write_config(&edit(&app.default_config()).set("services.web.pause", "100ms").text());
     ok(&app.capstan(&["deploy", "--version", "v2"]));
@@ -185,6 +188,7 @@ fn rollback_history_and_status() {
 
 #[test]
 fn a_second_deploy_is_refused_by_the_lock() {
+    let _turn = shared();
     let app = app("lock");
     app.write_config(&edit(&app.default_config()).set("services.web.pause", "2s").text());
     let mut first = spawn_deploy(&app, "v2");
@@ -225,6 +229,7 @@ fn a_second_deploy_is_refused_by_the_lock() {
 
 #[test]
 fn bad_input_changes_nothing() {
+    let _turn = shared();
     let app = app("badinput");
     let ids = container_ids(&app);
 
@@ -267,6 +272,7 @@ fn bad_input_changes_nothing() {
 
 #[test]
 fn check_and_dry_run_print_the_plan_and_change_nothing() {
+    let _turn = shared();
     let app = app("check");
     app.write_config(&app.default_config());
     let ids = container_ids(&app);
@@ -286,6 +292,7 @@ fn check_and_dry_run_print_the_plan_and_change_nothing() {
 
 #[test]
 fn a_changed_host_key_is_refused_before_any_command() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("hostkey");
     let dir = tempfile::tempdir().unwrap();
@@ -307,6 +314,7 @@ fn a_changed_host_key_is_refused_before_any_command() {
 /// the host points at what runs, so `docker compose up -d` would keep it.
 #[test]
 fn compose_tags_follow_what_runs() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("compose");
     let moving = format!("{}:production", sb.image_repo());
@@ -360,6 +368,7 @@ fn compose_tags_follow_what_runs() {
 /// What a cancelled GitHub Actions run does: SIGTERM in the middle of the rollout.
 #[test]
 fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
+    let _turn = shared();
     let app = app("sigterm");
     // Once the second instance is being replaced, the first one already runs v2.
     let (load, mut child) = deploy_under_load_until_replacing(&app, 1);
@@ -396,6 +405,7 @@ fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
 /// (here the sandbox sshd jumps to itself), with strict host key checks on both hops.
 #[test]
 fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("jump");
     let port = sb.ssh_host().rsplit(':').next().unwrap().to_string();
@@ -424,6 +434,7 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
 /// kept container back first, records that, and deploys; nobody edits files.
 #[test]
 fn the_next_deploy_recovers_from_a_killed_run() {
+    let _turn = shared();
     let app = app("killed");
     let (load, mut child) = deploy_under_load_until_replacing(&app, 0);
     let kept = format!("{}.capstan-old", app.instances()[0]);
@@ -458,6 +469,7 @@ fn the_next_deploy_recovers_from_a_killed_run() {
 /// HEALTHCHECK passes goes through once Docker reports it healthy.
 #[test]
 fn the_image_healthcheck_gates_the_rollout() {
+    let _turn = shared();
     let app = app("dockerhc");
     app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "6s").text());
     let run = app.capstan(&["deploy", "--version", "hc-bad", "--json"]);

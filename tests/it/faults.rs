@@ -5,23 +5,17 @@
 //! `bash scripts/faults` prints (and the README shows): the fault, what capstan
 //! did, requests lost, time to recover.
 //!
-//! They run one at a time (a lock below, whatever `--test-threads` says):
-//! cutting SSH cuts every session of the sandbox's sshd.
+//! Each has the machine alone (`crate::alone`, whatever `--test-threads`
+//! says): cutting SSH cuts every session of the sandbox's sshd.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::{record_fault, App, AppOptions, Run, Sandbox};
+use crate::{alone, sandbox};
 use serde_json::{json, Value};
-
-/// Held by each test for its whole run.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn log_records(app: &App) -> Vec<Value> {
     let text = std::fs::read_to_string(app.state_dir().join("deploys.jsonl")).unwrap_or_default();
@@ -80,7 +74,7 @@ fn cut_ssh_mid_replace(sb: &Sandbox, hint: &str) -> SshCut {
 
 #[test]
 fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let SshCut { app, load, cut, first, .. } = cut_ssh_mid_replace(sb, "fssh");
     assert!(first.stderr.contains(&sb.ssh_host()) || first.stderr.contains("127.0.0.1"), "the error names the host:\n{first}");
@@ -107,7 +101,7 @@ fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
 
 #[test]
 fn a_crash_while_baking_reverts_every_instance() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "fbake", AppOptions::default());
     app.write_config(&(app.default_config() + "bake: 20s\n"));
@@ -145,7 +139,7 @@ fn a_crash_while_baking_reverts_every_instance() {
 
 #[test]
 fn a_refused_registry_password_replaces_nothing() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "freg", AppOptions::default());
     app.write_config(&app.default_config());
@@ -169,7 +163,7 @@ fn a_refused_registry_password_replaces_nothing() {
 
 #[test]
 fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "ftwo", AppOptions::default());
     app.write_config(&app.default_config());
@@ -198,7 +192,7 @@ fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
 
 #[test]
 fn ssh_cut_then_status_explains_and_rollback_recovers() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let SshCut { app, load, cut, kept, .. } = cut_ssh_mid_replace(sandbox(), "fsshrb");
     // The dead run renews its lease no more: once it expires, `status` says what was left and by whom.
     std::thread::sleep(Duration::from_secs(3));
@@ -283,7 +277,7 @@ impl Drop for RegistryProxy {
 
 #[test]
 fn the_registry_going_down_before_the_pull_replaces_nothing() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "fregdown", AppOptions::default());
     let flag = app.dir().join("registry-down");

@@ -3,19 +3,15 @@
 //! driven by one `capstan.yml`. A parallel deploy under load, a failed canary
 //! that stops the rest, and one host's failure that reverts every host.
 //!
-//! One fleet at a time (a lock below): three engines per fleet on a small machine.
+//! Each has the machine alone (`crate::alone`): three engines per fleet on a
+//! small machine.
 
 use std::time::Duration;
 
-use crate::sandbox;
 use crate::support;
 use crate::support::{record_fault, AppOptions, Fleet, LoadStats};
+use crate::{alone, sandbox};
 use serde_json::Value;
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn fleet(hint: &str) -> Fleet {
     let f = Fleet::start(sandbox(), 3, hint, AppOptions::default());
@@ -68,7 +64,7 @@ fn total(stats: &[LoadStats]) -> LoadStats {
 
 #[test]
 fn three_hosts_roll_in_parallel_under_load() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fpar");
     f.write_config(&(f.default_config() + "rollout:\n  parallel: 3\n"));
     let load = f.load(50);
@@ -96,7 +92,7 @@ fn three_hosts_roll_in_parallel_under_load() {
 
 #[test]
 fn a_failed_canary_stops_the_rest() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fcan");
     f.write_config(&(f.default_config() + "rollout:\n  canary: 1\n"));
     let before: Vec<Vec<String>> = f.host_list().iter().map(|h| h.images()).collect();
@@ -134,7 +130,7 @@ fn a_failed_canary_stops_the_rest() {
 
 #[test]
 fn one_host_failing_reverts_every_host() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fall");
     // One host at a time, so that the first two have finished when the third fails.
     f.write_config(&(f.default_config() + "rollout:\n  parallel: 1\n"));

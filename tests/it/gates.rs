@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::sandbox;
 use crate::support::http::get;
 use crate::support::{App, AppOptions, LoadStats, Run};
+use crate::{sandbox, shared};
 use serde_json::Value;
 
 fn json(run: &Run) -> Value {
@@ -60,6 +60,7 @@ fn nothing_changed(app: &App, run: &Run, stats: &LoadStats, status: i32, outcome
 
 #[test]
 fn preflight_free_disk_below_the_threshold_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gdisk", AppOptions::default());
     app.write_config(&config(&app, "", "preflight:\n  min_free_disk: 1000TB\n"));
@@ -71,6 +72,7 @@ fn preflight_free_disk_below_the_threshold_refuses() {
 
 #[test]
 fn preflight_missing_or_stale_backup_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gbackup", AppOptions::default());
     let dir = app.dir().join("backups");
@@ -93,6 +95,7 @@ fn preflight_missing_or_stale_backup_refuses() {
 
 #[test]
 fn preflight_unhealthy_instance_refuses_unless_forced() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "ghealth", AppOptions::default());
     app.write_config(&app.default_config());
@@ -119,6 +122,7 @@ fn preflight_unhealthy_instance_refuses_unless_forced() {
 
 #[test]
 fn preflight_held_lock_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "glock", AppOptions::default());
     app.write_config(&app.default_config());
@@ -138,6 +142,7 @@ fn preflight_held_lock_refuses() {
 
 #[test]
 fn a_failing_pre_deploy_hook_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "ghook", AppOptions::default());
     app.write_config(&config(&app, "", "hooks:\n  pre_deploy: \"echo backing up before $CAPSTAN_VERSION; echo disk full >&2; exit 4\"\n"));
@@ -155,6 +160,7 @@ fn a_failing_pre_deploy_hook_refuses() {
 
 #[test]
 fn a_failing_migration_stops_the_rollout() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gmigrate", AppOptions::default());
     let marker = app.dir().join("on-failure.txt");
@@ -174,6 +180,7 @@ fn a_failing_migration_stops_the_rollout() {
 
 #[test]
 fn a_failing_endpoint_reverts_the_release() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gendpoint", AppOptions::default());
     let url = format!("{}version", app.lb_url());
@@ -191,6 +198,7 @@ fn a_failing_endpoint_reverts_the_release() {
 
 #[test]
 fn an_error_breach_while_baking_reverts_the_release() {
+    let _turn = shared();
     use std::io::{BufRead, BufReader, Read};
     let sb = sandbox();
     let app = App::new(sb, "gbake", AppOptions::default());
@@ -234,6 +242,7 @@ fn an_error_breach_while_baking_reverts_the_release() {
 
 #[test]
 fn every_gate_on_the_happy_path_is_reported_with_its_value() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gall", AppOptions::default());
     let dir = app.dir().to_path_buf();

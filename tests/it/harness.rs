@@ -10,11 +10,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::sandbox;
 use crate::support;
 use crate::support::http::{self, base64_std, basic_auth};
 use crate::support::proc::{run, spawn_persistent, ChildGuard};
 use crate::support::{random_hex, App, AppOptions, Fleet, Sandbox};
+use crate::{alone, sandbox, shared};
 
 fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Output {
     let mut c = Command::new("ssh");
@@ -32,6 +32,7 @@ fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Outpu
 
 #[test]
 fn sshd_accepts_the_key_with_strict_host_key_checking() {
+    let _turn = shared();
     let sb = sandbox();
     eprintln!("sandbox started in {:?}", sb.startup_time());
 
@@ -52,6 +53,7 @@ fn sshd_accepts_the_key_with_strict_host_key_checking() {
 
 #[test]
 fn sshd_is_refused_when_known_hosts_has_another_key() {
+    let _turn = shared();
     let sb = sandbox();
     let dir = support::short_tempdir("cst-k-");
     let other = dir.path().join("other");
@@ -82,6 +84,7 @@ fn sshd_is_refused_when_known_hosts_has_another_key() {
 
 #[test]
 fn sshd_forwards_the_docker_socket() {
+    let _turn = shared();
     // What capstan does: forward a local Unix socket to the host's Docker socket.
     let sb = sandbox();
     let dir = support::short_tempdir("cst-f-");
@@ -116,6 +119,7 @@ fn sshd_forwards_the_docker_socket() {
 
 #[test]
 fn registry_requires_basic_auth_and_holds_the_demo_tags() {
+    let _turn = shared();
     let sb = sandbox();
     assert_eq!(sb.registry_user(), "capstan");
     let json = format!("{{\"username\":\"capstan\",\"password\":\"{}\"}}", sb.registry_password());
@@ -158,6 +162,7 @@ fn registry_requires_basic_auth_and_holds_the_demo_tags() {
 
 #[test]
 fn app_serves_through_nginx_and_takes_load_without_errors() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "harness", AppOptions::default());
     let name = app.name().to_string();
@@ -216,6 +221,7 @@ fn app_serves_through_nginx_and_takes_load_without_errors() {
 
 #[test]
 fn load_generator_counts_failures() {
+    let _turn = shared();
     // Nothing listens on this port: every request fails to connect.
     let port = support::free_port();
     let load = support::LoadGen::start(&format!("http://127.0.0.1:{port}/"), 50);
@@ -270,6 +276,7 @@ impl Drop for Throwaway {
 
 #[test]
 fn broken_image_fails_its_health_check() {
+    let _turn = shared();
     let sb = sandbox();
     let image = sb.image("broken");
     {
@@ -287,6 +294,7 @@ fn broken_image_fails_its_health_check() {
 
 #[test]
 fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
+    let _turn = shared();
     let sb = sandbox();
     let c = Throwaway::run(sb, &sb.image("v1"));
     assert_eq!(http::get(&c.url("/health")).unwrap().status, 200);
@@ -309,6 +317,7 @@ fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
 
 #[test]
 fn fleet_of_three_hosts_is_real() {
+    let _turn = alone();
     let sb = sandbox();
     let fleet = Fleet::start(sb, 3, "fleet", AppOptions::default());
     eprintln!("fleet of 3 hosts started in {:?}", fleet.startup_time());

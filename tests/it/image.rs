@@ -16,11 +16,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::github::FakeGitHub;
 use crate::support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
+use crate::{alone, sandbox};
 use serde_json::Value;
 
 const TOKEN: &str = "ghs_imagetoken0123456789abcdefghijklmnop";
@@ -173,6 +173,7 @@ fn run_action(sb: &Sandbox, image: &str, dirs: &RunnerDirs, env: &BTreeMap<Strin
 
 #[test]
 fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
+    let _turn = alone();
     let t0 = Instant::now();
     // The base image (debootstrap, the slow part, when not cached) while the sandbox starts.
     let base = std::thread::spawn(base_image::bookworm);

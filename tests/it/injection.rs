@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::{App, AppOptions};
+use crate::{sandbox, shared};
 
 /// Shell metacharacters of every kind, each one creating a canary file named
 /// `<token>-N` if a shell ever read it as code. No `/`, so that it can be part of
@@ -37,6 +37,7 @@ fn canaries(token: &str, dirs: &[&Path]) -> Vec<PathBuf> {
 
 #[test]
 fn names_with_shell_text_are_refused_at_validation() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "inject", AppOptions::default());
     let token = format!("capstan-canary-{}", support::random_hex(8));
@@ -69,6 +70,7 @@ fn names_with_shell_text_are_refused_at_validation() {
 
 #[test]
 fn paths_with_shell_text_reach_the_host_as_they_are() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "injectp", AppOptions::default());
     let token = format!("capstan-canary-{}", support::random_hex(8));

@@ -5,9 +5,9 @@
 //! host's deployment log and lock. The action's run (outputs, job summary,
 //! requests to GitHub) is checked the same way in `action.rs`.
 
-use crate::sandbox;
 use crate::support;
 use crate::support::{App, AppOptions, Run};
+use crate::{sandbox, shared};
 
 #[track_caller]
 fn clean(what: &str, text: &str, secrets: &[&str]) {
@@ -24,6 +24,7 @@ fn run_clean(what: &str, r: &Run, secrets: &[&str]) {
 
 #[test]
 fn no_command_prints_or_records_a_secret() {
+    let _turn = shared();
     let sb = sandbox();
     let db_secret = format!("S3cr3t-{}", support::random_hex(16));
     let opts = AppOptions { env: vec![format!("DATABASE_URL=postgres://shop:{db_secret}@db/shop"), format!("API_TOKEN={db_secret}x")], ..Default::default() };

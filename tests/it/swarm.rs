@@ -8,10 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::sandbox;
 use crate::support;
 use crate::support::edit;
 use crate::support::{Run, SwarmApp};
+use crate::{alone, sandbox};
 use serde_json::Value;
 
 fn json(run: &Run) -> Value {
@@ -65,6 +65,7 @@ fn deploy_counting_capacity(app: &SwarmApp, version: &str, good: &str) -> (Run, 
 
 #[test]
 fn a_swarm_deploy_under_load_loses_no_request() {
+    let _turn = alone();
     let app = SwarmApp::new(sandbox(), "swarm-deploy", "v1", 3);
     app.write_config(&app.config(""));
     let before = app.image();
@@ -111,6 +112,7 @@ fn a_swarm_deploy_under_load_loses_no_request() {
 
 #[test]
 fn a_release_whose_healthcheck_fails_is_rolled_back_by_swarm() {
+    let _turn = alone();
     // hc-ok and hc-bad carry a Docker HEALTHCHECK; hc-bad's probes a port nothing listens on.
     let app = SwarmApp::new(sandbox(), "swarm-hc", "hc-ok", 3);
     app.write_config(&app.config(""));
@@ -149,6 +151,7 @@ fn a_release_whose_healthcheck_fails_is_rolled_back_by_swarm() {
 
 #[test]
 fn a_release_capstan_finds_unhealthy_is_put_back_by_swarm_s_rollback() {
+    let _turn = alone();
     // `broken` has no HEALTHCHECK: Swarm completes the update, capstan's own /health probe fails.
     let app = SwarmApp::new(sandbox(), "swarm-broken", "v1", 3);
     app.write_config(&edit(&app.config("")).set("services.web.health.timeout", "3s").text());
@@ -170,6 +173,7 @@ fn a_release_capstan_finds_unhealthy_is_put_back_by_swarm_s_rollback() {
 
 #[test]
 fn rollback_returns_to_the_previous_digest() {
+    let _turn = alone();
     let app = SwarmApp::new(sandbox(), "swarm-rollback", "v1", 2);
     app.write_config(&app.config(""));
     let v1 = app.image();
