@@ -59,7 +59,7 @@ struct SshCut {
 fn cut_ssh_mid_replace(sb: &Sandbox, hint: &str) -> SshCut {
     let app = App::new(sb, hint, AppOptions::default());
     // A short lease: a run that lost its hosts renews it no more and holds the lock only that long.
-    app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
+    app.write_config(&edit(&app.default_config()).set("lock", json!({ "lease": "3s" })).text());
     let load = app.load(200);
     let child = spawn(&app, &["deploy", "--version", "v2"]);
     let kept = format!("{}.capstan-old", app.instances()[0]);
@@ -104,7 +104,7 @@ fn a_crash_while_baking_reverts_every_instance() {
     let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "fbake", AppOptions::default());
-    app.write_config(&(app.default_config() + "bake: 20s\n"));
+    app.write_config(&edit(&app.default_config()).set("bake", "20s").text());
     let load = app.load(200);
     let child = spawn(&app, &["--json", "deploy", "--version", "v2"]);
     // Both replaced and the kept old containers cleaned up: the rollout is in its bake window.

@@ -9,9 +9,10 @@
 use std::time::Duration;
 
 use crate::support;
+use crate::support::edit;
 use crate::support::{record_fault, AppOptions, Fleet, LoadStats};
 use crate::{alone, sandbox};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn fleet(hint: &str) -> Fleet {
     let f = Fleet::start(sandbox(), 3, hint, AppOptions::default());
@@ -66,7 +67,7 @@ fn total(stats: &[LoadStats]) -> LoadStats {
 fn three_hosts_roll_in_parallel_under_load() {
     let _turn = alone();
     let f = fleet("fpar");
-    f.write_config(&(f.default_config() + "rollout:\n  parallel: 3\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "parallel": 3 })).text());
     let load = f.load(50);
     let run = f.capstan(&["--json", "deploy", "--version", "v2"]);
     let stats = stop_all(load);
@@ -94,7 +95,7 @@ fn three_hosts_roll_in_parallel_under_load() {
 fn a_failed_canary_stops_the_rest() {
     let _turn = alone();
     let f = fleet("fcan");
-    f.write_config(&(f.default_config() + "rollout:\n  canary: 1\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "canary": 1 })).text());
     let before: Vec<Vec<String>> = f.host_list().iter().map(|h| h.images()).collect();
     let load = f.load(50);
     // `broken` fails its health gate: the canary takes it and gives it back.
@@ -133,7 +134,7 @@ fn one_host_failing_reverts_every_host() {
     let _turn = alone();
     let f = fleet("fall");
     // One host at a time, so that the first two have finished when the third fails.
-    f.write_config(&(f.default_config() + "rollout:\n  parallel: 1\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "parallel": 1 })).text());
     f.host(2).cut_registry();
     let load = f.load(50);
     let run = f.capstan(&["--json", "deploy", "--version", "v2"]);
