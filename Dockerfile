@@ -8,7 +8,7 @@
 # to the GitHub API and registries). Nothing else: no toolchain, no apt lists.
 #
 # The base images are build arguments so that a build can name local copies:
-# tests/image.rs builds on a Debian rootfs it made with debootstrap, as no
+# tests/it/image.rs builds on a Debian rootfs it made with debootstrap, as no
 # image can be pulled there.
 ARG RUST_IMAGE=rust:1-slim-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim

@@ -6,7 +6,8 @@
 //! already in the registry). Prints each run, the medians and the ratio
 //! capstan / CLI (below 1 means capstan is faster).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::path::Path;

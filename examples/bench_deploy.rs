@@ -5,14 +5,15 @@
 //! the waits no tool can avoid (pull, start-to-healthy, configured pauses and
 //! drain waits), and failed requests, per run and as medians, with ratios.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{capstan_bin, App, AppOptions, Sandbox};
+use support::{capstan_bin, edit, App, AppOptions, Sandbox};
 
 const RPS: u32 = 200;
 const PAUSE_MS: u64 = 500;
@@ -43,7 +44,7 @@ fn forget_new_images(sb: &Sandbox) {
 }
 
 fn config(app: &App) -> String {
-    app.default_config().replace("pause: 500ms", &format!("pause: {PAUSE_MS}ms")).replace("wait: 300ms", &format!("wait: {DRAIN_WAIT_MS}ms"))
+    edit(&app.default_config()).set("services.web.pause", format!("{PAUSE_MS}ms")).set("services.web.drain.wait", format!("{DRAIN_WAIT_MS}ms")).text()
 }
 
 fn capstan_run(sb: &Sandbox) -> Sample {

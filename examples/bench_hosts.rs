@@ -1,5 +1,5 @@
 //! `bash bench/hosts`: the same v1 -> v2 release deployed by capstan to fleets
-//! of 1, 5, 10 and 20 real hosts on this machine (tests/support/fleet.rs: each
+//! of 1, 5, 10 and 20 real hosts on this machine (tests/it/support/fleet.rs: each
 //! host its own network and mount namespace, dockerd, sshd, nginx and 2 demo
 //! instances), with every host rolled at once (`rollout: { parallel: N }`) and
 //! load through every host's nginx. A fresh fleet per size (and per run), so
@@ -14,14 +14,15 @@
 //! BENCH_HOSTS="1 5 10 20" (sizes), BENCH_RUNS=1 (fresh fleets per size;
 //! medians), BENCH_RPS=10 (requests/s through each host's nginx; 0: no load).
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{AppOptions, Fleet, Sandbox};
+use support::{edit, AppOptions, Fleet, Sandbox};
 
 struct Sample {
     hosts: usize,
@@ -83,7 +84,7 @@ fn one_run(sb: &Sandbox, n: usize, rps: u32) -> Sample {
     // Every host at once; if this capstan does not know `rollout:`, without it
     // (every host is rolled at once then too).
     let base = fleet.default_config();
-    let with_key = base.replacen("services:\n", &format!("rollout:\n  parallel: {n}\nservices:\n"), 1);
+    let with_key = edit(&base).set("rollout", serde_json::json!({ "parallel": n })).text();
     fleet.write_config(&with_key);
     let check = fleet.capstan(&["check", "--version", "v2"]);
     let parallel_key = check.success();

@@ -3,7 +3,8 @@
 //! through nginx. Prints capstan's progress, its JSON report and the count of
 //! failed requests.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
 use std::process::{Command, Stdio};

@@ -125,7 +125,7 @@ async fn resolve_release(
     version: &str,
     pinned: &HashMap<String, String>,
     creds: Option<&Credentials>,
-) -> Result<HashMap<(String, String), String>, Error> {
+) -> Result<HashMap<String, String>, Error> {
     let mut images = HashMap::new();
     for svc in services {
         let image = match pinned.get(&svc.name) {
@@ -133,11 +133,25 @@ async fn resolve_release(
             None => resolve(host, svc, version, creds).await?,
         };
         ctx.info(None, format!("{}: {version} is {}", svc.name, crate::core::image::short(&image)));
-        for i in &svc.plan_names() {
-            images.insert((svc.name.clone(), i.clone()), image.clone());
-        }
+        images.insert(svc.name.clone(), image);
     }
     Ok(images)
+}
+
+/// Per (service, instance) on one host: the service's image for every instance found there.
+fn per_instance(services: &[&Service], observed: &Observed, images: &HashMap<String, String>) -> Images {
+    let mut out = Images::new();
+    for svc in services {
+        let Some(image) = images.get(&svc.name) else { continue };
+        let names = match &svc.swarm {
+            Some(_) => svc.plan_names(),
+            None => observed.instances_of(svc).to_vec(),
+        };
+        for i in names {
+            out.insert((svc.name.clone(), i), image.clone());
+        }
+    }
+    out
 }
 
 /// Connects, observes, resolves and plans. Changes nothing.
@@ -190,7 +204,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     let (command, version, per_host): (&str, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
             let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
-            ("deploy", Some(version.clone()), vec![images; hosts.len()])
+            ("deploy", Some(version.clone()), observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
         Want::Rollback { to } => {
             let mut per_host = Vec::new();
@@ -198,7 +212,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
             // Asked of the registry once, for every host whose log does not know the version.
             let mut from_registry = None;
             let logs = join_all(hosts.iter().map(|h| state::read_log(h.shell.as_ref(), &ctx.config.state_dir))).await;
-            for (h, log) in hosts.iter().zip(logs) {
+            for (i, (h, log)) in hosts.iter().zip(logs).enumerate() {
                 let (records, _) = log.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
                 let target = release::rollback_target(&records, to).map_err(|e| Error::input(format!("{}: {e}", h.name)))?;
                 let target = match (target, to) {
@@ -208,7 +222,8 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                         if from_registry.is_none() {
                             from_registry = Some(resolve_release(ctx, &hosts[0], &services, v, &HashMap::new(), creds).await?);
                         }
-                        release::RollbackTarget { version: Some(v.clone()), images: from_registry.clone().unwrap_or_default() }
+                        let images = per_instance(&services, &observed[i], from_registry.as_ref().expect("resolved above"));
+                        release::RollbackTarget { version: Some(v.clone()), images }
                     }
                     (None, RollbackTo::Previous) => unreachable!("previous always has a target or an error"),
                 };

@@ -266,4 +266,41 @@ mod tests {
         o.all_names.push("web-2.capstan-old".into());
         check(&o, "r/demo@sha256:v2", Err("web-2.capstan-old is left from an interrupted deploy"));
     }
+
+    /// Entries name containers, or Compose services of the project found by their labels
+    /// (v2 and v1 names, `container_name:`, a scaled service in Compose's order).
+    #[test]
+    fn instances_resolve_to_containers() {
+        let yaml =
+            "app: pay\nhosts: [h]\ncompose: { project: payment }\nservices:\n  a:\n    image: r/a\n    instances: [service-a-2, service-a-1, web, solo]\n";
+        let svc = config::parse(Path::new("c.yml"), yaml).unwrap().services.remove(0);
+        let l = |name: &str, project: &str, service: &str, n: u32| Listed {
+            name: name.into(),
+            compose_project: Some(project.into()),
+            compose_service: Some(service.into()),
+            number: Some(n),
+        };
+        let cases: &[(&[Listed], &[&str])] = &[
+            // Compose v2 names; nothing else on the host.
+            (
+                &[l("payment-service-a-1-1", "payment", "service-a-1", 1), l("payment-service-a-2-1", "payment", "service-a-2", 1)],
+                &["payment-service-a-2-1", "payment-service-a-1-1", "web", "solo"],
+            ),
+            // Compose v1 names, and a service of another project with the same name is not ours.
+            (
+                &[l("payment_service-a-2_1", "payment", "service-a-2", 1), l("other_service-a-1_1", "other", "service-a-1", 1)],
+                &["payment_service-a-2_1", "service-a-1", "web", "solo"],
+            ),
+            // A scaled service in container-number order; a container named like the entry wins.
+            (
+                &[l("payment-web-2", "payment", "web", 2), l("payment-web-1", "payment", "web", 1), l("solo", "payment", "x", 1)],
+                &["service-a-2", "service-a-1", "payment-web-1", "payment-web-2", "solo"],
+            ),
+            // A half-replaced container's kept old one stands for its instance.
+            (&[l("payment-web-1.capstan-old", "payment", "web", 1)], &["service-a-2", "service-a-1", "payment-web-1", "solo"]),
+        ];
+        for (listed, want) in cases {
+            assert_eq!(resolve_instances(&svc, listed), want.iter().map(|s| s.to_string()).collect::<Vec<_>>(), "{listed:?}");
+        }
+    }
 }

@@ -3,16 +3,11 @@
 //! which capstan must carry to the successor), at the most verbose level. None
 //! of the values may appear in stdout, stderr, the `--json` report, or the
 //! host's deployment log and lock. The action's run (outputs, job summary,
-//! requests to GitHub) is checked the same way in `tests/action.rs`.
+//! requests to GitHub) is checked the same way in `action.rs`.
 
-mod support;
-
-use support::{App, AppOptions, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support;
+use crate::support::{App, AppOptions, Run};
+use crate::{sandbox, shared};
 
 #[track_caller]
 fn clean(what: &str, text: &str, secrets: &[&str]) {
@@ -29,6 +24,7 @@ fn run_clean(what: &str, r: &Run, secrets: &[&str]) {
 
 #[test]
 fn no_command_prints_or_records_a_secret() {
+    let _turn = shared();
     let sb = sandbox();
     let db_secret = format!("S3cr3t-{}", support::random_hex(16));
     let opts = AppOptions { env: vec![format!("DATABASE_URL=postgres://shop:{db_secret}@db/shop"), format!("API_TOKEN={db_secret}x")], ..Default::default() };

@@ -146,13 +146,6 @@ impl LoadGen {
         self.finish()
     }
 
-    /// Statistics so far, without stopping.
-    pub fn snapshot(&self) -> LoadStats {
-        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        s.elapsed = self.started.elapsed();
-        s
-    }
-
     fn finish(&mut self) -> LoadStats {
         self.stop.store(true, Ordering::SeqCst);
         let elapsed = self.started.elapsed();

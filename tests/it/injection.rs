@@ -4,16 +4,14 @@
 //! at validation; paths are passed through as they are. Canary files prove
 //! that nothing ran that should not have.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
-use support::{App, AppOptions, Sandbox};
+use serde_json::json;
 
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support;
+use crate::support::edit;
+use crate::support::{App, AppOptions};
+use crate::{sandbox, shared};
 
 /// Shell metacharacters of every kind, each one creating a canary file named
 /// `<token>-N` if a shell ever read it as code. No `/`, so that it can be part of
@@ -37,27 +35,22 @@ fn canaries(token: &str, dirs: &[&Path]) -> Vec<PathBuf> {
     found
 }
 
-/// A YAML double-quoted scalar for any string.
-fn yaml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 #[test]
 fn names_with_shell_text_are_refused_at_validation() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "inject", AppOptions::default());
     let token = format!("capstan-canary-{}", support::random_hex(8));
-    let bad = yaml_str(&nasty(&token));
+    let bad = nasty(&token);
     let base = app.default_config();
-    let first = app.instances()[0].clone();
     let cases = [
-        ("an instance name", base.replace(&format!("instances: [{first}, "), &format!("instances: [{bad}, ")), "services.web.instances[0]"),
-        ("the app name", base.replacen(&format!("app: {}", app.name()), &format!("app: {bad}"), 1), "app"),
-        ("an image repository", base.replace(&format!("image: {}/capstan-demo", sb.registry()), &format!("image: {bad}")), "services.web.image"),
-        ("a host", base.replacen(&format!("  - {}", sb.ssh_host()), &format!("  - {bad}"), 1), "hosts[0]"),
+        ("an instance name", "services.web.instances.0", "services.web.instances[0]"),
+        ("the app name", "app", "app"),
+        ("an image repository", "services.web.image", "services.web.image"),
+        ("a host", "hosts.0", "hosts[0]"),
     ];
-    for (what, config, key) in cases {
-        app.write_config(&config);
+    for (what, path, key) in cases {
+        app.write_config(&edit(&base).set(path, &bad).text());
         let r = app.capstan(&["deploy", "--version", "v2", "--skip-build"]);
         r.assert_status(2);
         assert!(r.stderr.contains(key), "{what}: the error names {key}:\n{r}");
@@ -77,6 +70,7 @@ fn names_with_shell_text_are_refused_at_validation() {
 
 #[test]
 fn paths_with_shell_text_reach_the_host_as_they_are() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "injectp", AppOptions::default());
     let token = format!("capstan-canary-{}", support::random_hex(8));
@@ -93,16 +87,12 @@ fn paths_with_shell_text_reach_the_host_as_they_are() {
     let backup = dir.join(format!("bk {one_line}-1.sql.gz"));
     std::fs::write(&backup, "backup").unwrap();
     let hook_out = dir.join("hook-out");
-    let config = app
-        .default_config()
-        .replace(&format!("state_dir: {}", app.state_dir().display()), &format!("state_dir: {}", yaml_str(&state.display().to_string())))
-        .replace(&format!("upstream_conf: {}", app.upstream_conf().display()), &format!("upstream_conf: {}", yaml_str(&upstream.display().to_string())))
-        + &format!(
-            "preflight:\n  backup: {{ path: {}, max_age: 1h }}\nhooks:\n  post_deploy: {}\n",
-            yaml_str(&format!("{}/bk {one_line}-*.sql.gz", dir.display())),
-            yaml_str(&format!("printf '%s|%s' \"$CAPSTAN_VERSION\" \"$CAPSTAN_APP\" > {}", hook_out.display())),
-        );
-    app.write_config(&config);
+    let config = edit(&app.default_config())
+        .set("state_dir", &state)
+        .set("services.web.drain.nginx.upstream_conf", &upstream)
+        .set("preflight", json!({ "backup": { "path": format!("{}/bk {one_line}-*.sql.gz", dir.display()), "max_age": "1h" } }))
+        .set("hooks", json!({ "post_deploy": format!("printf '%s|%s' \"$CAPSTAN_VERSION\" \"$CAPSTAN_APP\" > {}", hook_out.display()) }));
+    app.write_config(&config.text());
     let r = app.capstan(&["--json", "deploy", "--version", "v2", "--skip-build"]);
     r.assert_success();
     assert_eq!(app.versions(), vec!["v2", "v2"]);

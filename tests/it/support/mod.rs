@@ -11,16 +11,18 @@
 //!   replicas on the host's network behind nginx (no routing mesh here).
 //! - [`PaymentSystem`]: the payment system of issue #14, a Compose project
 //!   with nginx as a container routing to its instances by service name.
+//! - [`edit`]: a config changed by key path (`services.web.health.timeout`),
+//!   never by text replacement.
 //! - [`KeepAliveLoad`]: GETs and POSTs over persistent connections, as real
 //!   clients send them, checked against the charges the service recorded.
 //!
-//! Use from an integration test with `mod support;`, from an example with
-//! `#[path = "../tests/support/mod.rs"] mod support;`.
-#![allow(dead_code, unused_imports)]
+//! Compiled once into the integration tests (`tests/it/main.rs`: `mod support;`),
+//! and into each example with `#[path = "../tests/it/support/mod.rs"] mod support;`.
 
 mod app;
 pub mod base_image;
 mod compose;
+mod config_edit;
 mod fleet;
 pub mod github;
 pub mod http;
@@ -31,16 +33,17 @@ pub mod runner;
 mod sandbox;
 mod swarm;
 
-pub use app::{capstan_bin, App, AppOptions, Run};
-pub use compose::{
-    nginx_conf_text, registry_digest, ComposeCli, ComposeUp, Container, PaymentConfig, PaymentImages, PaymentSystem, PushedImage, INSTANCES, NGINX_SERVICE,
-    PAYMENT_TAGS, START_TAG, TAG_VARIABLES,
-};
-pub use fleet::{Fleet, FleetHost};
-pub use keepalive_load::{KeepAliveLoad, KeepAliveOptions, KeepAliveStats, LedgerCheck, PostOutcome};
+pub use app::{App, AppOptions, Run};
+pub use compose::{registry_digest, ComposeCli, PaymentSystem, INSTANCES, NGINX_SERVICE, START_TAG};
+pub use config_edit::{edit, ConfigEdit};
+pub use fleet::Fleet;
+pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
-pub use sandbox::{DockerCli, Sandbox};
-pub use swarm::{SwarmApp, SWARM_PORT};
+pub use sandbox::Sandbox;
+pub use swarm::SwarmApp;
+// What only the examples name.
+#[allow(unused_imports)]
+pub use {app::capstan_bin, compose::PaymentImages};
 
 use std::collections::HashSet;
 use std::net::TcpListener;
@@ -152,6 +155,16 @@ pub fn port_open(port: u16) -> bool {
 /// A private temporary directory with a short path: `/tmp/<prefix>XXXXXX`.
 pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).rand_bytes(6).tempdir_in("/tmp").unwrap_or_else(|e| panic!("create a temp dir /tmp/{prefix}*: {e}"))
+}
+
+/// `text` with `from`, which must occur in it exactly once, replaced by `to`:
+/// for files that are not capstan's config (an nginx.conf), so that an edit
+/// whose text drifted fails instead of silently changing nothing.
+#[track_caller]
+pub fn replace_once(text: &str, from: &str, to: &str) -> String {
+    let n = text.matches(from).count();
+    assert_eq!(n, 1, "replace_once: {from:?} occurs {n} times, not once, in:\n{text}");
+    text.replacen(from, to, 1)
 }
 
 /// Write a file, panicking with its path on error.

@@ -11,16 +11,17 @@
 //! debootstrap and the build names it through the Dockerfile's
 //! `RUST_IMAGE`/`RUNTIME_IMAGE` arguments.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::edit;
+use crate::support::github::FakeGitHub;
+use crate::support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
+use crate::{alone, sandbox};
 use serde_json::Value;
-use support::github::FakeGitHub;
-use support::{base_image, proc, random_hex, repo_root, short_tempdir, write_file, App, AppOptions, Sandbox};
 
 const TOKEN: &str = "ghs_imagetoken0123456789abcdefghijklmnop";
 const IMAGE_REPO: &str = "capstan-test/action";
@@ -172,11 +173,11 @@ fn run_action(sb: &Sandbox, image: &str, dirs: &RunnerDirs, env: &BTreeMap<Strin
 
 #[test]
 fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
+    let _turn = alone();
     let t0 = Instant::now();
     // The base image (debootstrap, the slow part, when not cached) while the sandbox starts.
     let base = std::thread::spawn(base_image::bookworm);
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let base = base.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
     match base.made_in {
         Some(d) => eprintln!("[image] base image {} made in {d:?}", base.tag),
@@ -258,12 +259,12 @@ fn the_action_image_deploys_a_tag_push_as_the_runner_runs_it() {
     let gh = FakeGitHub::start("acme/shop", TOKEN, &["v2"]);
     let dirs = RunnerDirs::new();
     // The config has no key, known hosts or password of its own: those come from the inputs.
-    let config = app
-        .default_config()
-        .replace(&format!("  identity_file: {}\n", sb.identity_file().display()), "")
-        .replace(&format!("  known_hosts: {}\n", sb.known_hosts().display()), "  connect_timeout: 15s\n")
-        .replace("password_env: REGISTRY_PASSWORD", "password_env: DEPLOY_REGISTRY_TOKEN");
-    write_file(&dirs.workspace.join("capstan.yml"), &config);
+    let config = edit(&app.default_config())
+        .remove("ssh.identity_file")
+        .remove("ssh.known_hosts")
+        .set("ssh.connect_timeout", "15s")
+        .set("registry.password_env", "DEPLOY_REGISTRY_TOKEN");
+    write_file(&dirs.workspace.join("capstan.yml"), config.text());
     let fixtures = repo_root().join("tests/fixtures/events");
     fs::copy(fixtures.join("push_tag_v2.json"), dirs.workflow.join("event.json")).unwrap();
     let mut env: BTreeMap<String, String> = fs::read_to_string(fixtures.join("push_tag_v2.env"))

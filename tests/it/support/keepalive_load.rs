@@ -275,13 +275,6 @@ impl KeepAliveLoad {
         KeepAliveLoad { shared, scheduler: Some(scheduler), workers }
     }
 
-    /// Figures so far, without stopping.
-    pub fn snapshot(&self) -> KeepAliveStats {
-        let mut s = self.shared.stats.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        s.elapsed = self.shared.started.elapsed();
-        s
-    }
-
     /// Stop scheduling, let the requests in flight finish, return the figures.
     pub fn stop(mut self) -> KeepAliveStats {
         self.finish()

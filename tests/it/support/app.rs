@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::http::{self, HttpResponse};
 use super::load::LoadGen;
-use super::proc::{self, run, spawn_persistent, ChildGuard};
+use super::proc::{run, spawn_persistent, ChildGuard};
 use super::sandbox::{DockerCli, Sandbox};
 use super::{free_port, random_hex, repo_root, short_tempdir, wait_for, write_file};
 
@@ -16,14 +16,15 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default limit for one `capstan` run.
 pub const CAPSTAN_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The capstan binary to test: `$CAPSTAN_BIN` if set, else the binary cargo
-/// built for this integration test (`CARGO_BIN_EXE_capstan`, known at compile
-/// time in `tests/*.rs`), else `<repo>/target/debug/capstan` (examples).
+/// The capstan binary to test: in the integration tests, the one cargo built
+/// for them (`CARGO_BIN_EXE_capstan`, fixed at compile time, so nothing in the
+/// process's environment can point elsewhere); in the examples, which cargo
+/// gives no such path, `$CAPSTAN_BIN` if set, else `<repo>/target/debug/capstan`.
 pub fn capstan_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAPSTAN_BIN") {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_capstan") {
         return PathBuf::from(p);
     }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_capstan") {
+    if let Some(p) = std::env::var_os("CAPSTAN_BIN") {
         return PathBuf::from(p);
     }
     repo_root().join("target/debug/capstan")
@@ -173,10 +174,6 @@ impl App {
     pub fn state_dir(&self) -> PathBuf {
         self.dir().join("state")
     }
-    /// The nginx error log (upstream errors show up here).
-    pub fn nginx_error_log(&self) -> String {
-        fs::read_to_string(self.nginx_dir().join("error.log")).unwrap_or_default()
-    }
 
     /// Write `<dir>/capstan.yml`; returns its path.
     pub fn write_config(&self, yaml: &str) -> PathBuf {
@@ -241,11 +238,6 @@ impl App {
     /// Start a load generator on `lb_url()`.
     pub fn load(&self, rps: u32) -> LoadGen {
         LoadGen::start(&self.lb_url(), rps)
-    }
-
-    /// A `docker` command with the sandbox's DOCKER_CONFIG.
-    pub fn docker(&self, args: &[&str]) -> Command {
-        self.cli.cmd(args)
     }
 
     /// Run docker; stdout (empty on failure).

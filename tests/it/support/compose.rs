@@ -43,8 +43,6 @@ pub const START_TAG: &str = "v1.0.0";
 pub const INSTANCES: [(&str, u16); 4] = [("service-a-1", 3001), ("service-a-2", 3001), ("service-b-1", 3002), ("service-b-2", 3002)];
 /// The Compose service of nginx.
 pub const NGINX_SERVICE: &str = "nginx";
-/// The `.env` variable each service's tag comes from.
-pub const TAG_VARIABLES: [(&str, &str); 2] = [("service-a", "SERVICE_A_TAG"), ("service-b", "SERVICE_B_TAG")];
 
 const NGINX_IMAGE: &str = "capstan-test/payment-nginx:latest";
 
@@ -80,6 +78,7 @@ pub struct PushedImage {
 
 /// The images of the payment system, built and pushed once per process.
 pub struct PaymentImages {
+    #[allow(dead_code)] // read by `repo`, which the examples use
     registry: String,
     /// (service, tag) → the image.
     pushed: HashMap<(String, String), PushedImage>,
@@ -102,6 +101,7 @@ impl PaymentImages {
     }
 
     /// `<registry>/payment/<service>` (`service-a` or `service-b`).
+    #[allow(dead_code)] // the examples use it
     pub fn repo(&self, service: &str) -> String {
         format!("{}/payment/{service}", self.registry)
     }
@@ -369,8 +369,6 @@ pub struct Container {
     pub service: String,
     /// `running`, `exited`, …
     pub state: String,
-    /// The image ID it runs (`sha256:…`).
-    pub image_id: String,
 }
 
 /// Compose's `up -d` and what it did.
@@ -529,9 +527,6 @@ impl PaymentSystem {
     pub fn images(&self) -> &'static PaymentImages {
         self.images
     }
-    pub fn compose_cli(&self) -> ComposeCli {
-        self.kind
-    }
 
     fn compose_text(&self) -> String {
         let owner = std::process::id();
@@ -630,7 +625,6 @@ impl PaymentSystem {
                     name: f[1].trim_start_matches('/').to_string(),
                     service: f[2].to_string(),
                     state: f[3].to_string(),
-                    image_id: f[4].to_string(),
                 })
             })
             .collect();

@@ -2,28 +2,25 @@
 //! the way the runner runs it (INPUT_* variables, the event payload in a file,
 //! GITHUB_OUTPUT and GITHUB_STEP_SUMMARY files) against the real sandbox host.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::github::{FakeGitHub, Fault};
-use support::runner::outputs;
-use support::{App, AppOptions, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support;
+use crate::support::github::{FakeGitHub, Fault};
+use crate::support::runner::outputs;
+use crate::support::{edit, ConfigEdit};
+use crate::support::{App, AppOptions, Run, Sandbox};
+use crate::{sandbox, shared};
 
 /// The app's config with no key, no known hosts and no password of its own:
 /// everything secret comes from the action's inputs.
-fn config(app: &App, sb: &Sandbox) -> String {
-    app.default_config()
-        .replace(&format!("  identity_file: {}\n", sb.identity_file().display()), "")
-        .replace(&format!("  known_hosts: {}\n", sb.known_hosts().display()), "  connect_timeout: 15s\n")
-        .replace("password_env: REGISTRY_PASSWORD", "password_env: DEPLOY_REGISTRY_TOKEN")
+fn config(app: &App) -> ConfigEdit {
+    edit(&app.default_config())
+        .remove("ssh.identity_file")
+        .remove("ssh.known_hosts")
+        .set("ssh.connect_timeout", "15s")
+        .set("registry.password_env", "DEPLOY_REGISTRY_TOKEN")
 }
 
 struct ActionRun {
@@ -121,9 +118,10 @@ fn fault(on: &str, status: u16, retry_after: Option<u64>, after_effect: bool) ->
 
 #[test]
 fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "action", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     // GitHub has a bad minute: the deployment is made but the answer is a 502,
     // then a secondary rate limit on the first status. Neither may cost a deploy
@@ -200,9 +198,10 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
 
 #[test]
 fn a_missing_permission_stops_before_any_host_is_touched() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actiondeny", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     gh.deny("deployments");
     let a = action(&app, &gh, "push_tag_v2", &[]);
@@ -239,9 +238,10 @@ fn a_missing_permission_stops_before_any_host_is_touched() {
 
 #[test]
 fn pull_requests_get_a_check_run_with_the_plan() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actionpr", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     let head = "266574110acf203503badf966df2ea24b5d732d7";
     // From a branch of the repository: the hosts are read and the plan says what each instance goes from and to.
@@ -276,7 +276,7 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     assert!(summary.contains(&format!("| `? (host not contacted)` | `{}` | replace |", sb.image("v2"))), "{summary}");
 
     // A config error: a failed check with an annotation on the line of the key.
-    app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&config(&app).set("services.web.health.timeout", "soon").text());
     let a = action(&app, &gh, "pull_request", &[("version", "v2")]);
     a.run.assert_status(2);
     let runs = gh.check_runs();
@@ -286,15 +286,17 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     assert_eq!(ann["path"], "capstan.yml", "relative to the workspace");
     assert_eq!(ann["annotation_level"], "failure");
     assert!(ann["message"].as_str().unwrap().contains("services.web.health.timeout"), "{ann}");
-    let line = config(&app, sb).lines().position(|l| l.contains("timeout: 20s")).unwrap() as u64 + 1;
+    let text = config(&app).set("services.web.health.timeout", "soon").text();
+    let line = text.lines().position(|l| l.contains(r#""timeout": "soon""#)).unwrap() as u64 + 1;
     assert_eq!(ann["start_line"], line);
 }
 
 #[test]
 fn unknown_events_and_config_errors_are_clear() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "actionbad", AppOptions::default());
-    app.write_config(&config(&app, sb));
+    app.write_config(&config(&app).text());
     let gh = github();
     // An event capstan does not answer.
     let a = action(&app, &gh, "push_tag_v2", &[("GITHUB_EVENT_NAME", "schedule")]);
@@ -303,7 +305,7 @@ fn unknown_events_and_config_errors_are_clear() {
     secrets_masked_first(&a, sb, &gh);
 
     // A config error becomes an annotation on its line.
-    app.write_config(&config(&app, sb).replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&config(&app).set("services.web.health.timeout", "soon").text());
     let a = action(&app, &gh, "push_tag_v2", &[]);
     a.run.assert_status(2);
     let file = app.dir().join("capstan.yml");

@@ -230,12 +230,6 @@ impl Fleet {
     pub fn id(&self) -> &str {
         &self.id
     }
-    pub fn len(&self) -> usize {
-        self.hosts.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty()
-    }
     /// The host `i` (0-based: `host(0)` is `h1`).
     pub fn host(&self, i: usize) -> &FleetHost {
         &self.hosts[i]
@@ -278,13 +272,6 @@ impl Fleet {
     /// The known_hosts file with every host's key.
     pub fn known_hosts(&self) -> PathBuf {
         self.dir().join("known_hosts")
-    }
-    pub fn identity_file(&self) -> &Path {
-        &self.identity
-    }
-    /// Each host's load balancer, `http://10.X.Y.N:80/`.
-    pub fn lb_urls(&self) -> Vec<String> {
-        self.hosts.iter().map(|h| h.lb_url()).collect()
     }
     /// How long [`Fleet::start`] took.
     pub fn startup_time(&self) -> Duration {
@@ -333,10 +320,6 @@ impl Fleet {
     /// Run capstan in `dir()` with `REGISTRY_PASSWORD` and `NO_COLOR=1`.
     pub fn capstan(&self, args: &[&str]) -> Run {
         self.capstan_with(args, &[], CAPSTAN_TIMEOUT)
-    }
-
-    pub fn capstan_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        self.capstan_with(args, env, CAPSTAN_TIMEOUT)
     }
 
     pub fn capstan_with(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
@@ -658,10 +641,6 @@ impl FleetHost {
         let suffix = format!("h{}", self.index);
         format!("{}-{suffix}", self.veth.strip_suffix(&suffix).unwrap_or(&self.veth))
     }
-    /// 1-based.
-    pub fn index(&self) -> usize {
-        self.index
-    }
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }
@@ -681,28 +660,9 @@ impl FleetHost {
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
-    /// The host's nginx upstream file as seen from here.
-    pub fn upstream_conf(&self) -> PathBuf {
-        self.dir.join("nginx/upstream.conf")
-    }
-    pub fn nginx_error_log(&self) -> String {
-        fs::read_to_string(self.dir.join("nginx/error.log")).unwrap_or_default()
-    }
-    /// The pid of the process that holds the host's namespaces (for `nsenter -t`).
-    pub fn holder_pid(&self) -> u32 {
-        self.holder_pid
-    }
-    /// The docker CLI aimed at this host's engine.
-    pub fn cli(&self) -> &DockerCli {
-        &self.cli
-    }
     /// A `docker` command on this host's engine.
     pub fn docker(&self, args: &[&str]) -> Command {
         self.cli.cmd(args)
-    }
-    /// Run docker on this host; stdout (empty on failure).
-    pub fn docker_out(&self, args: &[&str]) -> String {
-        self.cli.out(args)
     }
     /// Run docker on this host; panic with its output on failure; stdout.
     pub fn docker_ok(&self, args: &[&str]) -> String {
@@ -711,9 +671,6 @@ impl FleetHost {
     /// Names of the app's containers on this host (any state), sorted.
     pub fn containers(&self) -> Vec<String> {
         app::list_containers(&self.cli, &self.app)
-    }
-    pub fn instance_port(&self, instance: &str) -> Option<u16> {
-        app::instance_port(&self.cli, instance)
     }
     /// `GET /version` of each instance, from inside the host.
     pub fn versions(&self) -> Vec<String> {
@@ -789,36 +746,13 @@ impl FleetHost {
     /// Every process of the host: those in its mount namespace (the holder,
     /// dockerd, containerd and shims, sshd and its sessions, nginx,
     /// docker-proxy) and its containers' (the host's cgroup).
+    #[allow(dead_code)] // the examples use it
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = processes_of_host(&self.common, &self.dir);
         pids.extend(cgroup_pids(&self.cgroup));
         pids.sort();
         pids.dedup();
         pids
-    }
-
-    /// The host's dockerd (0 if it is not running).
-    pub fn dockerd_pid(&self) -> u32 {
-        self.dockerd.as_ref().map(|d| d.pid()).unwrap_or(0)
-    }
-
-    /// The listening sshd: its children are the live SSH sessions.
-    pub fn sshd_pid(&self) -> u32 {
-        self.sshd.as_ref().map(|s| s.pid()).unwrap_or(0)
-    }
-
-    /// SIGKILL every live SSH session to this host (capstan's connection dies).
-    /// Returns how many were killed.
-    pub fn kill_sshd_sessions(&self) -> usize {
-        let parent = self.sshd_pid();
-        let kids = children_of(parent);
-        for pid in &kids {
-            // SAFETY: kill(2) on a child of this host's sshd.
-            unsafe {
-                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
-            }
-        }
-        kids.len()
     }
 
     /// The host key's `ssh-ed25519 AAAA...`.
@@ -976,19 +910,6 @@ fn pipe(a: TcpStream, b: TcpStream) {
             let _ = from.shutdown(Shutdown::Read);
         });
     }
-}
-
-fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
-    rd.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
-        .filter(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok())))
-                == Some(parent)
-        })
-        .collect()
 }
 
 /// Processes inside one host's mount namespace: those that see the host's

@@ -1,8 +1,6 @@
-//! Tests of the test harness itself (tests/support): the sandbox's sshd,
+//! Tests of the test harness itself (support): the sandbox's sshd,
 //! registry and images, an App behind nginx, the load generator, the demo
 //! service's behaviour in a container, and a fleet of real namespace hosts.
-
-mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,9 +10,11 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::http::{self, base64_std, basic_auth};
-use support::proc::{run, spawn_persistent, ChildGuard};
-use support::{random_hex, App, AppOptions, Fleet, Sandbox};
+use crate::support;
+use crate::support::http::{self, base64_std, basic_auth};
+use crate::support::proc::{run, spawn_persistent, ChildGuard};
+use crate::support::{random_hex, App, AppOptions, Fleet, Sandbox};
+use crate::{alone, sandbox, shared};
 
 fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Output {
     let mut c = Command::new("ssh");
@@ -32,7 +32,8 @@ fn ssh_true(sb: &Sandbox, known_hosts: &std::path::Path) -> support::proc::Outpu
 
 #[test]
 fn sshd_accepts_the_key_with_strict_host_key_checking() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     eprintln!("sandbox started in {:?}", sb.startup_time());
 
     let mode = fs::metadata(sb.identity_file()).unwrap().permissions().mode() & 0o777;
@@ -52,7 +53,8 @@ fn sshd_accepts_the_key_with_strict_host_key_checking() {
 
 #[test]
 fn sshd_is_refused_when_known_hosts_has_another_key() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     let dir = support::short_tempdir("cst-k-");
     let other = dir.path().join("other");
     let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&other).status().unwrap();
@@ -82,8 +84,9 @@ fn sshd_is_refused_when_known_hosts_has_another_key() {
 
 #[test]
 fn sshd_forwards_the_docker_socket() {
+    let _turn = shared();
     // What capstan does: forward a local Unix socket to the host's Docker socket.
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let dir = support::short_tempdir("cst-f-");
     let sock = dir.path().join("d.sock");
     let mut c = Command::new("ssh");
@@ -116,7 +119,8 @@ fn sshd_forwards_the_docker_socket() {
 
 #[test]
 fn registry_requires_basic_auth_and_holds_the_demo_tags() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     assert_eq!(sb.registry_user(), "capstan");
     let json = format!("{{\"username\":\"capstan\",\"password\":\"{}\"}}", sb.registry_password());
     let enc = base64_std(json.as_bytes());
@@ -158,7 +162,8 @@ fn registry_requires_basic_auth_and_holds_the_demo_tags() {
 
 #[test]
 fn app_serves_through_nginx_and_takes_load_without_errors() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     let app = App::new(sb, "harness", AppOptions::default());
     let name = app.name().to_string();
     assert!(name.starts_with("tharness-") && name.len() == "tharness-".len() + 6, "{name}");
@@ -216,6 +221,7 @@ fn app_serves_through_nginx_and_takes_load_without_errors() {
 
 #[test]
 fn load_generator_counts_failures() {
+    let _turn = shared();
     // Nothing listens on this port: every request fails to connect.
     let port = support::free_port();
     let load = support::LoadGen::start(&format!("http://127.0.0.1:{port}/"), 50);
@@ -270,7 +276,8 @@ impl Drop for Throwaway {
 
 #[test]
 fn broken_image_fails_its_health_check() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     let image = sb.image("broken");
     {
         // Pulled from the registry with the sandbox credentials.
@@ -287,7 +294,8 @@ fn broken_image_fails_its_health_check() {
 
 #[test]
 fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
-    let sb = Sandbox::get();
+    let _turn = shared();
+    let sb = sandbox();
     let c = Throwaway::run(sb, &sb.image("v1"));
     assert_eq!(http::get(&c.url("/health")).unwrap().status, 200);
     assert_eq!(http::get(&c.url("/nope")).unwrap().status, 404);
@@ -309,7 +317,8 @@ fn demo_finishes_requests_in_flight_on_sigterm_as_pid_1() {
 
 #[test]
 fn fleet_of_three_hosts_is_real() {
-    let sb = Sandbox::get();
+    let _turn = alone();
+    let sb = sandbox();
     let fleet = Fleet::start(sb, 3, "fleet", AppOptions::default());
     eprintln!("fleet of 3 hosts started in {:?}", fleet.startup_time());
     let instances = fleet.instances();

@@ -15,7 +15,6 @@
 use std::fs;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use super::app::{app_name, run_capstan, start_lb_nginx, Run, CAPSTAN_TIMEOUT};
@@ -23,7 +22,7 @@ use super::http;
 use super::load::LoadGen;
 use super::proc::{self, ChildGuard};
 use super::sandbox::{DockerCli, Sandbox};
-use super::{free_port, port_open, short_tempdir, wait_for, write_file};
+use super::{port_open, short_tempdir, wait_for, write_file};
 
 /// The port every replica listens on, on the host's network.
 pub const SWARM_PORT: u16 = 8080;

@@ -2,23 +2,19 @@
 //! real Docker engine, pushing to the sandbox's registry with its password
 //! (whose base64 has `+` or `/`, the bollard header bug's trigger).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::http::{basic_auth, get_with};
-use support::{random_hex, write_file, App, AppOptions, Run, Sandbox};
+use crate::support;
+use crate::support::edit;
+use crate::support::http::{basic_auth, get_with};
+use crate::support::{random_hex, write_file, App, AppOptions, Run};
+use crate::{sandbox, shared};
+use serde_json::{json, Value};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{run}"))
@@ -146,6 +142,7 @@ fn capstan(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
 
 #[test]
 fn build_push_tags_labels_and_the_dockerignore() {
+    let _turn = shared();
     let (repo, _cleanup) = repo("build");
     let dir = tempfile::tempdir().unwrap();
     context(dir.path());
@@ -227,23 +224,23 @@ fn build_push_tags_labels_and_the_dockerignore() {
 }
 
 /// A sandbox app whose service is built from `<app dir>/ctx` (filled by `fill`)
-/// into a fresh repository, with `build` as the rest of its build block.
-fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: &str) -> (App, String, Images) {
+/// into a fresh repository, with `build` as its build block (context `ctx`).
+fn app_with_build(hint: &str, fill: impl FnOnce(&Path), build: Value) -> (App, String, Images) {
     let sb = sandbox();
     let app = App::new(sb, hint, AppOptions::default());
     let (repo, cleanup) = repo(hint);
     let ctx = app.dir().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     fill(&ctx);
-    let cfg = app.default_config().replace(&format!("image: {}/capstan-demo", sb.registry()), &format!("image: {repo}\n    build: {{ context: ctx{build} }}"));
-    app.write_config(&cfg);
+    app.write_config(&edit(&app.default_config()).set("services.web.image", &repo).set("services.web.build", build).text());
     (app, repo, cleanup)
 }
 
 #[test]
 fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
+    let _turn = shared();
     let sb = sandbox();
-    let (app, repo, _cleanup) = app_with_build("badpw", context, "");
+    let (app, repo, _cleanup) = app_with_build("badpw", context, json!({ "context": "ctx" }));
     let before = app.versions();
     let run = app.capstan_env(&["deploy", "--version", "v1.0.0"], &[("REGISTRY_PASSWORD", "not-the-password")]);
     run.assert_status(2);
@@ -258,6 +255,7 @@ fn a_wrong_registry_password_builds_and_pushes_nothing_and_touches_no_host() {
 
 #[test]
 fn a_broken_dockerfile_shows_the_failing_instruction_and_pushes_nothing() {
+    let _turn = shared();
     let (repo, _cleanup) = repo("broken");
     let dir = tempfile::tempdir().unwrap();
     context(dir.path());
@@ -280,11 +278,12 @@ fn a_broken_dockerfile_shows_the_failing_instruction_and_pushes_nothing() {
 
 #[test]
 fn deploy_builds_pushes_and_runs_the_pushed_digest() {
+    let _turn = shared();
     let demo_app = |ctx: &Path| {
         std::fs::copy(sandbox().demo_binary(), ctx.join("capstan-demo")).unwrap();
         std::fs::copy(support::repo_root().join("demo/app/Dockerfile"), ctx.join("Dockerfile")).unwrap();
     };
-    let (app, repo, _cleanup) = app_with_build("deploy", demo_app, ", args: { DEMO_VERSION: v2.0.0 }");
+    let (app, repo, _cleanup) = app_with_build("deploy", demo_app, json!({ "context": "ctx", "args": { "DEMO_VERSION": "v2.0.0" } }));
     // A dry run builds nothing and plans the tag the build would push.
     let dry = app.capstan(&["deploy", "--version", "v2.0.0", "--dry-run", "--json"]);
     dry.assert_success();

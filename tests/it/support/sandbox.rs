@@ -138,13 +138,6 @@ impl Sandbox {
         ssh_base_args(&self.identity, &self.known_hosts, self.ssh_port)
     }
 
-    /// Run a command on the sandbox host over SSH.
-    pub fn ssh(&self, remote_command: &str) -> proc::Output {
-        let mut c = Command::new("ssh");
-        c.args(self.ssh_args()).arg(format!("{}@127.0.0.1", self.ssh_user)).arg(remote_command);
-        run(&mut c, None, Duration::from_secs(30)).expect("run ssh")
-    }
-
     /// Log lines of the registry and sshd, for failure messages.
     pub fn logs(&self) -> String {
         let read = |p: PathBuf| fs::read_to_string(&p).unwrap_or_else(|e| format!("({}: {e})", p.display()));

@@ -4,26 +4,28 @@
 //! must leave every instance on its previous image, lose no request, name the
 //! check, the host and the threshold, and leave the right record in the log.
 
-mod support;
-
 use std::time::Duration;
 
-use serde_json::Value;
-use support::http::get;
-use support::{App, AppOptions, LoadStats, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support::edit;
+use crate::support::http::get;
+use crate::support::{App, AppOptions, LoadStats, Run};
+use crate::{sandbox, shared};
+use serde_json::{json, Value};
 
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{run}"))
 }
 
-/// The app's config with `service` lines added to `services.web` and `top` keys at the top level.
-fn config(app: &App, service: &str, top: &str) -> String {
-    format!("{}{service}{top}", app.default_config())
+/// The app's config with the keys of `web` set in `services.web` and those of `top` at the top level.
+fn config(app: &App, web: Value, top: Value) -> String {
+    let mut config = edit(&app.default_config());
+    for (key, value) in web.as_object().expect("web is a map of keys") {
+        config = config.set(&format!("services.web.{key}"), value);
+    }
+    for (key, value) in top.as_object().expect("top is a map of keys") {
+        config = config.set(key, value);
+    }
+    config.text()
 }
 
 /// Deploys v2 under 100 req/s; returns the run and the load's statistics.
@@ -66,9 +68,10 @@ fn nothing_changed(app: &App, run: &Run, stats: &LoadStats, status: i32, outcome
 
 #[test]
 fn preflight_free_disk_below_the_threshold_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gdisk", AppOptions::default());
-    app.write_config(&config(&app, "", "preflight:\n  min_free_disk: 1000TB\n"));
+    app.write_config(&config(&app, json!({}), json!({ "preflight": { "min_free_disk": "1000TB" } })));
     let (run, stats) = deploy(&app, &[]);
     let host = sb.ssh_host();
     nothing_changed(&app, &run, &stats, 6, "refused", &[&format!("{host}: preflight disk: "), "needs at least 909.5 TiB", "nothing was changed"]);
@@ -77,12 +80,13 @@ fn preflight_free_disk_below_the_threshold_refuses() {
 
 #[test]
 fn preflight_missing_or_stale_backup_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gbackup", AppOptions::default());
     let dir = app.dir().join("backups");
     std::fs::create_dir_all(&dir).unwrap();
     let glob = format!("{}/*.sql.gz", dir.display());
-    app.write_config(&config(&app, "", &format!("preflight:\n  backup: {{ path: \"{glob}\", max_age: 1h }}\n")));
+    app.write_config(&config(&app, json!({}), json!({ "preflight": { "backup": { "path": glob, "max_age": "1h" } } })));
     let (run, stats) = deploy(&app, &[]);
     nothing_changed(&app, &run, &stats, 6, "refused", &[&format!("preflight backup: no file matches {glob}"), "newer than 1h"]);
 
@@ -99,6 +103,7 @@ fn preflight_missing_or_stale_backup_refuses() {
 
 #[test]
 fn preflight_unhealthy_instance_refuses_unless_forced() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "ghealth", AppOptions::default());
     app.write_config(&app.default_config());
@@ -125,6 +130,7 @@ fn preflight_unhealthy_instance_refuses_unless_forced() {
 
 #[test]
 fn preflight_held_lock_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "glock", AppOptions::default());
     app.write_config(&app.default_config());
@@ -144,9 +150,10 @@ fn preflight_held_lock_refuses() {
 
 #[test]
 fn a_failing_pre_deploy_hook_refuses() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "ghook", AppOptions::default());
-    app.write_config(&config(&app, "", "hooks:\n  pre_deploy: \"echo backing up before $CAPSTAN_VERSION; echo disk full >&2; exit 4\"\n"));
+    app.write_config(&config(&app, json!({}), json!({ "hooks": { "pre_deploy": "echo backing up before $CAPSTAN_VERSION; echo disk full >&2; exit 4" } })));
     let (run, stats) = deploy(&app, &[]);
     nothing_changed(
         &app,
@@ -161,13 +168,14 @@ fn a_failing_pre_deploy_hook_refuses() {
 
 #[test]
 fn a_failing_migration_stops_the_rollout() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gmigrate", AppOptions::default());
     let marker = app.dir().join("on-failure.txt");
     app.write_config(&config(
         &app,
-        "    migrate: { command: [exit, \"3\"] }\n",
-        &format!("hooks:\n  on_failure: \"echo $CAPSTAN_COMMAND $CAPSTAN_VERSION failed on $CAPSTAN_HOST > {}\"\n", marker.display()),
+        json!({ "migrate": { "command": ["exit", "3"] } }),
+        json!({ "hooks": { "on_failure": format!("echo $CAPSTAN_COMMAND $CAPSTAN_VERSION failed on $CAPSTAN_HOST > {}", marker.display()) } }),
     ));
     let (run, stats) = deploy(&app, &[]);
     nothing_changed(&app, &run, &stats, 1, "rolled_back", &["migrate web: `exit 3` exited 3, needs exit 0", "| capstan-demo: migration failed: exiting 3"]);
@@ -180,10 +188,11 @@ fn a_failing_migration_stops_the_rollout() {
 
 #[test]
 fn a_failing_endpoint_reverts_the_release() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gendpoint", AppOptions::default());
     let url = format!("{}version", app.lb_url());
-    app.write_config(&config(&app, "", &format!("validate:\n  endpoints:\n    - {{ url: \"{url}\", status: 200, body: v3 }}\n")));
+    app.write_config(&config(&app, json!({}), json!({ "validate": { "endpoints": [{ "url": url, "status": 200, "body": "v3" }] } })));
     let (run, stats) = deploy(&app, &[]);
     nothing_changed(
         &app,
@@ -197,10 +206,11 @@ fn a_failing_endpoint_reverts_the_release() {
 
 #[test]
 fn an_error_breach_while_baking_reverts_the_release() {
+    let _turn = shared();
     use std::io::{BufRead, BufReader, Read};
     let sb = sandbox();
     let app = App::new(sb, "gbake", AppOptions::default());
-    app.write_config(&config(&app, "", "validate:\n  errors: { pattern: \"ERROR\", max: 0 }\nbake: 10s\n"));
+    app.write_config(&config(&app, json!({}), json!({ "validate": { "errors": { "pattern": "ERROR", "max": 0 } }, "bake": "10s" })));
     let load = app.load(100);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(["deploy", "--version", "v2", "--json"])
@@ -240,6 +250,7 @@ fn an_error_breach_while_baking_reverts_the_release() {
 
 #[test]
 fn every_gate_on_the_happy_path_is_reported_with_its_value() {
+    let _turn = shared();
     let sb = sandbox();
     let app = App::new(sb, "gall", AppOptions::default());
     let dir = app.dir().to_path_buf();
@@ -250,15 +261,16 @@ fn every_gate_on_the_happy_path_is_reported_with_its_value() {
     let url = format!("{}version", app.lb_url());
     app.write_config(&config(
         &app,
-        "    migrate: { command: [migrate], timeout: 1m }\n",
-        &format!(
-            "preflight:\n  min_free_disk: 1MB\n  max_load_per_core: 1000\n  backup: {{ path: \"{b}/*.sql.gz\", max_age: 1h }}\n\
-             hooks:\n  pre_deploy: \"echo backup for $CAPSTAN_APP\"\n  post_deploy: \"echo $CAPSTAN_PREVIOUS_VERSION-$CAPSTAN_VERSION > {post}\"\n\
-             validate:\n  endpoints: [{{ url: \"{url}\", status: 200, body: v2 }}]\n  errors: {{ pattern: \"ERROR\", max: 0 }}\n\
-             bake: 2s\n",
-            b = backups.display(),
-            post = post.display(),
-        ),
+        json!({ "migrate": { "command": ["migrate"], "timeout": "1m" } }),
+        json!({
+            "preflight": { "min_free_disk": "1MB", "max_load_per_core": 1000, "backup": { "path": format!("{}/*.sql.gz", backups.display()), "max_age": "1h" } },
+            "hooks": {
+                "pre_deploy": "echo backup for $CAPSTAN_APP",
+                "post_deploy": format!("echo $CAPSTAN_PREVIOUS_VERSION-$CAPSTAN_VERSION > {}", post.display()),
+            },
+            "validate": { "endpoints": [{ "url": url, "status": 200, "body": "v2" }], "errors": { "pattern": "ERROR", "max": 0 } },
+            "bake": "2s",
+        }),
     ));
     let (run, stats) = deploy(&app, &[]);
     run.assert_success();
@@ -294,7 +306,11 @@ fn every_gate_on_the_happy_path_is_reported_with_its_value() {
     assert_eq!(std::fs::read_to_string(&post).unwrap().trim(), "-v2", "the post-deploy hook saw the versions");
     assert_eq!(records(&app).last().unwrap()["outcome"], "succeeded");
     // The previous version reaches the next run's hooks.
-    app.write_config(&config(&app, "", &format!("hooks:\n  post_deploy: \"echo $CAPSTAN_PREVIOUS_VERSION-$CAPSTAN_VERSION > {}\"\n", post.display())));
+    app.write_config(&config(
+        &app,
+        json!({}),
+        json!({ "hooks": { "post_deploy": format!("echo $CAPSTAN_PREVIOUS_VERSION-$CAPSTAN_VERSION > {}", post.display()) } }),
+    ));
     app.capstan(&["deploy", "--version", "v3"]).assert_success();
     assert_eq!(std::fs::read_to_string(&post).unwrap().trim(), "v2-v3");
 }

@@ -5,21 +5,21 @@
 //! Every test runs under GET and POST load through nginx over keep-alive
 //! connections, and checks the POSTs against the ledger.
 //!
-//! `tests/support/compose.rs` makes the system; `PaymentSystem::config` is the
+//! `support/compose.rs` makes the system; `PaymentSystem::config` is the
 //! capstan.yml of the contract. The first tests check the harness
 //! itself.
-
-mod support;
 
 use std::fs;
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{registry_digest, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, Sandbox, INSTANCES, NGINX_SERVICE, START_TAG};
+use crate::support::{
+    edit, registry_digest, replace_once, ComposeCli, KeepAliveStats, LedgerCheck, PaymentSystem, PostOutcome, Run, INSTANCES, NGINX_SERVICE, START_TAG,
+};
+use crate::{alone, assert_turn, sandbox};
+use serde_json::{json, Value};
 
 fn system(hint: &str, compose: ComposeCli) -> PaymentSystem {
-    // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
+    assert_turn();
     PaymentSystem::new(hint, compose)
 }
 
@@ -81,7 +81,7 @@ fn assert_reloads(what: &str, sys: &PaymentSystem, report: &Value, before: usize
 /// like versions still name what was pushed under them.
 #[track_caller]
 fn assert_version_tags_unmoved(sys: &PaymentSystem) {
-    let sb = Sandbox::get();
+    let sb = sandbox();
     let images = sys.images();
     for service in ["service-a", "service-b"] {
         for tag in ["v1.0.0", "v1.1.0"] {
@@ -143,6 +143,7 @@ fn failed_at_drain(report: &Value) -> bool {
 
 #[test]
 fn harness_the_system_comes_up_carries_load_and_goes_away() {
+    let _turn = alone();
     let sys = system("harness", ComposeCli::V2);
     sys.assert_versions(START_TAG, START_TAG);
     // Only nginx publishes a port.
@@ -185,14 +186,15 @@ fn harness_the_system_comes_up_carries_load_and_goes_away() {
 
     let project = sys.project().to_string();
     drop(sys);
-    let left = Sandbox::get().docker_ok(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    let left = sandbox().docker_ok(&["ps", "-aq", "--filter", &format!("label=com.docker.compose.project={project}")]);
     assert!(left.trim().is_empty(), "containers left after the teardown: {left}");
-    let nets = Sandbox::get().docker_ok(&["network", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
+    let nets = sandbox().docker_ok(&["network", "ls", "-q", "--filter", &format!("label=com.docker.compose.project={project}")]);
     assert!(nets.trim().is_empty(), "networks left after the teardown: {nets}");
 }
 
 #[test]
 fn harness_compose_1_29_brings_up_the_same_system() {
+    let _turn = alone();
     let sys = system("harness1", ComposeCli::V1);
     sys.assert_versions(START_TAG, START_TAG);
     let names: Vec<String> = sys.containers().into_iter().map(|c| c.name).collect();
@@ -205,6 +207,7 @@ fn harness_compose_1_29_brings_up_the_same_system() {
 
 #[test]
 fn harness_compose_up_reports_what_it_recreates() {
+    let _turn = alone();
     let sys = system("harnessup", ComposeCli::V2);
     fs::write(sys.env_file(), "SERVICE_A_TAG=v1.0.0\nSERVICE_B_TAG=v1.1.0\n").unwrap();
     let up = sys.compose_up(ComposeCli::V2);
@@ -216,6 +219,7 @@ fn harness_compose_up_reports_what_it_recreates() {
 
 #[test]
 fn harness_ledger_check_counts_missing_and_duplicate_charges() {
+    let _turn = alone();
     let stats = KeepAliveStats {
         posts: vec![
             ("a".into(), PostOutcome::Answered(201)),
@@ -254,6 +258,7 @@ fn deploy_and_check(sys: &PaymentSystem, compose: ComposeCli, what: &str) {
 
 #[test]
 fn deploy_both_services_under_load_loses_nothing_and_compose_agrees() {
+    let _turn = alone();
     let sys = system("deploy", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     deploy_and_check(&sys, ComposeCli::V2, "deploy v1.1.0 (Compose v2)");
@@ -261,6 +266,7 @@ fn deploy_both_services_under_load_loses_nothing_and_compose_agrees() {
 
 #[test]
 fn deploy_a_project_of_compose_1_29() {
+    let _turn = alone();
     let sys = system("deploy129", ComposeCli::V1);
     let mut config = sys.config();
     config.compose_command = Some(ComposeCli::V1.command());
@@ -270,6 +276,7 @@ fn deploy_a_project_of_compose_1_29() {
 
 #[test]
 fn a_release_of_service_b_that_never_gets_healthy_puts_both_back() {
+    let _turn = alone();
     let sys = system("badb", ComposeCli::V2);
     let mut config = sys.config();
     config.health_timeout = "8s".into();
@@ -288,6 +295,7 @@ fn a_release_of_service_b_that_never_gets_healthy_puts_both_back() {
 
 #[test]
 fn rollback_history_and_status_of_the_payment_system() {
+    let _turn = alone();
     let sys = system("rollback", ComposeCli::V2);
     let mut config = sys.config();
     config.pause = "500ms".into();
@@ -332,6 +340,7 @@ fn rollback_history_and_status_of_the_payment_system() {
 
 #[test]
 fn a_drain_that_cannot_take_effect_fails_its_step_and_puts_the_instance_back() {
+    let _turn = alone();
     let sys = system("nodrain", ComposeCli::V2);
     // The config names a copy of nginx.conf: nginx never reads it.
     let copy = sys.dir().join("nginx-elsewhere/nginx.conf");
@@ -387,6 +396,7 @@ fn rewrite_nginx_conf(sys: &PaymentSystem, text: &str) {
 
 #[test]
 fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
+    let _turn = alone();
     let sys = system("check", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     let conf = fs::read_to_string(sys.nginx_conf()).unwrap();
@@ -394,35 +404,56 @@ fn check_refuses_a_drain_that_finds_no_server_line_or_two() {
     sys.capstan(&["check", "--version", "v1.1.0"]).assert_success();
 
     // No upstream line names service-a-2 (nginx sends it nothing).
-    rewrite_nginx_conf(&sys, &conf.replace("        server service-a-2:3001;\n", ""));
+    rewrite_nginx_conf(&sys, &replace_once(&conf, "        server service-a-2:3001;\n", ""));
     refused_by_check(&sys, "no server line for service-a-2", "service-a-2");
 
     // Two lines name service-a-2: by its service name and by its container name.
     let container = sys.container_of("service-a-2").unwrap().name;
     rewrite_nginx_conf(
         &sys,
-        &conf.replace("        server service-a-2:3001;\n", &format!("        server service-a-2:3001;\n        server {container}:3001;\n")),
+        &replace_once(&conf, "        server service-a-2:3001;\n", &format!("        server service-a-2:3001;\n        server {container}:3001;\n")),
     );
     refused_by_check(&sys, "two server lines for service-a-2", "service-a-2");
 }
 
 #[test]
 fn a_broken_nginx_config_stops_the_drain_with_the_instance_untouched() {
+    let _turn = alone();
     let sys = system("brokenngx", ComposeCli::V2);
-    sys.write_config(&sys.render_config(&sys.config()));
-    // nginx runs the good config it loaded; the file now has an error `nginx -t` finds.
-    let broken =
-        fs::read_to_string(sys.nginx_conf()).unwrap().replace("    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
-    fs::write(sys.nginx_conf(), &broken).unwrap();
+    let config = sys.render_config(&sys.config());
+    sys.write_config(&config);
+    let good = fs::read_to_string(sys.nginx_conf()).unwrap();
     let ids = container_ids(&sys);
+    // Broken before the run: `check` refuses it (nginx -T fails), nothing touched.
+    let broken = replace_once(&good, "    keepalive_timeout 65s;\n", "    keepalive_timeout 65s;\n    this_is_not_a_directive on;\n");
+    fs::write(sys.nginx_conf(), &broken).unwrap();
+    let run = sys.capstan(&["check", "--version", "v1.1.0"]);
+    assert_eq!(run.status, 2, "check refuses a config nginx -T rejects\n{run}");
+    assert!(run.stderr.contains("this_is_not_a_directive"), "nginx's complaint is shown:\n{run}");
+    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), broken, "the file is as it was");
+    // Broken during the run, after every check passed (a pre_deploy hook appends to the file in
+    // place): the drain's own `nginx -t` stops the step, the file goes back as it was, and the
+    // instance is never touched.
+    fs::write(sys.nginx_conf(), &good).unwrap();
+    let conf = sys.nginx_conf();
+    sys.write_config(&edit(&config).set("hooks", json!({ "pre_deploy": format!("printf 'this_is_not_a_directive on;\\n' >> {}", conf.display()) })).text());
     let (run, stats, check) = sys.under_load("a broken nginx.conf", || sys.capstan(&["deploy", "--version", "v1.1.0", "--skip-build", "--json"]));
-    assert_ne!(run.status, 0, "{run}");
     eprintln!("broken nginx.conf: exit {}\n{}", run.status, run.stderr);
-    // Stopped by `nginx -t`, whose complaint is passed on (the report's error, or stderr).
-    assert!(run.stdout.contains("this_is_not_a_directive") || run.stderr.contains("this_is_not_a_directive"), "nginx -t's complaint is shown:\n{run}");
+    assert_eq!(run.status, 1, "the drain fails, nothing was replaced\n{run}");
+    let report: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}\n{run}"));
+    assert_eq!(report["outcome"], "rolled_back", "{run}");
+    let steps: Vec<String> = report["hosts"][0]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| {
+            i["steps"].as_array().unwrap().iter().map(|s| format!("{} {} {}", s["step"].as_str().unwrap(), s["ok"], s["detail"].as_str().unwrap_or("")))
+        })
+        .collect();
+    assert!(steps.iter().any(|s| s.starts_with("drain false") && s.contains("nginx -t") && s.contains("this_is_not_a_directive")), "{steps:#?}");
     assert_eq!(container_ids(&sys), ids, "no instance touched");
     sys.assert_versions(START_TAG, START_TAG);
-    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), broken, "the file is as it was");
+    assert_eq!(fs::read_to_string(sys.nginx_conf()).unwrap(), format!("{good}this_is_not_a_directive on;\n"), "the file is as the hook left it");
     assert_nothing_lost("a broken nginx.conf", &stats, &check);
     assert_env(&sys, START_TAG);
 }

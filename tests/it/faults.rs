@@ -5,27 +5,17 @@
 //! `bash scripts/faults` prints (and the README shows): the fault, what capstan
 //! did, requests lost, time to recover.
 //!
-//! They run one at a time (a lock below, whatever `--test-threads` says):
-//! cutting SSH cuts every session of the sandbox's sshd.
-
-mod support;
+//! Each has the machine alone (`crate::alone`, whatever `--test-threads`
+//! says): cutting SSH cuts every session of the sandbox's sshd.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{record_fault, App, AppOptions, Run, Sandbox};
-
-/// Held by each test for its whole run.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sandbox() -> &'static Sandbox {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
+use crate::support;
+use crate::support::edit;
+use crate::support::{record_fault, App, AppOptions, Run, Sandbox};
+use crate::{alone, sandbox};
+use serde_json::{json, Value};
 
 fn log_records(app: &App) -> Vec<Value> {
     let text = std::fs::read_to_string(app.state_dir().join("deploys.jsonl")).unwrap_or_default();
@@ -69,7 +59,7 @@ struct SshCut {
 fn cut_ssh_mid_replace(sb: &Sandbox, hint: &str) -> SshCut {
     let app = App::new(sb, hint, AppOptions::default());
     // A short lease: a run that lost its hosts renews it no more and holds the lock only that long.
-    app.write_config(&(app.default_config() + "lock:\n  lease: 3s\n"));
+    app.write_config(&edit(&app.default_config()).set("lock", json!({ "lease": "3s" })).text());
     let load = app.load(200);
     let child = spawn(&app, &["deploy", "--version", "v2"]);
     let kept = format!("{}.capstan-old", app.instances()[0]);
@@ -84,7 +74,7 @@ fn cut_ssh_mid_replace(sb: &Sandbox, hint: &str) -> SshCut {
 
 #[test]
 fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let SshCut { app, load, cut, first, .. } = cut_ssh_mid_replace(sb, "fssh");
     assert!(first.stderr.contains(&sb.ssh_host()) || first.stderr.contains("127.0.0.1"), "the error names the host:\n{first}");
@@ -111,10 +101,10 @@ fn ssh_cut_mid_rollout_is_finished_by_the_next_run() {
 
 #[test]
 fn a_crash_while_baking_reverts_every_instance() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "fbake", AppOptions::default());
-    app.write_config(&(app.default_config() + "bake: 20s\n"));
+    app.write_config(&edit(&app.default_config()).set("bake", "20s").text());
     let load = app.load(200);
     let child = spawn(&app, &["--json", "deploy", "--version", "v2"]);
     // Both replaced and the kept old containers cleaned up: the rollout is in its bake window.
@@ -149,7 +139,7 @@ fn a_crash_while_baking_reverts_every_instance() {
 
 #[test]
 fn a_refused_registry_password_replaces_nothing() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "freg", AppOptions::default());
     app.write_config(&app.default_config());
@@ -173,7 +163,7 @@ fn a_refused_registry_password_replaces_nothing() {
 
 #[test]
 fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "ftwo", AppOptions::default());
     app.write_config(&app.default_config());
@@ -202,7 +192,7 @@ fn two_deploys_at_once_one_is_refused_and_the_log_stays_whole() {
 
 #[test]
 fn ssh_cut_then_status_explains_and_rollback_recovers() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let SshCut { app, load, cut, kept, .. } = cut_ssh_mid_replace(sandbox(), "fsshrb");
     // The dead run renews its lease no more: once it expires, `status` says what was left and by whom.
     std::thread::sleep(Duration::from_secs(3));
@@ -287,15 +277,18 @@ impl Drop for RegistryProxy {
 
 #[test]
 fn the_registry_going_down_before_the_pull_replaces_nothing() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let sb = sandbox();
     let app = App::new(sb, "fregdown", AppOptions::default());
     let flag = app.dir().join("registry-down");
     let proxy = RegistryProxy::start(sb.registry(), flag.clone());
     // The release is resolved through the proxy; the pre-deploy hook (on the host, under
     // the lock, after the release was resolved) takes the registry down before the pull.
-    let config = app.default_config().replace(sb.registry(), &proxy.addr) + &format!("hooks:\n  pre_deploy: \"touch {}\"\n", flag.display());
-    app.write_config(&config);
+    let config = edit(&app.default_config())
+        .set("registry.server", &proxy.addr)
+        .set("services.web.image", format!("{}/capstan-demo", proxy.addr))
+        .set("hooks", json!({ "pre_deploy": format!("touch {}", flag.display()) }));
+    app.write_config(&config.text());
     let before = app.images();
     let load = app.load(200);
     let run = app.capstan(&["--json", "deploy", "--version", "v2"]);

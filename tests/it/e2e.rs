@@ -1,21 +1,16 @@
 //! End-to-end: the capstan binary against real parts on loopback (an sshd, a
 //! Docker engine, a registry with a password, nginx in front of two demo
-//! instances), started by `tests/support`. Nothing here is mocked.
-
-mod support;
+//! instances), started by `support`. Nothing here is mocked.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::edit;
+use crate::support::{App, AppOptions, Run};
+use crate::{sandbox, shared};
 use serde_json::Value;
-use support::{App, AppOptions, Run, Sandbox};
-
-fn sandbox() -> &'static Sandbox {
-    // Examples and tests share the harness; it finds the binary through CAPSTAN_BIN.
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    Sandbox::get()
-}
 
 fn app(hint: &str) -> App {
     App::new(sandbox(), hint, AppOptions::default())
@@ -71,6 +66,7 @@ fn ok(run: &Run) {
 
 #[test]
 fn rolling_deploy_under_load_loses_no_request() {
+    let _turn = shared();
     let app = app("deploy");
     app.write_config(&app.default_config());
     let load = app.load(200);
@@ -127,8 +123,9 @@ fn instances_to_image(report: &Value, i: usize) -> Value {
 
 #[test]
 fn a_release_that_never_turns_healthy_is_reverted() {
+    let _turn = shared();
     let app = app("broken");
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: 3s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "3s").text());
     let before = app.images();
     let load = app.load(200);
     std::thread::sleep(Duration::from_millis(300));
@@ -153,8 +150,9 @@ fn a_release_that_never_turns_healthy_is_reverted() {
 
 #[test]
 fn rollback_history_and_status() {
+    let _turn = shared();
     let app = app("rollback");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 100ms"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "100ms").text());
     ok(&app.capstan(&["deploy", "--version", "v2"]));
     ok(&app.capstan(&["deploy", "--version", "v3"]));
     assert_eq!(app.versions(), vec!["v3", "v3"]);
@@ -190,8 +188,9 @@ fn rollback_history_and_status() {
 
 #[test]
 fn a_second_deploy_is_refused_by_the_lock() {
+    let _turn = shared();
     let app = app("lock");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 2s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "2s").text());
     let mut first = spawn_deploy(&app, "v2");
     let lock = app.state_dir().join("lock.json");
     let t = Instant::now();
@@ -230,17 +229,20 @@ fn a_second_deploy_is_refused_by_the_lock() {
 
 #[test]
 fn bad_input_changes_nothing() {
+    let _turn = shared();
     let app = app("badinput");
     let ids = container_ids(&app);
 
     // An unknown key, with the file and the key path in the message.
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 500ms\n    pasue: 1s"));
+    let config = edit(&app.default_config()).set("services.web.pasue", "1s").text();
+    let line = config.lines().position(|l| l.trim_start().starts_with("\"pasue\"")).expect("the key is in the config") + 1;
+    app.write_config(&config);
     let run = app.capstan(&["deploy", "--version", "v2"]);
     assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("error: capstan.yml:28: services.web.pasue: unknown field `pasue`"), "file, line, key path: {}", run.stderr);
+    assert!(run.stderr.contains(&format!("error: capstan.yml:{line}: services.web.pasue: unknown field `pasue`")), "file, line, key path: {}", run.stderr);
 
     // A bad duration.
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: soon"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "soon").text());
     let run = app.capstan(&["deploy", "--version", "v2"]);
     assert_eq!(run.status, 2);
     assert!(run.stderr.contains("services.web.health.timeout") && run.stderr.contains("expected a duration"), "{}", run.stderr);
@@ -270,6 +272,7 @@ fn bad_input_changes_nothing() {
 
 #[test]
 fn check_and_dry_run_print_the_plan_and_change_nothing() {
+    let _turn = shared();
     let app = app("check");
     app.write_config(&app.default_config());
     let ids = container_ids(&app);
@@ -289,6 +292,7 @@ fn check_and_dry_run_print_the_plan_and_change_nothing() {
 
 #[test]
 fn a_changed_host_key_is_refused_before_any_command() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("hostkey");
     let dir = tempfile::tempdir().unwrap();
@@ -299,7 +303,7 @@ fn a_changed_host_key_is_refused_before_any_command() {
     let port = sb.ssh_host().rsplit(':').next().unwrap().to_string();
     let kh = dir.path().join("known_hosts");
     std::fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", pubkey.split_whitespace().take(2).collect::<Vec<_>>().join(" "))).unwrap();
-    app.write_config(&app.default_config().replace(&sb.known_hosts().display().to_string(), &kh.display().to_string()));
+    app.write_config(&edit(&app.default_config()).set("ssh.known_hosts", &kh).text());
     let run = app.capstan(&["status"]);
     assert_eq!(run.status, 4, "{}", run.stderr);
     assert!(run.stderr.contains("host's key is not the one in known_hosts"), "{}", run.stderr);
@@ -310,6 +314,7 @@ fn a_changed_host_key_is_refused_before_any_command() {
 /// the host points at what runs, so `docker compose up -d` would keep it.
 #[test]
 fn compose_tags_follow_what_runs() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("compose");
     let moving = format!("{}:production", sb.image_repo());
@@ -345,7 +350,7 @@ fn compose_tags_follow_what_runs() {
     }
     support::wait_for(Duration::from_secs(20), Duration::from_millis(100), || (app.versions() == ["v1", "v1"]).then_some(()))
         .expect("recreated instances serve");
-    app.write_config(&app.default_config().replace("pause: 500ms", "pause: 100ms"));
+    app.write_config(&edit(&app.default_config()).set("services.web.pause", "100ms").text());
     ok(&app.capstan(&["deploy", "--version", "v2"]));
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let tag_now = docker(&["image", "inspect", "-f", "{{.Id}}", &moving]);
@@ -363,6 +368,7 @@ fn compose_tags_follow_what_runs() {
 /// What a cancelled GitHub Actions run does: SIGTERM in the middle of the rollout.
 #[test]
 fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
+    let _turn = shared();
     let app = app("sigterm");
     // Once the second instance is being replaced, the first one already runs v2.
     let (load, mut child) = deploy_under_load_until_replacing(&app, 1);
@@ -399,6 +405,7 @@ fn sigterm_mid_rollout_reverts_and_releases_the_lock() {
 /// (here the sandbox sshd jumps to itself), with strict host key checks on both hops.
 #[test]
 fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
+    let _turn = shared();
     let sb = sandbox();
     let app = app("jump");
     let port = sb.ssh_host().rsplit(':').next().unwrap().to_string();
@@ -414,11 +421,7 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
         ),
     )
     .unwrap();
-    let yaml = app
-        .default_config()
-        .replace(&format!("  - {}", sb.ssh_host()), "  - capstan-target")
-        .replace("ssh:\n", &format!("ssh:\n  config: {}\n", cfg.display()));
-    app.write_config(&yaml);
+    app.write_config(&edit(&app.default_config()).set("hosts.0", "capstan-target").set("ssh.config", &cfg).text());
     let run = app.capstan(&["status", "--json"]);
     ok(&run);
     let status = json(&run);
@@ -431,6 +434,7 @@ fn hosts_can_be_reached_through_an_ssh_config_proxyjump() {
 /// kept container back first, records that, and deploys; nobody edits files.
 #[test]
 fn the_next_deploy_recovers_from_a_killed_run() {
+    let _turn = shared();
     let app = app("killed");
     let (load, mut child) = deploy_under_load_until_replacing(&app, 0);
     let kept = format!("{}.capstan-old", app.instances()[0]);
@@ -465,8 +469,9 @@ fn the_next_deploy_recovers_from_a_killed_run() {
 /// HEALTHCHECK passes goes through once Docker reports it healthy.
 #[test]
 fn the_image_healthcheck_gates_the_rollout() {
+    let _turn = shared();
     let app = app("dockerhc");
-    app.write_config(&app.default_config().replace("timeout: 20s", "timeout: 6s"));
+    app.write_config(&edit(&app.default_config()).set("services.web.health.timeout", "6s").text());
     let run = app.capstan(&["deploy", "--version", "hc-bad", "--json"]);
     assert_eq!(run.status, 1, "{}", run.stderr);
     assert!(json(&run)["error"].as_str().unwrap().contains("HEALTHCHECK"), "{}", run.stderr);

@@ -1,25 +1,21 @@
-//! Many hosts (#7): real hosts in network namespaces (tests/support/fleet.rs),
+//! Many hosts (#7): real hosts in network namespaces (support/fleet.rs),
 //! each with its own address, sshd, Docker engine, nginx and instances, all
 //! driven by one `capstan.yml`. A parallel deploy under load, a failed canary
 //! that stops the rest, and one host's failure that reverts every host.
 //!
-//! One fleet at a time (a lock below): three engines per fleet on a small machine.
-
-mod support;
+//! Each has the machine alone (`crate::alone`): three engines per fleet on a
+//! small machine.
 
 use std::time::Duration;
 
-use serde_json::Value;
-use support::{record_fault, AppOptions, Fleet, LoadStats, Sandbox};
-
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::support;
+use crate::support::edit;
+use crate::support::{record_fault, AppOptions, Fleet, LoadStats};
+use crate::{alone, sandbox};
+use serde_json::{json, Value};
 
 fn fleet(hint: &str) -> Fleet {
-    std::env::set_var("CAPSTAN_BIN", env!("CARGO_BIN_EXE_capstan"));
-    let f = Fleet::start(Sandbox::get(), 3, hint, AppOptions::default());
+    let f = Fleet::start(sandbox(), 3, hint, AppOptions::default());
     eprintln!("fleet of 3 started in {:?}", f.startup_time());
     f
 }
@@ -69,9 +65,9 @@ fn total(stats: &[LoadStats]) -> LoadStats {
 
 #[test]
 fn three_hosts_roll_in_parallel_under_load() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fpar");
-    f.write_config(&(f.default_config() + "rollout:\n  parallel: 3\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "parallel": 3 })).text());
     let load = f.load(50);
     let run = f.capstan(&["--json", "deploy", "--version", "v2"]);
     let stats = stop_all(load);
@@ -97,9 +93,9 @@ fn three_hosts_roll_in_parallel_under_load() {
 
 #[test]
 fn a_failed_canary_stops_the_rest() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fcan");
-    f.write_config(&(f.default_config() + "rollout:\n  canary: 1\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "canary": 1 })).text());
     let before: Vec<Vec<String>> = f.host_list().iter().map(|h| h.images()).collect();
     let load = f.load(50);
     // `broken` fails its health gate: the canary takes it and gives it back.
@@ -135,10 +131,10 @@ fn a_failed_canary_stops_the_rest() {
 
 #[test]
 fn one_host_failing_reverts_every_host() {
-    let _one = one_at_a_time();
+    let _turn = alone();
     let f = fleet("fall");
     // One host at a time, so that the first two have finished when the third fails.
-    f.write_config(&(f.default_config() + "rollout:\n  parallel: 1\n"));
+    f.write_config(&edit(&f.default_config()).set("rollout", json!({ "parallel": 1 })).text());
     f.host(2).cut_registry();
     let load = f.load(50);
     let run = f.capstan(&["--json", "deploy", "--version", "v2"]);
