@@ -96,7 +96,7 @@ impl Target {
 /// SHA-256 in `$2`, only if the file still has that digest (else it prints `stale`
 /// and changes nothing).
 const WRITE_IN_PLACE: &str = r#"set -e; f=$1
-if [ -n "$2" ] && [ "$(sha256sum "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
+if [ -n "$2" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
 t=$(mktemp); trap 'rm -f "$t"' EXIT; cat > "$t"; cat "$t" > "$f"
 [ -z "$3" ] || sh -c "$3"; echo written"#;
 
@@ -253,7 +253,7 @@ impl Drainer {
             return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
         }
         self.count(edits);
-        let (code, dump) = host.engine.exec(c, &[nginx, "-T"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        let (code, dump) = effective(host, c, nginx).await?;
         let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
         let seen = upstream::down_in_effective(&dump, None, &ids);
         let wrong: Vec<String> = edits
@@ -308,6 +308,21 @@ async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
         return Err(DrainError::Host(format!("cannot read {file}: {}", r.stderr.trim())));
     }
     Ok(r.stdout)
+}
+
+/// `nginx -T` in the container: the configuration nginx would load, every file under a
+/// `# configuration file PATH:` line. An exec that ends as soon as it starts can come
+/// back without its output (seen on a loaded machine): asked again, up to three times.
+async fn effective(host: &Host, container: &str, nginx: &str) -> Result<(i64, String), DrainError> {
+    let mut last = (0, String::new());
+    for _ in 0..3 {
+        last = host.engine.exec(container, &[nginx, "-T"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        if last.0 != 0 || last.1.contains("# configuration file ") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(last)
 }
 
 /// The running container called `name`, else the one container of a Compose service `name`.
@@ -370,7 +385,7 @@ pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)]) ->
             }
         };
         let nginx = n.reload_argv().first().cloned().unwrap_or_else(|| "nginx".into());
-        match host.engine.exec(&container, &[&nginx, "-T"]).await {
+        match effective(host, &container, &nginx).await {
             Ok((0, dump)) => {
                 let seen = upstream::down_in_effective(&dump, None, &ids);
                 let missing: Vec<&str> = targets.iter().zip(&seen).filter(|(_, s)| s.is_none()).map(|(t, _)| t.instance.as_str()).collect();

@@ -148,8 +148,25 @@ impl Rollout<'_> {
 
     /// Sends `traffic.requests` requests through the load balancer: every one must be
     /// answered below 500, `active` must receive them (its network counters grow) and
-    /// `idle` must not (it gets less than one request's worth of bytes).
+    /// `idle` must not (it gets less than two requests' worth of bytes). nginx's reload
+    /// is asynchronous (its old workers serve on with the old upstreams for a moment), so
+    /// a batch whose counters disagree is sent again, up to three batches.
     pub(super) async fn through_lb(&self, t: &crate::core::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<String, String> {
+        let mut last = String::new();
+        for attempt in 0..LB_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            match self.lb_batch(t, active, idle).await? {
+                Ok(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
+                Err(why) => last = why,
+            }
+        }
+        Err(format!("{last} ({LB_ATTEMPTS} batches)"))
+    }
+
+    /// One batch: `Err` when a request failed, `Ok(Err)` when the counters disagree.
+    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: Option<&str>, idle: Option<&str>) -> Result<Result<String, String>, String> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
         let watched: Vec<&str> = active.into_iter().chain(idle).collect();
         let before = futures_util::future::try_join_all(watched.iter().map(|n| rx_bytes(self.host, n))).await?;
@@ -175,22 +192,30 @@ impl Rollout<'_> {
         let mut said = vec![format!("{}/{} ok through {}", t.requests, t.requests, t.url)];
         if let Some(name) = active {
             if delta[0] < MIN_TRAFFIC_BYTES {
-                return Err(format!("{name} received no traffic through {} ({} requests, +{} bytes)", t.url, t.requests, delta[0]));
+                return Ok(Err(format!("{name} received no traffic through {} ({} requests, +{} bytes)", t.url, t.requests, delta[0])));
             }
             said.push(format!("{name} received +{} bytes", delta[0]));
         }
         if let Some(name) = idle {
             let got = delta[watched.len() - 1];
-            // Less than one request's worth: what the active instance got per request sent, at least MIN_TRAFFIC_BYTES.
-            let one_request = active.map(|_| delta[0] / u64::from(t.requests.max(1))).unwrap_or(0).max(MIN_TRAFFIC_BYTES);
-            if got >= one_request {
-                return Err(format!("{name} is drained but still received +{got} bytes through {}: the load balancer did not take the drain", t.url));
+            // Two requests' worth (as the active instance got them), and never less than the
+            // bridge's own chatter (ARP, neighbour discovery) over a batch.
+            let per_request = active.map(|_| delta[0] / u64::from(t.requests.max(1))).unwrap_or(0);
+            if got >= (2 * per_request).max(IDLE_NOISE_BYTES) {
+                return Ok(Err(format!("{name} is drained but still received +{got} bytes through {}: the load balancer did not take the drain", t.url)));
             }
             said.push(format!("drained {name} received none (+{got} bytes)"));
         }
-        Ok(said.join(", "))
+        Ok(Ok(said.join(", ")))
     }
 }
+
+/// Batches of requests a traffic check or a drain's proof sends before it gives up.
+const LB_ATTEMPTS: u32 = 3;
+
+/// What a drained instance may receive during a batch without being served requests:
+/// less than two proxied requests (a handshake and a request are ~500 bytes).
+const IDLE_NOISE_BYTES: u64 = 1000;
 
 /// Bytes the container has received: from its network namespace's
 /// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
