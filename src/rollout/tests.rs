@@ -162,8 +162,7 @@ async fn a_failure_at_any_step_puts_every_instance_back() {
         ("rename", "web-1 stop FAILED"),
         ("create", "web-1 start FAILED"),
         ("broken", "web-1 health FAILED"),
-        // The drain's proof reads the network counters first.
-        ("rx", "web-1 drain FAILED"),
+        ("rx", "web-1 traffic FAILED"),
         ("crash", "web-1 pause FAILED"),
         ("start-second", "web-2 start FAILED"),
         ("broken-second", "web-2 health FAILED"),

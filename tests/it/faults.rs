@@ -33,6 +33,11 @@ fn spawn(app: &App, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// The child, for [`finish`], leaving a finished placeholder behind.
+fn child_take(child: &mut std::process::Child) -> std::process::Child {
+    std::mem::replace(child, Command::new("true").spawn().unwrap())
+}
+
 fn finish(child: std::process::Child) -> Run {
     let out = child.wait_with_output().unwrap();
     Run { status: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
@@ -106,9 +111,12 @@ fn a_crash_while_baking_reverts_every_instance() {
     let app = App::new(sb, "fbake", AppOptions::default());
     app.write_config(&edit(&app.default_config()).set("bake", "20s").text());
     let load = app.load(200);
-    let child = spawn(&app, &["--json", "deploy", "--version", "v2"]);
+    let mut child = spawn(&app, &["--json", "deploy", "--version", "v2"]);
     // Both replaced and the kept old containers cleaned up: the rollout is in its bake window.
     until("both instances run v2 and the rollout is baking", || {
+        if child.try_wait().unwrap().is_some() {
+            panic!("the deploy ended before its bake window:\n{}", finish(child_take(&mut child)));
+        }
         app.versions() == ["v2", "v2"] && !app.containers().iter().any(|c| c.ends_with(".capstan-old"))
     });
     std::thread::sleep(Duration::from_secs(2));
