@@ -159,53 +159,44 @@ impl Drainer {
 
     async fn nginx(&self, host: &Host, n: &Nginx, edits: &[(&Target, bool)]) -> Result<String, DrainError> {
         let file = &n.upstream_conf;
-        let cached = self.known.lock().unwrap().get(file).cloned();
-        let (current, guarded) = match cached {
-            Some(c) => (c, true),
-            None => (read(host, file).await?, false),
-        };
-        let (current, edited, lines) = match self.edit(file, &current, edits) {
-            Ok((edited, lines)) => (current, edited, lines),
-            // What capstan last wrote no longer names these instances (someone edited it): read it again.
-            Err(_) if guarded => {
-                let fresh = read(host, file).await?;
-                let (edited, lines) = self.edit(file, &fresh, edits)?;
-                (fresh, edited, lines)
-            }
-            Err(e) => return Err(e),
-        };
-        let what: Vec<String> =
-            edits.iter().zip(&lines).map(|((t, down), l)| format!("{} {} (line {})", if *down { "down" } else { "up" }, t.instance, l.line)).collect();
-        let what = what.join(", ");
-        if edited == current {
-            self.known.lock().unwrap().insert(file.clone(), current);
-            return Ok(format!("{what} in {file}: already so, no reload"));
-        }
         let container = match &n.container {
             Some(c) => Some(self.nginx_container(host, c, edits.first().and_then(|(t, _)| t.project.as_deref())).await?),
             None => None,
         };
         let host_reload = if container.is_some() { "" } else { n.reload.as_str() };
-        match self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload).await {
-            Ok(true) => {}
-            Ok(false) => {
-                // Changed since capstan wrote it: start again from what is there.
-                self.known.lock().unwrap().remove(file);
-                let fresh = read(host, file).await?;
-                let (edited, _) = self.edit(file, &fresh, edits)?;
-                if !self.write(host, file, &edited, Some(sha256_hex(&fresh)), host_reload).await? {
-                    return Err(DrainError::Host(format!("{file} keeps changing under capstan; try again")));
-                }
-                return self.after_write(host, n, container.as_deref(), file, &fresh, &edited, edits, &what).await;
+        // From what capstan last wrote (one round trip), else from the file as it is. When
+        // the file changed since (the guarded write says so), or no longer names these
+        // instances, once more from the file as it is.
+        for _ in 0..2 {
+            let cached = self.known.lock().unwrap().remove(file);
+            let guarded = cached.is_some();
+            let current = match cached {
+                Some(c) => c,
+                None => read(host, file).await?,
+            };
+            let (edited, lines) = match self.edit(file, &current, edits) {
+                Ok(e) => e,
+                Err(_) if guarded => continue,
+                Err(e) => return Err(e),
+            };
+            let what: Vec<String> =
+                edits.iter().zip(&lines).map(|((t, down), l)| format!("{} {} (line {})", if *down { "down" } else { "up" }, t.instance, l.line)).collect();
+            let what = what.join(", ");
+            if edited == current {
+                self.known.lock().unwrap().insert(file.clone(), current);
+                return Ok(format!("{what} in {file}: already so, no reload"));
             }
-            Err(e) => {
-                self.known.lock().unwrap().remove(file);
-                // Put the file back as it was, so that the next reload surprises no one.
-                let _ = self.write(host, file, &current, None, "").await;
-                return Err(e);
+            match self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload).await {
+                Ok(true) => return self.after_write(host, n, container.as_deref(), file, &current, &edited, edits, &what).await,
+                Ok(false) => continue,
+                Err(e) => {
+                    // Put the file back as it was, so that the next reload surprises no one.
+                    let _ = self.write(host, file, &current, None, "").await;
+                    return Err(e);
+                }
             }
         }
-        self.after_write(host, n, container.as_deref(), file, &current, &edited, edits, &what).await
+        Err(DrainError::Host(format!("{file} keeps changing under capstan; try again")))
     }
 
     /// The edited text and the lines it changed.
