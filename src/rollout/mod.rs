@@ -191,10 +191,19 @@ impl<'a> Rollout<'a> {
             // The instance drained together with the previous one's undrain, if any.
             let mut pre_drained: Option<drain::Target> = None;
             for (k, ip) in to_replace.iter().enumerate() {
-                let current = match self.host.engine.inspect_container(&ip.name).await {
-                    Ok(Some(c)) => c,
-                    found => {
-                        let message = found.err().map(|e| e.to_string()).unwrap_or_else(|| format!("container {} disappeared", ip.name));
+                // The container as it is now, and its successor's spec (with Compose's hash where it takes one).
+                let found = match self.host.engine.inspect_container(&ip.name).await {
+                    Ok(Some(c)) => match (c.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
+                        (Some((hash, image_id)), _) => Ok((crate::host::compose::relabel(&c.spec, hash, image_id), c)),
+                        (None, true) => Ok((c.spec.clone(), c)),
+                        (None, false) => Err(format!("Compose computed no config hash for {}'s service {:?}", ip.name, c.compose_service)),
+                    },
+                    found => Err(found.err().map(|e| e.to_string()).unwrap_or_else(|| format!("container {} disappeared", ip.name))),
+                };
+                let (spec, current) = match found {
+                    Ok(f) => f,
+                    Err(message) => {
+                        // Drained ahead of its turn, which never comes: back in.
                         if let Some(t) = pre_drained.take() {
                             self.undrain_alone(svc, &t).await;
                         }
@@ -206,18 +215,6 @@ impl<'a> Rollout<'a> {
                 let next = match to_replace.get(k + 1) {
                     Some(n) if lb => self.host.engine.inspect_container(&n.name).await.ok().flatten().map(|c| drain::Target::of(svc, &c)),
                     _ => None,
-                };
-                let spec = match (current.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
-                    (Some((hash, image_id)), _) => crate::host::compose::relabel(&current.spec, hash, image_id),
-                    (None, true) => current.spec.clone(),
-                    (None, false) => {
-                        if let Some(t) = pre_drained.take() {
-                            self.undrain_alone(svc, &t).await;
-                        }
-                        let message = format!("Compose computed no config hash for {}'s service {:?}", ip.name, current.compose_service);
-                        failure = Some((ip.name.clone(), Failure { message, restored: true }));
-                        break 'services;
-                    }
                 };
                 let handover = Handover { drained: pre_drained.take().is_some(), next: next.as_ref() };
                 match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, "", handover).await {
