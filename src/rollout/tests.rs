@@ -18,21 +18,16 @@ async fn prepared<'w>(w: &'w World, to: &str) -> (Host, Vec<&'w Service>, HostPl
     (host, services, plan)
 }
 
+/// An executor on the fake host, with no lease, credentials or version.
+fn rollout<'a>(host: &'a Host, events: &'a Recorder, cancel: &'a Cancel, safety: Safety<'a>) -> Rollout<'a> {
+    Rollout { host, events, creds: None, t0: Instant::now(), lease: None, cancel, drainer: Default::default(), safety, version: None }
+}
+
 async fn run(w: &World, to: &str) -> (HostResult, Vec<Event>) {
     let (host, services, plan) = prepared(w, to).await;
     let rec = Recorder::default();
     let cancel = Cancel::default();
-    let r = Rollout {
-        host: &host,
-        events: &rec,
-        creds: None,
-        t0: Instant::now(),
-        lease: None,
-        cancel: &cancel,
-        drainer: Default::default(),
-        safety: Default::default(),
-        version: None,
-    };
+    let r = rollout(&host, &rec, &cancel, Safety::default());
     let result = r.run(&plan, &services).await;
     let events = rec.0.lock().unwrap().clone();
     (result, events)
@@ -45,17 +40,7 @@ async fn run_safe(w: &World, to: &str) -> (HostResult, Vec<Event>) {
     let cancel = Cancel::default();
     let all: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
     let safety = Safety { migrate: &all, validate: Some(&w.config.validate), bake: w.config.bake };
-    let r = Rollout {
-        host: &host,
-        events: &rec,
-        creds: None,
-        t0: Instant::now(),
-        lease: None,
-        cancel: &cancel,
-        drainer: Default::default(),
-        safety,
-        version: None,
-    };
+    let r = rollout(&host, &rec, &cancel, safety);
     let result = r.run(&plan, &services).await;
     let events = rec.0.lock().unwrap().clone();
     (result, events)
@@ -209,17 +194,7 @@ async fn a_failure_at_any_step_puts_every_instance_back() {
             }
         });
         let cancel = Cancel::default();
-        let r = Rollout {
-            host: &host,
-            events: &rec,
-            creds: None,
-            t0: Instant::now(),
-            lease: None,
-            cancel: &cancel,
-            drainer: Default::default(),
-            safety: Default::default(),
-            version: None,
-        };
+        let r = rollout(&host, &rec, &cancel, Safety::default());
         let result = r.run(&plan, &services).await;
         watcher.abort();
         // Injected faults stop after the run so that checks see the real state.
@@ -255,17 +230,7 @@ async fn a_cancelled_run_reverts_what_it_changed() {
             }
         }
     });
-    let r = Rollout {
-        host: &host,
-        events: &rec,
-        creds: None,
-        t0: Instant::now(),
-        lease: None,
-        cancel: &cancel,
-        drainer: Default::default(),
-        safety: Default::default(),
-        version: None,
-    };
+    let r = rollout(&host, &rec, &cancel, Safety::default());
     let result = r.run(&plan, &services).await;
     watcher.abort();
     let s = steps(&rec.0.lock().unwrap());
