@@ -30,6 +30,7 @@
 //! Hosts can reach the root namespace (their default route), not each other:
 //! the root namespace's FORWARD policy (Docker's) drops bridged traffic between them.
 
+use super::sshd::{sshd_config, SshdFiles};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
@@ -582,36 +583,10 @@ impl FleetHost {
         let sd = self.dir.join("ssh");
         let common_sd = self.common.join("ssh");
         keygen(&sd.join("host_ed25519"));
-        write_file(
-            &sd.join("sshd_config"),
-            format!(
-                "Port 22\n\
-                 ListenAddress {addr}\n\
-                 HostKey {sd}/host_ed25519\n\
-                 AuthorizedKeysFile {authorized}\n\
-                 PermitRootLogin prohibit-password\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 PidFile {sd}/sshd.pid\n\
-                 AllowTcpForwarding yes\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 MaxSessions 50\n\
-                 MaxStartups 100\n\
-                 X11Forwarding no\n\
-                 PrintMotd no\n\
-                 PrintLastLog no\n\
-                 UseDNS no\n\
-                 LogLevel INFO\n\
-                 Subsystem sftp internal-sftp\n",
-                addr = self.addr,
-                sd = common_sd.display(),
-                authorized = self.known_hosts.with_file_name("authorized_keys").display(),
-            ),
-        );
+        let authorized = self.known_hosts.with_file_name("authorized_keys");
+        let (host_key, pid_file) = (common_sd.join("host_ed25519"), common_sd.join("sshd.pid"));
+        let files = SshdFiles { listen: self.addr.into(), port: 22, host_key: &host_key, authorized_keys: &authorized, pid_file: &pid_file };
+        write_file(&sd.join("sshd_config"), sshd_config(&files));
         let log = fs::File::create(sd.join("sshd.log")).map_err(|e| e.to_string())?;
         let mut c = self.nsenter();
         c.arg("/usr/sbin/sshd")

@@ -31,6 +31,7 @@ mod load;
 pub mod proc;
 pub mod runner;
 mod sandbox;
+mod sshd;
 mod swarm;
 
 pub use app::{App, AppOptions, Run};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::http;
 use super::proc::{self, cmd, run, run_ok, run_ok_input, spawn_persistent, ChildGuard};
+use super::sshd::{sshd_config, SshdFiles};
 use super::{free_port, port_open, random_hex, repo_root, set_mode, short_tempdir, wait_for, write_file};
 
 /// The image tags pushed to the registry, with (DEMO_VERSION, DEMO_HEALTH, Dockerfile, PROBE_PORT).
@@ -527,36 +528,9 @@ fn start_sshd(dir: &Path) -> (ChildGuard, u16, String, PathBuf, PathBuf) {
     for _attempt in 0..4 {
         let port = free_port();
         let config = dir.join("sshd_config");
-        write_file(
-            &config,
-            format!(
-                "Port {port}\n\
-                 ListenAddress 127.0.0.1\n\
-                 HostKey {host_key}\n\
-                 AuthorizedKeysFile {authorized}\n\
-                 PermitRootLogin prohibit-password\n\
-                 PubkeyAuthentication yes\n\
-                 PasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\n\
-                 UsePAM no\n\
-                 StrictModes no\n\
-                 PidFile {pid}\n\
-                 AllowTcpForwarding yes\n\
-                 AllowStreamLocalForwarding yes\n\
-                 StreamLocalBindUnlink yes\n\
-                 MaxSessions 50\n\
-                 MaxStartups 100\n\
-                 X11Forwarding no\n\
-                 PrintMotd no\n\
-                 PrintLastLog no\n\
-                 UseDNS no\n\
-                 LogLevel INFO\n\
-                 Subsystem sftp internal-sftp\n",
-                host_key = host_key.display(),
-                authorized = authorized.display(),
-                pid = dir.join("sshd.pid").display(),
-            ),
-        );
+        let pid_file = dir.join("sshd.pid");
+        let files = SshdFiles { listen: [127, 0, 0, 1].into(), port, host_key: &host_key, authorized_keys: &authorized, pid_file: &pid_file };
+        write_file(&config, sshd_config(&files));
         let log_path = dir.join("sshd.log");
         let log = fs::File::create(&log_path).expect("create sshd.log");
         let mut c = Command::new("/usr/sbin/sshd");
