@@ -32,6 +32,7 @@ pub mod proc;
 pub mod runner;
 mod sandbox;
 mod sshd;
+mod wan;
 mod swarm;
 
 pub use app::{App, AppOptions, Run};
@@ -42,6 +43,7 @@ pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::Sandbox;
 pub use swarm::SwarmApp;
+pub use wan::WanProxy;
 // What only the examples name.
 #[allow(unused_imports)]
 pub use {app::capstan_bin, compose::PaymentImages};

@@ -1,0 +1,158 @@
+//! `bash bench/wan`: the same v1 -> v2 release of the demo app (2 instances
+//! behind nginx, load through it), with capstan's SSH link to the host going
+//! through a proxy that delays each direction by half a round trip: 0, 50 and
+//! 150 ms round trip (`BENCH_RTTS="0 50 150"`), runs alternating between the
+//! delays (`BENCH_RUNS`, default 3). Prints, per delay, the medians of: wall
+//! time, the time beyond the waits the config asks for, the time before the
+//! first instance and per instance, the round trips before the first instance
+//! and per instance, and each against the loopback run.
+
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{capstan_bin, edit, App, AppOptions, Sandbox, WanProxy};
+
+const RPS: u32 = 50;
+const PAUSE_MS: u64 = 500;
+const DRAIN_WAIT_MS: u64 = 300;
+
+struct Sample {
+    wall_ms: u64,
+    /// Wall time minus the pauses and drain waits the config asks for, the pull and the
+    /// containers' own start-to-healthy time (measured over loopback: the same image).
+    beyond_ms: u64,
+    /// From the run's start to the first instance's first step.
+    start_ms: u64,
+    /// From the first instance's first step to the last instance's last step, per instance.
+    per_instance_ms: u64,
+    start_trips: usize,
+    per_instance_trips: usize,
+    failed: u64,
+    sent: u64,
+}
+
+fn docker(sb: &Sandbox, args: &[&str]) -> String {
+    let out = sb.docker(args).output().expect("docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Removes every demo image but v1, so that each run pulls v2 from the registry.
+fn forget_new_images(sb: &Sandbox) {
+    let v1 = docker(sb, &["image", "inspect", "-f", "{{.Id}}", &sb.image("v1")]);
+    for id in docker(sb, &["images", "--no-trunc", "--format", "{{.ID}}", &sb.image_repo()]).lines() {
+        if id != v1 {
+            docker(sb, &["rmi", "-f", id]);
+        }
+    }
+}
+
+fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
+    forget_new_images(sb);
+    let app = App::new(sb, "wan", AppOptions::default());
+    let target: SocketAddr = ([127, 0, 0, 1], sb.ssh_port()).into();
+    let proxy = WanProxy::start(target, Duration::from_millis(rtt_ms));
+    // The host key is the sandbox sshd's, now reached at the proxy's port.
+    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
+    let key = known.lines().next().expect("a known host").split_once(' ').expect("host key line").1.to_string();
+    let known_hosts = app.dir().join("known_hosts_wan");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
+    let config = edit(&app.default_config())
+        .set("hosts", vec![format!("{}@127.0.0.1:{}", sb.ssh_user(), proxy.port())])
+        .set("ssh.known_hosts", known_hosts.display().to_string())
+        .set("services.web.pause", format!("{PAUSE_MS}ms"))
+        .set("services.web.drain.wait", format!("{DRAIN_WAIT_MS}ms"))
+        .text();
+    app.write_config(&config);
+    let load = app.load(RPS);
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    let out = Command::new(capstan_bin())
+        .args(["deploy", "--version", "v2", "--json"])
+        .current_dir(app.dir())
+        .env("REGISTRY_PASSWORD", sb.registry_password())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run capstan");
+    let wall_ms = t.elapsed().as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = load.stop();
+    assert!(out.status.success(), "capstan failed over {rtt_ms} ms: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    let host = &report["hosts"][0];
+    let instances = host["instances"].as_array().expect("instances");
+    let steps: Vec<&Value> = instances.iter().flat_map(|i| i["steps"].as_array().expect("steps")).collect();
+    let first = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
+    let last = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0) + s["duration_ms"].as_u64().unwrap_or(0)).max().unwrap_or(0);
+    let step_ms = |name: &str| -> u64 { steps.iter().filter(|s| s["step"] == name).map(|s| s["duration_ms"].as_u64().unwrap_or(0)).sum() };
+    let n = instances.len().max(1) as u64;
+    let asked = n * (PAUSE_MS + DRAIN_WAIT_MS) + step_ms("pull");
+    let start_trips = proxy.turns_between(t, Duration::ZERO, Duration::from_millis(first));
+    let instance_trips = proxy.turns_between(t, Duration::from_millis(first), Duration::from_millis(last));
+    Sample {
+        wall_ms,
+        beyond_ms: wall_ms.saturating_sub(asked),
+        start_ms: first,
+        per_instance_ms: (last - first) / n,
+        start_trips,
+        per_instance_trips: instance_trips / n as usize,
+        failed: stats.failed,
+        sent: stats.sent,
+    }
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rtts: Vec<u64> = std::env::var("BENCH_RTTS").unwrap_or_else(|_| "0 50 150".into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect();
+    let sb = Sandbox::get();
+    let mut samples: Vec<Vec<Sample>> = rtts.iter().map(|_| Vec::new()).collect();
+    for i in 0..runs {
+        for (k, rtt) in rtts.iter().enumerate() {
+            let s = run(sb, *rtt);
+            eprintln!(
+                "run {} at {rtt} ms: {} ms (start {} ms / {} round trips, per instance {} ms / {} round trips, failed {}/{})",
+                i + 1,
+                s.wall_ms,
+                s.start_ms,
+                s.start_trips,
+                s.per_instance_ms,
+                s.per_instance_trips,
+                s.failed,
+                s.sent
+            );
+            samples[k].push(s);
+        }
+    }
+    let med = |k: usize, f: fn(&Sample) -> u64| median(samples[k].iter().map(f).collect());
+    println!("\ncapstan deploy of 2 instances over a delayed SSH link; median of {runs} run(s), runs alternating\n");
+    println!("| round trip | wall | beyond the waits asked for | start | per instance | vs {} ms: start | vs {} ms: per instance | round trips: start | per instance | failed requests |", rtts[0], rtts[0]);
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
+    let signed = |ms: i64| format!("{:+.2} s", ms as f64 / 1000.0);
+    for (k, rtt) in rtts.iter().enumerate() {
+        let failed: u64 = samples[k].iter().map(|x| x.failed).sum();
+        let sent: u64 = samples[k].iter().map(|x| x.sent).sum();
+        println!(
+            "| {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} | {failed} of {sent} |",
+            s(med(k, |x| x.wall_ms)),
+            s(med(k, |x| x.beyond_ms)),
+            s(med(k, |x| x.start_ms)),
+            s(med(k, |x| x.per_instance_ms)),
+            signed(med(k, |x| x.start_ms) as i64 - med(0, |x| x.start_ms) as i64),
+            signed(med(k, |x| x.per_instance_ms) as i64 - med(0, |x| x.per_instance_ms) as i64),
+            med(k, |x| x.start_trips as u64),
+            med(k, |x| x.per_instance_trips as u64),
+        );
+    }
+}

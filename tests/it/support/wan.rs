@@ -1,0 +1,154 @@
+//! A wide-area link between capstan and a host's sshd: a TCP proxy on
+//! loopback that delays every byte by a fixed time in each direction, counts
+//! the round trips it carries, and can turn into a black hole (nothing
+//! forwarded, nothing closed), as a cut VPN or a dead runner's link does.
+//!
+//! A round trip is counted each time the client sends after it has received:
+//! the turns of a request/answer conversation, which a delay makes cost one
+//! round-trip time each. Bytes sent back to back in one direction are one turn.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Shared {
+    one_way_us: AtomicU64,
+    black_hole: AtomicBool,
+    stop: AtomicBool,
+    /// When each client turn started, since `epoch`.
+    turns: Mutex<Vec<Duration>>,
+    connections: AtomicU64,
+}
+
+pub struct WanProxy {
+    port: u16,
+    epoch: Instant,
+    shared: Arc<Shared>,
+}
+
+impl WanProxy {
+    /// Listens on 127.0.0.1 (a free port) and forwards to `target` with
+    /// `round_trip / 2` of delay each way.
+    pub fn start(target: SocketAddr, round_trip: Duration) -> WanProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the WAN proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let shared = Arc::new(Shared::default());
+        shared.one_way_us.store(round_trip.as_micros() as u64 / 2, Ordering::SeqCst);
+        let epoch = Instant::now();
+        let s = shared.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let turn = Arc::new(AtomicBool::new(true));
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
+                pipe(client, s2, s.clone(), epoch, Way::ToServer(turn.clone()));
+                pipe(server, c2, s.clone(), epoch, Way::ToClient(turn));
+            }
+        });
+        WanProxy { port, epoch, shared }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// From now on, nothing is forwarded either way and nothing is closed.
+    pub fn black_hole(&self, on: bool) {
+        self.shared.black_hole.store(on, Ordering::SeqCst);
+    }
+
+    /// When each client turn started, from the proxy's start.
+    pub fn turns(&self) -> Vec<Duration> {
+        self.shared.turns.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Client turns in `[from, to)` measured from `since` (an instant after the proxy started).
+    pub fn turns_between(&self, since: Instant, from: Duration, to: Duration) -> usize {
+        let offset = since.saturating_duration_since(self.epoch);
+        self.turns().iter().filter(|t| **t >= offset + from && **t < offset + to).count()
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for WanProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Which way a pipe carries bytes, and the flag the two directions share:
+/// set when the server's bytes reach the client, cleared (and a turn
+/// counted) when the client sends again.
+enum Way {
+    ToServer(Arc<AtomicBool>),
+    ToClient(Arc<AtomicBool>),
+}
+
+/// One direction: a reader hands its chunks, stamped, to a writer that sends
+/// each when its delay is over (a delayed link, not a slow one).
+fn pipe(mut from: TcpStream, to: TcpStream, s: Arc<Shared>, epoch: Instant, way: Way) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let writer_shared = s.clone();
+    let mut writer_to = to;
+    let delivered = match &way {
+        Way::ToClient(flag) => Some(flag.clone()),
+        Way::ToServer(_) => None,
+    };
+    thread::spawn(move || {
+        for (due, chunk) in rx {
+            let now = Instant::now();
+            if due > now {
+                thread::sleep(due - now);
+            }
+            if writer_shared.black_hole.load(Ordering::SeqCst) {
+                continue;
+            }
+            if writer_to.write_all(&chunk).is_err() {
+                break;
+            }
+            if let Some(flag) = &delivered {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+        let _ = writer_to.shutdown(Shutdown::Write);
+    });
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if s.black_hole.load(Ordering::SeqCst) {
+                continue;
+            }
+            if let Way::ToServer(flag) = &way {
+                if flag.swap(false, Ordering::SeqCst) {
+                    s.turns.lock().unwrap_or_else(|e| e.into_inner()).push(epoch.elapsed());
+                }
+            }
+            let delay = Duration::from_micros(s.one_way_us.load(Ordering::SeqCst));
+            if tx.send((Instant::now() + delay, buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+}
