@@ -11,12 +11,11 @@
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{capstan_bin, edit, App, AppOptions, Sandbox, WanProxy};
+use support::{capstan_bin, App, AppOptions, Sandbox};
 
 const RPS: u32 = 50;
 const PAUSE_MS: u64 = 500;
@@ -55,16 +54,8 @@ fn forget_new_images(sb: &Sandbox) {
 fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     forget_new_images(sb);
     let app = App::new(sb, "wan", AppOptions::default());
-    let target: SocketAddr = ([127, 0, 0, 1], sb.ssh_port()).into();
-    let proxy = WanProxy::start(target, Duration::from_millis(rtt_ms));
-    // The host key is the sandbox sshd's, now reached at the proxy's port.
-    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
-    let key = known.lines().next().expect("a known host").split_once(' ').expect("host key line").1.to_string();
-    let known_hosts = app.dir().join("known_hosts_wan");
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
-    let config = edit(&app.default_config())
-        .set("hosts", vec![format!("{}@127.0.0.1:{}", sb.ssh_user(), proxy.port())])
-        .set("ssh.known_hosts", known_hosts.display().to_string())
+    let proxy = support::wan::to_sandbox(sb, Duration::from_millis(rtt_ms));
+    let config = support::wan::through(&app, sb, &proxy)
         .set("services.web.pause", format!("{PAUSE_MS}ms"))
         .set("services.web.drain.wait", format!("{DRAIN_WAIT_MS}ms"))
         .text();

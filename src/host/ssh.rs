@@ -34,7 +34,14 @@ pub struct SshHost {
 pub struct ConnectError {
     pub message: String,
     pub hint: Option<String>,
+    /// A failure that may pass (refused, timed out, reset): worth another try
+    /// before any change. A refused key or login is not.
+    pub transient: bool,
 }
+
+/// How often the master asks the server whether it is alive. OpenSSH gives up
+/// after three unanswered asks: a silent partition is noticed within 15 s.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// Short, private directory for control and forwarded sockets (Unix socket paths are ~100 bytes at most).
 fn socket_dir() -> PathBuf {
@@ -57,7 +64,7 @@ pub fn remove_socket_dir() {
 pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectError> {
     let name = addr.to_string();
     let mut b = SessionBuilder::default();
-    b.known_hosts_check(KnownHosts::Strict).connect_timeout(ssh.connect_timeout).server_alive_interval(Duration::from_secs(10)).control_directory(socket_dir());
+    b.known_hosts_check(KnownHosts::Strict).connect_timeout(ssh.connect_timeout).server_alive_interval(KEEPALIVE).control_directory(socket_dir());
     if let Some(u) = &addr.user {
         b.user(u.clone());
     }
@@ -66,7 +73,7 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
     }
     if let Some(k) = &ssh.identity_file {
         if !k.exists() {
-            return Err(ConnectError { message: format!("ssh.identity_file {} does not exist", k.display()), hint: None });
+            return Err(ConnectError { message: format!("ssh.identity_file {} does not exist", k.display()), hint: None, transient: false });
         }
         b.keyfile(k);
     }
@@ -75,6 +82,7 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
             return Err(ConnectError {
                 message: format!("ssh.known_hosts {} does not exist", kh.display()),
                 hint: Some("add the host's key with `ssh-keyscan -p PORT HOST >> known_hosts` and check it out of band".into()),
+                transient: false,
             });
         }
         b.user_known_hosts_file(kh);
@@ -87,7 +95,7 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
         .no_proxy()
         .pool_max_idle_per_host(0)
         .build()
-        .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None })?;
+        .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None, transient: false })?;
     Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) }))
 }
 
@@ -102,14 +110,17 @@ fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
         ConnectError {
             message: format!("{name}: the host's key is not the one in known_hosts; refusing to connect ({detail})"),
             hint: Some("if the host was rebuilt, verify its new key out of band and update ssh.known_hosts".into()),
+            transient: false,
         }
     } else if lower.contains("permission denied") {
         ConnectError {
             message: format!("{name}: ssh authentication failed ({detail})"),
             hint: Some("check ssh.identity_file (mode 0600, unencrypted) or the ssh agent".into()),
+            transient: false,
         }
     } else {
-        ConnectError { message: format!("{name}: cannot connect over ssh ({detail})"), hint: None }
+        let transient = ["refused", "timed out", "timeout", "reset", "closed by remote", "unreachable", "connection closed", "broken pipe"].iter().any(|w| lower.contains(w));
+        ConnectError { message: format!("{name}: cannot connect over ssh ({detail})"), hint: None, transient }
     }
 }
 
@@ -121,6 +132,7 @@ impl SshHost {
         self.session.request_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote)).await.map_err(|e| ConnectError {
             message: format!("{}: cannot forward the Docker socket {remote}: {e}", self.name),
             hint: Some("the host's sshd must allow stream-local forwarding (AllowStreamLocalForwarding)".into()),
+            transient: false,
         })?;
         *self.docker_socket.lock().await = Some((local.clone(), remote.to_string()));
         Ok(local)

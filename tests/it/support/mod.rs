@@ -32,7 +32,7 @@ pub mod proc;
 pub mod runner;
 mod sandbox;
 mod sshd;
-mod wan;
+pub mod wan;
 mod swarm;
 
 pub use app::{App, AppOptions, Run};

@@ -23,10 +23,13 @@ struct Shared {
     /// When each client turn started, since `epoch`.
     turns: Mutex<Vec<Duration>>,
     connections: AtomicU64,
+    /// Connections still to be closed at once, before a byte is forwarded.
+    to_drop: AtomicU64,
 }
 
 pub struct WanProxy {
     port: u16,
+    #[allow(dead_code)] // counted round trips are the benchmark's
     epoch: Instant,
     shared: Arc<Shared>,
 }
@@ -47,6 +50,10 @@ impl WanProxy {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if s.to_drop.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(target) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -71,12 +78,20 @@ impl WanProxy {
         self.shared.black_hole.store(on, Ordering::SeqCst);
     }
 
+    /// The next `n` connections are closed as soon as they are accepted, as a
+    /// host whose sshd is restarting or a flapping link does.
+    pub fn drop_next(&self, n: u64) {
+        self.shared.to_drop.store(n, Ordering::SeqCst);
+    }
+
     /// When each client turn started, from the proxy's start.
+    #[allow(dead_code)] // the benchmark's
     pub fn turns(&self) -> Vec<Duration> {
         self.shared.turns.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Client turns in `[from, to)` measured from `since` (an instant after the proxy started).
+    #[allow(dead_code)] // the benchmark's
     pub fn turns_between(&self, since: Instant, from: Duration, to: Duration) -> usize {
         let offset = since.saturating_duration_since(self.epoch);
         self.turns().iter().filter(|t| **t >= offset + from && **t < offset + to).count()
@@ -151,4 +166,21 @@ fn pipe(mut from: TcpStream, to: TcpStream, s: Arc<Shared>, epoch: Instant, way:
             }
         }
     });
+}
+
+/// `app`'s config with its one host reached through `proxy`: the sandbox
+/// sshd's host key, now at the proxy's port, in a known_hosts of its own.
+pub fn through(app: &super::App, sb: &super::Sandbox, proxy: &WanProxy) -> super::ConfigEdit {
+    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
+    let key = known.lines().next().and_then(|l| l.split_once(' ')).expect("a host key line").1.to_string();
+    let known_hosts = app.dir().join("known_hosts_wan");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
+    super::edit(&app.default_config())
+        .set("hosts", vec![format!("{}@127.0.0.1:{}", sb.ssh_user(), proxy.port())])
+        .set("ssh.known_hosts", known_hosts.display().to_string())
+}
+
+/// A proxy in front of the sandbox's sshd.
+pub fn to_sandbox(sb: &super::Sandbox, round_trip: Duration) -> WanProxy {
+    WanProxy::start(([127, 0, 0, 1], sb.ssh_port()).into(), round_trip)
 }
