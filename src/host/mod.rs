@@ -13,6 +13,7 @@ pub mod docker;
 pub mod drain;
 #[cfg(test)]
 pub mod fake;
+pub mod guard;
 pub mod spec;
 pub mod ssh;
 pub mod state;
