@@ -69,6 +69,15 @@ fn print_json<T: serde::Serialize>(value: &T) {
     let _ = writeln!(out);
 }
 
+/// Writes workflow commands (the config's error annotations) on stdout, where the runner reads them.
+// stdout is the runner's channel here: no event exists for a config that did not load.
+#[allow(clippy::print_stdout)]
+fn print_workflow_commands(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 async fn run(cli: Cli) -> i32 {
     let command_name = match &cli.command {
         Command::Deploy(_) => "deploy",
@@ -98,9 +107,7 @@ async fn run(cli: Cli) -> i32 {
     let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli, &vars));
     let loaded = config::load(&path);
     if let (Err(e), Some(s)) = (&loaded, &setup) {
-        for line in action::annotate(e) {
-            println!("{line}");
-        }
+        print_workflow_commands(&action::annotate(e));
         // A pull request's check shows the errors on the config's lines.
         if let (trigger::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
             if let Some(sha) = head_sha.clone().or_else(|| vars.github_sha.clone()) {
@@ -173,7 +180,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             }
             let creds = ctx.credentials()?;
             let jobs = a.jobs.unwrap_or_else(build::default_jobs);
-            build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), a.push, jobs, ctx.env).await?;
+            build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), build::BuildOpts { push: a.push, jobs }, ctx.env).await?;
             let report = Report {
                 app: ctx.config.app.clone(),
                 command: "build".into(),
@@ -260,7 +267,8 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             } else if !a.skip_build {
                 let creds = ctx.credentials()?;
                 let jobs = a.jobs.unwrap_or_else(build::default_jobs);
-                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs, ctx.env).await? {
+                let opts = build::BuildOpts { push: true, jobs };
+                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), opts, ctx.env).await? {
                     if let Some(r) = b.reference() {
                         pinned.insert(b.service.clone(), r);
                     }
@@ -378,7 +386,8 @@ async fn check_action(
     let mut pinned = std::collections::HashMap::new();
     if services.iter().any(|s| s.build.is_some()) {
         let creds = if fork { None } else { ctx.credentials().ok().flatten() };
-        for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), false, build::default_jobs(), ctx.env).await? {
+        let opts = build::BuildOpts { push: false, jobs: build::default_jobs() };
+        for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), opts, ctx.env).await? {
             pinned.insert(b.service.clone(), format!("{} (built, not pushed)", image::tag_ref(&b.image, &version.text)));
         }
     }

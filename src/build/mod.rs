@@ -385,6 +385,13 @@ fn failed_text(service: &str, dockerfile: &Path, f: &BuildFailure) -> String {
     msg
 }
 
+/// Whether a local build pushes, and how many services build at once.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOpts {
+    pub push: bool,
+    pub jobs: usize,
+}
+
 /// Builds the services of `config` selected by `services` for `version`, on the local engine.
 pub async fn build_local(
     config: &Config,
@@ -392,8 +399,7 @@ pub async fn build_local(
     services: &[&Service],
     version: &Version,
     creds: Option<&Credentials>,
-    push: bool,
-    jobs: usize,
+    BuildOpts { push, jobs }: BuildOpts,
     env: &crate::env::Context,
 ) -> Result<Vec<Built>, BuildError> {
     if !services.iter().any(|s| s.build.is_some()) {
