@@ -6,6 +6,10 @@
 //! already in the registry). Prints each run, the medians and the ratio
 //! capstan / CLI (below 1 means capstan is faster).
 
+// A program run by hand (bench/, the demo) whose printed figures are its product,
+// over the tests' support code, which panics on purpose when the setup fails.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;

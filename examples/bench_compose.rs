@@ -17,6 +17,10 @@
 //! failed POSTs, 5xx, charges recorded twice or answered and missing, and what
 //! a `docker compose up -d` right after would recreate.
 
+// A program run by hand (bench/, the demo) whose printed figures are its product,
+// over the tests' support code, which panics on purpose when the setup fails.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;

@@ -5,6 +5,10 @@
 //! the waits no tool can avoid (pull, start-to-healthy, configured pauses and
 //! drain waits), and failed requests, per run and as medians, with ratios.
 
+// A program run by hand (bench/, the demo) whose printed figures are its product,
+// over the tests' support code, which panics on purpose when the setup fails.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;

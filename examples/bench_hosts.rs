@@ -14,6 +14,10 @@
 //! BENCH_HOSTS="1 5 10 20" (sizes), BENCH_RUNS=1 (fresh fleets per size;
 //! medians), BENCH_RPS=10 (requests/s through each host's nginx; 0: no load).
 
+// A program run by hand (bench/, the demo) whose printed figures are its product,
+// over the tests' support code, which panics on purpose when the setup fails.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;

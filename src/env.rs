@@ -1,4 +1,9 @@
-//! Every environment variable capstan reads, declared once.
+//! Every environment variable capstan reads, declared once, and [`Context`]: what a
+//! run takes from the environment, read once in `main` and passed down, so that
+//! nothing below `main` reads the process environment (and tests build their own).
+
+use std::fmt;
+use std::path::PathBuf;
 
 /// The config file when `--config` is not given.
 pub const CAPSTAN_CONFIG: &str = "CAPSTAN_CONFIG";
@@ -39,13 +44,91 @@ pub fn var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// What a run takes from the environment. Read by [`Context::read`] in `main`, after
+/// the action's setup (which fills some of it from the action's inputs).
+#[derive(Clone, Default)]
+pub struct Context {
+    /// `GITHUB_ACTIONS` is `true`: the log is folded into groups.
+    pub in_actions: bool,
+    /// `CAPSTAN_CONFIG`: the config file when `--config` is not given.
+    pub config_file: Option<PathBuf>,
+    /// `GITHUB_REF`, `GITHUB_REF_NAME`, `GITHUB_REF_TYPE`: the version when `--version` is not given.
+    pub github_ref: Option<String>,
+    pub github_ref_name: Option<String>,
+    pub github_ref_type: Option<String>,
+    /// `GITHUB_SHA`: the commit of the run.
+    pub github_sha: Option<String>,
+    /// `$GITHUB_SERVER_URL/$GITHUB_REPOSITORY`: the repository's web address.
+    pub repository_url: Option<String>,
+    /// `SOURCE_DATE_EPOCH`, as given: the `created` label of a build.
+    pub source_date_epoch: Option<String>,
+    /// Who is deploying: the GitHub actor, else the local user and machine.
+    pub actor: String,
+    /// The URL of the GitHub Actions run, when running in one.
+    pub run_url: Option<String>,
+    /// The registry password, from the variable the config names (see [`Context::read_registry_password`]).
+    registry_password: Option<String>,
+}
+
+impl Context {
+    /// The process environment, read once.
+    pub fn read() -> Context {
+        Context {
+            in_actions: var(GITHUB_ACTIONS).as_deref() == Some("true"),
+            config_file: var(CAPSTAN_CONFIG).map(PathBuf::from),
+            github_ref: var(GITHUB_REF),
+            github_ref_name: var(GITHUB_REF_NAME),
+            github_ref_type: var(GITHUB_REF_TYPE),
+            github_sha: var(GITHUB_SHA),
+            repository_url: var(GITHUB_SERVER_URL).zip(var(GITHUB_REPOSITORY)).map(|(s, r)| format!("{s}/{r}")),
+            source_date_epoch: var(SOURCE_DATE_EPOCH),
+            actor: actor(),
+            run_url: run_url(),
+            registry_password: None,
+        }
+    }
+
+    /// Reads the registry password from `name`, the variable the config names
+    /// (`registry.password_env`): known only once the config is loaded.
+    pub fn read_registry_password(&mut self, name: &str) {
+        self.registry_password = var(name);
+    }
+
+    /// A context that says `password` is the registry's (tests).
+    #[cfg(test)]
+    pub fn with_registry_password(mut self, password: &str) -> Context {
+        self.registry_password = Some(password.to_string());
+        self
+    }
+
+    /// The registry password, when the variable the config names was set.
+    pub fn registry_password(&self) -> Option<&str> {
+        self.registry_password.as_deref()
+    }
+}
+
+/// Never the password: a context may end up in a debug log.
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("in_actions", &self.in_actions)
+            .field("config_file", &self.config_file)
+            .field("github_ref", &self.github_ref)
+            .field("github_sha", &self.github_sha)
+            .field("actor", &self.actor)
+            .field("run_url", &self.run_url)
+            .field("registry_password", &self.registry_password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
 /// The URL of the GitHub Actions run, when running in one.
 pub fn run_url() -> Option<String> {
     Some(format!("{}/{}/actions/runs/{}", var(GITHUB_SERVER_URL)?, var(GITHUB_REPOSITORY)?, var(GITHUB_RUN_ID)?))
 }
 
 /// Who is deploying: the GitHub actor, else the local user and machine.
-pub fn actor() -> String {
+fn actor() -> String {
     if let Some(a) = var(GITHUB_ACTOR) {
         return a;
     }
@@ -72,6 +155,13 @@ pub fn input(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_stays_out_of_debug() {
+        let c = Context::default().with_registry_password("hunter2-secret");
+        assert_eq!(c.registry_password(), Some("hunter2-secret"));
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+    }
 
     #[test]
     fn input_names_follow_the_runner() {

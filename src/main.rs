@@ -58,8 +58,8 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
-fn config_path(cli: &Cli) -> PathBuf {
-    cli.config.clone().or_else(|| env::var(env::CAPSTAN_CONFIG).map(PathBuf::from)).unwrap_or_else(|| PathBuf::from(config::DEFAULT_FILE))
+fn config_path(cli: &Cli, vars: &env::Context) -> PathBuf {
+    cli.config.clone().or_else(|| vars.config_file.clone()).unwrap_or_else(|| PathBuf::from(config::DEFAULT_FILE))
 }
 
 /// Writes the JSON document on stdout (the only thing capstan writes there).
@@ -69,9 +69,16 @@ fn print_json<T: serde::Serialize>(value: &T) {
     let _ = writeln!(out);
 }
 
+/// Writes workflow commands (the config's error annotations) on stdout, where the runner reads them.
+// stdout is the runner's channel here: no event exists for a config that did not load.
+#[allow(clippy::print_stdout)]
+fn print_workflow_commands(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
 async fn run(cli: Cli) -> i32 {
-    let in_actions = env::var(env::GITHUB_ACTIONS).as_deref() == Some("true");
-    let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }).with_groups(in_actions && !cli.json));
     let command_name = match &cli.command {
         Command::Deploy(_) => "deploy",
         Command::Build(_) => "build",
@@ -87,25 +94,26 @@ async fn run(cli: Cli) -> i32 {
         Command::Action => match action::setup(&mut std::io::stdout()) {
             Ok(s) => Some(s),
             Err(e) => {
-                printer.always(&e.render());
+                Printer::new(Verbosity::Normal).always(&e.render());
                 return e.exit_code();
             }
         },
         _ => None,
     };
+    // The environment, read once: after the action's setup, which fills some of it from its inputs.
+    let mut vars = env::Context::read();
+    let printer = Arc::new(Printer::new(if cli.quiet { Verbosity::Quiet } else { Verbosity::Normal }).with_groups(vars.in_actions && !cli.json));
     let failed_report = |app: &str, e: &Error| failed_report(app, command_name, e);
-    let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli));
+    let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli, &vars));
     let loaded = config::load(&path);
     if let (Err(e), Some(s)) = (&loaded, &setup) {
-        for line in action::annotate(e) {
-            println!("{line}");
-        }
+        print_workflow_commands(&action::annotate(e));
         // A pull request's check shows the errors on the config's lines.
         if let (trigger::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
-            if let Some(sha) = head_sha.clone().or_else(|| env::var(env::GITHUB_SHA)) {
+            if let Some(sha) = head_sha.clone().or_else(|| vars.github_sha.clone()) {
                 let p = publish::Publisher { api: api.as_ref(), target: s.target(), events: printer.as_ref() };
                 let md = format!("capstan cannot read `{}`:\n\n```\n{e}\n```\n", e.file.display());
-                p.check(&publish::check_run(&sha, &md, false, &[], publish::annotations(e, &s.workspace), env::run_url())).await;
+                p.check(&publish::check_run(&sha, &md, false, &[], publish::annotations(e, &s.workspace), vars.run_url.clone())).await;
             }
         }
     }
@@ -124,12 +132,15 @@ async fn run(cli: Cli) -> i32 {
             return e.exit_code();
         }
     };
+    if let Some(r) = &config.registry {
+        vars.read_registry_password(&r.password_env);
+    }
     let collector = Arc::new(Collector::default());
     let sink = Fanout(vec![printer.clone() as Arc<dyn Sink>, collector.clone() as Arc<dyn Sink>]);
     let connector = SshConnector::new();
     let cancel = cancel::Cancel::new();
     cancel::on_signals(cancel.clone(), printer.clone());
-    let ctx = Ctx { config: &config, events: &sink, connector: &connector, cancel: &cancel };
+    let ctx = Ctx { config: &config, events: &sink, connector: &connector, cancel: &cancel, env: &vars };
     let result = dispatch(&ctx, &cli, &printer, &collector, setup.as_ref()).await;
     connector.close().await;
     printer.end_group();
@@ -169,7 +180,7 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             }
             let creds = ctx.credentials()?;
             let jobs = a.jobs.unwrap_or_else(build::default_jobs);
-            build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), a.push, jobs).await?;
+            build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), build::BuildOpts { push: a.push, jobs }, ctx.env).await?;
             let report = Report {
                 app: ctx.config.app.clone(),
                 command: "build".into(),
@@ -231,9 +242,14 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
 
 /// The release of this run: `--version`, else the tag GitHub ran for.
 fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Error> {
-    let (gref, name, kind) = (env::var(env::GITHUB_REF), env::var(env::GITHUB_REF_NAME), env::var(env::GITHUB_REF_TYPE));
-    let src = release::VersionSource { cli, github_ref: gref.as_deref(), github_ref_name: name.as_deref(), github_ref_type: kind.as_deref() };
-    release::version(src, ctx.config.raw_tags).map_err(Error::input)
+    let e = ctx.env;
+    let src = release::VersionSource {
+        cli,
+        github_ref: e.github_ref.as_deref(),
+        github_ref_name: e.github_ref_name.as_deref(),
+        github_ref_type: e.github_ref_type.as_deref(),
+    };
+    Ok(release::version(src, ctx.config.raw_tags)?)
 }
 
 /// `deploy`, `rollback` and `check`: their report, or the error that stopped them before one.
@@ -251,7 +267,8 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             } else if !a.skip_build {
                 let creds = ctx.credentials()?;
                 let jobs = a.jobs.unwrap_or_else(build::default_jobs);
-                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), true, jobs).await? {
+                let opts = build::BuildOpts { push: true, jobs };
+                for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), opts, ctx.env).await? {
                     if let Some(r) = b.reference() {
                         pinned.insert(b.service.clone(), r);
                     }
@@ -261,7 +278,7 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             roll(ctx, want, &a.targets, RollOpts { dry_run: a.dry_run, force: a.force }, collector).await
         }
         Command::Rollback(a) => {
-            let to = release::RollbackTo::parse(&a.to).map_err(Error::input)?;
+            let to = release::RollbackTo::parse(&a.to)?;
             roll(ctx, Want::Rollback { to }, &a.targets, RollOpts { dry_run: a.dry_run, force: false }, collector).await
         }
         Command::Check(a) => {
@@ -287,7 +304,7 @@ fn failed_report(app: &str, command: &str, e: &Error) -> Report {
         build: vec![],
         gates: vec![],
         plan: None,
-        error: Some(e.to_string()),
+        error: Some(e.one_line()),
         previous: None,
     }
 }
@@ -307,12 +324,12 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
     if let trigger::Trigger::Check { version, head_sha, fork } = &setup.trigger {
         let mut skipped = Vec::new();
         let out = check_action(ctx, setup, version.as_deref(), head_sha.as_deref(), *fork, &mut skipped, collector).await;
-        if let (Some(p), Some(sha)) = (&publisher, head_sha.clone().or_else(|| env::var(env::GITHUB_SHA))) {
+        if let (Some(p), Some(sha)) = (&publisher, head_sha.clone().or_else(|| ctx.env.github_sha.clone())) {
             let (md, ok) = match &out {
                 Ok(o) => (summary::render(&o.report, None, ""), o.error.is_none()),
                 Err(e) => (format!("capstan check failed:\n\n```\n{}\n```\n", e.render()), false),
             };
-            p.check(&publish::check_run(&sha, &md, ok, &skipped, vec![], env::run_url())).await;
+            p.check(&publish::check_run(&sha, &md, ok, &skipped, vec![], ctx.env.run_url.clone())).await;
         }
         return (out, None);
     }
@@ -325,7 +342,7 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
         let kind = match &setup.trigger {
             trigger::Trigger::Rollback { to } => publish::Kind::Rollback {
                 to: to.clone(),
-                sha: env::var(env::GITHUB_SHA).or_else(|| env::var(env::GITHUB_REF)).unwrap_or_else(|| "HEAD".into()),
+                sha: ctx.env.github_sha.clone().or_else(|| ctx.env.github_ref.clone()).unwrap_or_else(|| "HEAD".into()),
             },
             trigger::Trigger::Deploy { version } => publish::Kind::Deploy { version: version.clone() },
             trigger::Trigger::Check { .. } => unreachable!("checks returned above"),
@@ -369,7 +386,8 @@ async fn check_action(
     let mut pinned = std::collections::HashMap::new();
     if services.iter().any(|s| s.build.is_some()) {
         let creds = if fork { None } else { ctx.credentials().ok().flatten() };
-        for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), false, build::default_jobs()).await? {
+        let opts = build::BuildOpts { push: false, jobs: build::default_jobs() };
+        for b in build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), opts, ctx.env).await? {
             pinned.insert(b.service.clone(), format!("{} (built, not pushed)", image::tag_ref(&b.image, &version.text)));
         }
     }

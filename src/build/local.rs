@@ -101,9 +101,9 @@ impl Images for LocalImages {
         }
     }
 
-    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), String> {
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
         let opts = TagImageOptionsBuilder::new().repo(repo).tag(tag).build();
-        self.docker.tag_image(image, Some(opts)).await.map_err(|e| tidy(&e.to_string()))
+        self.docker.tag_image(image, Some(opts)).await.map_err(|e| EngineError::Other(tidy(&e.to_string())))
     }
 
     async fn push(&self, repo: &str, tag: &str, c: Option<&Credentials>) -> Result<String, PushFailure> {
@@ -145,8 +145,8 @@ impl Images for LocalImages {
         matches!(self.docker.list_images(Some(opts)).await, Ok(list) if !list.is_empty())
     }
 
-    async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), String> {
-        pull(&self.docker, reference, c).await.map_err(|e| tidy(&e.to_string()))
+    async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), EngineError> {
+        pull(&self.docker, reference, c).await.map_err(|e| EngineError::Other(tidy(&e.to_string())))
     }
 
     async fn repo_digests(&self, image: &str) -> Vec<String> {

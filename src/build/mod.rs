@@ -19,12 +19,13 @@ pub mod registry;
 pub mod source;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
+use crate::build::context::ContextError;
 use crate::build::plan::{plan, BuildPlan};
 use crate::build::registry::{Registry, RegistryError};
 use crate::build::source::{created, source, Source};
@@ -32,8 +33,82 @@ use crate::core::config::{Config, Service};
 use crate::core::image;
 use crate::core::release::Version;
 use crate::core::secret::Credentials;
-use crate::error::Error;
+use crate::error::{exit, Diagnostic};
+use crate::host::EngineError;
 use crate::output::events::{Built, Event, Sink};
+
+/// Why a build stopped, before any push or at one. The registry's own error is
+/// the source of [`BuildError::Registry`]; the others read as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The engine capstan builds on (`DOCKER_HOST`) did not answer.
+    #[error("local Docker engine: {0}")]
+    Engine(EngineError),
+    /// The registry's HTTP client could not be made.
+    #[error("{0}")]
+    Client(RegistryError),
+    #[error("services.{service}.build.{}: {}", .error.key, .error.message)]
+    Context { service: String, error: ContextError },
+    #[error("services.{service}.build.context: packing the context panicked: {reason}")]
+    PackPanicked { service: String, reason: tokio::task::JoinError },
+    /// The engine's build failed: the step, its last lines of output, the engine's message.
+    #[error("{}", failed_text(.service, .dockerfile, .failure))]
+    Failed { service: String, dockerfile: PathBuf, failure: BuildFailure },
+    #[error("services.{service}: cannot tag {repo}:{tag}: {reason}")]
+    Tag { service: String, repo: String, tag: String, reason: EngineError },
+    /// The registry refused the credentials, or could not be asked, before anything was built.
+    #[error("services.{service}: nothing was built or pushed")]
+    Registry {
+        service: String,
+        /// `registry.username` and `registry.password_env`, when the config has a registry block.
+        login: Option<(String, String)>,
+        #[source]
+        source: AtRegistry,
+    },
+    #[error("services.{service}: registry {registry} refused the push of {image}:{tag}: {reason}")]
+    PushRefused { service: String, registry: String, image: String, tag: String, reason: String },
+    #[error("{registry}: push of {image}:{tag} failed: {reason}")]
+    PushFailed { registry: String, image: String, tag: String, reason: String },
+}
+
+/// What a registry answered, and which registry.
+#[derive(Debug, thiserror::Error)]
+#[error("registry {registry}: {error}")]
+pub struct AtRegistry {
+    pub registry: String,
+    pub error: RegistryError,
+}
+
+impl Diagnostic for BuildError {
+    fn exit_code(&self) -> i32 {
+        match self {
+            BuildError::Engine(_) | BuildError::PushFailed { .. } => exit::UNREACHABLE,
+            BuildError::Registry { source: AtRegistry { error: RegistryError::Other(_), .. }, .. } => exit::UNREACHABLE,
+            BuildError::Client(_)
+            | BuildError::Context { .. }
+            | BuildError::PackPanicked { .. }
+            | BuildError::Failed { .. }
+            | BuildError::Tag { .. }
+            | BuildError::Registry { .. }
+            | BuildError::PushRefused { .. } => exit::BAD_INPUT,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::Engine(_) => Some("capstan builds on the engine of DOCKER_HOST (default /var/run/docker.sock); start Docker or set DOCKER_HOST".into()),
+            BuildError::Failed { .. } => Some("nothing was pushed and no host was touched".into()),
+            BuildError::Registry { login, source: AtRegistry { error: RegistryError::Auth(_), .. }, .. } => Some(match login {
+                Some((username, password_env)) => format!("check registry.username ({username}) and the password in ${password_env}"),
+                None => "add a registry: block (server, username, password_env) to the config".to_string(),
+            }),
+            BuildError::PushRefused { .. } => {
+                Some("check registry.username and the variable named by registry.password_env; the token needs push (write:packages on ghcr.io)".into())
+            }
+            _ => None,
+        }
+    }
+}
 
 /// What went into one `/build` call.
 pub struct BuildRequest<'a> {
@@ -66,14 +141,14 @@ pub enum PushFailure {
 pub trait Images: Send + Sync {
     /// Builds; each output line goes to `out`. Returns the image ID.
     async fn build(&self, req: BuildRequest<'_>, out: &(dyn Fn(String) + Send + Sync)) -> Result<String, BuildFailure>;
-    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), String>;
+    async fn tag(&self, image: &str, repo: &str, tag: &str) -> Result<(), EngineError>;
     /// Pushes `repo:tag`; returns the manifest digest the registry stored.
     async fn push(&self, repo: &str, tag: &str, creds: Option<&Credentials>) -> Result<String, PushFailure>;
     /// Whether the engine has any image of `repo` (then its own cache is warm).
     async fn has_any(&self, repo: &str) -> bool;
     /// The digests this image is known by in registries (`repo@sha256:…`), from earlier pushes or pulls.
     async fn repo_digests(&self, image: &str) -> Vec<String>;
-    async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), String>;
+    async fn pull(&self, reference: &str, creds: Option<&Credentials>) -> Result<(), EngineError>;
 }
 
 pub struct Builder<'a> {
@@ -103,7 +178,7 @@ impl Builder<'_> {
     }
 
     /// Builds `services` that have a `build:` block; with `push`, pushes them.
-    pub async fn run(&self, services: &[&Service], version: &Version, push: bool) -> Result<Vec<Built>, Error> {
+    pub async fn run(&self, services: &[&Service], version: &Version, push: bool) -> Result<Vec<Built>, BuildError> {
         let todo: Vec<&Service> = services.iter().copied().filter(|s| s.build.is_some()).collect();
         if todo.is_empty() {
             return Ok(Vec::new());
@@ -128,7 +203,8 @@ impl Builder<'_> {
         }
 
         // 2. Build everything; push nothing unless every build succeeded.
-        let results: Vec<Result<Built, Error>> = stream::iter(plans.iter().map(|(svc, p)| self.build_one(svc, p))).buffered(self.jobs.max(1)).collect().await;
+        let results: Vec<Result<Built, BuildError>> =
+            stream::iter(plans.iter().map(|(svc, p)| self.build_one(svc, p))).buffered(self.jobs.max(1)).collect().await;
         let mut built = Vec::new();
         let mut failures = Vec::new();
         for r in results {
@@ -148,7 +224,7 @@ impl Builder<'_> {
         }
 
         // 3. Push: the release's own tag first (its digest is what deploys run), then the rest.
-        let pushed: Vec<Result<Built, Error>> = stream::iter(built.into_iter().map(|b| self.push_one(b))).buffered(self.jobs.max(1)).collect().await;
+        let pushed: Vec<Result<Built, BuildError>> = stream::iter(built.into_iter().map(|b| self.push_one(b))).buffered(self.jobs.max(1)).collect().await;
         let mut out = Vec::new();
         for r in pushed {
             let b = r?;
@@ -158,9 +234,8 @@ impl Builder<'_> {
         Ok(out)
     }
 
-    async fn build_one(&self, svc: &Service, p: &BuildPlan) -> Result<Built, Error> {
+    async fn build_one(&self, svc: &Service, p: &BuildPlan) -> Result<Built, BuildError> {
         let b = svc.build.as_ref().expect("only services with a build block");
-        let key = |k: &str| format!("services.{}.build.{k}", svc.name);
         let t0 = Instant::now();
         let (context, dockerfile) = (b.context.clone(), b.dockerfile.clone());
         // Without a target stage the labels join the Dockerfile as one step (see `dockerfile`).
@@ -169,8 +244,8 @@ impl Builder<'_> {
             crate::build::context::pack(&context, &dockerfile, &|text| fold.as_ref().and_then(|l| crate::build::dockerfile::fold_labels(text, l)))
         })
         .await
-        .map_err(|e| Error::input(format!("{}: packing the context panicked: {e}", key("context"))))?
-        .map_err(|e| Error::input(format!("{}: {}", key(e.key), e.message)))?;
+        .map_err(|reason| BuildError::PackPanicked { service: svc.name.clone(), reason })?
+        .map_err(|error| BuildError::Context { service: svc.name.clone(), error })?;
         // An engine without this repository's images (a fresh CI runner) takes its cache from the previous release.
         let mut cache_from = Vec::new();
         let cache = if self.images.has_any(&p.repo).await {
@@ -204,14 +279,18 @@ impl Builder<'_> {
             target: p.target.as_deref(),
             cache_from: &cache_from,
         };
-        let image_id = self.images.build(req, &out).await.map_err(|f| build_error(svc, &b.dockerfile, f))?;
+        let image_id = self.images.build(req, &out).await.map_err(|failure| BuildError::Failed {
+            service: svc.name.clone(),
+            dockerfile: b.dockerfile.clone(),
+            failure,
+        })?;
         let tagged = futures_util::future::join_all(p.tags.tags[1..].iter().map(|t| {
             let image_id = &image_id;
             async move { (t, self.images.tag(image_id, &p.repo, t).await) }
         }))
         .await;
         for (t, r) in tagged {
-            r.map_err(|e| Error::input(format!("services.{}: cannot tag {}:{t}: {e}", svc.name, p.repo)))?;
+            r.map_err(|reason| BuildError::Tag { service: svc.name.clone(), repo: p.repo.clone(), tag: t.clone(), reason })?;
         }
         let build_ms = t0.elapsed().as_millis() as u64;
         self.info(format!("{}: built {} in {:.1}s", svc.name, crate::core::image::short(&image_id), build_ms as f64 / 1000.0));
@@ -230,16 +309,16 @@ impl Builder<'_> {
         })
     }
 
-    async fn push_one(&self, mut b: Built) -> Result<Built, Error> {
+    async fn push_one(&self, mut b: Built) -> Result<Built, BuildError> {
         let t0 = Instant::now();
         let svc = b.service.clone();
         let image = b.image.clone();
-        let fail = |tag: &str, f: PushFailure| match f {
-            PushFailure::Auth(m) => Error::input_hint(
-                format!("services.{svc}: registry {} refused the push of {image}:{tag}: {m}", self.registry_name(&image)),
-                "check registry.username and the variable named by registry.password_env; the token needs push (write:packages on ghcr.io)",
-            ),
-            PushFailure::Other(m) => Error::Unreachable { host: self.registry_name(&image), message: format!("push of {image}:{tag} failed: {m}"), hint: None },
+        let fail = |tag: &str, f: PushFailure| {
+            let (registry, image, tag) = (self.registry_name(&image), image.clone(), tag.to_string());
+            match f {
+                PushFailure::Auth(reason) => BuildError::PushRefused { service: svc.clone(), registry, image, tag, reason },
+                PushFailure::Other(reason) => BuildError::PushFailed { registry, image, tag, reason },
+            }
         };
         // An image this engine already pushed, whose tag the registry still has at the same
         // digest (a rebuild of an unchanged commit), is not pushed again.
@@ -282,23 +361,18 @@ impl Builder<'_> {
         Ok(b)
     }
 
-    fn registry_error(&self, svc: &Service, e: RegistryError) -> Error {
-        let registry = self.registry_name(&svc.image);
-        match e {
-            RegistryError::Auth(m) => Error::input_hint(
-                format!("services.{}: registry {registry}: {m}; nothing was built or pushed", svc.name),
-                match &self.config.registry {
-                    Some(r) => format!("check registry.username ({}) and the password in ${}", r.username, r.password_env),
-                    None => "add a registry: block (server, username, password_env) to the config".to_string(),
-                },
-            ),
-            RegistryError::Other(m) => Error::Unreachable { host: registry, message: format!("{m}; nothing was built or pushed"), hint: None },
+    fn registry_error(&self, svc: &Service, error: RegistryError) -> BuildError {
+        BuildError::Registry {
+            service: svc.name.clone(),
+            login: self.config.registry.as_ref().map(|r| (r.username.clone(), r.password_env.clone())),
+            source: AtRegistry { registry: self.registry_name(&svc.image), error },
         }
     }
 }
 
-fn build_error(svc: &Service, dockerfile: &Path, f: BuildFailure) -> Error {
-    let mut msg = format!("services.{}: the build failed", svc.name);
+/// A failed build as the user reads it: the step, its last 20 lines, the engine's message.
+fn failed_text(service: &str, dockerfile: &Path, f: &BuildFailure) -> String {
+    let mut msg = format!("services.{service}: the build failed");
     if let Some(step) = &f.step {
         msg.push_str(&format!(" at {step}"));
     }
@@ -308,7 +382,14 @@ fn build_error(svc: &Service, dockerfile: &Path, f: BuildFailure) -> Error {
         msg.push_str(&format!("\n  | {l}"));
     }
     msg.push_str(&format!("\n  {}", f.message));
-    Error::input_hint(msg, "nothing was pushed and no host was touched")
+    msg
+}
+
+/// Whether a local build pushes, and how many services build at once.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildOpts {
+    pub push: bool,
+    pub jobs: usize,
 }
 
 /// Builds the services of `config` selected by `services` for `version`, on the local engine.
@@ -318,21 +399,17 @@ pub async fn build_local(
     services: &[&Service],
     version: &Version,
     creds: Option<&Credentials>,
-    push: bool,
-    jobs: usize,
-) -> Result<Vec<Built>, Error> {
+    BuildOpts { push, jobs }: BuildOpts,
+    env: &crate::env::Context,
+) -> Result<Vec<Built>, BuildError> {
     if !services.iter().any(|s| s.build.is_some()) {
         return Ok(Vec::new());
     }
-    let images = local::LocalImages::connect().await.map_err(|e| Error::Unreachable {
-        host: "local Docker engine".into(),
-        message: e.to_string(),
-        hint: Some("capstan builds on the engine of DOCKER_HOST (default /var/run/docker.sock); start Docker or set DOCKER_HOST".into()),
-    })?;
-    let registry = crate::build::registry::RegistryClient::new(creds.cloned()).map_err(|e| Error::input(e.to_string()))?;
+    let images = local::LocalImages::connect().await.map_err(BuildError::Engine)?;
+    let registry = crate::build::registry::RegistryClient::new(creds.cloned()).map_err(BuildError::Client)?;
     let dir = config.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let source = source(dir);
-    let created = created(&source);
+    let source = source(dir, env);
+    let created = created(&source, env);
     let builder = Builder { config, events, images: &images, registry: &registry, creds, source, created, jobs };
     builder.run(services, version, push).await
 }
@@ -347,6 +424,7 @@ mod tests {
     use super::*;
     use crate::build::source::web_url;
     use crate::core::release;
+    use crate::error::Error;
     use crate::output::events::Recorder;
     use std::sync::Mutex;
 
@@ -381,7 +459,7 @@ mod tests {
             }
             Ok(format!("sha256:id-{}", req.tag))
         }
-        async fn tag(&self, _image: &str, repo: &str, tag: &str) -> Result<(), String> {
+        async fn tag(&self, _image: &str, repo: &str, tag: &str) -> Result<(), EngineError> {
             self.calls.lock().unwrap().push(format!("tag {repo}:{tag}"));
             Ok(())
         }
@@ -398,7 +476,7 @@ mod tests {
         async fn repo_digests(&self, _image: &str) -> Vec<String> {
             vec!["r.example/api@sha256:12".into()]
         }
-        async fn pull(&self, reference: &str, _creds: Option<&Credentials>) -> Result<(), String> {
+        async fn pull(&self, reference: &str, _creds: Option<&Credentials>) -> Result<(), EngineError> {
             self.calls.lock().unwrap().push(format!("pull {reference}"));
             Ok(())
         }
@@ -429,7 +507,7 @@ mod tests {
         }
     }
 
-    async fn run(images: &FakeImages, registry: &FakeRegistry, push: bool) -> (Result<Vec<Built>, Error>, Vec<Event>) {
+    async fn run(images: &FakeImages, registry: &FakeRegistry, push: bool) -> (Result<Vec<Built>, BuildError>, Vec<Event>) {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let events = Recorder::default();
@@ -458,7 +536,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
         let src = Source { revision: Some("abcdef0123456789".into()), url: Some("https://github.com/acme/shop".into()), commit_time: Some(1_700_000_000) };
-        assert_eq!(created(&src), "2023-11-14T22:13:20Z", "the commit's time, not the clock's");
+        assert_eq!(created(&src, &crate::env::Context::default()), "2023-11-14T22:13:20Z", "the commit's time, not the clock's");
+        let mut epoch = crate::env::Context::default();
+        epoch.source_date_epoch = Some("1600000000".into());
+        assert_eq!(created(&src, &epoch), "2020-09-13T12:26:40Z", "SOURCE_DATE_EPOCH wins over the commit's time");
         let p = plan(&config.services[0], &version("v1.4.2"), &["v1.4.1".into(), "v1.5.0".into()], &src, "T");
         assert_eq!(p.tags.tags, vec!["v1.4.2", "1.4", "sha-abcdef0"]);
         assert_eq!(p.labels["org.opencontainers.image.version"], "v1.4.2");
@@ -500,7 +581,7 @@ mod tests {
     async fn a_failed_build_pushes_nothing() {
         let images = FakeImages { fail_build: Some("/api:"), local: true, ..Default::default() };
         let (r, _) = run(&images, &FakeRegistry::new(Ok(vec![])), true).await;
-        let e = r.unwrap_err();
+        let e = Error::from(r.unwrap_err());
         let text = e.render();
         assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
         assert!(text.contains("services.api: the build failed at Step 2/2 : RUN false"), "{text}");
@@ -512,11 +593,23 @@ mod tests {
     async fn refused_credentials_stop_before_any_build() {
         let images = FakeImages::default();
         let (r, _) = run(&images, &FakeRegistry::new(Err(RegistryError::Auth("the registry refused the credentials (user u): 401".into()))), true).await;
-        let text = r.unwrap_err().render();
-        assert!(text.contains("services.web: registry r.example: the registry refused the credentials (user u): 401; nothing was built or pushed"), "{text}");
-        assert!(text.contains("hint: check registry.username (u) and the password in $P"), "{text}");
+        let e = Error::from(r.unwrap_err());
+        assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
+        assert_eq!(
+            e.render(),
+            "error: services.web: nothing was built or pushed\n\
+             caused by: registry r.example: the registry refused the credentials (user u): 401\n\
+             hint: check registry.username (u) and the password in $P"
+        );
+        assert_eq!(e.one_line(), "services.web: nothing was built or pushed: registry r.example: the registry refused the credentials (user u): 401");
         assert!(images.calls.lock().unwrap().is_empty());
         // Without --push an unreachable registry is only a warning.
+        let (r, _) = run(&images, &FakeRegistry::new(Err(RegistryError::Other("down".into()))), true).await;
+        let e = Error::from(r.unwrap_err());
+        assert_eq!(
+            (e.exit_code(), e.one_line().as_str()),
+            (crate::error::exit::UNREACHABLE, "services.web: nothing was built or pushed: registry r.example: down")
+        );
         let (r, events) = run(&images, &FakeRegistry::new(Err(RegistryError::Other("down".into()))), false).await;
         assert!(r.unwrap().iter().all(|b| b.digest.is_none()));
         assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("cannot list the tags"))));
@@ -526,8 +619,9 @@ mod tests {
     async fn a_refused_push_names_the_registry() {
         let images = FakeImages { fail_push: Some(PushFailure::Auth("no basic auth credentials".into())), ..Default::default() };
         let (r, _) = run(&images, &FakeRegistry::new(Ok(vec![])), true).await;
-        let e = r.unwrap_err();
+        let e = Error::from(r.unwrap_err());
         assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT);
         assert!(e.to_string().contains("registry r.example refused the push of r.example/web:v1.4.2"), "{e}");
+        assert!(e.render().contains("hint: check registry.username and the variable named by registry.password_env"), "{}", e.render());
     }
 }

@@ -10,6 +10,7 @@
 //! each with the configured user and password. Loopback registries are spoken
 //! to over plain HTTP, as the Docker engine does; all others over HTTPS.
 
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -94,7 +95,7 @@ impl RegistryClient {
     /// A request with the registry's challenge answered (once per scope). `Ok(None)` is a 404.
     async fn send(&self, make: impl Fn() -> reqwest::RequestBuilder, url: &str, scope: &str) -> Result<Option<reqwest::Response>, RegistryError> {
         let unreachable = |e: reqwest::Error| RegistryError::Other(format!("{url}: {}", without_url(&e)));
-        let known = self.auth.lock().unwrap().get(scope).cloned();
+        let known = self.auth.lock().unwrap_or_else(PoisonError::into_inner).get(scope).cloned();
         let with = |auth: Option<&String>| match auth {
             Some(a) => make().header(AUTHORIZATION, a.as_str()),
             None => make(),
@@ -103,7 +104,7 @@ impl RegistryClient {
         let resp = if first.status() == StatusCode::UNAUTHORIZED {
             let auth = self.authorization(first.headers(), scope).await?;
             let resp = with(Some(&auth)).send().await.map_err(unreachable)?;
-            self.auth.lock().unwrap().insert(scope.to_string(), auth);
+            self.auth.lock().unwrap_or_else(PoisonError::into_inner).insert(scope.to_string(), auth);
             resp
         } else {
             first

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use crate::env::Context;
+
 /// Where the source came from, for the OCI labels.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Source {
@@ -15,19 +17,15 @@ pub struct Source {
     pub commit_time: Option<i64>,
 }
 
-/// The commit and repository URL for the labels: from GitHub's environment,
-/// else from git in `dir`.
-pub fn source(dir: &Path) -> Source {
-    use crate::env;
+/// The commit and repository URL for the labels: from GitHub's environment
+/// (as `main` read it), else from git in `dir`.
+pub fn source(dir: &Path, env: &Context) -> Source {
     let git = |args: &[&str]| -> Option<String> {
         let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
     };
-    let revision = env::var(env::GITHUB_SHA).or_else(|| git(&["rev-parse", "HEAD"]));
-    let url = match (env::var(env::GITHUB_SERVER_URL), env::var(env::GITHUB_REPOSITORY)) {
-        (Some(s), Some(r)) => Some(format!("{s}/{r}")),
-        _ => git(&["config", "--get", "remote.origin.url"]).map(|u| web_url(&u)),
-    };
+    let revision = env.github_sha.clone().or_else(|| git(&["rev-parse", "HEAD"]));
+    let url = env.repository_url.clone().or_else(|| git(&["config", "--get", "remote.origin.url"]).map(|u| web_url(&u)));
     let commit_time = revision
         .as_deref()
         .filter(|r| r.chars().all(|c| c.is_ascii_hexdigit()))
@@ -55,8 +53,10 @@ pub(super) fn web_url(remote: &str) -> String {
 /// else now. Tied to the source rather than the clock, the same commit builds
 /// the same image (every step a cache hit, the same digest), so re-running a
 /// release job pushes nothing new.
-pub fn created(source: &Source) -> String {
-    let t = crate::env::var(crate::env::SOURCE_DATE_EPOCH)
+pub fn created(source: &Source, env: &Context) -> String {
+    let t = env
+        .source_date_epoch
+        .as_deref()
         .and_then(|s| s.parse::<i64>().ok())
         .or(source.commit_time)
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())

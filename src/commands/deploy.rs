@@ -17,7 +17,6 @@ use crate::commands::{locked, Ctx};
 use crate::core::config::Config;
 use crate::core::record::{Lease, Record, RecordInstance};
 use crate::core::time::fmt_time;
-use crate::env;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
 use crate::host::Host;
@@ -99,10 +98,10 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     let now = OffsetDateTime::now_utc();
     let lease = Lease {
         id: state::new_id(),
-        holder: env::actor(),
+        holder: ctx.env.actor.clone(),
         command: roll.command.into(),
         version: roll.version.clone(),
-        run_url: env::run_url(),
+        run_url: ctx.env.run_url.clone(),
         acquired_at: now,
         expires_at: now + ctx.config.lock_lease,
     };

@@ -4,7 +4,7 @@
 //! ones that finished. The [`Heartbeat`] renews the lease on every locked host
 //! while the run lives.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -56,7 +56,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
         let (h, hp) = (&roll.hosts[i], &roll.plan.hosts[i]);
         let (abort, no_new, migrate) = (&abort, &no_new, &migrate_on[i]);
         async move {
-            let stopped = abort.reason().or_else(|| no_new.lock().unwrap().clone());
+            let stopped = abort.reason().or_else(|| no_new.lock().unwrap_or_else(PoisonError::into_inner).clone());
             if let Some(reason) = stopped {
                 ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase: HostPhase::Skipped { reason: reason.clone() } }));
                 return (i, skipped(hp, reason));
@@ -79,7 +79,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
             emit_finished(ctx, h, t0, started, result.outcome);
             if result.outcome != HostOutcome::Succeeded {
                 let why = format!("{} {}", h.name, result.outcome.as_str().replace('_', " "));
-                no_new.lock().unwrap().get_or_insert(why.clone());
+                no_new.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(why.clone());
                 if revert_all {
                     abort.trigger(&format!("{why}; on_failure: revert_all stops every host"));
                 }

@@ -37,6 +37,8 @@ pub struct Ctx<'a> {
     pub events: &'a dyn Sink,
     pub connector: &'a dyn Connector,
     pub cancel: &'a Cancel,
+    /// What the run took from the environment (read once, in `main`).
+    pub env: &'a env::Context,
 }
 
 impl Ctx<'_> {
@@ -73,7 +75,7 @@ impl Ctx<'_> {
     /// Registry credentials from the environment, when the config names a registry.
     pub fn credentials(&self) -> Result<Option<Credentials>, Error> {
         let Some(r) = &self.config.registry else { return Ok(None) };
-        let password = env::var(&r.password_env).ok_or_else(|| {
+        let password = self.env.registry_password().map(str::to_string).ok_or_else(|| {
             Error::input_hint(
                 format!("{}: registry.password_env: the environment variable {} is not set", self.config.file.display(), r.password_env),
                 format!("export {} with the password or token for {}", r.password_env, r.server),

@@ -10,7 +10,6 @@ use crate::commands::{locked, Ctx};
 use crate::core::config::Service;
 use crate::core::plan::{self, Observed};
 use crate::core::record::{Lease, Record, RecordInstance};
-use crate::env;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
 use crate::host::Host;
@@ -32,10 +31,10 @@ pub(super) async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &
     let now = OffsetDateTime::now_utc();
     let lease = Lease {
         id: state::new_id(),
-        holder: env::actor(),
+        holder: ctx.env.actor.clone(),
         command: "recover".into(),
         version: None,
-        run_url: env::run_url(),
+        run_url: ctx.env.run_url.clone(),
         acquired_at: now,
         expires_at: now + ctx.config.lock_lease,
     };

@@ -178,7 +178,7 @@ impl Shell for Slow {
 
 #[async_trait]
 impl Probe for Slow {
-    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
         tokio::time::sleep(self.lat.probe).await;
         self.inner.http_get(addr, port, path, timeout).await
     }
@@ -236,7 +236,7 @@ pub async fn deploy_once(hosts: usize, lat: Latency) -> Took {
     let collector = Collector::default();
     let connector = SlowConnector { hosts: fleet.hosts.clone(), lat };
     let cancel = Cancel::default();
-    let ctx = Ctx { config: &config, events: &collector, connector: &connector, cancel: &cancel };
+    let ctx = Ctx { config: &config, events: &collector, connector: &connector, cancel: &cancel, env: &Default::default() };
     let t = tokio::time::Instant::now();
     let out = roll(&ctx, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, &Targets::default(), RollOpts::default(), &collector)
         .await

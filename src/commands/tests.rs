@@ -31,7 +31,7 @@ async fn roll_fake(w: &crate::host::fake::World, want: Want, dry_run: bool) -> (
     let rec = Recorder::default();
     let connector = FakeConnector(w.fake.clone());
     let cancel = Cancel::default();
-    let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel };
+    let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel, env: &Default::default() };
     let out = roll(&ctx, want, &Targets::default(), RollOpts { dry_run, force: false }, &Collector::default()).await;
     let events = rec.0.lock().unwrap().clone();
     (out, events)
@@ -84,7 +84,7 @@ async fn roll_fleet(f: &crate::host::fake::Fleet) -> (RunOutput, Vec<Event>) {
     let fan = crate::output::events::Fanout(vec![rec.clone(), collector.clone()]);
     let connector = FleetConnector(f.hosts.clone());
     let cancel = Cancel::default();
-    let ctx = Ctx { config: &f.config, events: &fan, connector: &connector, cancel: &cancel };
+    let ctx = Ctx { config: &f.config, events: &fan, connector: &connector, cancel: &cancel, env: &Default::default() };
     let out = roll(&ctx, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, &Targets::default(), RollOpts::default(), &collector).await;
     let events = rec.0.lock().unwrap().clone();
     (out.expect("the run starts"), events)

@@ -4,88 +4,131 @@
 
 use std::fmt;
 
-fn chars_ok(s: &str, extra: &str) -> Result<(), String> {
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(*c))) {
-        return Err(format!("{c:?} is not allowed (use letters, digits and {extra})"));
+/// Why a name is refused. The text completes "invalid app name \"x\": …", so it
+/// does not repeat the name; the variants carry the offending part instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("it is empty")]
+    Empty,
+    #[error("{found:?} is not allowed (use letters, digits and {allowed})")]
+    Char { found: char, allowed: &'static str },
+    #[error("it must start with a letter or digit, not {0:?}")]
+    Start(char),
+    #[error("it must start with a letter, digit or _, not {0:?}")]
+    TagStart(char),
+    #[error("it must end with a letter or digit")]
+    End,
+    #[error("it is longer than {0} characters")]
+    TooLong(usize),
+    #[error("give the repository without a digest; the release decides what runs")]
+    RepositoryDigest,
+    #[error("give the repository without a tag (like ghcr.io/acme/web); the tag comes from the release")]
+    RepositoryTag,
+    #[error("it has an empty path component")]
+    EmptyComponent,
+    #[error("repository paths must be lowercase")]
+    Uppercase(String),
+}
+
+/// Why a host (`[user@]host[:port]`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("user: {0}")]
+    User(NameError),
+    #[error("missing ] after an IPv6 address")]
+    UnclosedBracket,
+    #[error("unexpected {0:?} after the address")]
+    AfterAddress(String),
+    #[error("{0:?} is not an IPv6 address")]
+    NotIpv6(String),
+    #[error("address: {0}")]
+    Address(NameError),
+    #[error("host: {0}")]
+    Host(NameError),
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    Port(String),
+}
+
+fn chars_ok(s: &str, allowed: &'static str) -> Result<(), NameError> {
+    if let Some(found) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || allowed.contains(*c))) {
+        return Err(NameError::Char { found, allowed });
     }
     Ok(())
 }
 
-fn first_alnum(s: &str) -> Result<(), String> {
+fn first_alnum(s: &str) -> Result<(), NameError> {
     match s.chars().next() {
-        None => Err("it is empty".into()),
+        None => Err(NameError::Empty),
         Some(c) if c.is_ascii_alphanumeric() => Ok(()),
-        Some(c) => Err(format!("it must start with a letter or digit, not {c:?}")),
+        Some(c) => Err(NameError::Start(c)),
     }
+}
+
+fn at_most(s: &str, max: usize) -> Result<(), NameError> {
+    if s.len() > max {
+        return Err(NameError::TooLong(max));
+    }
+    Ok(())
 }
 
 /// Docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-pub fn check_container(s: &str) -> Result<(), String> {
+pub fn check_container(s: &str) -> Result<(), NameError> {
     first_alnum(s)?;
     chars_ok(s, "_.-")?;
-    if s.len() > 128 {
-        return Err("it is longer than 128 characters".into());
-    }
-    Ok(())
+    at_most(s, 128)
 }
 
-pub fn check_app(s: &str) -> Result<(), String> {
+pub fn check_app(s: &str) -> Result<(), NameError> {
     check_container(s)
 }
 
-pub fn check_service(s: &str) -> Result<(), String> {
+pub fn check_service(s: &str) -> Result<(), NameError> {
     first_alnum(s)?;
     chars_ok(s, "_-")
 }
 
 /// A Swarm service name, as swarmkit accepts it: letters and digits, `-` and `_` between
 /// them (`docker stack deploy` names services `<stack>_<service>`), 63 characters at most.
-pub fn check_swarm_service(s: &str) -> Result<(), String> {
+pub fn check_swarm_service(s: &str) -> Result<(), NameError> {
     first_alnum(s)?;
     chars_ok(s, "_-")?;
     if !s.ends_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err("it must end with a letter or digit".into());
+        return Err(NameError::End);
     }
-    if s.len() > 63 {
-        return Err("it is longer than 63 characters".into());
-    }
-    Ok(())
+    at_most(s, 63)
 }
 
 /// A Docker tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. Versions become tags.
-pub fn check_tag(s: &str) -> Result<(), String> {
+pub fn check_tag(s: &str) -> Result<(), NameError> {
     match s.chars().next() {
-        None => return Err("it is empty".into()),
+        None => return Err(NameError::Empty),
         Some(c) if c.is_ascii_alphanumeric() || c == '_' => {}
-        Some(c) => return Err(format!("it must start with a letter, digit or _, not {c:?}")),
+        Some(c) => return Err(NameError::TagStart(c)),
     }
     chars_ok(s, "_.-")?;
-    if s.len() > 128 {
-        return Err("it is longer than 128 characters".into());
-    }
-    Ok(())
+    at_most(s, 128)
 }
 
 /// An image repository without tag or digest: `ghcr.io/acme/web`, `127.0.0.1:5000/demo`.
-pub fn check_repository(s: &str) -> Result<(), String> {
+pub fn check_repository(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
-        return Err("it is empty".into());
+        return Err(NameError::Empty);
     }
     if s.contains('@') {
-        return Err("give the repository without a digest; the release decides what runs".into());
+        return Err(NameError::RepositoryDigest);
     }
     let last = s.rsplit('/').next().unwrap_or(s);
     if last.contains(':') {
-        return Err("give the repository without a tag (like ghcr.io/acme/web); the tag comes from the release".into());
+        return Err(NameError::RepositoryTag);
     }
     for (i, part) in s.split('/').enumerate() {
         if part.is_empty() {
-            return Err("it has an empty path component".into());
+            return Err(NameError::EmptyComponent);
         }
-        let extra = if i == 0 { "_.-:" } else { "_.-" };
-        chars_ok(part, extra)?;
+        let allowed = if i == 0 { "_.-:" } else { "_.-" };
+        chars_ok(part, allowed)?;
         if i > 0 && part.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err("repository paths must be lowercase".into());
+            return Err(NameError::Uppercase(part.to_string()));
         }
     }
     Ok(())
@@ -122,27 +165,26 @@ impl fmt::Display for HostAddr {
 
 /// `[user@]host[:port]`, with `[v6]:port` for IPv6. A host may also be an alias
 /// from the user's ssh config. Nothing that ssh would read as an option.
-pub fn parse_host(s: &str) -> Result<HostAddr, String> {
+pub fn parse_host(s: &str) -> Result<HostAddr, HostError> {
     let s = s.trim();
     let (user, rest) = match s.rsplit_once('@') {
         Some((u, r)) => {
-            first_alnum(u).map_err(|e| format!("user: {e}"))?;
-            chars_ok(u, "_.-").map_err(|e| format!("user: {e}"))?;
+            first_alnum(u).and_then(|()| chars_ok(u, "_.-")).map_err(HostError::User)?;
             (Some(u.to_string()), r)
         }
         None => (None, s),
     };
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("missing ] after an IPv6 address")?;
+        let (h, after) = v6.split_once(']').ok_or(HostError::UnclosedBracket)?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(format!("unexpected {after:?} after the address")),
+            None => return Err(HostError::AfterAddress(after.to_string())),
         };
         if h.is_empty() || !h.contains(':') {
-            return Err(format!("{h:?} is not an IPv6 address"));
+            return Err(HostError::NotIpv6(h.to_string()));
         }
-        chars_ok(h, ":.%").map_err(|e| format!("address: {e}"))?;
+        chars_ok(h, ":.%").map_err(HostError::Address)?;
         return finish(user, h.to_string(), port);
     } else {
         match rest.split_once(':') {
@@ -150,15 +192,14 @@ pub fn parse_host(s: &str) -> Result<HostAddr, String> {
             None => (rest.to_string(), None),
         }
     };
-    first_alnum(&host).map_err(|e| format!("host: {e}"))?;
-    chars_ok(&host, ".-_").map_err(|e| format!("host: {e}"))?;
+    first_alnum(&host).and_then(|()| chars_ok(&host, ".-_")).map_err(HostError::Host)?;
     finish(user, host, port)
 }
 
-fn finish(user: Option<String>, host: String, port: Option<&str>) -> Result<HostAddr, String> {
+fn finish(user: Option<String>, host: String, port: Option<&str>) -> Result<HostAddr, HostError> {
     let port = match port {
         None => None,
-        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| format!("port {p:?} is not a number from 1 to 65535"))?),
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| HostError::Port(p.to_string()))?),
     };
     Ok(HostAddr { user, host, port })
 }
@@ -180,6 +221,38 @@ mod tests {
         ok("[fe80::1%eth0]", None, "fe80::1%eth0", None);
         for bad in ["", "-oProxyCommand=x", "a b", "host:0", "host:99999", "u;id@h", "h$(id)", "`id`", "[::1", "x@"] {
             assert!(parse_host(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    /// The words each refusal reads with, after "invalid <what> \"<name>\": ".
+    #[test]
+    fn refusals_read_as_they_did() {
+        let name = |r: Result<(), NameError>| r.unwrap_err().to_string();
+        let host = |s: &str| parse_host(s).unwrap_err().to_string();
+        let cases = [
+            (name(check_container("")), "it is empty"),
+            (name(check_container("-web")), "it must start with a letter or digit, not '-'"),
+            (name(check_container("web 1")), "' ' is not allowed (use letters, digits and _.-)"),
+            (name(check_container(&"x".repeat(129))), "it is longer than 128 characters"),
+            (name(check_service("web.1")), "'.' is not allowed (use letters, digits and _-)"),
+            (name(check_swarm_service("shop_")), "it must end with a letter or digit"),
+            (name(check_swarm_service(&"x".repeat(64))), "it is longer than 63 characters"),
+            (name(check_tag(".v1")), "it must start with a letter, digit or _, not '.'"),
+            (name(check_repository("web@sha256:abc")), "give the repository without a digest; the release decides what runs"),
+            (name(check_repository("ghcr.io/acme/web:v1")), "give the repository without a tag (like ghcr.io/acme/web); the tag comes from the release"),
+            (name(check_repository("ghcr.io//web")), "it has an empty path component"),
+            (name(check_repository("ghcr.io/Acme/web")), "repository paths must be lowercase"),
+            (host("u;id@h"), "user: ';' is not allowed (use letters, digits and _.-)"),
+            (host("x@"), "host: it is empty"),
+            (host("[::1"), "missing ] after an IPv6 address"),
+            (host("[::1]x"), "unexpected \"x\" after the address"),
+            (host("[abc]"), "\"abc\" is not an IPv6 address"),
+            (host("[::1;]"), "address: ';' is not allowed (use letters, digits and :.%)"),
+            (host("h$(id)"), "host: '$' is not allowed (use letters, digits and .-_)"),
+            (host("host:0"), "port \"0\" is not a number from 1 to 65535"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, want);
         }
     }
 

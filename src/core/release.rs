@@ -4,8 +4,34 @@
 
 use std::collections::HashMap;
 
-use crate::core::names;
+use crate::core::names::{self, NameError};
 use crate::core::record::Record;
+
+/// Why a release cannot be run or rolled back to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    /// Nothing names a version: no `--version`, and GitHub's ref (if any) is not a tag.
+    #[error("no version to deploy ({}): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)", no_version_why(.github_ref.as_deref()))]
+    NoVersion { github_ref: Option<String> },
+    #[error("{from}: version {text:?} cannot be an image tag: {reason}")]
+    NotATag { from: &'static str, text: String, reason: NameError },
+    #[error(
+        "{from}: version {text:?} is not semver (like v1.4.2, 1.4.2 or v2.0.0-rc.1); \
+         set `release: {{ raw_tags: true }}` in the config to deploy tags that are not"
+    )]
+    NotSemver { from: &'static str, text: String },
+    #[error("--to {text:?} is neither `previous` nor a version: {reason}")]
+    RollbackTo { text: String, reason: NameError },
+    #[error("the deployment log has no successful deploy to go back from")]
+    NothingToGoBackFrom,
+}
+
+fn no_version_why(github_ref: Option<&str>) -> String {
+    match github_ref {
+        Some(r) => format!("GITHUB_REF is {r}, not a tag"),
+        None => "no --version and no GITHUB_REF".into(),
+    }
+}
 
 /// Where the version of a run can come from, in order: `--version`, the tag of
 /// `GITHUB_REF` (`refs/tags/v1.4.2`), `GITHUB_REF_NAME` when `GITHUB_REF_TYPE` is `tag`.
@@ -38,7 +64,7 @@ pub fn parse_semver(tag: &str) -> Option<semver::Version> {
 
 /// The version of this run. Non-semver tags are refused unless `raw_tags` (the
 /// config's `release.raw_tags`) allows them.
-pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, String> {
+pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, ReleaseError> {
     let (text, from) = if let Some(v) = src.cli {
         (v.to_string(), "--version")
     } else if let Some(tag) = src.github_ref.and_then(|r| r.strip_prefix("refs/tags/")) {
@@ -46,19 +72,14 @@ pub fn version(src: VersionSource<'_>, raw_tags: bool) -> Result<Version, String
     } else if let (Some(name), Some("tag")) = (src.github_ref_name, src.github_ref_type) {
         (name.to_string(), "GITHUB_REF_NAME")
     } else {
-        let why = match src.github_ref {
-            Some(r) => format!("GITHUB_REF is {r}, not a tag"),
-            None => "no --version and no GITHUB_REF".into(),
-        };
-        return Err(format!("no version to deploy ({why}): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)"));
+        return Err(ReleaseError::NoVersion { github_ref: src.github_ref.map(str::to_string) });
     };
-    names::check_tag(&text).map_err(|e| format!("{from}: version {text:?} cannot be an image tag: {e}"))?;
+    if let Err(reason) = names::check_tag(&text) {
+        return Err(ReleaseError::NotATag { from, text, reason });
+    }
     let semver = parse_semver(&text);
     if semver.is_none() && !raw_tags {
-        return Err(format!(
-            "{from}: version {text:?} is not semver (like v1.4.2, 1.4.2 or v2.0.0-rc.1); \
-             set `release: {{ raw_tags: true }}` in the config to deploy tags that are not"
-        ));
+        return Err(ReleaseError::NotSemver { from, text });
     }
     Ok(Version { text, semver })
 }
@@ -70,11 +91,11 @@ pub enum RollbackTo {
 }
 
 impl RollbackTo {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ReleaseError> {
         if s == "previous" {
             return Ok(RollbackTo::Previous);
         }
-        names::check_tag(s).map_err(|e| format!("--to {s:?} is neither `previous` nor a version: {e}"))?;
+        names::check_tag(s).map_err(|reason| ReleaseError::RollbackTo { text: s.to_string(), reason })?;
         Ok(RollbackTo::Version(s.to_string()))
     }
 }
@@ -98,12 +119,12 @@ pub fn current_version(records: &[Record]) -> Option<String> {
 
 /// Finds in a host's log what to roll back to. `None` for a version means the
 /// log does not know it (the caller may then resolve the tag in the registry).
-pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<RollbackTarget>, String> {
+pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<RollbackTarget>, ReleaseError> {
     let ok: Vec<&Record> = records.iter().filter(|r| succeeded(r)).collect();
     match to {
         RollbackTo::Previous => {
             let Some(current) = ok.last() else {
-                return Err("the deployment log has no successful deploy to go back from".into());
+                return Err(ReleaseError::NothingToGoBackFrom);
             };
             let images: HashMap<_, _> = current.instances.iter().map(|i| ((i.service.clone(), i.name.clone()), i.from_image.clone())).collect();
             // Name it after the newest earlier release that ran exactly these images.
@@ -162,7 +183,7 @@ mod tests {
             let got = version(*s, *raw);
             match (want, &got) {
                 (Ok(w), Ok(g)) => assert_eq!(*w, g.text),
-                (Err(w), Err(g)) => assert!(g.contains(w), "{g}"),
+                (Err(w), Err(g)) => assert!(g.to_string().contains(w), "{g}"),
                 _ => panic!("{s:?}: got {got:?}"),
             }
         }
@@ -211,5 +232,34 @@ mod tests {
         assert_eq!(version_of_image(&log, "d3").as_deref(), Some("v3"));
         assert_eq!(version_of_image(&log, "d4"), None, "a reverted release never ran as that version");
         assert!(RollbackTo::parse("v1;id").is_err());
+    }
+
+    #[test]
+    fn refusals_read_as_they_did() {
+        let src = |cli: Option<&'static str>, gref: Option<&'static str>| VersionSource { cli, github_ref: gref, ..Default::default() };
+        let cases = [
+            (
+                version(src(None, None), false).unwrap_err(),
+                "no version to deploy (no --version and no GITHUB_REF): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)",
+            ),
+            (
+                version(src(None, Some("refs/heads/main")), false).unwrap_err(),
+                "no version to deploy (GITHUB_REF is refs/heads/main, not a tag): pass --version v1.4.2, or run on a tag push (GITHUB_REF=refs/tags/v1.4.2)",
+            ),
+            (
+                version(src(Some("v1;id"), None), false).unwrap_err(),
+                "--version: version \"v1;id\" cannot be an image tag: ';' is not allowed (use letters, digits and _.-)",
+            ),
+            (
+                version(src(None, Some("refs/tags/nightly")), false).unwrap_err(),
+                "GITHUB_REF: version \"nightly\" is not semver (like v1.4.2, 1.4.2 or v2.0.0-rc.1); \
+                 set `release: { raw_tags: true }` in the config to deploy tags that are not",
+            ),
+            (RollbackTo::parse("-v1").unwrap_err(), "--to \"-v1\" is neither `previous` nor a version: it must start with a letter, digit or _, not '-'"),
+            (rollback_target(&[], &RollbackTo::Previous).unwrap_err(), "the deployment log has no successful deploy to go back from"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.to_string(), want);
+        }
     }
 }

@@ -23,7 +23,18 @@ use std::collections::HashMap;
 
 use crate::core::config::Compose;
 use crate::core::observed::ContainerSpec;
-use crate::host::Shell;
+use crate::host::{Shell, ShellError};
+
+/// Why Compose, or the `.env` script, did not do what was asked on the host.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ComposeError {
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+    #[error("`{} config --hash` in {dir} failed with exit {status}: {stderr}", .command.join(" "))]
+    Hash { command: Vec<String>, dir: String, status: i32, stderr: String },
+    #[error("cannot set {} in {file}: exit {status}: {stderr}", .assigns.join(" "))]
+    SetEnv { file: String, assigns: Vec<String>, status: i32, stderr: String },
+}
 
 pub const CONFIG_HASH: &str = "com.docker.compose.config-hash";
 pub const IMAGE: &str = "com.docker.compose.image";
@@ -100,13 +111,13 @@ pub fn parse_hashes(out: &str) -> HashMap<String, String> {
 }
 
 /// The hashes Compose computes for the project's services with `variable` set to `value`.
-pub async fn hashes(shell: &dyn Shell, p: &Project, variable: &str, value: &str) -> Result<HashMap<String, String>, String> {
+pub async fn hashes(shell: &dyn Shell, p: &Project, variable: &str, value: &str) -> Result<HashMap<String, String>, ComposeError> {
     let argv = p.hash_argv(variable, value);
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let r = shell.run(&args, None).await.map_err(|e| e.0)?;
+    let r = shell.run(&args, None).await?;
     let found = parse_hashes(&r.stdout);
     if !r.ok() || found.is_empty() {
-        return Err(format!("`{} config --hash` in {} failed with exit {}: {}", p.command.join(" "), p.working_dir, r.status, r.stderr.trim()));
+        return Err(ComposeError::Hash { command: p.command.clone(), dir: p.working_dir.clone(), status: r.status, stderr: r.stderr.trim().to_string() });
     }
     Ok(found)
 }
@@ -133,14 +144,14 @@ pub struct EnvChange {
 }
 
 /// Sets `vars` (name, value) in `file`; returns what each was.
-pub async fn set_env(shell: &dyn Shell, file: &str, vars: &[(String, String)]) -> Result<Vec<EnvChange>, String> {
+pub async fn set_env(shell: &dyn Shell, file: &str, vars: &[(String, String)]) -> Result<Vec<EnvChange>, ComposeError> {
     let assigns: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let out = run_set_env(shell, file, &assigns).await?;
     Ok(vars.iter().map(|(k, v)| EnvChange { file: file.into(), variable: k.clone(), before: was(&out, k), after: v.clone() }).collect())
 }
 
 /// Puts the variables back as they were.
-pub async fn restore_env(shell: &dyn Shell, changes: &[EnvChange]) -> Result<(), String> {
+pub async fn restore_env(shell: &dyn Shell, changes: &[EnvChange]) -> Result<(), ComposeError> {
     let mut by_file: Vec<(&str, Vec<String>)> = Vec::new();
     for c in changes {
         let a = match &c.before {
@@ -158,12 +169,12 @@ pub async fn restore_env(shell: &dyn Shell, changes: &[EnvChange]) -> Result<(),
     Ok(())
 }
 
-async fn run_set_env(shell: &dyn Shell, file: &str, assigns: &[String]) -> Result<String, String> {
+async fn run_set_env(shell: &dyn Shell, file: &str, assigns: &[String]) -> Result<String, ComposeError> {
     let mut argv = vec!["sh", "-c", SET_ENV, "capstan-env", file];
     argv.extend(assigns.iter().map(String::as_str));
-    let r = shell.run(&argv, None).await.map_err(|e| e.0)?;
+    let r = shell.run(&argv, None).await?;
     if !r.ok() || !r.stdout.trim_end().ends_with("written") {
-        return Err(format!("cannot set {} in {file}: exit {}: {}", assigns.join(" "), r.status, r.stderr.trim()));
+        return Err(ComposeError::SetEnv { file: file.to_string(), assigns: assigns.to_vec(), status: r.status, stderr: r.stderr.trim().to_string() });
     }
     Ok(r.stdout)
 }

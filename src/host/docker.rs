@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::PoisonError;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -128,13 +129,13 @@ impl Engine for DockerEngine {
             Err(e) => return Err(other(&format!("inspect {name}"), e)),
         };
         let image_id = c.image.clone().unwrap_or_default();
-        let cached = self.images.lock().unwrap().get(&image_id).cloned();
+        let cached = self.images.lock().unwrap_or_else(PoisonError::into_inner).get(&image_id).cloned();
         let image = match cached {
             Some(i) => Some(i),
             None => {
                 let i = self.docker.inspect_image(&image_id).await.ok();
                 if let Some(i) = &i {
-                    self.images.lock().unwrap().insert(image_id, i.clone());
+                    self.images.lock().unwrap_or_else(PoisonError::into_inner).insert(image_id, i.clone());
                 }
                 i
             }

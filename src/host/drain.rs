@@ -11,7 +11,7 @@
 //! environment.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use crate::core::config::{DrainMethod, Nginx, Service};
 use crate::core::observed::ContainerInfo;
@@ -118,7 +118,7 @@ pub struct Drainer {
 impl Drainer {
     /// Reloads of the load balancer so far, per service.
     pub fn reloads(&self) -> HashMap<String, u32> {
-        self.reloads.lock().unwrap().clone()
+        self.reloads.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Drains (`true`) or undrains (`false`) each target, with one reload for all.
@@ -149,11 +149,11 @@ impl Drainer {
     /// The container nginx runs in: the configured name, or the container of that
     /// Compose service of the instances' project.
     async fn nginx_container(&self, host: &Host, name: &str, project: Option<&str>) -> Result<String, DrainError> {
-        if let Some(c) = self.containers.lock().unwrap().get(name) {
+        if let Some(c) = self.containers.lock().unwrap_or_else(PoisonError::into_inner).get(name) {
             return Ok(c.clone());
         }
         let found = resolve_container(host, name, project).await?;
-        self.containers.lock().unwrap().insert(name.to_string(), found.clone());
+        self.containers.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), found.clone());
         Ok(found)
     }
 
@@ -168,7 +168,7 @@ impl Drainer {
         // the file changed since (the guarded write says so), or no longer names these
         // instances, once more from the file as it is.
         for _ in 0..2 {
-            let cached = self.known.lock().unwrap().remove(file);
+            let cached = self.known.lock().unwrap_or_else(PoisonError::into_inner).remove(file);
             let guarded = cached.is_some();
             let current = match cached {
                 Some(c) => c,
@@ -183,7 +183,7 @@ impl Drainer {
                 edits.iter().zip(&lines).map(|((t, down), l)| format!("{} {} (line {})", if *down { "down" } else { "up" }, t.instance, l.line)).collect();
             let what = what.join(", ");
             if edited == current {
-                self.known.lock().unwrap().insert(file.clone(), current);
+                self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.clone(), current);
                 return Ok(format!("{what} in {file}: already so, no reload"));
             }
             match self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload).await {
@@ -222,12 +222,12 @@ impl Drainer {
         what: &str,
     ) -> Result<String, DrainError> {
         let put_back = || async {
-            self.known.lock().unwrap().remove(file);
+            self.known.lock().unwrap_or_else(PoisonError::into_inner).remove(file);
             let _ = self.write(host, file, before, None, "").await;
         };
         let Some(c) = container else {
             self.count(edits);
-            self.known.lock().unwrap().insert(file.to_string(), edited.to_string());
+            self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), edited.to_string());
             return Ok(format!("{what} in {file}; reloaded"));
         };
         let argv = n.reload_argv();
@@ -261,13 +261,13 @@ impl Drainer {
             let what = if code != 0 { format!("exit {code}: {}", last_lines(&dump)) } else { wrong.join(", ") };
             return Err(DrainError::NotTaken { container: c.into(), file: file.into(), what });
         }
-        self.known.lock().unwrap().insert(file.to_string(), edited.to_string());
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.to_string(), edited.to_string());
         Ok(format!("{what} in {file}; reloaded nginx in {c}, nginx -T shows it"))
     }
 
     fn count(&self, edits: &[(&Target, bool)]) {
         if let Some((t, _)) = edits.first() {
-            *self.reloads.lock().unwrap().entry(t.service.clone()).or_default() += 1;
+            *self.reloads.lock().unwrap_or_else(PoisonError::into_inner).entry(t.service.clone()).or_default() += 1;
         }
     }
 

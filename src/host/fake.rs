@@ -544,13 +544,13 @@ impl Probe for FakeHost {
     /// A container address answers by its image's health; anything else is the
     /// load balancer, which spreads requests over the running containers whose
     /// `server` line is not `down` in the upstream file.
-    async fn http_get(&self, addr: &str, _port: u16, _path: &str, _t: Duration) -> Result<HttpAnswer, String> {
+    async fn http_get(&self, addr: &str, _port: u16, _path: &str, _t: Duration) -> Result<HttpAnswer, ProbeError> {
         let upstream = std::fs::read_to_string(self.dir.path().join("upstream.conf")).unwrap_or_default();
         let mut s = self.state.lock().unwrap();
         let broken = s.broken.clone();
         if let Some((name, c)) = s.containers.iter().find(|(_, c)| c.address == addr).map(|(n, c)| (n.clone(), c.clone())) {
             if !c.running {
-                return Err("connection refused".into());
+                return Err(ProbeError::Refused);
             }
             if broken.contains(&c.image) {
                 return Ok(HttpAnswer { status: 500, body: "broken".into() });

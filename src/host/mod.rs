@@ -130,9 +130,18 @@ pub struct HttpAnswer {
     pub body: String,
 }
 
+/// A URL of the config that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url}: {reason}")]
+pub struct BadUrl {
+    pub url: String,
+    /// The URL parser's words.
+    pub reason: String,
+}
+
 /// `http://host:port/path?q` -> (host, port, `/path?q`): what [`Probe::http_get`] takes.
-pub fn probe_target(url: &str) -> Result<(String, u16, String), String> {
-    let url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+pub fn probe_target(url: &str) -> Result<(String, u16, String), BadUrl> {
+    let url = reqwest::Url::parse(url).map_err(|e| BadUrl { url: url.to_string(), reason: e.to_string() })?;
     let addr = url.host_str().unwrap_or("127.0.0.1").trim_matches(|c| c == '[' || c == ']').to_string();
     let port = url.port_or_known_default().unwrap_or(80);
     let path = match url.query() {
@@ -142,10 +151,27 @@ pub fn probe_target(url: &str) -> Result<(String, u16, String), String> {
     Ok((addr, port, path))
 }
 
+/// Why a probe got no HTTP answer. The text is a clause of a step's message
+/// (`GET /health: connection refused`).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("timed out")]
+    TimedOut,
+    #[error("connection refused")]
+    Refused,
+    /// Any other failure of the request: the innermost cause's words.
+    #[error("{0}")]
+    Request(String),
+    #[error("no free local port: {0}")]
+    NoLocalPort(std::io::Error),
+    #[error("cannot open a tunnel to {addr}:{port}: {reason}")]
+    Tunnel { addr: String, port: u16, reason: openssh::Error },
+}
+
 #[async_trait]
 pub trait Probe: Send + Sync {
     /// `GET http://{addr}:{port}{path}`, connecting from the host.
-    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String>;
+    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError>;
 }
 
 /// One connected host: its name as configured and its effect handles.

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::core::config::Ssh;
 use crate::core::names::HostAddr;
-use crate::host::{CmdOutput, HttpAnswer, Probe, Shell, ShellError};
+use crate::host::{CmdOutput, HttpAnswer, Probe, ProbeError, Shell, ShellError};
 
 pub struct SshHost {
     session: Session,
@@ -138,16 +138,16 @@ impl SshHost {
         Ok(local)
     }
 
-    async fn tunnel(&self, addr: &str, port: u16) -> Result<u16, String> {
+    async fn tunnel(&self, addr: &str, port: u16) -> Result<u16, ProbeError> {
         let mut tunnels = self.tunnels.lock().await;
         if let Some(p) = tunnels.get(&(addr.to_string(), port)) {
             return Ok(*p);
         }
-        let local_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free local port: {e}"))?.port();
+        let local_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(ProbeError::NoLocalPort)?.port();
         self.session
             .request_port_forward(ForwardType::Local, Socket::new("127.0.0.1", local_port), Socket::new(addr.to_string(), port))
             .await
-            .map_err(|e| format!("cannot open a tunnel to {addr}:{port}: {e}"))?;
+            .map_err(|reason| ProbeError::Tunnel { addr: addr.to_string(), port, reason })?;
         tunnels.insert((addr.to_string(), port), local_port);
         Ok(local_port)
     }
@@ -192,7 +192,7 @@ impl Shell for SshHost {
 
 #[async_trait]
 impl Probe for SshHost {
-    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, String> {
+    async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
         let local = self.tunnel(addr, port).await?;
         let url = format!("http://127.0.0.1:{local}{path}");
         let host_header = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
@@ -210,11 +210,11 @@ impl Probe for SshHost {
     }
 }
 
-fn short_reqwest_error(e: &reqwest::Error) -> String {
+fn short_reqwest_error(e: &reqwest::Error) -> ProbeError {
     if e.is_timeout() {
-        "timed out".into()
+        ProbeError::TimedOut
     } else if e.is_connect() {
-        "connection refused".into()
+        ProbeError::Refused
     } else {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -222,6 +222,6 @@ fn short_reqwest_error(e: &reqwest::Error) -> String {
             s = inner.to_string();
             src = inner.source();
         }
-        s
+        ProbeError::Request(s)
     }
 }

@@ -1,7 +1,7 @@
 //! The report of one run (the `--json` document of DESIGN.md), assembled from
 //! rollout events by [`Collector`]. Rendering it is pure.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
@@ -80,15 +80,15 @@ pub struct Collector {
 
 impl Collector {
     fn with_host(&self, host: &str, f: impl FnOnce(&mut HostReport)) {
-        let mut hosts = self.hosts.lock().unwrap();
-        let h = match hosts.iter().position(|h| h.host == host) {
-            Some(i) => &mut hosts[i],
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = match hosts.iter().position(|h| h.host == host) {
+            Some(i) => i,
             None => {
                 hosts.push(HostReport { host: host.into(), outcome: None, timing: HostTiming::default(), instances: vec![], reloads: Default::default() });
-                hosts.last_mut().unwrap()
+                hosts.len() - 1
             }
         };
-        f(h)
+        f(&mut hosts[i])
     }
 
     fn with_instance(&self, host: &str, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
@@ -97,7 +97,7 @@ impl Collector {
 
     fn instance(h: &mut HostReport, service: &str, name: &str, f: impl FnOnce(&mut InstanceReport)) {
         let i = match h.instances.iter().position(|i| i.name == name && i.service == service) {
-            Some(i) => &mut h.instances[i],
+            Some(i) => i,
             None => {
                 h.instances.push(InstanceReport {
                     service: service.into(),
@@ -107,22 +107,22 @@ impl Collector {
                     outcome: None,
                     steps: vec![],
                 });
-                h.instances.last_mut().unwrap()
+                h.instances.len() - 1
             }
         };
-        f(i)
+        f(&mut h.instances[i])
     }
 
     pub fn hosts(&self) -> Vec<HostReport> {
-        self.hosts.lock().unwrap().clone()
+        self.hosts.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn builds(&self) -> Vec<Built> {
-        self.builds.lock().unwrap().clone()
+        self.builds.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn gates(&self) -> Vec<Gate> {
-        self.gates.lock().unwrap().clone()
+        self.gates.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -140,8 +140,8 @@ impl Sink for Collector {
                     i.outcome = Some(outcome);
                 });
             }
-            Event::Built(b) => self.builds.lock().unwrap().push(b),
-            Event::Gate(g) => self.gates.lock().unwrap().push(g),
+            Event::Built(b) => self.builds.lock().unwrap_or_else(PoisonError::into_inner).push(b),
+            Event::Gate(g) => self.gates.lock().unwrap_or_else(PoisonError::into_inner).push(g),
             Event::Host(HostEvent { host, phase }) => self.with_host(&host, |h| match phase {
                 HostPhase::Connected { ms } => h.timing.connect_ms = Some(ms),
                 HostPhase::Started { at_ms, canary } => {

@@ -4,7 +4,7 @@
 //! is written and the lock released. A second signal exits at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
@@ -23,7 +23,7 @@ impl Cancel {
     }
 
     pub fn trigger(&self, reason: &str) {
-        self.reason.lock().unwrap().get_or_insert_with(|| reason.to_string());
+        self.reason.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| reason.to_string());
         self.flag.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
     }
@@ -31,7 +31,7 @@ impl Cancel {
     /// Why the run was cancelled, if it was.
     pub fn reason(&self) -> Option<String> {
         if self.flag.load(Ordering::SeqCst) {
-            self.reason.lock().unwrap().clone()
+            self.reason.lock().unwrap_or_else(PoisonError::into_inner).clone()
         } else {
             None
         }

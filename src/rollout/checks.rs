@@ -180,7 +180,7 @@ impl Rollout<'_> {
             .filter_map(|a| match a {
                 Ok(a) if a.status < 500 => None,
                 Ok(a) => Some(format!("HTTP {}", a.status)),
-                Err(e) => Some(e),
+                Err(e) => Some(e.to_string()),
             })
             .collect();
         let delta = rx_bytes(self.host, active).await?.saturating_sub(before);

@@ -45,7 +45,7 @@ impl Rollout<'_> {
             Some(_) => {}
             None => engine.tag(image, &svc.image, version).await.map_err(|e| e.to_string())?,
         }
-        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await?;
+        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await.map_err(|e| e.to_string())?;
         let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
         Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::core::image::short(image), project.command.join(" "))))
     }
@@ -71,7 +71,7 @@ impl Rollout<'_> {
         let mut changes = Vec::new();
         for (file, vars, d) in files {
             let set = async {
-                let c = crate::host::compose::set_env(self.host.shell.as_ref(), &file, &vars).await?;
+                let c = crate::host::compose::set_env(self.host.shell.as_ref(), &file, &vars).await.map_err(|e| e.to_string())?;
                 let said = c.iter().map(|c| format!("{}={} (was {})", c.variable, c.after, c.before.as_deref().unwrap_or("unset"))).collect::<Vec<_>>();
                 Ok((c, format!("{file}: {}", said.join(", "))))
             };

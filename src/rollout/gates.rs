@@ -218,7 +218,7 @@ pub async fn endpoint(host: &Host, e: &Endpoint) -> Gate {
             };
             Gate::new(&host.name, gate, a.status == e.status && body_ok, measured, limit)
         }
-        Err(err) => Gate::new(&host.name, gate, false, err, limit),
+        Err(err) => Gate::new(&host.name, gate, false, err.to_string(), limit),
     }
 }
 

@@ -303,7 +303,7 @@ impl<'a> Rollout<'a> {
         if !finished.compose_env.is_empty() {
             let last = finished.instances.last().map(|r| (r.service.clone(), r.plan.name.clone())).unwrap_or_default();
             let put_back = async {
-                crate::host::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await?;
+                crate::host::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await.map_err(|e| e.to_string())?;
                 Ok(((), format!("{} put back", finished.compose_env.iter().map(|c| c.variable.as_str()).collect::<Vec<_>>().join(", "))))
             };
             all_restored &= self.step(&last.0, &last.1, "revert compose env", put_back).await.is_ok();

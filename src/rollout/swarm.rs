@@ -317,7 +317,7 @@ impl<'a> SwarmRollout<'a> {
             match self.steps.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)).await {
                 Ok(a) if a.status < 500 => {}
                 Ok(a) => failed.push(format!("HTTP {}", a.status)),
-                Err(e) => failed.push(e),
+                Err(e) => failed.push(e.to_string()),
             }
         }
         if let Some(last) = failed.last() {
@@ -395,7 +395,7 @@ mod tests {
         let collector = Arc::new(Collector::default());
         let fan = Fanout(vec![rec.clone(), collector.clone()]);
         let connector = One(fake.clone());
-        let ctx = Ctx { config, events: &fan, connector: &connector, cancel };
+        let ctx = Ctx { config, events: &fan, connector: &connector, cancel, env: &Default::default() };
         let out = roll(&ctx, want, &Targets::default(), RollOpts::default(), &collector).await;
         let events = rec.0.lock().unwrap().clone();
         (out, events)

@@ -3,6 +3,10 @@
 //! on loopback (`support` starts them); `cargo test --test it -- e2e::` runs
 //! one feature.
 
+// Test code: the support helpers outside #[test] functions panic on purpose (a
+// failed setup is the test's failure report) and print the figures they measure.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
 mod support;
 
 mod action;

@@ -43,7 +43,7 @@ impl Validator {
         }
     }
 
-    fn name(&mut self, path: &str, what: &str, value: &str, check: fn(&str) -> Result<(), String>) {
+    fn name(&mut self, path: &str, what: &str, value: &str, check: fn(&str) -> Result<(), names::NameError>) {
         if let Err(e) = check(value) {
             self.issue(path, format!("invalid {what} {value:?}: {e}"));
         }
