@@ -43,7 +43,6 @@ pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::Sandbox;
 pub use swarm::SwarmApp;
-pub use wan::WanProxy;
 // What only the examples name.
 #[allow(unused_imports)]
 pub use {app::capstan_bin, compose::PaymentImages};
