@@ -4,6 +4,7 @@
 //! upstream files read and edited as text. No network, no host, no process;
 //! the one file read is the config (`config::load`). Table-tested.
 
+pub mod access_log;
 pub mod config;
 pub mod image;
 pub mod names;
