@@ -23,7 +23,8 @@ use time::OffsetDateTime;
 /// The text `log_format` the README gives (in nginx's `http { }` block; `access_log
 /// /var/log/nginx/capstan.log capstan;` in the `server { }` that proxies). The upstream
 /// variables are quoted since their lists hold spaces; the parser takes them unquoted too.
-pub const LOG_FORMAT: &str = r#"log_format capstan '$remote_addr [$time_iso8601] "$request" $status "$upstream_addr" "$upstream_status" "$upstream_response_time" $request_time';"#;
+pub const LOG_FORMAT: &str =
+    r#"log_format capstan '$remote_addr [$time_iso8601] "$request" $status "$upstream_addr" "$upstream_status" "$upstream_response_time" $request_time';"#;
 
 /// The JSON one, for a log that other tools read too.
 pub const LOG_FORMAT_JSON: &str = r#"log_format capstan_json escape=json '{"time":"$time_iso8601","remote_addr":"$remote_addr","request":"$request","status":"$status","upstream_addr":"$upstream_addr","upstream_status":"$upstream_status","upstream_response_time":"$upstream_response_time","request_time":"$request_time"}';"#;
@@ -103,13 +104,7 @@ fn parse_text(line: &str) -> Option<Entry> {
     let (request, rest) = quoted_rest(rest)?;
     let fields = fields(rest.trim_start())?;
     let [status, addr, ustatus, utime, rtime] = fields.as_slice() else { return None };
-    Some(Entry {
-        time,
-        status: parse_status(status)?,
-        request,
-        request_time: parse_seconds(rtime)?,
-        attempts: attempts(addr, ustatus, utime)?,
-    })
+    Some(Entry { time, status: parse_status(status)?, request, request_time: parse_seconds(rtime)?, attempts: attempts(addr, ustatus, utime)? })
 }
 
 /// The rest of a quoted string whose opening quote is consumed: its text (escapes as
@@ -230,9 +225,7 @@ pub fn parse_time(s: &str) -> Option<OffsetDateTime> {
             return OffsetDateTime::from_unix_timestamp_nanos(total).ok();
         }
     }
-    let local = time::macros::format_description!(
-        "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]"
-    );
+    let local = time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] [offset_hour sign:mandatory][offset_minute]");
     OffsetDateTime::parse(s, &local).ok()
 }
 
@@ -351,7 +344,10 @@ mod tests {
                 Some((200, vec![at("172.18.0.3:8080", Some(200), ms(1))])),
             ),
             // $msec and $time_local for the time.
-            (r#"10.0.0.9 [1714564803.123] "GET / HTTP/1.1" 200 "172.18.0.3:8080" "200" "0.001" 0.001"#, Some((200, vec![at("172.18.0.3:8080", Some(200), ms(1))]))),
+            (
+                r#"10.0.0.9 [1714564803.123] "GET / HTTP/1.1" 200 "172.18.0.3:8080" "200" "0.001" 0.001"#,
+                Some((200, vec![at("172.18.0.3:8080", Some(200), ms(1))])),
+            ),
             (
                 r#"10.0.0.9 [01/May/2024:12:00:03 +0000] "GET / HTTP/1.1" 200 "172.18.0.3:8080" "200" "0.001" 0.001"#,
                 Some((200, vec![at("172.18.0.3:8080", Some(200), ms(1))])),
