@@ -383,6 +383,45 @@ mod tests {
         }
     }
 
+    /// Lines nginx 1.22 wrote with the three formats (the README's, the JSON one, and the
+    /// same unquoted) for one set of requests: a retry after a refused connection, a 500
+    /// then no live server left (the group's name), a server down, a request nginx
+    /// answered itself, and an `error_page` redirect to another group.
+    #[test]
+    fn lines_nginx_wrote() {
+        let text = r#"127.0.0.1 [2026-11-30T17:56:27+00:00] "GET / HTTP/1.1" 200 "127.0.0.1:1, 127.0.0.1:18932" "502, 200" "0.000, 0.001" 0.001
+127.0.0.1 [2026-11-30T17:56:27+00:00] "GET / HTTP/1.1" 502 "127.0.0.1:18932, web" "500, 502" "0.000, 0.000" 0.001
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /dead HTTP/1.1" 502 "127.0.0.1:1" "502" "0.000" 0.000
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /local HTTP/1.1" 200 "-" "-" "-" 0.000
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /redir HTTP/1.1" 502 "127.0.0.1:18932 : web" "404 : 502" "0.017 : 0.000" 0.017"#;
+        let plain = r#"127.0.0.1 [2026-11-30T17:56:27+00:00] "GET / HTTP/1.1" 200 127.0.0.1:1, 127.0.0.1:18932 502, 200 0.000, 0.001 0.001
+127.0.0.1 [2026-11-30T17:56:27+00:00] "GET / HTTP/1.1" 502 127.0.0.1:18932, web 500, 502 0.000, 0.000 0.001
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /dead HTTP/1.1" 502 127.0.0.1:1 502 0.000 0.000
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /local HTTP/1.1" 200 - - - 0.000
+127.0.0.1 [2026-11-30T17:56:28+00:00] "GET /redir HTTP/1.1" 502 127.0.0.1:18932 : web 404 : 502 0.017 : 0.000 0.017"#;
+        let json = r#"{"time":"2026-11-30T17:56:27+00:00","remote_addr":"127.0.0.1","request":"GET / HTTP/1.1","status":"200","upstream_addr":"127.0.0.1:1, 127.0.0.1:18932","upstream_status":"502, 200","upstream_response_time":"0.000, 0.001","request_time":"0.001"}
+{"time":"2026-11-30T17:56:27+00:00","remote_addr":"127.0.0.1","request":"GET / HTTP/1.1","status":"502","upstream_addr":"127.0.0.1:18932, web","upstream_status":"500, 502","upstream_response_time":"0.000, 0.000","request_time":"0.001"}
+{"time":"2026-11-30T17:56:28+00:00","remote_addr":"127.0.0.1","request":"GET /dead HTTP/1.1","status":"502","upstream_addr":"127.0.0.1:1","upstream_status":"502","upstream_response_time":"0.000","request_time":"0.000"}
+{"time":"2026-11-30T17:56:28+00:00","remote_addr":"127.0.0.1","request":"GET /local HTTP/1.1","status":"200","upstream_addr":"","upstream_status":"","upstream_response_time":"","request_time":"0.000"}
+{"time":"2026-11-30T17:56:28+00:00","remote_addr":"127.0.0.1","request":"GET /redir HTTP/1.1","status":"502","upstream_addr":"127.0.0.1:18932 : web","upstream_status":"404 : 502","upstream_response_time":"0.017 : 0.000","request_time":"0.017"}"#;
+        let read = parse(text);
+        assert_eq!(read.skipped, 0);
+        let tried: Vec<Vec<(&str, Option<u16>)>> = read.entries.iter().map(|e| e.attempts.iter().map(|a| (a.addr.as_str(), a.status)).collect()).collect();
+        assert_eq!(
+            tried,
+            [
+                vec![("127.0.0.1:1", Some(502)), ("127.0.0.1:18932", Some(200))],
+                vec![("127.0.0.1:18932", Some(500)), ("web", Some(502))],
+                vec![("127.0.0.1:1", Some(502))],
+                vec![],
+                vec![("127.0.0.1:18932", Some(404)), ("web", Some(502))],
+            ]
+        );
+        assert_eq!(read.entries[4].attempts[0].response_time, ms(17));
+        assert_eq!(parse(plain), read, "unquoted");
+        assert_eq!(parse(json), read, "JSON");
+    }
+
     #[test]
     fn times_and_request() {
         let e = parse_line(r#"10.0.0.9 [2024-05-01T14:00:03+02:00] "GET /pay HTTP/1.1" 201 "a:1" "201" "0.250" 0.251"#).unwrap();
