@@ -244,8 +244,9 @@ mod tests {
             line(6, 200, "new:1 200 20"),
         ]
         .join("\n");
-        // (window from second, address, requests, errors, p50, p95)
-        let cases: &[(u32, &str, u64, u64, Option<f64>, Option<f64>)] = &[
+        /// (window from second, address, requests, errors, p50, p95)
+        type Case = (u32, &'static str, u64, u64, Option<f64>, Option<f64>);
+        let cases: &[Case] = &[
             (0, "new:1", 6, 4, Some(20.0), Some(60000.0)),
             (0, "old:1", 2, 0, Some(5.0), Some(7.0)),
             (4, "new:1", 3, 2, Some(20.0), Some(60000.0)),
