@@ -15,3 +15,18 @@ pub mod secret;
 pub mod tags;
 pub mod time;
 pub mod upstream;
+
+// The gates that judge a release by what its users see (issue 18): read and judged
+// here, wired into the rollout, the report and the printer next.
+#[allow(dead_code)]
+pub mod access_log;
+#[allow(dead_code)]
+pub mod prometheus;
+#[allow(dead_code)]
+pub mod promql;
+#[allow(dead_code)]
+pub mod resources;
+#[allow(dead_code)]
+pub mod traffic;
+#[allow(dead_code)]
+pub mod verdict;

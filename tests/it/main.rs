@@ -20,6 +20,7 @@ mod harness;
 mod image;
 mod injection;
 mod link;
+mod prom;
 mod secrets;
 mod swarm;
 

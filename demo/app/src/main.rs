@@ -12,9 +12,17 @@
 //! - `DEMO_REUSEPORT` (`1` to enable): bind with `SO_REUSEPORT`, so that several replicas on
 //!   the host's network share one port and the kernel spreads connections over them (the
 //!   Swarm tests, where the routing mesh is not available);
-//! - `DEMO_LEDGER` (optional): the file `POST /pay` appends its charges to.
+//! - `DEMO_LEDGER` (optional): the file `POST /pay` appends its charges to;
+//! - `DEMO_ERROR_RATE` (default 0): the fraction of the GET/HEAD requests, `/health`,
+//!   `/metrics` and `/admin/*` aside, answered `500` (`0.02`: every 50th, evenly
+//!   spread, so a release is healthy but wrong);
+//! - `DEMO_LATENCY` (default none): a delay added to those same requests (`300ms`,
+//!   `1s`, or a number of milliseconds).
 //!
-//! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`, and for tests
+//! Routes: `GET /health`, `GET /version`, `GET /[?sleep_ms=N]`, `GET /metrics`
+//! (Prometheus' text format: `demo_requests_total` by status and the
+//! `demo_request_duration_seconds` histogram of every request but `/health`,
+//! `/metrics` and `/admin/*`; `demo_info` with the version), and for tests
 //! `GET /admin/health/break` and `/admin/health/fix` (turn `/health` to 500 and
 //! back), `GET /admin/oops` (prints an `ERROR` line). One request per
 //! connection, always `Connection: close`.
@@ -32,8 +40,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,6 +49,8 @@ static STOP: AtomicBool = AtomicBool::new(false);
 /// Set by `/admin/health/break`, cleared by `/admin/health/fix`.
 static BROKEN: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Requests subject to `DEMO_ERROR_RATE`, counted: the n-th fails when it crosses a whole error.
+static FAULT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Longest a single `?sleep_ms=` may ask for.
 const MAX_SLEEP_MS: u64 = 120_000;
@@ -85,6 +95,87 @@ struct Settings {
     healthy: bool,
     /// `DEMO_LEDGER`: where `POST /pay` records its charges.
     ledger: Option<std::path::PathBuf>,
+    /// `DEMO_ERROR_RATE`: the fraction of application requests answered 500.
+    error_rate: f64,
+    /// `DEMO_LATENCY`: added to application requests.
+    latency: Duration,
+    metrics: Metrics,
+}
+
+/// What `/metrics` reports: application requests by status, and their durations.
+struct Metrics {
+    by_status: Mutex<std::collections::BTreeMap<u16, u64>>,
+    /// Cumulative counts per bucket of [`BUCKETS`], then the `+Inf` one.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Microseconds, summed.
+    sum_us: AtomicU64,
+}
+
+/// The histogram's upper bounds, in seconds (Prometheus' client default).
+const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics { by_status: Mutex::new(Default::default()), buckets: Default::default(), sum_us: AtomicU64::new(0) }
+    }
+
+    fn record(&self, status: u16, took: Duration) {
+        *self.by_status.lock().unwrap_or_else(|e| e.into_inner()).entry(status).or_insert(0) += 1;
+        let secs = took.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.buckets[BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, version: &str) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP demo_info The demo app's version.\n# TYPE demo_info gauge\n");
+        out.push_str(&format!("demo_info{{version=\"{}\"}} 1\n", version.replace('\\', "\\\\").replace('"', "\\\"")));
+        out.push_str("# HELP demo_requests_total Requests answered, by status (/health, /metrics and /admin/* aside).\n");
+        out.push_str("# TYPE demo_requests_total counter\n");
+        for (status, n) in self.by_status.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push_str(&format!("demo_requests_total{{status=\"{status}\"}} {n}\n"));
+        }
+        out.push_str("# HELP demo_request_duration_seconds Time from the request read to the answer ready.\n");
+        out.push_str("# TYPE demo_request_duration_seconds histogram\n");
+        for (i, le) in BUCKETS.iter().enumerate() {
+            out.push_str(&format!("demo_request_duration_seconds_bucket{{le=\"{le}\"}} {}\n", self.buckets[i].load(Ordering::Relaxed)));
+        }
+        let count = self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        out.push_str(&format!("demo_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!("demo_request_duration_seconds_sum {}\n", self.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
+        out.push_str(&format!("demo_request_duration_seconds_count {count}\n"));
+        out
+    }
+}
+
+/// Requests that the fault modes and the metrics are about: not the probes, the scrapes or the test controls.
+fn is_application(path: &str) -> bool {
+    !(path == "/health" || path == "/metrics" || path.starts_with("/admin/"))
+}
+
+/// Whether the `n`-th application request (from 1) is answered 500 at `rate`: the ones
+/// where the count of errors owed, `n × rate`, passes a whole number.
+fn injects_error(n: u64, rate: f64) -> bool {
+    rate > 0.0 && (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor()
+}
+
+/// `300ms`, `1s`, `1.5s`, or a number of milliseconds.
+fn parse_latency(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (s, 1e-3)
+    };
+    let v: f64 = number.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v * scale))
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -140,11 +231,28 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let error_rate: f64 = match env_or("DEMO_ERROR_RATE", "0").parse() {
+        Ok(r) if (0.0..=1.0).contains(&r) => r,
+        _ => {
+            eprintln!("capstan-demo: DEMO_ERROR_RATE must be a fraction from 0 to 1, like 0.02");
+            std::process::exit(2);
+        }
+    };
+    let latency = match parse_latency(&env_or("DEMO_LATENCY", "0")) {
+        Some(l) => l,
+        None => {
+            eprintln!("capstan-demo: DEMO_LATENCY must be a duration like 300ms or 1s");
+            std::process::exit(2);
+        }
+    };
     let settings = Arc::new(Settings {
         version: env_or("DEMO_VERSION", "dev"),
         instance: instance_name(),
         healthy: env_or("DEMO_HEALTH", "ok") != "broken",
         ledger: std::env::var_os("DEMO_LEDGER").filter(|l| !l.is_empty()).map(std::path::PathBuf::from),
+        error_rate,
+        latency,
+        metrics: Metrics::new(),
     });
 
     // Simulated slow start; a stop signal during it ends the process at once.
@@ -170,8 +278,15 @@ fn main() {
         eprintln!("capstan-demo: set_nonblocking: {e}");
         std::process::exit(1);
     }
+    let mut faults = String::new();
+    if settings.error_rate > 0.0 {
+        faults.push_str(&format!(", answering {}% of requests with 500", settings.error_rate * 100.0));
+    }
+    if !settings.latency.is_zero() {
+        faults.push_str(&format!(", adding {} ms to each request", settings.latency.as_millis()));
+    }
     log(&format!(
-        "version {} listening on 0.0.0.0:{port}{} (health {})",
+        "version {} listening on 0.0.0.0:{port}{} (health {}{faults})",
         settings.version,
         if reuseport { " with SO_REUSEPORT" } else { "" },
         if settings.healthy { "ok" } else { "broken" }
@@ -340,6 +455,8 @@ fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
         }
     };
 
+    let started = Instant::now();
+    let path = request_path(&head);
     let (head_only, response) = if !complete {
         (false, Response { status: 431, body: "request head too large\n".into() })
     } else if is_pay(&head) {
@@ -347,6 +464,9 @@ fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
     } else {
         route(&head, settings)
     };
+    if path.as_deref().is_some_and(is_application) {
+        settings.metrics.record(response.status, started.elapsed());
+    }
 
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
@@ -375,6 +495,13 @@ fn handle(mut stream: TcpStream, settings: &Settings) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The path of the request line (without the query), if there is one.
+fn request_path(head: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let target = text.lines().next()?.split_whitespace().nth(1)?;
+    Some(target.split('?').next().unwrap_or(target).to_string())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -468,7 +595,17 @@ fn route(head: &[u8], settings: &Settings) -> (bool, Response) {
         Some((p, q)) => (p, q),
         None => (target, ""),
     };
+    if is_application(path) {
+        if !settings.latency.is_zero() {
+            thread::sleep(settings.latency);
+        }
+        let n = FAULT_COUNTER.fetch_add(1, Ordering::SeqCst) + 1;
+        if injects_error(n, settings.error_rate) {
+            return (is_head, Response { status: 500, body: "injected error (DEMO_ERROR_RATE)\n".into() });
+        }
+    }
     let response = match path {
+        "/metrics" => Response { status: 200, body: settings.metrics.render(&settings.version) },
         "/health" => {
             if settings.healthy && !BROKEN.load(Ordering::SeqCst) {
                 Response { status: 200, body: "ok".into() }
@@ -525,5 +662,59 @@ fn probe() -> i32 {
     match s.read(&mut head) {
         Ok(n) if head[..n].starts_with(b"HTTP/1.1 200") || head[..n].starts_with(b"HTTP/1.0 200") => 0,
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_spread_at_the_rate() {
+        let failed: Vec<u64> = (1..=200).filter(|n| injects_error(*n, 0.02)).collect();
+        assert_eq!(failed, [50, 100, 150, 200]);
+        assert_eq!((1..=1000).filter(|n| injects_error(*n, 0.3)).count(), 300);
+        assert_eq!((1..=10).filter(|n| injects_error(*n, 1.0)).count(), 10);
+        assert!(!(1..=1000).any(|n| injects_error(n, 0.0)));
+    }
+
+    #[test]
+    fn latencies() {
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("300ms", Some(Duration::from_millis(300))),
+            ("1s", Some(Duration::from_secs(1))),
+            ("1.5s", Some(Duration::from_millis(1500))),
+            ("250", Some(Duration::from_millis(250))),
+            ("0", Some(Duration::ZERO)),
+            ("soon", None),
+            ("-1s", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_latency(s), *want, "{s}");
+        }
+    }
+
+    #[test]
+    fn metrics_in_prometheus_text_format() {
+        let m = Metrics::new();
+        m.record(200, Duration::from_millis(3));
+        m.record(200, Duration::from_millis(300));
+        m.record(500, Duration::from_millis(20));
+        let text = m.render("v1");
+        for line in [
+            "demo_info{version=\"v1\"} 1",
+            "demo_requests_total{status=\"200\"} 2",
+            "demo_requests_total{status=\"500\"} 1",
+            "demo_request_duration_seconds_bucket{le=\"0.005\"} 1",
+            "demo_request_duration_seconds_bucket{le=\"0.025\"} 2",
+            "demo_request_duration_seconds_bucket{le=\"0.5\"} 3",
+            "demo_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "demo_request_duration_seconds_sum 0.323",
+            "demo_request_duration_seconds_count 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(is_application("/") && is_application("/version") && is_application("/pay"));
+        assert!(!is_application("/health") && !is_application("/metrics") && !is_application("/admin/oops"));
     }
 }

@@ -160,6 +160,9 @@ pub struct Service {
     /// The Compose project its instances belong to (`compose:` at the top level or on the
     /// service): `instances` may then name Compose services of it.
     pub compose: Option<Compose>,
+    /// What real traffic, the containers and Prometheus must show of a new instance
+    /// (`gates:` on the service, gate by gate over the top-level `gates:`).
+    pub gates: Gates,
 }
 
 /// A service's Compose project, and how capstan keeps Compose's view of it true.
@@ -334,4 +337,91 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// `gates:`: what a new instance must show once it serves, judged by what its users
+/// see. Set at the top level for every service, or on a service: a gate (traffic,
+/// resources, prometheus) or the window given on the service replaces the top level's.
+/// A top-level traffic gate applies to the services drained through nginx (it reads
+/// nginx's access log); on another service it must not be set.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Gates {
+    /// How long the gates watch each instance after it is put back, before the next
+    /// one is touched (the bake window, when set, is watched too).
+    pub window: Duration,
+    pub traffic: Option<TrafficGate>,
+    pub resources: Option<ResourceGate>,
+    pub prometheus: Option<PrometheusGate>,
+}
+
+impl Gates {
+    /// The window when none is given.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
+}
+
+/// `gates.traffic`: real requests, per instance, from nginx's access log (the
+/// `log_format` in `core::access_log`), against absolute limits and against the
+/// instances still on the old release over the same window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficGate {
+    pub access_log: AccessLog,
+    /// Fewer requests on the instance than this: no verdict (said so), and `too_little_traffic` decides.
+    pub min_requests: u64,
+    pub too_little_traffic: IfUndecided,
+    /// A fraction (`1%` is 0.01) of the requests an instance answered with a server error.
+    pub max_error_rate: Option<f64>,
+    /// Percentage points over the old instances' error rate, as a fraction (`0.5%` is 0.005).
+    pub max_error_rate_increase: Option<f64>,
+    pub max_p95: Option<Duration>,
+    /// At most this many times the old instances' p95.
+    pub max_p95_ratio: Option<f64>,
+}
+
+/// Where nginx's access log is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    /// A file on the host.
+    File(String),
+    /// The output of nginx's container (the official image sends its access log there).
+    Container(String),
+}
+
+/// What an undecided gate (too little traffic, no data) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IfUndecided {
+    /// Said so, and the release goes on: no revert on noise.
+    Pass,
+    /// Said so, and the release reverts.
+    Fail,
+}
+
+/// `gates.resources`: the new container's CPU and memory, from the engine's stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceGate {
+    /// Percent of one CPU, as `docker stats` shows it (`80%`; 200 is two cores busy).
+    pub max_cpu: Option<f64>,
+    pub max_memory: Option<u64>,
+    /// At most this many times the old instances' memory (on average per container).
+    pub max_memory_ratio: Option<f64>,
+}
+
+/// `gates.prometheus`: PromQL queries, asked of a Prometheus reached from the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusGate {
+    /// Like `http://127.0.0.1:9090`, as seen from the host.
+    pub url: String,
+    pub queries: Vec<QueryGate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryGate {
+    /// For messages; `query 1`, `query 2`… when not given.
+    pub name: String,
+    /// PromQL with `{instance}`, `{address}` and `{service}` filled in per instance.
+    pub query: String,
+    /// What every value of the answer must meet, like `< 0.01`.
+    pub expect: crate::core::promql::Comparison,
+    /// An empty answer or NaN: no verdict, and this decides.
+    pub no_data: IfUndecided,
 }

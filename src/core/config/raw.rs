@@ -31,6 +31,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) roles: IndexMap<String, Vec<String>>,
     pub(super) compose: Option<RawComposeTop>,
+    pub(super) gates: Option<RawGates>,
     pub(super) services: IndexMap<String, RawService>,
 }
 
@@ -164,6 +165,7 @@ pub(super) struct RawService {
     pub(super) target: Option<String>,
     pub(super) swarm: Option<RawSwarm>,
     pub(super) compose: Option<RawComposeService>,
+    pub(super) gates: Option<RawGates>,
 }
 
 #[derive(Deserialize, Default)]
@@ -250,4 +252,67 @@ pub(super) struct RawCommandDrain {
 pub(super) struct RawTraffic {
     pub(super) url: String,
     pub(super) requests: Option<u32>,
+}
+
+/// `gates:` at the top level (every service) or on a service (its own, gate by gate).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGates {
+    pub(super) window: Option<String>,
+    pub(super) traffic: Option<RawTrafficGate>,
+    pub(super) resources: Option<RawResourceGate>,
+    pub(super) prometheus: Option<RawPrometheusGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrafficGate {
+    pub(super) access_log: Option<RawAccessLog>,
+    pub(super) min_requests: Option<u64>,
+    pub(super) too_little_traffic: Option<String>,
+    pub(super) max_error_rate: Option<RawNumber>,
+    pub(super) max_error_rate_increase: Option<RawNumber>,
+    pub(super) max_p95: Option<String>,
+    pub(super) max_p95_ratio: Option<RawNumber>,
+}
+
+/// A file on the host, or `{ container: NAME }`: what nginx's container writes to its output.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawAccessLog {
+    File(String),
+    Container { container: String },
+}
+
+/// A value written as a number (`2.0`) or as text (`1%`).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+pub(super) enum RawNumber {
+    Number(f64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResourceGate {
+    pub(super) max_cpu: Option<RawNumber>,
+    pub(super) max_memory: Option<String>,
+    pub(super) max_memory_ratio: Option<RawNumber>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrometheusGate {
+    pub(super) url: String,
+    #[serde(default)]
+    pub(super) queries: Vec<RawQueryGate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueryGate {
+    pub(super) name: Option<String>,
+    pub(super) query: String,
+    pub(super) expect: String,
+    pub(super) no_data: Option<String>,
 }

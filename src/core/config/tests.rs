@@ -222,3 +222,131 @@ fn an_instance_cannot_belong_to_two_services() {
     let err = parse_str(&text).unwrap_err();
     assert!(err.issues.iter().any(|i| i.path == "services.worker.instances[0]" && i.message.contains("services.web")), "{err}");
 }
+
+/// The runbook's thresholds: error rate under 0.1 % (alert above 1 %), p95 under 100 ms
+/// (alert above 500 ms), CPU under 80 %, memory stable.
+const RUNBOOK_GATES: &str = r#"gates:
+  window: 45s
+  traffic:
+    access_log: /var/log/nginx/capstan.log
+    min_requests: 200
+    max_error_rate: 1%
+    max_error_rate_increase: 0.1%
+    max_p95: 500ms
+    max_p95_ratio: 2.0
+  resources:
+    max_cpu: 80%
+    max_memory_ratio: 1.5
+  prometheus:
+    url: http://127.0.0.1:9090
+    queries:
+      - name: 5xx ratio
+        query: 'sum(rate(demo_requests_total{instance="{address}",status=~"5.."}[1m])) / sum(rate(demo_requests_total{instance="{address}"}[1m]))'
+        expect: "< 0.001"
+        no_data: pass
+      - query: 'max(pg_stat_activity_count{datname="shop"})'
+        expect: "<= 80"
+"#;
+
+fn with_gates(gates: &str) -> String {
+    GOOD.replacen("services:\n", &format!("{gates}services:\n"), 1)
+}
+
+#[test]
+fn gates_encode_the_runbook() {
+    let c = parse_str(&with_gates(RUNBOOK_GATES)).unwrap();
+    let g = &c.services[0].gates;
+    assert_eq!(g.window, Duration::from_secs(45));
+    assert_eq!(
+        g.traffic,
+        Some(TrafficGate {
+            access_log: AccessLog::File("/var/log/nginx/capstan.log".into()),
+            min_requests: 200,
+            too_little_traffic: IfUndecided::Pass,
+            max_error_rate: Some(0.01),
+            max_error_rate_increase: Some(0.001),
+            max_p95: Some(Duration::from_millis(500)),
+            max_p95_ratio: Some(2.0),
+        })
+    );
+    assert_eq!(g.resources, Some(ResourceGate { max_cpu: Some(80.0), max_memory: None, max_memory_ratio: Some(1.5) }));
+    let p = g.prometheus.as_ref().unwrap();
+    assert_eq!(p.url, "http://127.0.0.1:9090");
+    assert_eq!(
+        p.queries.iter().map(|q| (q.name.as_str(), q.expect.to_string(), q.no_data)).collect::<Vec<_>>(),
+        [("5xx ratio", "< 0.001".to_string(), IfUndecided::Pass), ("query 2", "<= 80".to_string(), IfUndecided::Fail)]
+    );
+    // No gates: none, and the default window.
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.services[0].gates, Gates { window: Gates::DEFAULT_WINDOW, ..Gates::default() });
+}
+
+#[test]
+fn a_service_sets_its_own_gates_gate_by_gate() {
+    let text = with_gates(RUNBOOK_GATES).replacen(
+        "    pause: 10s\n",
+        "    pause: 10s\n    gates:\n      traffic: { max_p95: 100ms, too_little_traffic: fail, access_log: { container: lb } }\n",
+        1,
+    );
+    let g = parse_str(&text).unwrap().services.remove(0).gates;
+    let t = g.traffic.unwrap();
+    assert_eq!(
+        (t.max_p95, t.max_error_rate, t.min_requests),
+        (Some(Duration::from_millis(100)), None, 100),
+        "the service's gate replaces the top level's whole"
+    );
+    assert_eq!((t.access_log, t.too_little_traffic), (AccessLog::Container("lb".into()), IfUndecided::Fail));
+    assert_eq!(g.window, Duration::from_secs(45), "the window and the other gates come from the top level");
+    assert!(g.resources.is_some() && g.prometheus.is_some());
+    // Without access_log, nginx's container's output when nginx runs in one.
+    let text =
+        with_gates("gates:\n  traffic: { max_error_rate: 1% }\n").replacen("reload: \"nginx -s reload\" }", "reload: \"nginx -s reload\", container: lb }", 1);
+    let t = parse_str(&text).unwrap().services.remove(0).gates.traffic.unwrap();
+    assert_eq!(t.access_log, AccessLog::Container("lb".into()));
+    // A top-level traffic gate skips a service that nginx does not drain; its own is refused.
+    let worker = "  worker:\n    image: ghcr.io/acme/worker\n    instances: [worker-1]\n";
+    let c = parse_str(&format!("{}{worker}", with_gates(RUNBOOK_GATES))).unwrap();
+    assert!(c.service("worker").unwrap().gates.traffic.is_none() && c.service("worker").unwrap().gates.resources.is_some());
+    let err = parse_str(&format!("{}{worker}    gates: {{ traffic: {{ max_p95: 1s, access_log: /x.log }} }}\n", GOOD)).unwrap_err();
+    assert!(err.issues.iter().any(|i| i.path == "services.worker.gates.traffic" && i.message.contains("not drained through nginx")), "{err}");
+}
+
+/// One bad edit of the runbook's gates per case: the key path and what was expected.
+#[test]
+fn gate_errors_name_the_key() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("max_error_rate: 1%", "max_error_rate: 0.01", "gates.traffic.max_error_rate", "expected a percentage like 1% or 0.1%"),
+        ("max_error_rate: 1%", "max_error_rate: 150%", "gates.traffic.max_error_rate", "from 0% to 100%"),
+        ("max_error_rate_increase: 0.1%", "max_error_rate_increase: lots", "gates.traffic.max_error_rate_increase", "percentage"),
+        ("max_p95: 500ms", "max_p95: fast", "gates.traffic.max_p95", "expected a duration"),
+        ("max_p95: 500ms", "max_p95: 0s", "gates.traffic.max_p95", "above zero"),
+        ("max_p95_ratio: 2.0", "max_p95_ratio: 0.5", "gates.traffic.max_p95_ratio", "at least 1"),
+        ("max_p95_ratio: 2.0", "max_p96: 2.0", "gates.traffic.max_p96", "unknown field `max_p96`"),
+        ("min_requests: 200", "min_requests: 0", "gates.traffic.min_requests", "at least 1"),
+        ("min_requests: 200", "min_requests: 200\n    too_little_traffic: shrug", "gates.traffic.too_little_traffic", "expected pass or fail"),
+        ("access_log: /var/log/nginx/capstan.log", "access_log: capstan.log", "gates.traffic.access_log", "absolute path"),
+        ("access_log: /var/log/nginx/capstan.log", "access_log: { container: \"a b\" }", "gates.traffic.access_log.container", "invalid container name"),
+        ("    access_log: /var/log/nginx/capstan.log\n", "", "gates.traffic.access_log", "drain.nginx names no container"),
+        ("    max_error_rate: 1%\n    max_error_rate_increase: 0.1%\n    max_p95: 500ms\n    max_p95_ratio: 2.0\n", "", "gates.traffic", "at least one limit"),
+        ("window: 45s", "window: 0s", "gates.window", "above zero"),
+        ("max_cpu: 80%", "max_cpu: 80", "gates.resources.max_cpu", "percentage"),
+        ("max_memory_ratio: 1.5", "max_memory: lots", "gates.resources.max_memory", "expected a size like 512MiB"),
+        ("url: http://127.0.0.1:9090", "url: 127.0.0.1:9090", "gates.prometheus.url", "http:// URL as seen from the host"),
+        ("expect: \"< 0.001\"", "expect: \"0.001\"", "gates.prometheus.queries[0].expect", "expected a comparison like \"< 0.01\""),
+        ("expect: \"<= 80\"", "expect: \"<= eighty\"", "gates.prometheus.queries[1].expect", "expected a number after <="),
+        ("no_data: pass", "no_data: maybe", "gates.prometheus.queries[0].no_data", "expected pass or fail"),
+        ("instance=\"{address}\",status", "instance=\"{adress}\",status", "gates.prometheus.queries[0].query", "unknown placeholder {adress}"),
+        ("      - name: 5xx ratio\n", "      - name: query 2\n", "gates.prometheus.queries[1].name", "a name of its own"),
+    ];
+    let base = with_gates(RUNBOOK_GATES);
+    for (from, to, path, expect) in cases {
+        assert!(base.contains(from), "bad case: {from}");
+        let err = parse_str(&base.replacen(from, to, 1)).expect_err(&format!("{to:?} should be refused"));
+        assert!(err.issues.iter().any(|i| i.path == *path && i.message.contains(expect)), "case {to:?}: expected path {path:?} and {expect:?}, got:\n{err}");
+        assert!(err.to_string().starts_with("/repo/capstan.yml"), "names the file: {err}");
+    }
+    // The line of the key, as for any other.
+    let err = parse_str(&base.replacen("max_p95: 500ms", "max_p95: fast", 1)).unwrap_err();
+    let line = base.lines().position(|l| l.contains("max_p95: 500ms")).unwrap() as u64 + 1;
+    assert_eq!(err.issues[0].line, Some(line), "{err}");
+}

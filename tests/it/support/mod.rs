@@ -15,6 +15,7 @@
 //!   never by text replacement.
 //! - [`KeepAliveLoad`]: GETs and POSTs over persistent connections, as real
 //!   clients send them, checked against the charges the service recorded.
+//! - [`prometheus::Prometheus`]: a real Prometheus on loopback scraping given targets.
 //!
 //! Compiled once into the integration tests (`tests/it/main.rs`: `mod support;`),
 //! and into each example with `#[path = "../tests/it/support/mod.rs"] mod support;`.
@@ -29,6 +30,7 @@ pub mod http;
 mod keepalive_load;
 mod load;
 pub mod proc;
+pub mod prometheus;
 pub mod runner;
 mod sandbox;
 mod sshd;
