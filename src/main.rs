@@ -85,7 +85,9 @@ async fn run(cli: Cli) -> i32 {
     // In a GitHub Action, secrets are masked and key files written before anything else.
     let setup = match &cli.command {
         Command::Action => match action::setup(&mut std::io::stdout()) {
-            Ok(s) => Some(s),
+            Ok(Some(s)) => Some(s),
+            // The event asks for nothing (a release edited, a tag deleted): its notice is printed.
+            Ok(None) => return exit::OK,
             Err(e) => {
                 printer.always(&e.render());
                 return e.exit_code();

@@ -1,7 +1,8 @@
 //! `capstan action`: the entrypoint of the GitHub container action. It masks
-//! every secret before printing anything, puts the SSH key in a private 0600
-//! file, decides from the event what to run (see [`crate::github::trigger`]), and after
-//! the run writes the step outputs and the job summary.
+//! every secret before printing anything, decides from the event what to run
+//! (see [`crate::github::trigger`]; an event that asks for nothing is a notice
+//! and exit 0), puts the SSH key in a private 0600 file, and after the run
+//! writes the step outputs and the job summary.
 //!
 //! It also makes the GitHub client ([`crate::github::api`]) from the
 //! `github-token` input, `GITHUB_API_URL` and `GITHUB_REPOSITORY`; what is
@@ -15,7 +16,7 @@ use crate::core::config::Config;
 use crate::env::{self, input};
 use crate::error::Error;
 use crate::github::summary::{self, RollbackLink};
-use crate::github::trigger::{self, Trigger};
+use crate::github::trigger::{self, Decision, Trigger};
 use crate::output::report::Report;
 use crate::output::workflow;
 
@@ -43,7 +44,9 @@ pub struct Setup {
 /// The inputs that are secrets, in the order they are masked.
 const SECRETS: [&str; 3] = ["ssh-private-key", "registry-password", "github-token"];
 
-pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
+/// Prepares an action run; `None` when the event asks for nothing (a release
+/// edited, a tag deleted…): the notice is printed and the run ends with 0.
+pub fn setup(stdout: &mut impl Write) -> Result<Option<Setup>, Error> {
     // Masks first: nothing may be printed before the runner knows what to hide.
     for name in SECRETS {
         if let Some(v) = input(name) {
@@ -55,6 +58,31 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         }
     }
     let _ = stdout.flush();
+    let event_name =
+        env::var(env::GITHUB_EVENT_NAME).ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
+    let payload = match env::var(env::GITHUB_EVENT_PATH) {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: {e}")))?;
+            serde_json::from_str(&text).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: not JSON: {e}")))?
+        }
+        None => serde_json::Value::Null,
+    };
+    let config_path = PathBuf::from(input("config").unwrap_or_else(|| crate::core::config::DEFAULT_FILE.into()));
+    let inputs = trigger::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
+    // Read only for a published prerelease. A config that does not load says yes:
+    // the run goes on and reports its errors on their lines.
+    let prereleases = || crate::core::config::load(&config_path).map(|c| c.prereleases).unwrap_or(true);
+    let trigger = match trigger::decide(&event_name, &payload, &inputs, &prereleases).map_err(|e| Error::input(e.to_string()))? {
+        Decision::Run(t) => t,
+        Decision::Nothing { notice } => {
+            let _ = writeln!(stdout, "{}", notice_annotation(&notice));
+            let _ = stdout.flush();
+            if let Some(path) = env::var(env::GITHUB_STEP_SUMMARY) {
+                let _ = workflow::append(std::path::Path::new(&path), &format!("## capstan: nothing to do\n\n{notice}\n"));
+            }
+            return Ok(None);
+        }
+    };
     let dir = tempfile::Builder::new().prefix("capstan-action-").tempdir().map_err(|e| Error::input(format!("cannot make a private temp dir: {e}")))?;
     let write_private = |name: &str, text: &str| -> Result<PathBuf, Error> {
         use std::os::unix::fs::OpenOptionsExt;
@@ -75,15 +103,6 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         // The config names the variable the password is read from; the input fills it.
         std::env::set_var("CAPSTAN_REGISTRY_PASSWORD", pw);
     }
-    let event_name =
-        env::var(env::GITHUB_EVENT_NAME).ok_or_else(|| Error::input("GITHUB_EVENT_NAME is not set: `capstan action` runs inside GitHub Actions"))?;
-    let payload = match env::var(env::GITHUB_EVENT_PATH) {
-        Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: {e}")))?;
-            serde_json::from_str(&text).map_err(|e| Error::input(format!("GITHUB_EVENT_PATH {p}: not JSON: {e}")))?
-        }
-        None => serde_json::Value::Null,
-    };
     // The image's `created` label from the pushed commit's time: reproducible builds
     // without git in the action's image (or a workspace git refuses as not owned).
     if env::var(env::SOURCE_DATE_EPOCH).is_none() {
@@ -92,19 +111,18 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
             std::env::set_var(env::SOURCE_DATE_EPOCH, t.unix_timestamp().to_string());
         }
     }
-    let inputs = trigger::Inputs { command: input("command"), version: input("version"), rollback_to: input("rollback-to") };
-    let trigger = trigger::decide(&event_name, &payload, &inputs).map_err(Error::input)?;
     let (github, github_missing) = match (input("github-token"), env::var(env::GITHUB_REPOSITORY)) {
         (Some(token), Some(repo)) => {
             let api = env::var(env::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
-            let client = crate::github::api::Client::new(&api, &token, &repo, crate::github::api::RetryPolicy::default()).map_err(Error::input)?;
+            let client = crate::github::api::Client::new(&api, &token, &repo, crate::github::api::RetryPolicy::default())
+                .map_err(|e| Error::input(e.to_string()))?;
             (Some(Arc::new(client)), None)
         }
         (None, _) => (None, Some("no github-token input: nothing is reported to GitHub".to_string())),
         (_, None) => (None, Some("GITHUB_REPOSITORY is not set: nothing is reported to GitHub".to_string())),
     };
-    Ok(Setup {
-        config_path: PathBuf::from(input("config").unwrap_or_else(|| crate::core::config::DEFAULT_FILE.into())),
+    Ok(Some(Setup {
+        config_path,
         trigger,
         dry_run: input("dry-run").is_some_and(|v| v.eq_ignore_ascii_case("true")),
         services: input("services").map(|s| s.split([',', ' ', '\n']).filter(|x| !x.is_empty()).map(String::from).collect()).unwrap_or_default(),
@@ -116,7 +134,7 @@ pub fn setup(stdout: &mut impl Write) -> Result<Setup, Error> {
         identity,
         known_hosts,
         _dir: dir,
-    })
+    }))
 }
 
 impl Setup {
@@ -201,6 +219,11 @@ fn report_location() -> (PathBuf, String) {
             (p.clone(), p.display().to_string())
         }
     }
+}
+
+/// `::notice title=capstan::…`: shown on the run's page, not only in its log.
+fn notice_annotation(message: &str) -> String {
+    format!("::notice title=capstan::{}", workflow::escape_data(message))
 }
 
 /// Config errors as annotations on the file's lines.
