@@ -2,7 +2,9 @@
 //! every secret before printing anything, decides from the event what to run
 //! (see [`crate::github::trigger`]; an event that asks for nothing is a notice
 //! and exit 0), puts the SSH key in a private 0600 file, and after the run
-//! writes the step outputs and the job summary.
+//! writes the step outputs and the job summary. Annotations stay within
+//! GitHub's limits per step (10 errors, 10 warnings): the excess is counted
+//! in the last one, and the job summary has all of it.
 //!
 //! It also makes the GitHub client ([`crate::github::api`]) from the
 //! `github-token` input, `GITHUB_API_URL` and `GITHUB_REPOSITORY`; what is
@@ -196,10 +198,19 @@ impl Setup {
             workflow::append(std::path::Path::new(&out), &text)?;
         }
         if let Some(path) = env::var(env::GITHUB_STEP_SUMMARY) {
-            let to = report.previous.as_deref().unwrap_or("previous");
-            workflow::append(std::path::Path::new(&path), &summary::render(report, self.rollback_link().as_ref(), to))?;
+            workflow::append(std::path::Path::new(&path), &summary::render(report, self.rollback_link().as_ref()))?;
         }
         Ok(())
+    }
+
+    /// A config that does not load: every problem in the job summary, and the
+    /// annotations (on the config's lines) to print, within GitHub's limits.
+    pub fn config_error(&self, e: &crate::core::config::ConfigError) -> Vec<String> {
+        if let Some(path) = env::var(env::GITHUB_STEP_SUMMARY) {
+            let file = e.file.strip_prefix(&self.workspace).unwrap_or(&e.file).display().to_string();
+            let _ = workflow::append(std::path::Path::new(&path), &summary::config_error(e, &file));
+        }
+        annotate(e)
     }
 }
 
@@ -221,13 +232,152 @@ fn report_location() -> (PathBuf, String) {
     }
 }
 
+/// GitHub shows at most this many annotations of each level per step and drops the rest.
+pub const MAX_ANNOTATIONS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// One annotation: a level, where (a file and line, or the run), what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub level: Level,
+    pub file: Option<String>,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+/// Workflow commands for `notes`, at most [`MAX_ANNOTATIONS`] per level: when
+/// there are more, the last of a level counts the rest ("N more errors: see the
+/// job summary"), so none is lost without a word.
+pub fn annotations(notes: &[Note]) -> Vec<String> {
+    let mut out = Vec::new();
+    for level in [Level::Error, Level::Warning] {
+        let of: Vec<&Note> = notes.iter().filter(|n| n.level == level).collect();
+        let shown = if of.len() > MAX_ANNOTATIONS { MAX_ANNOTATIONS - 1 } else { of.len() };
+        out.extend(of[..shown].iter().map(|n| command(n)));
+        if shown < of.len() {
+            let word = if level == Level::Error { "errors" } else { "warnings" };
+            let message = format!("{} more {word}: see the job summary", of.len() - shown);
+            out.push(command(&Note { level, file: None, line: None, message }));
+        }
+    }
+    out
+}
+
+fn command(n: &Note) -> String {
+    if let (Level::Error, Some(file)) = (n.level, &n.file) {
+        return workflow::error_annotation(file, n.line, &n.message);
+    }
+    let kind = match n.level {
+        Level::Error => "error",
+        Level::Warning => "warning",
+    };
+    let mut props = Vec::new();
+    if let Some(f) = &n.file {
+        props.push(format!("file={}", workflow::escape_property(f)));
+    }
+    if let (Some(l), Some(_)) = (n.line, &n.file) {
+        props.push(format!("line={l}"));
+    }
+    let props = if props.is_empty() { String::new() } else { format!(" {}", props.join(",")) };
+    format!("::{kind}{props}::{}", workflow::escape_data(&n.message))
+}
+
 /// `::notice title=capstan::…`: shown on the run's page, not only in its log.
 fn notice_annotation(message: &str) -> String {
     format!("::notice title=capstan::{}", workflow::escape_data(message))
 }
 
-/// Config errors as annotations on the file's lines.
+/// Config errors as annotations on the file's lines, within GitHub's limits.
 pub fn annotate(e: &crate::core::config::ConfigError) -> Vec<String> {
     let file = e.file.display().to_string();
-    e.issues.iter().map(|i| workflow::error_annotation(&file, i.line, &i.describe())).collect()
+    let notes: Vec<Note> =
+        e.issues.iter().map(|i| Note { level: Level::Error, file: Some(file.clone()), line: i.line, message: i.describe() }).collect();
+    annotations(&notes)
+}
+
+/// An error in the action's terms: a missing image's hint names the
+/// `version:` input and the workflow step that pushes the image, not the CLI's
+/// flags. (A pull request's check without a version plans the head commit's
+/// `sha-<7>` tag, which only a step of the workflow can have pushed.)
+pub fn in_action_terms(e: Error) -> Error {
+    match e {
+        Error::Input { message, hint: Some(_) } if message.contains(" does not exist") => {
+            let hint = if message.contains(":sha-") {
+                "the check plans the image of the pull request's head commit, tagged `sha-<7 hex>`: push it in a step before capstan's \
+                 (docker/build-push-action with that tag in `tags:`, or docker/metadata-action's `type=sha` with \
+                 `DOCKER_METADATA_PR_HEAD_SHA: true`, as capstan plans the head commit, not the merge commit), \
+                 or give the action a `version:` input that names a release the registry has"
+            } else {
+                "push that tag in a step before capstan's (docker/build-push-action with it in `tags:`), give the service a \
+                 `build:` block so that capstan builds and pushes it, or set the action's `version:` input to a release the registry has"
+            };
+            Error::input_hint(message, hint)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(level: Level, i: u64) -> Note {
+        Note { level, file: Some("capstan.yml".into()), line: Some(i), message: format!("problem {i}") }
+    }
+
+    #[test]
+    fn annotations_stay_within_ten_errors_and_ten_warnings_and_count_the_rest() {
+        let mut notes: Vec<Note> = (1..=200).map(|i| note(Level::Error, i)).collect();
+        notes.extend((1..=50).map(|i| note(Level::Warning, i)));
+        let lines = annotations(&notes);
+        let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("::error")).collect();
+        let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("::warning")).collect();
+        assert_eq!((errors.len(), warnings.len(), lines.len()), (10, 10, 20));
+        assert_eq!(errors[0], "::error file=capstan.yml,line=1::problem 1");
+        assert_eq!(errors[8], "::error file=capstan.yml,line=9::problem 9");
+        assert_eq!(errors[9], "::error::191 more errors: see the job summary");
+        assert_eq!(warnings[9], "::warning::41 more warnings: see the job summary");
+        // Ten fit as they are.
+        let ten: Vec<Note> = (1..=10).map(|i| note(Level::Warning, i)).collect();
+        let lines = annotations(&ten);
+        assert_eq!(lines.len(), 10);
+        assert_eq!(lines[9], "::warning file=capstan.yml,line=10::problem 10");
+    }
+
+    #[test]
+    fn two_hundred_config_problems_make_ten_annotations() {
+        use crate::core::config::{issue::Issue, ConfigError};
+        let e = ConfigError {
+            file: "/work/capstan.yml".into(),
+            issues: (0..200).map(|i| Issue { path: format!("services.s{i}.image"), line: Some(i + 3), message: "expected a repository".into() }).collect(),
+        };
+        let lines = annotate(&e);
+        assert_eq!(lines.len(), 10);
+        assert_eq!(lines[0], "::error file=/work/capstan.yml,line=3::services.s0.image: expected a repository");
+        assert_eq!(lines[9], "::error::191 more errors: see the job summary");
+    }
+
+    #[test]
+    fn a_missing_image_is_explained_in_the_actions_terms() {
+        let missing = |tag: &str| {
+            Error::input_hint(
+                format!("services.web: image registry.example/web:{tag} does not exist: manifest unknown"),
+                "build and push it first (capstan build --push), or check --version",
+            )
+        };
+        let e = in_action_terms(missing("sha-2665741"));
+        let text = e.render();
+        assert!(text.starts_with("error: services.web: image registry.example/web:sha-2665741 does not exist"), "{text}");
+        assert!(text.contains("`version:` input") && text.contains("docker/build-push-action") && text.contains("DOCKER_METADATA_PR_HEAD_SHA"), "{text}");
+        assert!(!text.contains("--push") && !text.contains("--version"), "{text}");
+        let text = in_action_terms(missing("v2")).render();
+        assert!(text.contains("`version:` input") && text.contains("docker/build-push-action") && !text.contains("--version"), "{text}");
+        // Other errors pass as they are.
+        assert_eq!(in_action_terms(Error::input("x")).render(), "error: x");
+    }
 }
