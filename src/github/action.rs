@@ -116,8 +116,8 @@ pub fn setup(stdout: &mut impl Write) -> Result<Option<Setup>, Error> {
     let (github, github_missing) = match (input("github-token"), env::var(env::GITHUB_REPOSITORY)) {
         (Some(token), Some(repo)) => {
             let api = env::var(env::GITHUB_API_URL).unwrap_or_else(|| "https://api.github.com".into());
-            let client = crate::github::api::Client::new(&api, &token, &repo, crate::github::api::RetryPolicy::default())
-                .map_err(|e| Error::input(e.to_string()))?;
+            let client =
+                crate::github::api::Client::new(&api, &token, &repo, crate::github::api::RetryPolicy::default()).map_err(|e| Error::input(e.to_string()))?;
             (Some(Arc::new(client)), None)
         }
         (None, _) => (None, Some("no github-token input: nothing is reported to GitHub".to_string())),
@@ -295,8 +295,7 @@ fn notice_annotation(message: &str) -> String {
 /// Config errors as annotations on the file's lines, within GitHub's limits.
 pub fn annotate(e: &crate::core::config::ConfigError) -> Vec<String> {
     let file = e.file.display().to_string();
-    let notes: Vec<Note> =
-        e.issues.iter().map(|i| Note { level: Level::Error, file: Some(file.clone()), line: i.line, message: i.describe() }).collect();
+    let notes: Vec<Note> = e.issues.iter().map(|i| Note { level: Level::Error, file: Some(file.clone()), line: i.line, message: i.describe() }).collect();
     annotations(&notes)
 }
 

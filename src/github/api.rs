@@ -218,15 +218,7 @@ impl Client {
     /// An attempt, retried with backoff while GitHub is down or rate-limiting:
     /// the status and body of the answer. `before_retry` runs before each
     /// re-send (the duplicate check of a create; what it finds counts as a 200).
-    async fn call<B>(
-        &self,
-        what: &str,
-        permission: &str,
-        method: &str,
-        route: &str,
-        body: Option<&Value>,
-        before_retry: B,
-    ) -> Result<(u16, Value), ApiError>
+    async fn call<B>(&self, what: &str, permission: &str, method: &str, route: &str, body: Option<&Value>, before_retry: B) -> Result<(u16, Value), ApiError>
     where
         B: Fn() -> futures_util::future::BoxFuture<'static, Option<Value>> + Send + Sync,
     {

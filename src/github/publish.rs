@@ -382,7 +382,11 @@ mod tests {
         assert!(run.output.summary.len() <= MAX_SUMMARY);
         assert!(run.output.summary.starts_with("> Skipped: hosts (a fork: no secrets)"));
         assert_eq!(run.output.annotations.len(), MAX_ANNOTATIONS);
-        assert!(run.output.summary.contains("> 60 problems: the first 50 are annotated on their lines, all are listed below"), "{}", &run.output.summary[..300]);
+        assert!(
+            run.output.summary.contains("> 60 problems: the first 50 are annotated on their lines, all are listed below"),
+            "{}",
+            &run.output.summary[..300]
+        );
         assert_eq!(run.conclusion, "failure");
     }
 
@@ -427,7 +431,8 @@ mod tests {
         let odd = FakeGitHub { unreadable: true, ..Default::default() };
         let p = Publisher { api: &odd, target: target(), events: &rec };
         assert_eq!(p.start(&Kind::Deploy { version: "v1".into() }, "shop").await, Ok(None));
-        let warned = rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { message, .. } if message.starts_with("GitHub answered 201 to create a deployment")));
+        let warned =
+            rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { message, .. } if message.starts_with("GitHub answered 201 to create a deployment")));
         assert!(warned);
     }
 }

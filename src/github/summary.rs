@@ -459,7 +459,9 @@ mod tests {
         use crate::core::config::issue::Issue;
         let e = ConfigError {
             file: "/work/capstan.yml".into(),
-            issues: (0..200).map(|i| Issue { path: format!("services.s{i}.health.timeout"), line: Some(i + 3), message: "expected a duration".into() }).collect(),
+            issues: (0..200)
+                .map(|i| Issue { path: format!("services.s{i}.health.timeout"), line: Some(i + 3), message: "expected a duration".into() })
+                .collect(),
         };
         let md = config_error(&e, "capstan.yml");
         assert!(md.starts_with("## ⛔ capstan: `capstan.yml` has 200 problems\n"), "{md}");

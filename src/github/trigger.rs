@@ -33,7 +33,9 @@ pub enum Trigger {
 pub enum Decision {
     Run(Trigger),
     /// Nothing to do (a release edited, a tag deleted…): the notice says why; exit 0.
-    Nothing { notice: String },
+    Nothing {
+        notice: String,
+    },
 }
 
 /// Why the event cannot be answered: bad input, exit 2.
@@ -266,7 +268,10 @@ mod tests {
         assert_eq!(decide("release", &load("release_deleted"), &rollback, NO), run(Trigger::Rollback { to: "v1".into() }));
         // A draft is never deployed, whatever its activity says.
         let draft = json!({"action": "published", "release": {"tag_name": "v1.2.0", "draft": true}});
-        assert_eq!(decide("release", &draft, &Inputs::default(), YES), nothing("release v1.2.0 is a draft: nothing to deploy; capstan deploys it when it is published"));
+        assert_eq!(
+            decide("release", &draft, &Inputs::default(), YES),
+            nothing("release v1.2.0 is a draft: nothing to deploy; capstan deploys it when it is published")
+        );
         // A branch deletion is no release either; `after` all zeros is a deletion even without `deleted`.
         let gone = json!({"ref": "refs/heads/dev", "after": "0000000000000000000000000000000000000000"});
         assert_eq!(decide("push", &gone, &Inputs::default(), NO), nothing("refs/heads/dev deleted: nothing to deploy"));
@@ -297,7 +302,10 @@ mod tests {
         // Pull requests: the head commit, and whether it comes from a fork.
         let same = decide("pull_request", &pull_request("docker/test-docker-action"), &none, NO);
         assert_eq!(same, run(Trigger::Check { version: None, head_sha: Some("266574110acf203503badf966df2ea24b5d732d7".into()), fork: false }));
-        assert!(matches!(decide("pull_request", &pull_request("crazy-max/test-docker-action"), &none, NO), Ok(Decision::Run(Trigger::Check { fork: true, .. }))));
+        assert!(matches!(
+            decide("pull_request", &pull_request("crazy-max/test-docker-action"), &none, NO),
+            Ok(Decision::Run(Trigger::Check { fork: true, .. }))
+        ));
         // Anything else is an error that says what capstan answers.
         let e = decide("schedule", &json!({"schedule": "0 0 * * *"}), &none, NO).unwrap_err();
         assert!(e.to_string().contains("deploys on a tag push"), "{e}");
