@@ -126,9 +126,10 @@ fn check_config(text: &str) {
 }
 
 fn check_event(event: &str, payload: &Value) {
-    match crate::github::trigger::decide(event, payload, &crate::github::trigger::Inputs::default()) {
+    match crate::github::trigger::decide(event, payload, &crate::github::trigger::Inputs::default(), &|| false) {
+        Ok(crate::github::trigger::Decision::Nothing { notice }) => assert!(!notice.trim().is_empty()),
         Ok(_) => {}
-        Err(msg) => assert!(!msg.trim().is_empty()),
+        Err(e) => assert!(!e.to_string().trim().is_empty()),
     }
 }
 

@@ -92,7 +92,9 @@ async fn run(cli: Cli) -> i32 {
     // In a GitHub Action, secrets are masked and key files written before anything else.
     let setup = match &cli.command {
         Command::Action => match action::setup(&mut std::io::stdout()) {
-            Ok(s) => Some(s),
+            Ok(Some(s)) => Some(s),
+            // The event asks for nothing (a release edited, a tag deleted): its notice is printed.
+            Ok(None) => return exit::OK,
             Err(e) => {
                 Printer::new(Verbosity::Normal).always(&e.render());
                 return e.exit_code();
@@ -107,7 +109,7 @@ async fn run(cli: Cli) -> i32 {
     let path = setup.as_ref().map(|s| s.config_path.clone()).unwrap_or_else(|| config_path(&cli, &vars));
     let loaded = config::load(&path);
     if let (Err(e), Some(s)) = (&loaded, &setup) {
-        print_workflow_commands(&action::annotate(e));
+        print_workflow_commands(&s.config_error(e));
         // A pull request's check shows the errors on the config's lines.
         if let (trigger::Trigger::Check { head_sha, .. }, Some(api)) = (&s.trigger, &s.github) {
             if let Some(sha) = head_sha.clone().or_else(|| vars.github_sha.clone()) {
@@ -323,10 +325,10 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
     }
     if let trigger::Trigger::Check { version, head_sha, fork } = &setup.trigger {
         let mut skipped = Vec::new();
-        let out = check_action(ctx, setup, version.as_deref(), head_sha.as_deref(), *fork, &mut skipped, collector).await;
+        let out = check_action(ctx, setup, version.as_deref(), head_sha.as_deref(), *fork, &mut skipped, collector).await.map_err(action::in_action_terms);
         if let (Some(p), Some(sha)) = (&publisher, head_sha.clone().or_else(|| ctx.env.github_sha.clone())) {
             let (md, ok) = match &out {
-                Ok(o) => (summary::render(&o.report, None, ""), o.error.is_none()),
+                Ok(o) => (summary::render(&o.report, None), o.error.is_none()),
                 Err(e) => (format!("capstan check failed:\n\n```\n{}\n```\n", e.render()), false),
             };
             p.check(&publish::check_run(&sha, &md, ok, &skipped, vec![], ctx.env.run_url.clone())).await;
@@ -352,13 +354,13 @@ async fn run_action(ctx: &Ctx<'_>, setup: &action::Setup, collector: &Collector)
             Err(e) => return (Err(Error::input(format!("{e}; nothing was changed on any host"))), None),
         }
     }
-    let out = roll_command(ctx, &cmd, collector).await;
+    let out = roll_command(ctx, &cmd, collector).await.map_err(action::in_action_terms);
     if let (Some(p), Some(id)) = (&publisher, deployment) {
         let report = match &out {
             Ok(o) => o.report.clone(),
             Err(e) => error_report(ctx, collector, e),
         };
-        p.finish(id, &report, report.previous.as_deref().unwrap_or("previous")).await;
+        p.finish(id, &report).await;
     }
     (out, deployment)
 }

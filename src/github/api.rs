@@ -8,8 +8,13 @@
 //! backoff, on 5xx, 429 and secondary rate limits, honouring `Retry-After`;
 //! before re-sending a deployment it looks for the one the failed attempt may
 //! have created. The raw request methods are used because the typed builders
-//! drop the response headers `Retry-After` is in; responses are still read
-//! into octocrab's models.
+//! drop the response headers `Retry-After` is in.
+//!
+//! Answers are read for the fields capstan uses and nothing else (a
+//! deployment's `id`, a status's `state`, `log_url` and `environment_url`),
+//! each allowed to be `null` or missing where GitHub's description allows it:
+//! a full model (octocrab's) fails on a `null` the description permits, such
+//! as a creator's `gravatar_id`, after GitHub has already made the deployment.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use http_body_util::BodyExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `POST /repos/{repo}/deployments`.
@@ -82,10 +87,14 @@ pub struct Annotation {
 }
 
 /// One earlier deployment of the environment, with its newest status.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Earlier {
     pub id: u64,
     pub state: Option<String>,
+    /// The newest status's `log_url` (GitHub answers `""` when none was given).
+    pub log_url: Option<String>,
+    /// The newest status's `environment_url`.
+    pub environment_url: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -96,6 +105,20 @@ pub enum ApiError {
     /// No answer, or only 5xx and rate limits, after every retry.
     #[error("GitHub did not {what}: {last} (after {attempts} attempts)")]
     Unreachable { what: String, attempts: u32, last: String },
+    /// GitHub said yes, in an answer without what capstan reads from it.
+    #[error("GitHub answered {status} to {what}, without {missing}")]
+    Unreadable { what: String, status: u16, missing: String },
+}
+
+/// Why the GitHub client cannot be made.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ClientError {
+    #[error("GITHUB_API_URL {url:?} is not a URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot make a GitHub client: {0}")]
+    Build(String),
+    #[error("GITHUB_REPOSITORY {0:?} is not owner/name")]
+    BadRepository(String),
 }
 
 #[async_trait]
@@ -139,24 +162,24 @@ struct Failure {
 }
 
 impl Client {
-    pub fn new(api_url: &str, token: &str, repo: &str, retry: RetryPolicy) -> Result<Client, String> {
+    pub fn new(api_url: &str, token: &str, repo: &str, retry: RetryPolicy) -> Result<Client, ClientError> {
         crate::tls::install_provider();
         let octo = octocrab::OctocrabBuilder::new()
             .base_uri(api_url)
-            .map_err(|e| format!("GITHUB_API_URL {api_url:?} is not a URL: {e}"))?
+            .map_err(|e| ClientError::BadUrl { url: api_url.to_string(), reason: e.to_string() })?
             .personal_token(token.to_string())
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)))
             .build()
-            .map_err(|e| format!("cannot make a GitHub client: {e}"))?;
+            .map_err(|e| ClientError::Build(e.to_string()))?;
         if repo.split('/').filter(|p| !p.is_empty()).count() != 2 {
-            return Err(format!("GITHUB_REPOSITORY {repo:?} is not owner/name"));
+            return Err(ClientError::BadRepository(repo.to_string()));
         }
         Ok(Client { octo, repo: repo.to_string(), retry })
     }
 
-    /// One attempt: the JSON body of a 2xx answer, or what went wrong.
-    async fn attempt(&self, method: &str, route: &str, body: Option<&Value>) -> Result<Value, Failure> {
+    /// One attempt: the status and JSON body of a 2xx answer, or what went wrong.
+    async fn attempt(&self, method: &str, route: &str, body: Option<&Value>) -> Result<(u16, Value), Failure> {
         let sent = match method {
             "POST" => self.octo._post(route, body).await,
             _ => self.octo._get(route).await,
@@ -175,7 +198,7 @@ impl Client {
             .to_bytes();
         let json: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         if (200..300).contains(&status) {
-            return Ok(json);
+            return Ok((status, json));
         }
         let message =
             json.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
@@ -192,9 +215,10 @@ impl Client {
         Err(Failure { status: Some(status), message, retry_after, retryable: rate_limited || status >= 500 })
     }
 
-    /// An attempt, retried with backoff while GitHub is down or rate-limiting.
-    /// `before_retry` runs before each re-send (the duplicate check of a create).
-    async fn call<B>(&self, what: &str, permission: &str, method: &str, route: &str, body: Option<&Value>, before_retry: B) -> Result<Value, ApiError>
+    /// An attempt, retried with backoff while GitHub is down or rate-limiting:
+    /// the status and body of the answer. `before_retry` runs before each
+    /// re-send (the duplicate check of a create; what it finds counts as a 200).
+    async fn call<B>(&self, what: &str, permission: &str, method: &str, route: &str, body: Option<&Value>, before_retry: B) -> Result<(u16, Value), ApiError>
     where
         B: Fn() -> futures_util::future::BoxFuture<'static, Option<Value>> + Send + Sync,
     {
@@ -208,7 +232,7 @@ impl Client {
         let result = (|| async {
             if tries.fetch_add(1, Ordering::SeqCst) > 0 {
                 if let Some(found) = before_retry().await {
-                    return Ok(found);
+                    return Ok((200, found));
                 }
             }
             self.attempt(method, route, body).await
@@ -256,15 +280,34 @@ pub fn hint(status: u16, message: &str, permission: &str) -> Option<String> {
     }
 }
 
-/// A 2xx answer read into octocrab's model of it; an answer of another shape is a refusal.
-fn model<T: serde::de::DeserializeOwned>(what: &str, status: u16, answer: Value) -> Result<T, ApiError> {
-    let message = answer.get("message").and_then(Value::as_str).map(|m| format!(": {m}")).unwrap_or_default();
-    serde_json::from_value(answer).map_err(|e| ApiError::Refused {
-        what: what.into(),
-        status,
-        message: format!("the answer is not what was asked for ({e}){message}"),
-        hint: None,
-    })
+/// The part of a 2xx answer capstan reads (`T` names only those fields, each
+/// optional where GitHub's description allows `null`); an answer without them
+/// is [`ApiError::Unreadable`], with the status GitHub really sent.
+fn read<T: serde::de::DeserializeOwned>(what: &str, status: u16, answer: Value) -> Result<T, ApiError> {
+    let message = answer.get("message").and_then(Value::as_str).map(|m| format!(" (GitHub says: {m})")).unwrap_or_default();
+    serde_json::from_value(answer).map_err(|e| ApiError::Unreadable { what: what.into(), status, missing: format!("what capstan reads from it: {e}{message}") })
+}
+
+/// A deployment or a check run, as far as capstan reads it.
+#[derive(Debug, Deserialize)]
+struct WithId {
+    id: u64,
+}
+
+/// A deployment status, as far as capstan reads it: every field may be `null`.
+#[derive(Debug, Deserialize)]
+struct StatusRead {
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    log_url: Option<String>,
+    #[serde(default)]
+    environment_url: Option<String>,
+}
+
+/// `""` is GitHub's "none" for a URL it was not given.
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {
@@ -286,7 +329,7 @@ impl Api for Client {
         let marker = d.payload.get("capstan").and_then(|c| c.get("attempt")).cloned();
         let probe_route = format!("/repos/{}/deployments?environment={}&per_page=10", self.repo, urlencode(&d.environment));
         let octo = self.octo.clone();
-        let before_retry = move || -> futures_util::future::BoxFuture<'static, Option<Value>> {
+        let find = move || -> futures_util::future::BoxFuture<'static, Option<Value>> {
             let (octo, route, marker) = (octo.clone(), probe_route.clone(), marker.clone());
             Box::pin(async move {
                 let marker = marker?;
@@ -294,30 +337,41 @@ impl Api for Client {
                 list.into_iter().find(|dep| dep.pointer("/payload/capstan/attempt") == Some(&marker))
             })
         };
-        let created = self.call("create a deployment", "deployments: write", "POST", &route, Some(&body), before_retry).await?;
-        let dep: octocrab::models::repos::Deployment = model("create a deployment", 202, created)?;
-        Ok(dep.id.0)
+        let what = "create a deployment";
+        let found = |v: Option<Value>| v.and_then(|d| d.get("id").and_then(Value::as_u64));
+        match self.call(what, "deployments: write", "POST", &route, Some(&body), &find).await {
+            Ok((status, answer)) => match read::<WithId>(what, status, answer) {
+                Ok(d) => Ok(d.id),
+                // GitHub made it but the answer does not say which: the marker does.
+                Err(e) => found(find().await).ok_or(e),
+            },
+            // The last attempt may have made it before its answer was lost.
+            Err(e @ ApiError::Unreachable { .. }) => found(find().await).ok_or(e),
+            Err(e) => Err(e),
+        }
     }
 
     async fn create_status(&self, deployment: u64, s: &NewStatus) -> Result<(), ApiError> {
         let route = format!("/repos/{}/deployments/{deployment}/statuses", self.repo);
         let body = serde_json::to_value(s).expect("a status serializes");
         let what = format!("set deployment {deployment} {}", s.state);
-        let answer = self.call(&what, "deployments: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
-        model::<octocrab::models::repos::DeploymentStatus>(&what, 201, answer).map(|_| ())
+        // A 2xx is all capstan needs: nothing of the answer is read.
+        self.call(&what, "deployments: write", "POST", &route, Some(&body), Client::no_retry_check).await.map(|_| ())
     }
 
     async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<Earlier>, ApiError> {
         let route = format!("/repos/{}/deployments?environment={}&per_page={limit}", self.repo, urlencode(environment));
-        let list = self.call("list deployments", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
-        let list: Vec<octocrab::models::repos::Deployment> = model("list deployments", 200, list)?;
+        let (status, list) = self.call("list deployments", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
+        let list: Vec<WithId> = read("list deployments", status, list)?;
         let mut out = Vec::new();
         for d in list {
-            let route = format!("/repos/{}/deployments/{}/statuses?per_page=1", self.repo, d.id.0);
-            let statuses = self.call("list deployment statuses", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
-            let statuses: Vec<octocrab::models::repos::DeploymentStatus> = model("list deployment statuses", 200, statuses)?;
-            let state = statuses.first().and_then(|s| serde_json::to_value(s.state).ok()).and_then(|v| v.as_str().map(str::to_string));
-            out.push(Earlier { id: d.id.0, state });
+            let route = format!("/repos/{}/deployments/{}/statuses?per_page=1", self.repo, d.id);
+            let (status, statuses) = self.call("list deployment statuses", "deployments: read", "GET", &route, None, Client::no_retry_check).await?;
+            let newest = read::<Vec<StatusRead>>("list deployment statuses", status, statuses)?.into_iter().next();
+            out.push(match newest {
+                Some(s) => Earlier { id: d.id, state: s.state, log_url: non_empty(s.log_url), environment_url: non_empty(s.environment_url) },
+                None => Earlier { id: d.id, ..Default::default() },
+            });
         }
         Ok(out)
     }
@@ -325,13 +379,9 @@ impl Api for Client {
     async fn create_check_run(&self, c: &NewCheckRun) -> Result<u64, ApiError> {
         let route = format!("/repos/{}/check-runs", self.repo);
         let body = serde_json::to_value(c).expect("a check run serializes");
-        let answer = self.call("create a check run", "checks: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
-        answer.get("id").and_then(Value::as_u64).ok_or_else(|| ApiError::Refused {
-            what: "create a check run".into(),
-            status: 201,
-            message: "the answer has no id".into(),
-            hint: None,
-        })
+        let what = "create a check run";
+        let (status, answer) = self.call(what, "checks: write", "POST", &route, Some(&body), Client::no_retry_check).await?;
+        read::<WithId>(what, status, answer).map(|r| r.id)
     }
 }
 
@@ -355,6 +405,35 @@ mod tests {
         assert!(hint(409, "Conflict: Commit status checks failed for v2.", "deployments: write").unwrap().contains("required_contexts"));
         assert!(hint(401, "Bad credentials", "x").unwrap().contains("github-token"));
         assert_eq!(hint(422, "Validation Failed", "x"), None);
+    }
+
+    /// A deployment and a status as GitHub's description allows them: every
+    /// nullable field `null` (the creator's `gravatar_id`, `description`,
+    /// `environment_url`, `performed_via_github_app`…).
+    #[test]
+    fn answers_are_read_for_what_capstan_uses_nulls_and_all() {
+        let creator = serde_json::json!({"login": "github-actions[bot]", "id": 41898282, "node_id": "MDM6Qm90NDE4OTgyODI=", "avatar_url": "https://avatars.githubusercontent.com/in/15368?v=4", "gravatar_id": null, "name": null, "email": null, "url": "https://api.github.com/users/github-actions%5Bbot%5D", "type": "Bot", "site_admin": false});
+        let deployment = serde_json::json!({
+            "url": "https://api.github.com/repos/acme/shop/deployments/1001", "id": 1001, "node_id": "DE_kwDO", "sha": "a".repeat(40),
+            "ref": "v2", "task": "deploy", "payload": {"version": "v2"}, "original_environment": "production", "environment": "production",
+            "description": null, "creator": creator, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z",
+            "statuses_url": "https://api.github.com/repos/acme/shop/deployments/1001/statuses", "repository_url": "https://api.github.com/repos/acme/shop",
+            "transient_environment": false, "production_environment": true, "performed_via_github_app": null
+        });
+        assert_eq!(read::<WithId>("create a deployment", 201, deployment).unwrap().id, 1001);
+        let statuses = serde_json::json!([{
+            "url": "https://api.github.com/repos/acme/shop/deployments/1001/statuses/1", "id": 1, "node_id": "DES_kwDO", "state": "success",
+            "creator": creator, "description": null, "environment": null, "target_url": null, "log_url": null, "environment_url": null,
+            "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:00:00Z", "performed_via_github_app": null
+        }, {"state": "in_progress", "log_url": "", "environment_url": "https://shop.example"}]);
+        let got: Vec<StatusRead> = read("list deployment statuses", 200, statuses).unwrap();
+        assert_eq!((got[0].state.as_deref(), non_empty(got[0].log_url.clone())), (Some("success"), None));
+        assert_eq!((non_empty(got[1].log_url.clone()), non_empty(got[1].environment_url.clone()).as_deref()), (None, Some("https://shop.example")));
+        // An answer without what capstan reads says so, with the status GitHub really sent.
+        let e = read::<WithId>("create a deployment", 202, serde_json::json!({"message": "Auto-merged main into v2 on deployment."})).unwrap_err();
+        assert!(matches!(e, ApiError::Unreadable { status: 202, .. }), "{e:?}");
+        assert!(e.to_string().starts_with("GitHub answered 202 to create a deployment, without what capstan reads from it"), "{e}");
+        assert!(e.to_string().contains("Auto-merged main into v2"), "{e}");
     }
 
     #[test]

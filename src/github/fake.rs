@@ -10,18 +10,24 @@ use crate::github::api::{hint, Api, ApiError, Earlier, NewCheckRun, NewDeploymen
 /// deployments per environment (newest first), each one's status list. It
 /// rejects what GitHub rejects: an unknown state, a description over 140
 /// characters. `down` answers nothing; `denied` refuses like a token without
-/// `deployments: write`.
+/// `deployments: write`; `unreadable` makes the deployment but answers
+/// without its id.
 #[derive(Default)]
 pub struct FakeGitHub {
     pub down: bool,
     pub denied: bool,
+    pub unreadable: bool,
     /// (id, environment, statuses)
-    pub deployments: Mutex<Vec<(u64, String, Vec<String>)>>,
+    pub deployments: Mutex<Vec<(u64, String, Vec<NewStatus>)>>,
     pub check_runs: Mutex<Vec<NewCheckRun>>,
 }
 
 impl FakeGitHub {
     pub fn states(&self, id: u64) -> Vec<String> {
+        self.statuses(id).into_iter().map(|s| s.state).collect()
+    }
+
+    pub fn statuses(&self, id: u64) -> Vec<NewStatus> {
         self.deployments.lock().unwrap().iter().find(|d| d.0 == id).map(|d| d.2.clone()).unwrap_or_default()
     }
 
@@ -44,6 +50,9 @@ impl Api for FakeGitHub {
         let mut all = self.deployments.lock().unwrap();
         let id = all.len() as u64 + 1;
         all.insert(0, (id, d.environment.clone(), vec![]));
+        if self.unreadable {
+            return Err(ApiError::Unreadable { what: "create a deployment".into(), status: 201, missing: "an id".into() });
+        }
         Ok(id)
     }
 
@@ -60,7 +69,7 @@ impl Api for FakeGitHub {
         let mut all = self.deployments.lock().unwrap();
         match all.iter_mut().find(|d| d.0 == deployment) {
             Some(d) => {
-                d.2.push(s.state.clone());
+                d.2.push(s.clone());
                 Ok(())
             }
             None => Err(ApiError::Refused { what: "set a status".into(), status: 404, message: "Not Found".into(), hint: None }),
@@ -70,7 +79,20 @@ impl Api for FakeGitHub {
     async fn earlier(&self, environment: &str, limit: u8) -> Result<Vec<Earlier>, ApiError> {
         self.gate("list deployments")?;
         let all = self.deployments.lock().unwrap();
-        Ok(all.iter().filter(|d| d.1 == environment).take(limit as usize).map(|d| Earlier { id: d.0, state: d.2.last().cloned() }).collect())
+        Ok(all
+            .iter()
+            .filter(|d| d.1 == environment)
+            .take(limit as usize)
+            .map(|d| {
+                let last = d.2.last();
+                Earlier {
+                    id: d.0,
+                    state: last.map(|s| s.state.clone()),
+                    log_url: last.and_then(|s| s.log_url.clone()),
+                    environment_url: last.and_then(|s| s.environment_url.clone()),
+                }
+            })
+            .collect())
     }
 
     async fn create_check_run(&self, c: &NewCheckRun) -> Result<u64, ApiError> {

@@ -2,17 +2,20 @@
 //! environment with statuses `in_progress` → `success` | `failure` | `error`
 //! (each with the run's log URL, the environment URL and the rollback
 //! command), the environment's earlier successful deployment marked
-//! `inactive`, and for pull requests a check run with the plan.
+//! `inactive` (keeping its own log URL), and for pull requests a check run
+//! with the plan.
 //!
 //! The requests are built by pure functions; [`Publisher`] sends them through
 //! [`crate::github::api::Api`]. A refusal when the deployment is created (a missing
 //! permission, a protection rule) stops the run before any host is touched;
 //! GitHub being unreachable, or any later failure, is a warning: the rollout
-//! completes or reverts as it would.
+//! completes or reverts as it would. A deployment capstan made always gets a
+//! final status: the caller runs [`Publisher::finish`] whatever happened after
+//! [`Publisher::start`], with the report or the error that stopped the run.
 
 use serde_json::json;
 
-use crate::github::api::{Annotation, Api, ApiError, CheckOutput, NewCheckRun, NewDeployment, NewStatus};
+use crate::github::api::{Annotation, Api, ApiError, CheckOutput, Earlier, NewCheckRun, NewDeployment, NewStatus};
 use crate::github::summary::RollbackLink;
 use crate::output::events::{Event, InstanceOutcome, Sink};
 use crate::output::report::Report;
@@ -112,13 +115,29 @@ pub fn started(kind: &Kind, target: &Target) -> NewStatus {
     status("in_progress", format!("{what}: one instance at a time, drained, checked, put back"), target)
 }
 
-/// The last status, from the run's report: what happened and how to undo it.
-pub fn finished(report: &Report, target: &Target, rollback_to: &str) -> NewStatus {
+/// The status that retires an earlier deployment: its own log and environment
+/// URLs, not this run's (GitHub keeps a status's `log_url` as sent, `""` when
+/// none is, and shows the newest status's link on the deployment).
+pub fn superseded(earlier: &Earlier, by: u64, target: &Target) -> NewStatus {
+    NewStatus {
+        log_url: earlier.log_url.clone(),
+        environment_url: earlier.environment_url.clone(),
+        ..status("inactive", format!("Superseded by deployment {by}"), target)
+    }
+}
+
+/// The last status, from the run's report: what happened and how to undo it
+/// (back to `report.previous`; with no earlier release in the hosts' log there
+/// is none to name, and no undo command).
+pub fn finished(report: &Report, target: &Target) -> NewStatus {
     let version = report.version.as_deref().unwrap_or("the release");
     let instances: Vec<_> = report.hosts.iter().flat_map(|h| h.instances.iter()).collect();
     let replaced = instances.iter().filter(|i| i.outcome == Some(InstanceOutcome::Replaced)).count();
     let reverted: Vec<&str> = instances.iter().filter(|i| i.outcome == Some(InstanceOutcome::Reverted)).map(|i| i.name.as_str()).collect();
-    let undo = target.rollback.as_ref().map(|l| format!(" Undo: {}", l.command(rollback_to))).unwrap_or_default();
+    let undo = match (&target.rollback, report.previous.as_deref()) {
+        (Some(l), Some(to)) => format!(" Undo: {}", l.command(to)),
+        _ => String::new(),
+    };
     let error = report.error.as_deref().map(first_line).unwrap_or("");
     match report.outcome.as_str() {
         "succeeded" => {
@@ -149,6 +168,13 @@ pub fn check_run(head_sha: &str, summary_md: &str, ok: bool, skipped: &[String],
     let mut summary = String::new();
     for s in skipped {
         summary.push_str(&format!("> Skipped: {s}\n\n"));
+    }
+    // GitHub takes at most 50 annotations per request: the rest are named here, never dropped silently.
+    if annotations.len() > MAX_ANNOTATIONS {
+        summary.push_str(&format!(
+            "> {} problems: the first {MAX_ANNOTATIONS} are annotated on their lines, all are listed below and in the job summary.\n\n",
+            annotations.len()
+        ));
     }
     summary.push_str(summary_md);
     let summary = if summary.len() > MAX_SUMMARY {
@@ -206,6 +232,7 @@ impl Publisher<'_> {
         let id = match self.api.create_deployment(&new_deployment(kind, &self.target, app, &attempt)).await {
             Ok(id) => id,
             Err(e @ ApiError::Refused { .. }) => return Err(e),
+            // Unreachable, or a yes capstan cannot read (no id, and none found by its marker).
             Err(e) => {
                 self.warn(format!("{e}; the deploy goes on without a GitHub deployment"));
                 return Ok(None);
@@ -219,8 +246,8 @@ impl Publisher<'_> {
     }
 
     /// The last status; on success, the environment's earlier successful deployments become `inactive`.
-    pub async fn finish(&self, id: u64, report: &Report, rollback_to: &str) {
-        let last = finished(report, &self.target, rollback_to);
+    pub async fn finish(&self, id: u64, report: &Report) {
+        let last = finished(report, &self.target);
         if let Err(e) = self.api.create_status(id, &last).await {
             self.warn(format!("{e}; the deploy itself {}", report.outcome.replace('_', " ")));
             return;
@@ -232,8 +259,7 @@ impl Publisher<'_> {
         match self.api.earlier(&self.target.environment, 10).await {
             Ok(list) => {
                 for d in list.into_iter().filter(|d| d.id != id && d.state.as_deref() == Some("success")) {
-                    let s = status("inactive", format!("Superseded by deployment {id}"), &self.target);
-                    if let Err(e) = self.api.create_status(d.id, &s).await {
+                    if let Err(e) = self.api.create_status(d.id, &superseded(&d, id, &self.target)).await {
                         self.warn(e.to_string());
                     }
                 }
@@ -301,19 +327,28 @@ mod tests {
     #[test]
     fn statuses_fit_githubs_140_characters_and_say_what_happened() {
         let t = target();
-        let ok = finished(&report("succeeded", &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None), &t, "v1.0.0");
+        let ok = finished(&after("v1.0.0", report("succeeded", &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None)), &t);
         assert_eq!(ok.state, "success");
         assert_eq!(ok.description, "v2.0.0 is live on 2 instance(s), 1 host(s). Undo: gh workflow run deploy.yml -f rollback-to=v1.0.0");
         assert_eq!(ok.log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/7"));
         let long = "web-2: not healthy after 30s: ".repeat(10);
-        let bad = finished(&report("rolled_back", &[("web-1", InstanceOutcome::Reverted), ("web-2", InstanceOutcome::Reverted)], Some(&long)), &t, "v1.0.0");
+        let bad = finished(&report("rolled_back", &[("web-1", InstanceOutcome::Reverted), ("web-2", InstanceOutcome::Reverted)], Some(&long)), &t);
         assert_eq!(bad.state, "failure");
         assert!(bad.description.starts_with("v2.0.0 failed, reverted web-1, web-2 to what they ran; web-2: not healthy"), "{}", bad.description);
         assert_eq!(bad.description.chars().count(), MAX_DESCRIPTION);
         assert!(bad.description.ends_with('…'));
-        let refused = finished(&report("refused", &[], Some("host: disk: 1 GB free, needs 5 GB")), &t, "v1");
+        let refused = finished(&report("refused", &[], Some("host: disk: 1 GB free, needs 5 GB")), &t);
         assert_eq!((refused.state.as_str(), refused.description.as_str()), ("error", "Refused before any change: host: disk: 1 GB free, needs 5 GB"));
         assert_eq!(clip("ééé", 2), "é…");
+        // The first release in the hosts' log: no earlier one to undo to, and `previous` would
+        // name this very release once another follows it.
+        let first = finished(&report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None), &t);
+        assert_eq!(first.description, "v2.0.0 is live on 1 instance(s), 1 host(s).");
+    }
+
+    /// The report of a run whose hosts ran `previous` before it.
+    fn after(previous: &str, r: Report) -> Report {
+        Report { previous: Some(previous.into()), ..r }
     }
 
     #[test]
@@ -347,6 +382,11 @@ mod tests {
         assert!(run.output.summary.len() <= MAX_SUMMARY);
         assert!(run.output.summary.starts_with("> Skipped: hosts (a fork: no secrets)"));
         assert_eq!(run.output.annotations.len(), MAX_ANNOTATIONS);
+        assert!(
+            run.output.summary.contains("> 60 problems: the first 50 are annotated on their lines, all are listed below"),
+            "{}",
+            &run.output.summary[..300]
+        );
         assert_eq!(run.conclusion, "failure");
     }
 
@@ -356,14 +396,21 @@ mod tests {
         let rec = Recorder::default();
         let p = Publisher { api: &gh, target: target(), events: &rec };
         let first = p.start(&Kind::Deploy { version: "v1.0.0".into() }, "shop").await.unwrap().unwrap();
-        p.finish(first, &report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None), "previous").await;
-        let second = p.start(&Kind::Deploy { version: "v2.0.0".into() }, "shop").await.unwrap().unwrap();
-        p.finish(second, &report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None), "v1.0.0").await;
+        p.finish(first, &report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None)).await;
+        // The second run is another run: its own log page.
+        let t2 = Target { log_url: Some("https://github.com/acme/shop/actions/runs/8".into()), ..target() };
+        let p2 = Publisher { api: &gh, target: t2, events: &rec };
+        let second = p2.start(&Kind::Deploy { version: "v2.0.0".into() }, "shop").await.unwrap().unwrap();
+        p2.finish(second, &after("v1.0.0", report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None))).await;
         assert_eq!(gh.states(first), ["in_progress", "success", "inactive"]);
         assert_eq!(gh.states(second), ["in_progress", "success"]);
+        // The retired deployment keeps its own run's log, not the run that replaced it.
+        let inactive = gh.statuses(first).pop().unwrap();
+        assert_eq!(inactive.log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/7"));
+        assert_eq!(inactive.description, format!("Superseded by deployment {second}"));
         // A failed third leaves the second live.
         let third = p.start(&Kind::Deploy { version: "v3.0.0".into() }, "shop").await.unwrap().unwrap();
-        p.finish(third, &report("rolled_back", &[("web-1", InstanceOutcome::Reverted)], Some("boom")), "v2.0.0").await;
+        p.finish(third, &after("v2.0.0", report("rolled_back", &[("web-1", InstanceOutcome::Reverted)], Some("boom")))).await;
         assert_eq!(gh.states(second), ["in_progress", "success"]);
         assert_eq!(gh.states(third), ["in_progress", "failure"]);
     }
@@ -379,5 +426,13 @@ mod tests {
         let p = Publisher { api: &denied, target: target(), events: &rec };
         let e = p.start(&Kind::Deploy { version: "v1".into() }, "shop").await.unwrap_err();
         assert!(e.to_string().contains("deployments: write"), "{e}");
+        // GitHub said yes in an answer capstan cannot read (and the marker found nothing): a warning, not a refusal.
+        let rec = Recorder::default();
+        let odd = FakeGitHub { unreadable: true, ..Default::default() };
+        let p = Publisher { api: &odd, target: target(), events: &rec };
+        assert_eq!(p.start(&Kind::Deploy { version: "v1".into() }, "shop").await, Ok(None));
+        let warned =
+            rec.0.lock().unwrap().iter().any(|e| matches!(e, Event::Warn { message, .. } if message.starts_with("GitHub answered 201 to create a deployment")));
+        assert!(warned);
     }
 }

@@ -139,7 +139,10 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert_eq!(report["outcome"], "succeeded");
     assert!(a.summary.starts_with("## ✅ capstan deploy v2: succeeded"), "{}", a.summary);
     assert!(a.summary.contains(&format!("| {} | web/{} |", sb.ssh_host(), app.instances()[0])), "{}", a.summary);
-    assert!(a.summary.contains("gh workflow run deploy.yml -f rollback-to=previous"), "{}", a.summary);
+    // The first release in the hosts' log: nothing to name as the one to go back to
+    // (`previous` would name this very release once another follows it).
+    assert!(a.summary.contains("**Roll back:** nothing to roll back to: the hosts' log has no release before this one."), "{}", a.summary);
+    assert!(!a.summary.contains("rollback-to"), "{}", a.summary);
     assert!(a.summary.contains("```mermaid\ngantt"), "{}", a.summary);
     // The log folds per host and service; every group is closed.
     assert!(a.run.stderr.contains(&format!("::group::{} web\n", sb.ssh_host())), "{}", a.run);
@@ -156,8 +159,7 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     let (_, desc, log_url, env_url) = &first.statuses[1];
     assert_eq!(log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/2188815933"));
     assert_eq!(env_url.as_deref(), Some("https://shop.example.com"));
-    assert!(desc.starts_with("v2 is live on 2 instance(s), 1 host(s)."), "{desc}");
-    assert!(desc.contains("gh workflow run deploy.yml -f rollback-to="), "{desc}");
+    assert_eq!(desc, "v2 is live on 2 instance(s), 1 host(s).", "no undo command without an earlier release");
     let statuses_posted = gh.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/statuses")).count();
     assert_eq!(statuses_posted, 3, "the rate-limited status is sent again");
     support::record_fault(
@@ -167,8 +169,8 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
         None,
     );
 
-    // workflow_dispatch with rollback-to (inputs arrive as strings).
-    let a = action(&app, &gh, "workflow_dispatch_rollback", &[]);
+    // workflow_dispatch with rollback-to (inputs arrive as strings), in a run of its own.
+    let a = action(&app, &gh, "workflow_dispatch_rollback", &[("GITHUB_RUN_ID", "2188815934")]);
     a.run.assert_success();
     assert_eq!(app.versions(), vec!["v1", "v1"]);
     assert_eq!(outputs(&a.outputs)["outcome"], "succeeded");
@@ -182,18 +184,89 @@ fn a_tag_push_deploys_and_a_dispatch_rolls_back() {
     assert_eq!((rollback.git_ref.as_str(), rollback.task.as_str()), ("f3a1c0de5b7e4d2a9c8b6a5f4e3d2c1b0a998877", "deploy:rollback"));
     assert_eq!(rollback.states(), ["in_progress", "success"]);
     assert!(rollback.statuses[1].1.starts_with("Rolled back to v1"), "{:?}", rollback.statuses[1]);
-    // GitHub retires only non-production deployments by itself: capstan retired the first.
+    // GitHub retires only non-production deployments by itself: capstan retired the first,
+    // which keeps the log of the run that made it, not the rollback's.
     assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+    assert_eq!(rollback.statuses[1].2.as_deref(), Some("https://github.com/acme/shop/actions/runs/2188815934"));
+    assert_eq!(deps[1].statuses[2].2.as_deref(), Some("https://github.com/acme/shop/actions/runs/2188815933"));
 
     // A published release deploys its tag, and retires the rollback's deployment.
-    let a = action(&app, &gh, "release_published", &[]);
+    let a = action(&app, &gh, "release_published", &[("GITHUB_RUN_ID", "2188815935")]);
     a.run.assert_success();
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let deps = gh.deployments();
     assert_eq!(deps.len(), 3);
     assert_eq!((deps[0].git_ref.as_str(), deps[0].states()), ("v2", vec!["in_progress".to_string(), "success".into()]));
     assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+    assert_eq!(deps[1].statuses[2].2.as_deref(), Some("https://github.com/acme/shop/actions/runs/2188815934"));
     secrets_masked_first(&a, sb, &gh);
+}
+
+/// GitHub's answers with every field its description lets be `null` set to
+/// `null` (the creator's `gravatar_id`, `description`, `environment_url`,
+/// `log_url`…): the deploy succeeds and its deployment gets every status.
+#[test]
+fn answers_with_every_nullable_field_null_still_deploy_with_statuses() {
+    let _turn = shared();
+    let sb = sandbox();
+    let app = App::new(sb, "actionnull", AppOptions::default());
+    // A published prerelease deploys: this config opts in.
+    app.write_config(&config(&app).set("release.prereleases", true).text());
+    let gh = github();
+    gh.answer_with_nulls();
+    let a = action(&app, &gh, "release_published_prerelease", &[]);
+    a.run.assert_success();
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    assert!(!a.run.stderr.contains("GitHub answered"), "no warning about GitHub's answers: {}", a.run);
+    let deps = gh.deployments();
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0].states(), ["in_progress", "success"]);
+    assert_eq!(outputs(&a.outputs)["deployment-id"], deps[0].id.to_string());
+    secrets_masked_first(&a, sb, &gh);
+
+    // The next run reads the earlier deployment's statuses (all `null`) and retires it.
+    let a = action(&app, &gh, "workflow_dispatch_rollback", &[("GITHUB_RUN_ID", "2188815934")]);
+    a.run.assert_success();
+    let deps = gh.deployments();
+    assert_eq!(deps[0].states(), ["in_progress", "success"]);
+    assert_eq!(deps[1].states(), ["in_progress", "success", "inactive"]);
+    // GitHub answered the old status's log_url as null: the inactive one names none, not this run's.
+    assert_eq!(deps[1].statuses[2].2, None);
+}
+
+/// Every release activity but `published` (and a prerelease the config does not
+/// opt into), and a push that deletes the tag: a notice, exit 0, nothing done,
+/// nothing asked of GitHub.
+#[test]
+fn events_that_ask_for_nothing_are_a_notice_and_exit_0() {
+    let _turn = shared();
+    let sb = sandbox();
+    let app = App::new(sb, "actionnoop", AppOptions::default());
+    app.write_config(&config(&app).text());
+    let gh = github();
+    let cases = [
+        ("release_created", "release v2 created: nothing to deploy; capstan deploys on `published`"),
+        ("release_released", "release v2 released: nothing to deploy; capstan deploys on `published`"),
+        ("release_prereleased", "release v2 prereleased: nothing to deploy; capstan deploys on `published`"),
+        ("release_edited", "release v2 edited: nothing to deploy; capstan deploys on `published`"),
+        ("release_deleted", "release v2 deleted: nothing to deploy; capstan deploys on `published`"),
+        ("release_unpublished", "release v2 unpublished: nothing to deploy; capstan deploys on `published`"),
+        (
+            "release_published_prerelease",
+            "release v2 is a prerelease: nothing to deploy; set `release: { prereleases: true }` in the config to deploy prereleases",
+        ),
+        ("push_tag_deleted", "tag v2 deleted: nothing to deploy"),
+    ];
+    for (fixture, notice) in cases {
+        let a = action(&app, &gh, fixture, &[]);
+        a.run.assert_success();
+        assert!(a.run.stdout.lines().any(|l| l == format!("::notice title=capstan::{notice}")), "{fixture}: {}", a.run);
+        assert!(a.summary.contains(notice), "{fixture}: {}", a.summary);
+        assert_eq!(a.outputs, "", "{fixture}: no outputs");
+        secrets_masked_first(&a, sb, &gh);
+    }
+    assert_eq!(app.versions(), vec!["v1", "v1"]);
+    assert!(gh.requests().is_empty(), "nothing was asked of GitHub: {:?}", gh.requests());
 }
 
 #[test]
@@ -263,12 +336,26 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     assert!(summary.contains("| replace |"), "{summary}");
     assert_eq!(run["details_url"], "https://github.com/acme/shop/actions/runs/2188815933");
 
+    // No version: the plan is of the head commit's `sha-<7>` image, which no step pushed. The
+    // failed check says what to do in the workflow's terms, not the CLI's.
+    let a = action(&app, &gh, "pull_request", &[]);
+    a.run.assert_status(2);
+    let runs = gh.check_runs();
+    let run = &runs[1];
+    assert_eq!(run["conclusion"], "failure");
+    let summary = run["output"]["summary"].as_str().unwrap();
+    assert!(summary.contains(&format!("{}:sha-2665741 does not exist", sb.image_repo())), "{summary}");
+    for words in ["`version:` input", "docker/build-push-action", "DOCKER_METADATA_PR_HEAD_SHA"] {
+        assert!(summary.contains(words) && a.run.stderr.contains(words), "{words}: {summary}");
+    }
+    assert!(!summary.contains("--push") && !summary.contains("--version"), "{summary}");
+
     // From a fork: no secrets, so no host is contacted; the check still validates and plans, and says what it skipped.
     let a = action(&app, &gh, "pull_request_fork", &[("version", "v2")]);
     a.run.assert_success();
     secrets_masked_first(&a, sb, &gh);
     let runs = gh.check_runs();
-    let run = &runs[1];
+    let run = &runs[2];
     assert_eq!(run["conclusion"], "success");
     assert!(run["output"]["title"].as_str().unwrap().contains("skipped"), "{run}");
     let summary = run["output"]["summary"].as_str().unwrap();
@@ -280,7 +367,7 @@ fn pull_requests_get_a_check_run_with_the_plan() {
     let a = action(&app, &gh, "pull_request", &[("version", "v2")]);
     a.run.assert_status(2);
     let runs = gh.check_runs();
-    let run = &runs[2];
+    let run = &runs[3];
     assert_eq!(run["conclusion"], "failure");
     let ann = &run["output"]["annotations"][0];
     assert_eq!(ann["path"], "capstan.yml", "relative to the workspace");
@@ -314,6 +401,9 @@ fn unknown_events_and_config_errors_are_clear() {
         "{}",
         a.run
     );
+    // The job summary lists it too (the annotations stop at GitHub's ten per step).
+    assert!(a.summary.starts_with("## ⛔ capstan: `capstan.yml` has 1 problem\n"), "{}", a.summary);
+    assert!(a.summary.contains("services.web.health.timeout"), "{}", a.summary);
     assert_eq!(app.versions(), vec!["v1", "v1"]);
     assert!(gh.deployments().is_empty());
 }

@@ -40,6 +40,8 @@ pub struct Config {
     pub lock_lease: Duration,
     /// `release.raw_tags`: deploy versions that are not semver.
     pub raw_tags: bool,
+    /// `release.prereleases`: a published GitHub prerelease deploys (else it is a notice).
+    pub prereleases: bool,
     pub preflight: Preflight,
     pub hooks: Hooks,
     pub validate: Validate,

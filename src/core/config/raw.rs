@@ -146,6 +146,8 @@ pub(super) struct RawLock {
 pub(super) struct RawRelease {
     #[serde(default)]
     pub(super) raw_tags: bool,
+    #[serde(default)]
+    pub(super) prereleases: bool,
 }
 
 #[derive(Deserialize)]

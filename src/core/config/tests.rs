@@ -52,6 +52,9 @@ fn design_example_parses() {
     assert_eq!(build.dockerfile, Path::new("/repo/./Dockerfile"));
     assert_eq!(build.tags, crate::core::tags::TagKind::ALL.to_vec());
     assert!(!c.raw_tags);
+    assert!(!c.prereleases);
+    let c = parse_str(&GOOD.replace("app: shop", "app: shop\nrelease: { prereleases: true }")).unwrap();
+    assert!(c.prereleases);
 }
 
 #[test]

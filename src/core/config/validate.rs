@@ -182,6 +182,7 @@ impl Validator {
             docker_socket,
             lock_lease,
             raw_tags: raw.release.raw_tags,
+            prereleases: raw.release.prereleases,
             preflight: self.preflight(raw.preflight),
             hooks: self.hooks(raw.hooks),
             validate: self.validate(raw.validate),

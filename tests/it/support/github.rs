@@ -15,6 +15,12 @@
 //! newest first. Faults can be queued (`500`, `502`, `429` with `Retry-After`),
 //! optionally after the request took effect (a 502 from a proxy after GitHub
 //! made the deployment). Every request is kept for assertions.
+//!
+//! [`FakeGitHub::answer_with_nulls`] makes every answer carry `null` wherever
+//! GitHub's OpenAPI description allows it (a creator whose `gravatar_id`,
+//! `name` and `email` are `null`, a `null` description, `environment_url`,
+//! `log_url`, `target_url`, `performed_via_github_app`): what a client must
+//! read without failing.
 
 use std::collections::{HashSet, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -72,6 +78,8 @@ pub struct State {
     pub deployments: Vec<Deployment>,
     pub check_runs: Vec<Value>,
     pub requests: Vec<Request>,
+    /// Answer with every nullable field `null`.
+    pub nulls: bool,
     next_id: u64,
 }
 
@@ -120,6 +128,11 @@ impl FakeGitHub {
 
     pub fn deny(&self, permission: &str) {
         self.state.lock().unwrap().denied.insert(permission.into());
+    }
+
+    /// From now on, every nullable field of an answer is `null`.
+    pub fn answer_with_nulls(&self) {
+        self.state.lock().unwrap().nulls = true;
     }
 }
 
@@ -199,7 +212,41 @@ fn now() -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", s / 3600, s % 3600 / 60, s % 60)
 }
 
-fn deployment_json(api: &str, repo: &str, d: &Deployment) -> Value {
+/// The app the workflow's token acts as, with the fields the description lets be `null` set so.
+fn creator() -> Value {
+    json!({
+        "login": "github-actions[bot]",
+        "id": 41898282,
+        "node_id": "MDM6Qm90NDE4OTgyODI=",
+        "avatar_url": "https://avatars.githubusercontent.com/in/15368?v=4",
+        "gravatar_id": null,
+        "name": null,
+        "email": null,
+        "url": "https://api.github.com/users/github-actions%5Bbot%5D",
+        "html_url": "https://github.com/apps/github-actions",
+        "followers_url": "https://api.github.com/users/github-actions%5Bbot%5D/followers",
+        "following_url": "https://api.github.com/users/github-actions%5Bbot%5D/following{/other_user}",
+        "gists_url": "https://api.github.com/users/github-actions%5Bbot%5D/gists{/gist_id}",
+        "starred_url": "https://api.github.com/users/github-actions%5Bbot%5D/starred{/owner}{/repo}",
+        "subscriptions_url": "https://api.github.com/users/github-actions%5Bbot%5D/subscriptions",
+        "organizations_url": "https://api.github.com/users/github-actions%5Bbot%5D/orgs",
+        "repos_url": "https://api.github.com/users/github-actions%5Bbot%5D/repos",
+        "events_url": "https://api.github.com/users/github-actions%5Bbot%5D/events{/privacy}",
+        "received_events_url": "https://api.github.com/users/github-actions%5Bbot%5D/received_events",
+        "type": "Bot",
+        "site_admin": false,
+    })
+}
+
+fn deployment_json(api: &str, repo: &str, d: &Deployment, nulls: bool) -> Value {
+    if nulls {
+        let mut v = deployment_json(api, repo, d, false);
+        v["creator"] = creator();
+        v["description"] = Value::Null;
+        v["original_environment"] = Value::Null;
+        v["performed_via_github_app"] = Value::Null;
+        return v;
+    }
     json!({
         "url": format!("{api}/repos/{repo}/deployments/{}", d.id),
         "id": d.id,
@@ -221,7 +268,15 @@ fn deployment_json(api: &str, repo: &str, d: &Deployment) -> Value {
     })
 }
 
-fn status_json(api: &str, repo: &str, d: &Deployment, i: usize) -> Value {
+fn status_json(api: &str, repo: &str, d: &Deployment, i: usize, nulls: bool) -> Value {
+    if nulls {
+        let mut v = status_json(api, repo, d, i, false);
+        v["creator"] = creator();
+        for k in ["description", "environment", "target_url", "log_url", "environment_url", "performed_via_github_app"] {
+            v[k] = Value::Null;
+        }
+        return v;
+    }
     let (state, description, log_url, env_url) = &d.statuses[i];
     json!({
         "url": format!("{api}/repos/{repo}/deployments/{}/statuses/{}", d.id, i + 1),
@@ -272,6 +327,7 @@ fn handle(st: &mut State, method: &str, target: &str, auth: Option<&str>, body: 
 fn route(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String, Value) {
     let api = "http://fake-github";
     let repo = st.repo.clone();
+    let nulls = st.nulls;
     let path = target.split('?').next().unwrap_or("");
     let Some(rest) = path.strip_prefix(&format!("/repos/{repo}/")) else { return error(404, "Not Found") };
     let segs: Vec<&str> = rest.split('/').collect();
@@ -300,7 +356,7 @@ fn route(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String
                 payload: b.get("payload").cloned().unwrap_or(json!({})),
                 statuses: vec![],
             };
-            let v = deployment_json(api, &repo, &d);
+            let v = deployment_json(api, &repo, &d, nulls);
             st.deployments.insert(0, d);
             (201, String::new(), v)
         }
@@ -312,7 +368,7 @@ fn route(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String
                 .iter()
                 .filter(|d| env.as_ref().is_none_or(|e| *e == d.environment))
                 .take(per_page)
-                .map(|d| deployment_json(api, &repo, d))
+                .map(|d| deployment_json(api, &repo, d, nulls))
                 .collect();
             (200, String::new(), Value::Array(list))
         }
@@ -345,12 +401,12 @@ fn route(st: &mut State, method: &str, target: &str, body: &str) -> (u16, String
                 }
             }
             let d = &st.deployments[idx];
-            (201, String::new(), status_json(api, &repo, d, d.statuses.len() - 1))
+            (201, String::new(), status_json(api, &repo, d, d.statuses.len() - 1, nulls))
         }
         ("GET", ["deployments", id, "statuses"]) => {
             let Some(d) = st.deployments.iter().find(|d| id.parse() == Ok(d.id)) else { return error(404, "Not Found") };
             let per_page = query(target, "per_page").and_then(|p| p.parse().ok()).unwrap_or(30usize);
-            let list: Vec<Value> = (0..d.statuses.len()).rev().take(per_page).map(|i| status_json(api, &repo, d, i)).collect();
+            let list: Vec<Value> = (0..d.statuses.len()).rev().take(per_page).map(|i| status_json(api, &repo, d, i, nulls)).collect();
             (200, String::new(), Value::Array(list))
         }
         ("POST", ["check-runs"]) => {
