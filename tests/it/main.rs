@@ -15,6 +15,7 @@ mod gates;
 mod harness;
 mod image;
 mod injection;
+mod release;
 mod secrets;
 mod swarm;
 
