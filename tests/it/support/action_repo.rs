@@ -1,6 +1,6 @@
 //! The action's repository as the runner (or the release workflow) has it
 //! checked out, for the tests that build its `Dockerfile`: the tracked files and
-//! new ones git does not ignore, plus this build's capstan at `dist/capstan`,
+//! new ones git does not ignore, plus the capstan under test at `dist/capstan`,
 //! which the Dockerfile takes as is. The repository's `.dockerignore` then
 //! decides what a build sends.
 
@@ -8,7 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{proc, repo_root, set_mode};
+use super::{capstan_bin, proc, repo_root, set_mode};
 
 /// Copies the checkout into `dir` (an empty directory).
 pub fn checkout(dir: &Path) {
@@ -24,6 +24,6 @@ pub fn checkout(dir: &Path) {
         fs::copy(&from, &to).unwrap_or_else(|e| panic!("copy {} to the build context: {e}", from.display()));
     }
     fs::create_dir_all(dir.join("dist")).unwrap();
-    fs::copy(env!("CARGO_BIN_EXE_capstan"), dir.join("dist/capstan")).expect("copy the capstan binary into dist/");
+    fs::copy(capstan_bin(), dir.join("dist/capstan")).expect("copy the capstan binary into dist/");
     set_mode(&dir.join("dist/capstan"), 0o755);
 }
