@@ -21,6 +21,7 @@ mod image;
 mod injection;
 mod link;
 mod prom;
+mod release;
 mod secrets;
 mod swarm;
 

@@ -20,6 +20,7 @@
 //! Compiled once into the integration tests (`tests/it/main.rs`: `mod support;`),
 //! and into each example with `#[path = "../tests/it/support/mod.rs"] mod support;`.
 
+pub mod action_repo;
 mod app;
 pub mod base_image;
 mod compose;
