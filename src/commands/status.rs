@@ -14,7 +14,7 @@ use crate::core::config::Service;
 use crate::core::image;
 use crate::core::names::HostAddr;
 use crate::core::plan;
-use crate::core::record::Lease;
+use crate::core::record::{Lease, RunCommand};
 use crate::core::release;
 use crate::core::time::fmt_time;
 use crate::error::Error;
@@ -23,7 +23,7 @@ use crate::host::state;
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub app: String,
-    pub command: &'static str,
+    pub command: RunCommand,
     pub hosts: Vec<HostStatus>,
 }
 
@@ -94,7 +94,7 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
         let leftovers = obs.all_names.iter().filter(|n| n.ends_with(plan::OLD_SUFFIX)).cloned().collect();
         out.push(HostStatus { host: h.name.clone(), lock, instances, leftovers });
     }
-    Ok(StatusReport { app: ctx.config.app.clone(), command: "status", hosts: out })
+    Ok(StatusReport { app: ctx.config.app.clone(), command: RunCommand::Status, hosts: out })
 }
 
 pub fn render_status(s: &StatusReport) -> String {

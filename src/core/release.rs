@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::core::names;
-use crate::core::record::Record;
+use crate::core::record::{Record, RunOutcome};
 
 /// Where the version of a run can come from, in order: `--version`, the tag of
 /// `GITHUB_REF` (`refs/tags/v1.4.2`), `GITHUB_REF_NAME` when `GITHUB_REF_TYPE` is `tag`.
@@ -88,7 +88,7 @@ pub struct RollbackTarget {
 }
 
 fn succeeded(r: &Record) -> bool {
-    r.outcome == "succeeded"
+    r.outcome == RunOutcome::Succeeded
 }
 
 /// The version of the newest successful run in a host's log: what runs now.
@@ -132,7 +132,7 @@ pub fn version_of_image(records: &[Record], image: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::record::RecordInstance;
+    use crate::core::record::{InstanceOutcome, RecordInstance, RunCommand};
 
     #[test]
     fn versions() {
@@ -170,14 +170,14 @@ mod tests {
         assert_eq!(version(src(Some("edge"), None), true).unwrap().semver, None);
     }
 
-    fn rec(version: &str, outcome: &str, from: &str, to: &str) -> Record {
+    fn rec(version: &str, outcome: RunOutcome, from: &str, to: &str) -> Record {
         Record {
             time: time::macros::datetime!(2026-11-22 10:00 UTC),
             app: "shop".into(),
             host: "h".into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some(version.into()),
-            outcome: outcome.into(),
+            outcome,
             actor: None,
             run_url: None,
             duration_ms: 1,
@@ -188,7 +188,7 @@ mod tests {
                     name: n.to_string(),
                     from_image: from.into(),
                     to_image: to.into(),
-                    outcome: "replaced".into(),
+                    outcome: InstanceOutcome::Replaced,
                 })
                 .collect(),
             error: None,
@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn rollback_targets() {
-        let log = vec![rec("v2", "succeeded", "d1", "d2"), rec("v3", "succeeded", "d2", "d3"), rec("v4", "rolled_back", "d3", "d4")];
+        let log =
+            vec![rec("v2", RunOutcome::Succeeded, "d1", "d2"), rec("v3", RunOutcome::Succeeded, "d2", "d3"), rec("v4", RunOutcome::RolledBack, "d3", "d4")];
         let prev = rollback_target(&log, &RollbackTo::Previous).unwrap().unwrap();
         assert_eq!(prev.version.as_deref(), Some("v2"), "previous of v3 is v2, the failed v4 does not count");
         assert_eq!(prev.images[&("web".to_string(), "web-1".to_string())], "d2");

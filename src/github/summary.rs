@@ -3,6 +3,7 @@
 //! gates, the rollback link, and a Mermaid `gantt` timeline of the steps. Pure.
 
 use crate::core::image::short;
+use crate::core::record::{RunCommand, RunOutcome};
 use crate::output::report::Report;
 
 /// Where the rollback runs: the workflow's dispatch page and its file name.
@@ -39,13 +40,13 @@ fn cell(s: &str) -> String {
 }
 
 pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &str) -> String {
-    let icon = match report.outcome.as_str() {
-        "succeeded" => "✅",
-        "rolled_back" => "↩️",
-        "refused" => "⛔",
-        _ => "❌",
+    let icon = match report.outcome {
+        RunOutcome::Succeeded => "✅",
+        RunOutcome::RolledBack => "↩️",
+        RunOutcome::Refused => "⛔",
+        RunOutcome::Failed | RunOutcome::Skipped => "❌",
     };
-    let mut out = format!("## {icon} capstan {} {}: {}\n\n", report.command, report.version.as_deref().unwrap_or(""), report.outcome.replace('_', " "));
+    let mut out = format!("## {icon} capstan {} {}: {}\n\n", report.command, report.version.as_deref().unwrap_or(""), report.outcome.in_words());
     out.push_str(&format!("{} in {}", report.app, secs(report.duration_ms)));
     if let Some(e) = &report.error {
         out.push_str(&format!("\n\n> {}", cell(e)));
@@ -78,7 +79,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {note} |\n",
                 cell(&h.host),
-                h.outcome.as_deref().unwrap_or("—").replace('_', " "),
+                h.outcome.map(|o| o.in_words()).unwrap_or("—"),
                 ms(t.connect_ms),
                 t.started_ms.map(|v| format!("+{}", secs(v))).unwrap_or_else(|| "—".into()),
                 ms(t.duration_ms)
@@ -91,7 +92,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         for h in &report.hosts {
             for i in &h.instances {
                 let time: u64 = i.steps.iter().map(|s| s.duration_ms).sum();
-                let outcome = i.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_else(|| "—".into());
+                let outcome = i.outcome.map(|o| o.as_str()).unwrap_or("—");
                 out.push_str(&format!(
                     "| {} | {}/{} | `{}` | `{}` | {} | {} |\n",
                     h.host,
@@ -132,7 +133,7 @@ pub fn render(report: &Report, rollback: Option<&RollbackLink>, rollback_to: &st
         }
         out.push('\n');
     }
-    if let (Some(link), "succeeded", "deploy" | "rollback") = (rollback, report.outcome.as_str(), report.command.as_str()) {
+    if let (Some(link), RunOutcome::Succeeded, RunCommand::Deploy | RunCommand::Rollback) = (rollback, report.outcome, report.command) {
         out.push_str(&format!(
             "**Roll back:** [run the rollback workflow]({}) with `rollback-to: {rollback_to}`, or\n\n```sh\n{}\n```\n\n",
             link.page,
@@ -164,7 +165,8 @@ fn mermaid(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::events::{InstanceOutcome, StepEvent};
+    use crate::core::record::InstanceOutcome;
+    use crate::output::events::StepEvent;
     use crate::output::report::{HostReport, InstanceReport};
 
     fn report() -> Report {
@@ -180,9 +182,9 @@ mod tests {
         };
         Report {
             app: "shop".into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some("v1.4.2".into()),
-            outcome: "rolled_back".into(),
+            outcome: RunOutcome::RolledBack,
             duration_ms: 9_000,
             hosts: vec![HostReport {
                 host: "deployer@10.0.0.1:22".into(),
@@ -216,7 +218,7 @@ mod tests {
         assert!(md.contains("| deployer@10.0.0.1:22 | web/web-1 | `r/web@sha256:0123456789ab` | `r/web@sha256:fedcba987654` | reverted | 3.4 s |"), "{md}");
         // A release that was reverted needs no rollback; a good one names the release to go back to.
         assert!(!md.contains("gh workflow run"), "{md}");
-        let good = Report { outcome: "succeeded".into(), ..report() };
+        let good = Report { outcome: RunOutcome::Succeeded, ..report() };
         assert!(render(&good, Some(&link), "v1.4.1").contains("gh workflow run deploy.yml -f rollback-to=v1.4.1"));
         assert!(md.contains("```mermaid\ngantt\n  dateFormat x\n"), "{md}");
         assert!(md.contains("  section deployer@10.0.0.1 22 web-1\n  drain :100, 500\n  health :crit, 600, 3600\n"), "{md}");
@@ -227,11 +229,11 @@ mod tests {
     fn several_hosts_get_a_table_of_their_outcomes_and_times() {
         use crate::output::report::{HostReport, HostTiming};
         let mut r = report();
-        r.hosts[0].outcome = Some("rolled_back".into());
+        r.hosts[0].outcome = Some(RunOutcome::RolledBack);
         r.hosts[0].timing = HostTiming { connect_ms: Some(310), started_ms: Some(1200), duration_ms: Some(8400), canary: true, note: None };
         r.hosts.push(HostReport {
             host: "deployer@10.0.0.2:22".into(),
-            outcome: Some("skipped".into()),
+            outcome: Some(RunOutcome::Skipped),
             timing: HostTiming { connect_ms: Some(290), note: Some("deployer@10.0.0.1:22 rolled back".into()), ..Default::default() },
             instances: vec![],
             reloads: Default::default(),

@@ -36,12 +36,12 @@ use time::OffsetDateTime;
 use crate::core::config::{DrainMethod, Service};
 use crate::core::observed::ContainerSpec;
 use crate::core::plan::{HostPlan, InstancePlan};
-use crate::core::record::Lease;
+use crate::core::record::{InstanceOutcome, Lease, RunOutcome};
 use crate::core::secret::Credentials;
 use crate::host::drain;
 use crate::host::state;
 use crate::host::Host;
-use crate::output::events::{Event, InstanceOutcome, Sink};
+use crate::output::events::{Event, Sink};
 use crate::rollout::cancel::Cancel;
 use crate::rollout::replace::Handover;
 use crate::rollout::safety::Safety;
@@ -70,31 +70,6 @@ pub struct LeaseKeeper {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HostOutcome {
-    #[default]
-    Succeeded,
-    RolledBack,
-    /// A gate said no before anything changed.
-    Refused,
-    /// Something could not be put back: the host needs attention.
-    Failed,
-    /// Never started (an earlier host failed, or the run was cancelled): nothing changed.
-    Skipped,
-}
-
-impl HostOutcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            HostOutcome::Succeeded => "succeeded",
-            HostOutcome::RolledBack => "rolled_back",
-            HostOutcome::Refused => "refused",
-            HostOutcome::Failed => "failed",
-            HostOutcome::Skipped => "skipped",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct InstanceResult {
     pub service: String,
@@ -104,7 +79,8 @@ pub struct InstanceResult {
 
 #[derive(Debug, Clone, Default)]
 pub struct HostResult {
-    pub outcome: HostOutcome,
+    /// As the host's log records it.
+    pub outcome: RunOutcome,
     pub instances: Vec<InstanceResult>,
     pub error: Option<String>,
     /// The Compose `.env` variables this rollout set, as they were: what a revert puts back.
@@ -252,7 +228,7 @@ impl<'a> Rollout<'a> {
             self.emit_reloads();
             self.emit_instances(&results);
             let replaced_specs = done.iter().map(|d| (d.name.clone(), d.spec.clone())).collect();
-            return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
+            return HostResult { outcome: RunOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
         };
         match done.len() {
             0 => self.info(format!("{at} failed: {}", f.message)),
@@ -283,7 +259,7 @@ impl<'a> Rollout<'a> {
         }
         self.emit_instances(&results);
         self.emit_reloads();
-        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        let outcome = if all_restored { RunOutcome::RolledBack } else { RunOutcome::Failed };
         let error = if all_restored && results.iter().all(|r| r.outcome == InstanceOutcome::Unchanged) {
             format!("{at}: {}; nothing was replaced", f.message)
         } else if all_restored {
@@ -323,7 +299,7 @@ impl<'a> Rollout<'a> {
         }
         self.emit_instances(&instances);
         self.emit_reloads();
-        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        let outcome = if all_restored { RunOutcome::RolledBack } else { RunOutcome::Failed };
         HostResult { outcome, instances, error: None, ..Default::default() }
     }
 

@@ -353,13 +353,14 @@ mod tests {
     use crate::commands::Ctx;
     use crate::core::config::{self, Config, SwarmOrder};
     use crate::core::names::HostAddr;
+    use crate::core::record::{InstanceOutcome, RunOutcome};
     use crate::core::release::RollbackTo;
     use crate::error::Error;
     use crate::host::connect::Connector;
     use crate::host::fake::{world, FakeHost, V1, V2};
     use crate::host::state;
     use crate::host::Host;
-    use crate::output::events::{Event, Fanout, InstanceOutcome, Recorder};
+    use crate::output::events::{Event, Fanout, Recorder};
     use crate::output::report::Collector;
     use crate::rollout::cancel::Cancel;
 
@@ -426,7 +427,7 @@ mod tests {
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
         assert!(out.error.is_none(), "{:?}", out.error);
-        assert_eq!(out.report.outcome, "succeeded");
+        assert_eq!(out.report.outcome, RunOutcome::Succeeded);
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A2));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V2), "the container service rolled after it");
         let sent = fake.state.lock().unwrap().swarm["shop_api"].settings.clone().unwrap();
@@ -440,11 +441,11 @@ mod tests {
         assert_eq!(reported.outcome, Some(InstanceOutcome::Replaced));
         let (log, _) = state::read_log(fake.as_ref(), &config.state_dir).await.unwrap();
         let rec = log[0].instances.iter().find(|i| i.name == "shop_api").unwrap();
-        assert_eq!((rec.service.as_str(), rec.from_image.as_str(), rec.to_image.as_str(), rec.outcome.as_str()), ("api", A1, A2, "replaced"));
+        assert_eq!((rec.service.as_str(), rec.from_image.as_str(), rec.to_image.as_str(), rec.outcome), ("api", A1, A2, InstanceOutcome::Replaced));
 
         // A rollback goes to the digest the log recorded, through the same path.
         let (out, events) = run(&fake, &config, Want::Rollback { to: RollbackTo::Previous }, &Cancel::default()).await;
-        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        assert_eq!(out.unwrap().report.outcome, RunOutcome::Succeeded);
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1));
         assert_eq!(swarm_steps(&events), ["update", "converge", "health", "traffic"]);
@@ -456,7 +457,7 @@ mod tests {
         let (fake, config) = swarm_world("");
         fake.state.lock().unwrap().swarm.get_mut("shop_api").unwrap().linger_for = 6;
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
-        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        assert_eq!(out.unwrap().report.outcome, RunOutcome::Succeeded);
         let converge = events
             .iter()
             .find_map(|e| match e {
@@ -475,7 +476,7 @@ mod tests {
         fake.state.lock().unwrap().swarm_failing.insert(A2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         let error = out.report.error.unwrap();
         assert!(error.contains("shop_api: Swarm rolled the update back (update rolled back due to failure"), "{error}");
         assert!(error.contains("a task: task: non-zero exit (1)"), "the task's error is named: {error}");
@@ -486,7 +487,7 @@ mod tests {
         assert_eq!(row.outcome, Some(InstanceOutcome::Reverted));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1), "web, after it, was never touched");
         let (log, _) = state::read_log(fake.as_ref(), &config.state_dir).await.unwrap();
-        assert_eq!(log[0].outcome, "rolled_back");
+        assert_eq!(log[0].outcome, RunOutcome::RolledBack);
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,7 +496,7 @@ mod tests {
         fake.state.lock().unwrap().swarm_failing.insert(A2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("Swarm paused the update"));
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         assert_eq!(swarm_steps(&events), ["update", "converge FAILED", "revert rollback", "revert converge", "revert health"]);
@@ -508,7 +509,7 @@ mod tests {
         fake.state.lock().unwrap().broken.insert(V2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("web-1"), "web-1 failed");
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1), "put back by Swarm's rollback");
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1));
@@ -534,7 +535,7 @@ mod tests {
         let (out, events) = run(&fake, &config, deploy_v2(), &cancel).await;
         watcher.abort();
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("cancelled by SIGTERM"));
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         let steps = swarm_steps(&events);
@@ -569,7 +570,7 @@ mod tests {
         }
         let (out, _) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "refused");
+        assert_eq!(out.report.outcome, RunOutcome::Refused);
         assert!(out.report.error.unwrap().contains("preflight swarm shop_api: Swarm's rollback_started is under way"));
         assert!(swarm_log(&fake).is_empty() && fake.image_of("web-1").as_deref() == Some(V1), "nothing changed");
     }
