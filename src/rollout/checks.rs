@@ -12,7 +12,7 @@ use crate::core::config::{Service, SwarmTarget};
 use crate::core::image;
 use crate::core::observed::{ContainerInfo, DockerHealth, SwarmTask};
 use crate::host::Host;
-use crate::rollout::steps::StepResult;
+use crate::rollout::steps::{StepError, StepResult};
 use crate::rollout::Rollout;
 
 /// Bytes an instance must receive during the traffic check to count as reached.
@@ -90,7 +90,7 @@ impl Rollout<'_> {
         let mut last = String::from("no probe answered yet");
         loop {
             probes += 1;
-            let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} disappeared"))?;
+            let c = self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| format!("{name} disappeared"))?;
             let mut ok = c.running;
             if !c.running {
                 last = "the container is not running".into();
@@ -130,7 +130,7 @@ impl Rollout<'_> {
                 good = 0;
             }
             if Instant::now() >= deadline {
-                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)));
+                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)).into());
             }
             let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
             self.wait(nap, cancellable).await?;
@@ -151,23 +151,23 @@ impl Rollout<'_> {
     /// for a moment), so a batch that did not reach it is sent again, up to three batches.
     /// (Counters cannot prove a drain the other way round: whatever else calls an instance
     /// directly, monitoring or another service, shows in them too.)
-    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str) -> Result<String, String> {
+    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str) -> Result<String, StepError> {
         let mut last = String::new();
         for attempt in 0..LB_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             match self.lb_batch(t, active).await? {
-                Ok(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
-                Err(why) => last = why,
+                Batch::Reached(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
+                Batch::Missed(why) => last = why,
             }
         }
-        Err(format!("{last} ({LB_ATTEMPTS} batches)"))
+        Err(format!("{last} ({LB_ATTEMPTS} batches)").into())
     }
 
-    /// One batch: `Err` when a request failed, `Ok(Err)` when `active` received nothing.
-    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Result<String, String>, String> {
-        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
+    /// One batch: `Err` when a request failed, else whether `active` received them.
+    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
+        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
         let before = rx_bytes(self.host, active).await?;
         // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
@@ -180,18 +180,26 @@ impl Rollout<'_> {
             .filter_map(|a| match a {
                 Ok(a) if a.status < 500 => None,
                 Ok(a) => Some(format!("HTTP {}", a.status)),
-                Err(e) => Some(e),
+                Err(e) => Some(e.to_string()),
             })
             .collect();
         let delta = rx_bytes(self.host, active).await?.saturating_sub(before);
         if let Some(last) = failed.last() {
-            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url));
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
         }
         if delta < MIN_TRAFFIC_BYTES {
-            return Ok(Err(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
+            return Ok(Batch::Missed(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
         }
-        Ok(Ok(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
+        Ok(Batch::Reached(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
     }
+}
+
+/// What one batch of the traffic check came to, every request answered.
+enum Batch {
+    /// The instance received them: what was seen.
+    Reached(String),
+    /// It did not (yet): what was seen.
+    Missed(String),
 }
 
 /// Batches of requests a traffic check sends before it gives up.
@@ -200,8 +208,8 @@ const LB_ATTEMPTS: u32 = 3;
 /// Bytes the container has received: from its network namespace's
 /// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
 /// (which answers at most once a second).
-pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, String> {
-    let c = host.engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, StepError> {
+    let c = host.engine.inspect_container(name).await.map_err(StepError::failed)?;
     if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
         let path = format!("/proc/{pid}/net/dev");
         if let Ok(out) = host.shell.run(&["cat", &path], None).await {
@@ -210,7 +218,7 @@ pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, String> {
             }
         }
     }
-    host.engine.rx_bytes(name).await.map_err(|e| e.to_string())
+    host.engine.rx_bytes(name).await.map_err(StepError::failed)
 }
 
 /// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
