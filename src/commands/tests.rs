@@ -236,3 +236,30 @@ async fn a_single_instance_on_a_single_host_is_warned_about() {
     assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))), "{events:?}");
     assert!(!events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.web"))));
 }
+
+/// `status` judges an instance as the health gate does: Docker's HEALTHCHECK saying
+/// unhealthy makes it unhealthy even though its HTTP probe answers 200.
+#[tokio::test(start_paused = true)]
+async fn status_says_unhealthy_when_the_docker_healthcheck_fails_though_http_answers() {
+    use crate::core::observed::DockerHealth;
+    use crate::rollout::checks::{look, Health};
+    let w = world("");
+    w.fake.state.lock().unwrap().docker_health.extend([("web-1".to_string(), DockerHealth::Healthy), ("web-2".to_string(), DockerHealth::Unhealthy)]);
+    // web-2's probe answers 200: only Docker's word is against it.
+    let host = w.fake.host();
+    let web2 = host.engine.inspect_container("web-2").await.unwrap().unwrap();
+    let (addr, port) = web2.probe_addr(8080);
+    assert_eq!(host.probe.http_get(&addr, port, "/health", Duration::from_secs(2)).await.unwrap().status, 200);
+    assert_eq!(look(&host, &w.config.services[0], &web2).await, Health::DockerUnhealthy);
+
+    let rec = Recorder::default();
+    let connector = FakeConnector(w.fake.clone());
+    let cancel = Cancel::default();
+    let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel };
+    let s = crate::commands::status::status(&ctx, &Targets::default()).await.unwrap();
+    let health: Vec<_> = s.hosts[0].instances.iter().map(|i| (i.name.as_str(), i.state.as_str(), i.healthy)).collect();
+    assert_eq!(health, [("web-1", "running", Some(true)), ("web-2", "running", Some(false))]);
+    let text = crate::commands::status::render_status(&s);
+    assert!(text.lines().any(|l| l.contains("web/web-2") && l.contains("UNHEALTHY")), "{text}");
+    assert!(text.lines().any(|l| l.contains("web/web-1") && l.contains(" healthy ")), "{text}");
+}

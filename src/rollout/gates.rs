@@ -16,7 +16,7 @@ use crate::core::plan::HostPlan;
 use crate::core::record::RunCommand;
 use crate::host::Host;
 use crate::output::events::Gate;
-use crate::rollout::checks::{healthy_now, swarm_now};
+use crate::rollout::checks::{look, swarm_now};
 
 /// What the lock looked like to the preflight (it is taken, or read, before).
 pub enum LockSeen {
@@ -66,7 +66,10 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
             for ip in sp.instances.iter().filter(|i| i.replace) {
                 let gate = format!("preflight health {}", ip.name);
                 let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
-                    Ok(Some(c)) => healthy_now(host, svc, &c).await,
+                    Ok(Some(c)) => match look(host, svc, &c).await {
+                        h if h.serving() => (true, "healthy".to_string()),
+                        h => (false, h.to_string()),
+                    },
                     Ok(None) => (false, "missing".to_string()),
                     Err(e) => (false, e.to_string()),
                 };

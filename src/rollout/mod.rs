@@ -15,7 +15,7 @@
 //! `swarm.rs`, which sees only [`steps::Steps`]; signals in `cancel.rs`.
 
 pub mod cancel;
-mod checks;
+pub mod checks;
 mod compose;
 pub mod gates;
 mod replace;
@@ -243,7 +243,7 @@ impl<'a> Rollout<'a> {
         for d in done.iter().rev() {
             let serving = match self.host.engine.inspect_container(&d.name).await {
                 _ if d.service.swarm.is_some() => true,
-                Ok(Some(c)) => checks::healthy_now(self.host, d.service, &c).await.0,
+                Ok(Some(c)) => checks::look(self.host, d.service, &c).await.serving(),
                 _ => false,
             };
             order.push((serving, d));

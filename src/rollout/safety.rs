@@ -100,7 +100,10 @@ impl Rollout<'_> {
                 let (ok, measured) = match &d.service.swarm {
                     Some(sw) => checks::swarm_now(self.host, d.service, sw, Some(&d.to_image)).await,
                     None => match self.host.engine.inspect_container(&d.name).await.ok().flatten() {
-                        Some(c) => checks::healthy_now(self.host, d.service, &c).await,
+                        Some(c) => {
+                            let health = checks::look(self.host, d.service, &c).await;
+                            (health.serving(), health.to_string())
+                        }
                         None => (false, "gone".into()),
                     },
                 };

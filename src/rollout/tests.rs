@@ -242,3 +242,33 @@ async fn a_cancelled_run_reverts_what_it_changed() {
     assert_eq!(upstream(&w), UPSTREAM);
     assert!(!s.iter().any(|x| x == "web-2 traffic"), "no step starts after the signal: {s:#?}");
 }
+
+/// The health gate counts only healthy looks: while Docker's HEALTHCHECK is still
+/// starting, the instance waits, though its HTTP probe answers.
+#[tokio::test(start_paused = true)]
+async fn the_health_gate_waits_until_docker_says_healthy() {
+    use crate::core::observed::DockerHealth;
+    let w = world("");
+    w.fake.state.lock().unwrap().docker_health.insert("web-1".into(), DockerHealth::Starting);
+    let fake = w.fake.clone();
+    // Docker says healthy a second after the new web-1 started.
+    let healthy_later = tokio::spawn(async move {
+        while !fake.state.lock().unwrap().log.iter().any(|l| l == "start web-1") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fake.state.lock().unwrap().docker_health.insert("web-1".into(), DockerHealth::Healthy);
+    });
+    let (r, events) = run(&w, V2).await;
+    healthy_later.abort();
+    assert_eq!(r.outcome, RunOutcome::Succeeded, "{:?}", r.error);
+    let health: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) if s.step == "health" => Some((s.instance.clone(), s.duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert!(health[0].0 == "web-1" && health[0].1 >= 1000, "web-1 waited for Docker: {health:?}");
+    assert!(health[1].0 == "web-2" && health[1].1 < 500, "web-2 has no HEALTHCHECK: {health:?}");
+}
