@@ -16,6 +16,7 @@ use crate::commands::prepare::{prepare, Roll, Want};
 use crate::commands::{locked, Ctx};
 use crate::core::config::Config;
 use crate::core::record::{Lease, Record, RecordInstance, RunCommand, RunOutcome};
+use crate::core::release;
 use crate::core::time::fmt_time;
 use crate::env;
 use crate::error::Error;
@@ -154,11 +155,10 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     }))
     .await;
     for records in logs {
-        let previous = records.iter().rev().find(|r| r.outcome == RunOutcome::Succeeded && r.version.is_some()).and_then(|r| r.version.clone());
         hook_envs.push(gates::HookEnv {
             app: ctx.config.app.clone(),
             version: roll.version.clone().unwrap_or_default(),
-            previous_version: previous.unwrap_or_default(),
+            previous_version: release::previous_version(&records).unwrap_or_default(),
             command: roll.command,
         });
     }

@@ -264,7 +264,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
         return Err(Error::input(problems.join("\n")));
     }
     let previous = match state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await {
-        Ok((records, _)) => release::current_version(&records),
+        Ok((records, _)) => release::previous_version(&records),
         Err(_) => None,
     };
     Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous })

@@ -2,7 +2,7 @@
 //! and the deployment log's [`Record`]s, and the words they are written in
 //! ([`RunCommand`], [`RunOutcome`], [`InstanceOutcome`]), which the report and the
 //! events use too. Pure: `host::state` reads and writes them on the host,
-//! `core::release` finds rollback targets in them.
+//! `core::release` finds releases and rollback targets in them.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -167,6 +167,14 @@ pub struct RecordInstance {
     pub from_image: String,
     pub to_image: String,
     pub outcome: InstanceOutcome,
+}
+
+impl Record {
+    /// Whether this run put a release in place: a successful deploy or rollback. A
+    /// `recover` puts back what ran before a killed run, so it is no release.
+    pub fn is_release(&self) -> bool {
+        self.outcome == RunOutcome::Succeeded && self.command != RunCommand::Recover
+    }
 }
 
 #[cfg(test)]
