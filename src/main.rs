@@ -27,6 +27,7 @@ use crate::cli::{Cli, Command, LockAction};
 use crate::commands::deploy::{roll, RollOpts, RunOutput};
 use crate::commands::prepare::Want;
 use crate::commands::{history, lock, status, Ctx};
+use crate::core::record::{RunCommand, RunOutcome};
 use crate::core::{config, image, plan, release};
 use crate::error::{exit, Error};
 use crate::github::{action, publish, summary, trigger};
@@ -80,14 +81,14 @@ fn print_workflow_commands(lines: &[String]) {
 
 async fn run(cli: Cli) -> i32 {
     let command_name = match &cli.command {
-        Command::Deploy(_) => "deploy",
-        Command::Build(_) => "build",
-        Command::Rollback(_) => "rollback",
-        Command::Check(_) => "check",
-        Command::Status(_) => "status",
-        Command::History(_) => "history",
-        Command::Lock { .. } => "lock",
-        Command::Action => "action",
+        Command::Deploy(_) => RunCommand::Deploy,
+        Command::Build(_) => RunCommand::Build,
+        Command::Rollback(_) => RunCommand::Rollback,
+        Command::Check(_) => RunCommand::Check,
+        Command::Status(_) => RunCommand::Status,
+        Command::History(_) => RunCommand::History,
+        Command::Lock { .. } => RunCommand::Lock,
+        Command::Action => RunCommand::Action,
     };
     // In a GitHub Action, secrets are masked and key files written before anything else.
     let setup = match &cli.command {
@@ -185,9 +186,9 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
             build::build_local(ctx.config, ctx.events, &services, &version, creds.as_ref(), build::BuildOpts { push: a.push, jobs }, ctx.env).await?;
             let report = Report {
                 app: ctx.config.app.clone(),
-                command: "build".into(),
+                command: RunCommand::Build,
                 version: Some(version.text.clone()),
-                outcome: "succeeded".into(),
+                outcome: RunOutcome::Succeeded,
                 duration_ms: t0.elapsed().as_millis() as u64,
                 hosts: vec![],
                 build: collector.builds(),
@@ -287,7 +288,7 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             let version = version_of(ctx, a.version.as_deref())?;
             let want = Want::Deploy { version: version.text, pinned: Default::default() };
             let mut out = roll(ctx, want, &a.targets, RollOpts { dry_run: true, force: false }, collector).await?;
-            out.report.command = "check".into();
+            out.report.command = RunCommand::Check;
             Ok(out)
         }
         _ => unreachable!("only deploy, rollback and check roll"),
@@ -295,12 +296,12 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
 }
 
 /// The report of a command an error stopped before it had one.
-fn failed_report(app: &str, command: &str, e: &Error) -> Report {
+fn failed_report(app: &str, command: RunCommand, e: &Error) -> Report {
     Report {
         app: app.to_string(),
-        command: command.into(),
+        command,
         version: None,
-        outcome: "failed".into(),
+        outcome: RunOutcome::Failed,
         duration_ms: 0,
         hosts: vec![],
         build: vec![],
@@ -313,7 +314,7 @@ fn failed_report(app: &str, command: &str, e: &Error) -> Report {
 
 /// The report of an action run an error stopped: with what was done before it.
 fn error_report(ctx: &Ctx<'_>, collector: &Collector, e: &Error) -> Report {
-    Report { hosts: collector.hosts(), build: collector.builds(), gates: collector.gates(), ..failed_report(&ctx.config.app, "action", e) }
+    Report { hosts: collector.hosts(), build: collector.builds(), gates: collector.gates(), ..failed_report(&ctx.config.app, RunCommand::Action, e) }
 }
 
 /// An action run: the command its event stands for, with the GitHub
@@ -408,9 +409,9 @@ async fn check_action(
         }
         let report = Report {
             app: ctx.config.app.clone(),
-            command: "check".into(),
+            command: RunCommand::Check,
             version: Some(version.text),
-            outcome: "succeeded".into(),
+            outcome: RunOutcome::Succeeded,
             duration_ms: t0.elapsed().as_millis() as u64,
             hosts: vec![],
             build: collector.builds(),
@@ -423,7 +424,7 @@ async fn check_action(
     }
     let want = Want::Deploy { version: version.text, pinned };
     let mut out = roll(ctx, want, &targets, RollOpts { dry_run: true, force: false }, collector).await?;
-    out.report.command = "check".into();
+    out.report.command = RunCommand::Check;
     Ok(out)
 }
 

@@ -15,7 +15,8 @@ use crate::commands::fleet::{roll_hosts, Heartbeat};
 use crate::commands::prepare::{prepare, Roll, Want};
 use crate::commands::{locked, Ctx};
 use crate::core::config::Config;
-use crate::core::record::{Lease, Record, RecordInstance};
+use crate::core::record::{Lease, Record, RecordInstance, RunCommand, RunOutcome};
+use crate::core::release;
 use crate::core::time::fmt_time;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
@@ -23,7 +24,7 @@ use crate::host::Host;
 use crate::output::events::{Event, Gate};
 use crate::output::report::{Collector, Report};
 use crate::rollout::gates;
-use crate::rollout::{HostOutcome, HostResult};
+use crate::rollout::HostResult;
 
 /// What `roll` ends with: the report, and the error that decides the exit code.
 pub struct RunOutput {
@@ -48,9 +49,9 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     let roll = prepare(ctx, &want, targets, creds.as_ref(), dry_run).await?;
     let mut report = Report {
         app: ctx.config.app.clone(),
-        command: roll.command.to_string(),
+        command: roll.command,
         version: roll.version.clone(),
-        outcome: "succeeded".into(),
+        outcome: RunOutcome::Succeeded,
         duration_ms: 0,
         hosts: vec![],
         build: collector.builds(),
@@ -60,7 +61,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         previous: roll.previous.clone(),
     };
     ctx.info(None, crate::output::printer::render_plan(&roll.plan));
-    let deploying = roll.command == "deploy";
+    let deploying = roll.command == RunCommand::Deploy;
     if dry_run {
         // The read-only part of the safety net: the lock as it is now, and every preflight check.
         let services = &roll.services;
@@ -77,7 +78,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         report.gates = collector.gates();
         report.duration_ms = t0.elapsed().as_millis() as u64;
         if !failed.is_empty() {
-            report.outcome = "refused".into();
+            report.outcome = RunOutcome::Refused;
             let e = refused("preflight", &failed);
             report.error = Some(e.to_string());
             return Ok(RunOutput { report, error: Some(e) });
@@ -99,7 +100,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     let lease = Lease {
         id: state::new_id(),
         holder: ctx.env.actor.clone(),
-        command: roll.command.into(),
+        command: roll.command,
         version: roll.version.clone(),
         run_url: ctx.env.run_url.clone(),
         acquired_at: now,
@@ -153,12 +154,11 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     }))
     .await;
     for records in logs {
-        let previous = records.iter().rev().find(|r| r.outcome == "succeeded" && r.version.is_some()).and_then(|r| r.version.clone());
         hook_envs.push(gates::HookEnv {
             app: ctx.config.app.clone(),
             version: roll.version.clone().unwrap_or_default(),
-            previous_version: previous.unwrap_or_default(),
-            command: roll.command.into(),
+            previous_version: release::previous_version(&records).unwrap_or_default(),
+            command: roll.command,
         });
     }
     if let Some(cmd) = &ctx.config.hooks.pre_deploy {
@@ -180,8 +180,8 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         let command = roll.command;
         async move {
             let which = match result.outcome {
-                HostOutcome::Succeeded => Some(("post_deploy", &ctx.config.hooks.post_deploy)),
-                HostOutcome::Skipped => None,
+                RunOutcome::Succeeded => Some(("post_deploy", &ctx.config.hooks.post_deploy)),
+                RunOutcome::Skipped => None,
                 _ => Some(("on_failure", &ctx.config.hooks.on_failure)),
             };
             if let Some((which, Some(cmd))) = which {
@@ -210,14 +210,14 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     report.hosts = collector.hosts();
     report.gates = collector.gates();
     report.duration_ms = t0.elapsed().as_millis() as u64;
-    let failed: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::Failed).collect();
-    let rolled: Vec<_> = results.iter().filter(|(_, r)| r.outcome == HostOutcome::RolledBack).collect();
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.outcome == RunOutcome::Failed).collect();
+    let rolled: Vec<_> = results.iter().filter(|(_, r)| r.outcome == RunOutcome::RolledBack).collect();
     let error = if !failed.is_empty() {
-        report.outcome = "failed".into();
+        report.outcome = RunOutcome::Failed;
         let msg = failed.iter().map(|(h, r)| format!("{h}: {}", r.error.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ");
         Some(Error::NeedsAttention(msg))
     } else if !rolled.is_empty() {
-        report.outcome = "rolled_back".into();
+        report.outcome = RunOutcome::RolledBack;
         let msg = rolled.iter().map(|(h, r)| format!("{h}: {}", r.error.clone().unwrap_or_default())).collect::<Vec<_>>().join("; ");
         Some(Error::RolledBack(format!("{} {} was rolled back: {msg}", roll.command, roll.version.as_deref().unwrap_or(""))))
     } else {
@@ -250,27 +250,27 @@ fn refused(what: &str, failed: &[Gate]) -> Error {
 async fn refuse(ctx: &Ctx<'_>, roll: &Roll<'_>, lease: &Lease, started: OffsetDateTime, mut report: Report, collector: &Collector, error: Error) -> RunOutput {
     let message = error.to_string();
     for h in &roll.hosts {
-        let r = HostResult { outcome: HostOutcome::Refused, instances: vec![], error: Some(message.clone()), ..Default::default() };
+        let r = HostResult { outcome: RunOutcome::Refused, instances: vec![], error: Some(message.clone()), ..Default::default() };
         let rec = record(ctx.config, h, roll.command, roll.version.clone(), started, &r, lease);
         if let Err(e) = state::append_and_release(h.shell.as_ref(), &ctx.config.state_dir, &rec, &lease.id).await {
             ctx.warn(Some(&h.name), format!("could not record the refusal or release the lock ({e})"));
             let _ = state::release(h.shell.as_ref(), &ctx.config.state_dir, &lease.id).await;
         }
     }
-    report.outcome = "refused".into();
+    report.outcome = RunOutcome::Refused;
     report.gates = collector.gates();
     report.error = Some(message);
     RunOutput { report, error: Some(error) }
 }
 
-fn record(config: &Config, h: &Host, command: &str, version: Option<String>, started: OffsetDateTime, r: &HostResult, lease: &Lease) -> Record {
+fn record(config: &Config, h: &Host, command: RunCommand, version: Option<String>, started: OffsetDateTime, r: &HostResult, lease: &Lease) -> Record {
     Record {
         time: started,
         app: config.app.clone(),
         host: h.name.clone(),
-        command: command.into(),
+        command,
         version,
-        outcome: r.outcome.as_str().into(),
+        outcome: r.outcome,
         actor: Some(lease.holder.clone()),
         run_url: lease.run_url.clone(),
         duration_ms: (OffsetDateTime::now_utc() - started).whole_milliseconds().max(0) as u64,
@@ -282,7 +282,7 @@ fn record(config: &Config, h: &Host, command: &str, version: Option<String>, sta
                 name: i.plan.name.clone(),
                 from_image: i.plan.from_image.clone(),
                 to_image: i.plan.to_image.clone(),
-                outcome: serde_json::to_value(i.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                outcome: i.outcome,
             })
             .collect(),
         error: r.error.clone(),

@@ -15,14 +15,14 @@ use crate::commands::prepare::Roll;
 use crate::commands::Ctx;
 use crate::core::config::OnFailure;
 use crate::core::plan::HostPlan;
-use crate::core::record::Lease;
+use crate::core::record::{InstanceOutcome, Lease, RunCommand, RunOutcome};
 use crate::core::secret::Credentials;
 use crate::host::state;
 use crate::host::Host;
-use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome};
+use crate::output::events::{Event, HostEvent, HostPhase};
 use crate::rollout::cancel::Cancel;
 use crate::rollout::safety::Safety;
-use crate::rollout::{HostOutcome, HostResult, LeaseKeeper, Rollout};
+use crate::rollout::{HostResult, LeaseKeeper, Rollout};
 
 /// Rolls the hosts: the first `rollout.canary` ones alone and to the end (validated and
 /// baked), then the rest, at most `rollout.parallel` at once. A failed host stops every
@@ -49,7 +49,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
                 .collect()
         })
         .collect();
-    let deploying = roll.command == "deploy";
+    let deploying = roll.command == RunCommand::Deploy;
     let dir = &ctx.config.state_dir;
     let keeper = || Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease });
     let run_one = |i: usize| {
@@ -77,8 +77,8 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
             };
             let result = r.run(hp, &roll.services).await;
             emit_finished(ctx, h, t0, started, result.outcome);
-            if result.outcome != HostOutcome::Succeeded {
-                let why = format!("{} {}", h.name, result.outcome.as_str().replace('_', " "));
+            if result.outcome != RunOutcome::Succeeded {
+                let why = format!("{} {}", h.name, result.outcome.in_words());
                 no_new.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(why.clone());
                 if revert_all {
                     abort.trigger(&format!("{why}; on_failure: revert_all stops every host"));
@@ -114,7 +114,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
         .hosts
         .iter()
         .zip(&results)
-        .filter(|(_, r)| !matches!(r.outcome, HostOutcome::Succeeded | HostOutcome::Skipped))
+        .filter(|(_, r)| !matches!(r.outcome, RunOutcome::Succeeded | RunOutcome::Skipped))
         .map(|(h, _)| h.name.as_str())
         .collect();
     let signalled = ctx.cancel.reason();
@@ -126,7 +126,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
         ([], Some(s)) => s,
         (f, _) => format!("{} failed (on_failure: revert_all)", f.join(", ")),
     };
-    let reverts = roll.hosts.iter().zip(results.iter_mut()).filter(|(_, r)| r.outcome == HostOutcome::Succeeded).map(|(h, r)| {
+    let reverts = roll.hosts.iter().zip(results.iter_mut()).filter(|(_, r)| r.outcome == RunOutcome::Succeeded).map(|(h, r)| {
         let why = why.clone();
         let never = Cancel::default();
         async move {
@@ -146,7 +146,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
             };
             let mut undone = rollout.revert_finished(r, &roll.services).await;
             undone.error = Some(match undone.outcome {
-                HostOutcome::RolledBack => format!("put back because {why}"),
+                RunOutcome::RolledBack => format!("put back because {why}"),
                 _ => format!("{why}; putting this host back failed, see the steps above"),
             });
             emit_finished(ctx, h, t0, started, undone.outcome);
@@ -166,13 +166,12 @@ fn skipped(hp: &HostPlan, reason: String) -> HostResult {
             sp.instances.iter().map(|i| crate::rollout::InstanceResult { service: sp.service.clone(), plan: i.clone(), outcome: InstanceOutcome::Unchanged })
         })
         .collect();
-    HostResult { outcome: HostOutcome::Skipped, instances, error: Some(format!("not started: {reason}")), ..Default::default() }
+    HostResult { outcome: RunOutcome::Skipped, instances, error: Some(format!("not started: {reason}")), ..Default::default() }
 }
 
 /// A host's rollout (or its putting back), begun `started` after `t0`, ended with `outcome`.
-fn emit_finished(ctx: &Ctx, h: &Host, t0: Instant, started: Duration, outcome: HostOutcome) {
-    let phase =
-        HostPhase::Finished { at_ms: started.as_millis() as u64, duration_ms: (t0.elapsed() - started).as_millis() as u64, outcome: outcome.as_str().into() };
+fn emit_finished(ctx: &Ctx, h: &Host, t0: Instant, started: Duration, outcome: RunOutcome) {
+    let phase = HostPhase::Finished { at_ms: started.as_millis() as u64, duration_ms: (t0.elapsed() - started).as_millis() as u64, outcome };
     ctx.events.emit(Event::Host(HostEvent { host: h.name.clone(), phase }));
 }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::cli::Targets;
 use crate::commands::Ctx;
-use crate::core::record::Record;
+use crate::core::record::{Record, RunCommand};
 use crate::core::time::fmt_time;
 use crate::error::Error;
 use crate::host::state;
@@ -13,7 +13,7 @@ use crate::host::state;
 #[derive(Debug, Serialize)]
 pub struct HistoryReport {
     pub app: String,
-    pub command: &'static str,
+    pub command: RunCommand,
     pub hosts: Vec<HostHistory>,
 }
 
@@ -39,7 +39,7 @@ pub async fn history(ctx: &Ctx<'_>, targets: &Targets, limit: usize) -> Result<H
         let skip = records.len().saturating_sub(limit);
         out.push(HostHistory { host: h.name.clone(), records: records.split_off(skip), unreadable_lines: bad });
     }
-    Ok(HistoryReport { app: ctx.config.app.clone(), command: "history", hosts: out })
+    Ok(HistoryReport { app: ctx.config.app.clone(), command: RunCommand::History, hosts: out })
 }
 
 pub fn render_history(r: &HistoryReport) -> String {

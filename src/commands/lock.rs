@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use crate::cli::Targets;
 use crate::commands::Ctx;
-use crate::core::record::Lease;
+use crate::core::record::{Lease, RunCommand};
 use crate::core::time::fmt_time;
 use crate::error::Error;
 use crate::host::state::{self, StateError};
@@ -14,7 +14,7 @@ use crate::host::state::{self, StateError};
 #[derive(Debug, Serialize)]
 pub struct LockReport {
     pub app: String,
-    pub command: &'static str,
+    pub command: RunCommand,
     pub hosts: Vec<HostLock>,
 }
 
@@ -55,7 +55,7 @@ pub async fn lock(ctx: &Ctx<'_>, targets: &Targets, release: Option<bool>) -> Re
         };
         out.push(HostLock { host: h.name.clone(), lock: current, expired, released });
     }
-    Ok(LockReport { app: ctx.config.app.clone(), command: "lock", hosts: out })
+    Ok(LockReport { app: ctx.config.app.clone(), command: RunCommand::Lock, hosts: out })
 }
 
 pub fn render_lock(r: &LockReport) -> String {

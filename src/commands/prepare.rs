@@ -17,6 +17,7 @@ use crate::core::config::Service;
 use crate::core::image;
 use crate::core::names::HostAddr;
 use crate::core::plan::{self, HostPlan, Observed, Plan};
+use crate::core::record::RunCommand;
 use crate::core::release::{self, RollbackTo};
 use crate::core::secret::Credentials;
 use crate::core::time::fmt_time;
@@ -39,7 +40,8 @@ pub enum Want {
 
 /// A prepared run: what `prepare` found and planned, and what `deploy` and `fleet` carry out.
 pub(super) struct Roll<'a> {
-    pub(super) command: &'static str,
+    /// `deploy` or `rollback`.
+    pub(super) command: RunCommand,
     pub(super) version: Option<String>,
     pub(super) hosts: Vec<Host>,
     pub(super) services: Vec<&'a Service>,
@@ -201,10 +203,10 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     .await
     .into_iter()
     .collect::<Result<Vec<_>, Error>>()?;
-    let (command, version, per_host): (&str, Option<String>, Vec<Images>) = match want {
+    let (command, version, per_host): (RunCommand, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
             let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
-            ("deploy", Some(version.clone()), observed.iter().map(|o| per_instance(&services, o, &images)).collect())
+            (RunCommand::Deploy, Some(version.clone()), observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
         Want::Rollback { to } => {
             let mut per_host = Vec::new();
@@ -234,7 +236,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 label = label.or(version);
                 per_host.push(target.images);
             }
-            ("rollback", label, per_host)
+            (RunCommand::Rollback, label, per_host)
         }
     };
     let mut host_plans: Vec<HostPlan> = Vec::new();
@@ -262,7 +264,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
         return Err(Error::input(problems.join("\n")));
     }
     let previous = match state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await {
-        Ok((records, _)) => release::current_version(&records),
+        Ok((records, _)) => release::previous_version(&records),
         Err(_) => None,
     };
     Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous })

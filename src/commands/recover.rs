@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::commands::{locked, Ctx};
 use crate::core::config::Service;
 use crate::core::plan::{self, Observed};
-use crate::core::record::{Lease, Record, RecordInstance};
+use crate::core::record::{InstanceOutcome, Lease, Record, RecordInstance, RunCommand, RunOutcome};
 use crate::error::Error;
 use crate::host::state::{self, StateError};
 use crate::host::Host;
@@ -32,7 +32,7 @@ pub(super) async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &
     let lease = Lease {
         id: state::new_id(),
         holder: ctx.env.actor.clone(),
-        command: "recover".into(),
+        command: RunCommand::Recover,
         version: None,
         run_url: ctx.env.run_url.clone(),
         acquired_at: now,
@@ -62,21 +62,21 @@ pub(super) async fn recover(ctx: &Ctx<'_>, h: &Host, services: &[&Service], o: &
         let from_image = image_of(name).unwrap_or_default();
         let to_image = h.engine.inspect_container(&kept).await.ok().flatten().map(|c| c.image_id).unwrap_or_default();
         let outcome = match r.recover(svc, name).await {
-            Ok(()) => "reverted",
+            Ok(()) => InstanceOutcome::Reverted,
             Err(e) => {
                 failed.push(format!("{name}: {e}"));
-                "failed"
+                InstanceOutcome::Failed
             }
         };
-        instances.push(RecordInstance { service: svc.name.clone(), name: (*name).clone(), from_image, to_image, outcome: outcome.into() });
+        instances.push(RecordInstance { service: svc.name.clone(), name: (*name).clone(), from_image, to_image, outcome });
     }
     let record = Record {
         time: now,
         app: ctx.config.app.clone(),
         host: h.name.clone(),
-        command: "recover".into(),
+        command: RunCommand::Recover,
         version: None,
-        outcome: if failed.is_empty() { "succeeded" } else { "failed" }.into(),
+        outcome: if failed.is_empty() { RunOutcome::Succeeded } else { RunOutcome::Failed },
         actor: Some(lease.holder.clone()),
         run_url: lease.run_url.clone(),
         duration_ms: (OffsetDateTime::now_utc() - now).whole_milliseconds().max(0) as u64,

@@ -1,8 +1,7 @@
 //! `capstan status`: per host, each instance's state, image, version (from the
-//! log, else its tag) and health; the lock and its lease; containers an
-//! interrupted replace left. Changes nothing.
-
-use std::time::Duration;
+//! log, else its tag) and health (one look, judged as the health gate judges it:
+//! `rollout::checks::look`); the lock and its lease; containers an interrupted
+//! replace left. Changes nothing.
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -14,16 +13,17 @@ use crate::core::config::Service;
 use crate::core::image;
 use crate::core::names::HostAddr;
 use crate::core::plan;
-use crate::core::record::Lease;
+use crate::core::record::{Lease, RunCommand};
 use crate::core::release;
 use crate::core::time::fmt_time;
 use crate::error::Error;
 use crate::host::state;
+use crate::rollout::checks::{self, Health};
 
 #[derive(Debug, Serialize)]
 pub struct StatusReport {
     pub app: String,
-    pub command: &'static str,
+    pub command: RunCommand,
     pub hosts: Vec<HostStatus>,
 }
 
@@ -70,13 +70,11 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
                             img.as_ref()
                                 .and_then(|i| i.repo_tags.iter().find(|t| image::repo_of(t) == svc.image).and_then(|t| image::tag_of(t).map(String::from)))
                         });
-                        let healthy = match (&svc.health.http, c.running) {
-                            (_, false) => Some(false),
-                            (Some(http), true) => {
-                                let (addr, port) = c.probe_addr(http.port);
-                                Some(matches!(h.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await, Ok(a) if (200..400).contains(&a.status)))
-                            }
-                            (None, true) => c.docker_health.map(|d| d == crate::core::observed::DockerHealth::Healthy),
+                        // Judged as the health gate judges it; unknown for a running container with nothing to judge it by.
+                        let judged = !c.running || svc.health.http.is_some() || c.docker_health.is_some();
+                        let healthy = match judged {
+                            true => Some(checks::look(h, svc, c).await == Health::Healthy),
+                            false => None,
                         };
                         InstanceStatus {
                             service: svc.name.clone(),
@@ -94,7 +92,7 @@ pub async fn status(ctx: &Ctx<'_>, targets: &Targets) -> Result<StatusReport, Er
         let leftovers = obs.all_names.iter().filter(|n| n.ends_with(plan::OLD_SUFFIX)).cloned().collect();
         out.push(HostStatus { host: h.name.clone(), lock, instances, leftovers });
     }
-    Ok(StatusReport { app: ctx.config.app.clone(), command: "status", hosts: out })
+    Ok(StatusReport { app: ctx.config.app.clone(), command: RunCommand::Status, hosts: out })
 }
 
 pub fn render_status(s: &StatusReport) -> String {

@@ -8,11 +8,12 @@ use super::*;
 use crate::cli::Targets;
 use crate::commands::deploy::{roll, RollOpts, RunOutput};
 use crate::commands::prepare::Want;
+use crate::core::record::{InstanceOutcome, RunOutcome};
 use crate::core::release::RollbackTo;
 use crate::host::fake::{world, FakeHost, V1, V2};
 use crate::host::state;
 use crate::host::Host;
-use crate::output::events::{HostEvent, HostPhase, InstanceOutcome, Recorder};
+use crate::output::events::{HostEvent, HostPhase, Recorder};
 use crate::output::report::Collector;
 
 /// The whole command flow (connect, observe, resolve, plan, lock, roll out,
@@ -47,7 +48,7 @@ async fn deploy_records_and_rollback_returns_to_the_recorded_images() {
     let (out, _) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, false).await;
     let out = out.unwrap();
     assert!(out.error.is_none(), "{:?}", out.error);
-    assert_eq!(out.report.outcome, "succeeded");
+    assert_eq!(out.report.outcome, RunOutcome::Succeeded);
     assert_eq!((w.fake.image_of("web-1").unwrap(), w.fake.image_of("web-2").unwrap()), (V2.to_string(), V2.to_string()));
     let dir = &w.config.state_dir;
     let (log, _) = state::read_log(w.fake.as_ref(), dir).await.unwrap();
@@ -56,7 +57,7 @@ async fn deploy_records_and_rollback_returns_to_the_recorded_images() {
     assert_eq!(state::read_lock(w.fake.as_ref(), dir).await.unwrap(), None, "released");
 
     let (out, _) = roll_fake(&w, Want::Rollback { to: RollbackTo::Previous }, false).await;
-    assert_eq!(out.unwrap().report.outcome, "succeeded");
+    assert_eq!(out.unwrap().report.outcome, RunOutcome::Succeeded);
     assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
 
     // An unknown tag is bad input, and nothing is taken or changed.
@@ -144,7 +145,7 @@ async fn hosts_roll_at_most_parallel_at_once() {
     // The report times every host.
     for h in &out.report.hosts {
         assert!(h.timing.connect_ms.is_some() && h.timing.started_ms.is_some() && h.timing.duration_ms.is_some(), "{h:?}");
-        assert_eq!(h.outcome.as_deref(), Some("succeeded"));
+        assert_eq!(h.outcome, Some(RunOutcome::Succeeded));
     }
     assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 succeeded", "h3 succeeded"]);
 }
@@ -154,12 +155,12 @@ async fn a_failed_canary_stops_the_rest() {
     let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
     f.hosts[0].state.lock().unwrap().broken.insert(V2.into());
     let (out, events) = roll_fleet(&f).await;
-    assert_eq!(out.report.outcome, "rolled_back");
+    assert_eq!(out.report.outcome, RunOutcome::RolledBack);
     assert_eq!(host_phases(&events), ["h1 start", "h1 done rolled_back", "h2 skip", "h3 skip"]);
     assert_eq!(images(&f).await, ["h1", "h2", "h3"].map(|h| format!("{h} {}", both(V1))));
     assert_eq!(log_outcomes(&f).await, ["h1 rolled_back", "h2 skipped", "h3 skipped"]);
     let skipped = &out.report.hosts.iter().find(|h| h.host == "h2").unwrap();
-    assert_eq!(skipped.outcome.as_deref(), Some("skipped"));
+    assert_eq!(skipped.outcome, Some(RunOutcome::Skipped));
     assert!(skipped.timing.note.as_deref().unwrap().contains("h1 rolled back"), "{skipped:?}");
     // A good canary lets the rest go, after it is done.
     let f = crate::host::fake::fleet(3, "rollout: { canary: 1 }\n");
@@ -174,7 +175,7 @@ async fn one_failed_host_reverts_all_by_default() {
     let f = crate::host::fake::fleet(3, "rollout: { parallel: 1 }\n");
     f.hosts[2].state.lock().unwrap().broken.insert(V2.into());
     let (out, events) = roll_fleet(&f).await;
-    assert_eq!(out.report.outcome, "rolled_back");
+    assert_eq!(out.report.outcome, RunOutcome::RolledBack);
     let phases = host_phases(&events);
     assert_eq!(phases[..6], ["h1 start", "h1 done succeeded", "h2 start", "h2 done succeeded", "h3 start", "h3 done rolled_back"]);
     assert!(phases[6..].contains(&"h1 revert".to_string()) && phases[6..].contains(&"h2 done rolled_back".to_string()), "{phases:?}");
@@ -190,7 +191,7 @@ async fn revert_host_keeps_the_hosts_that_finished() {
     let f = crate::host::fake::fleet(3, "rollout: { parallel: 1, on_failure: revert_host }\n");
     f.hosts[1].state.lock().unwrap().broken.insert(V2.into());
     let (out, events) = roll_fleet(&f).await;
-    assert_eq!(out.report.outcome, "rolled_back");
+    assert_eq!(out.report.outcome, RunOutcome::RolledBack);
     assert_eq!(host_phases(&events), ["h1 start", "h1 done succeeded", "h2 start", "h2 done rolled_back", "h3 skip"]);
     assert_eq!(images(&f).await, [format!("h1 {}", both(V2)), format!("h2 {}", both(V1)), format!("h3 {}", both(V1))]);
     assert_eq!(log_outcomes(&f).await, ["h1 succeeded", "h2 rolled_back", "h3 skipped"]);
@@ -234,4 +235,31 @@ async fn a_single_instance_on_a_single_host_is_warned_about() {
     let (_, events) = roll_fake(&w, Want::Deploy { version: "v2".into(), pinned: HashMap::new() }, true).await;
     assert!(events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.worker: one instance on one host"))), "{events:?}");
     assert!(!events.iter().any(|e| matches!(e, Event::Warn { message, .. } if message.contains("services.web"))));
+}
+
+/// `status` judges an instance as the health gate does: Docker's HEALTHCHECK saying
+/// unhealthy makes it unhealthy even though its HTTP probe answers 200.
+#[tokio::test(start_paused = true)]
+async fn status_says_unhealthy_when_the_docker_healthcheck_fails_though_http_answers() {
+    use crate::core::observed::DockerHealth;
+    use crate::rollout::checks::{look, Health};
+    let w = world("");
+    w.fake.state.lock().unwrap().docker_health.extend([("web-1".to_string(), DockerHealth::Healthy), ("web-2".to_string(), DockerHealth::Unhealthy)]);
+    // web-2's probe answers 200: only Docker's word is against it.
+    let host = w.fake.host();
+    let web2 = host.engine.inspect_container("web-2").await.unwrap().unwrap();
+    let (addr, port) = web2.probe_addr(8080);
+    assert_eq!(host.probe.http_get(&addr, port, "/health", Duration::from_secs(2)).await.unwrap().status, 200);
+    assert_eq!(look(&host, &w.config.services[0], &web2).await, Health::DockerUnhealthy);
+
+    let rec = Recorder::default();
+    let connector = FakeConnector(w.fake.clone());
+    let cancel = Cancel::default();
+    let ctx = Ctx { config: &w.config, events: &rec, connector: &connector, cancel: &cancel, env: &Default::default() };
+    let s = crate::commands::status::status(&ctx, &Targets::default()).await.unwrap();
+    let health: Vec<_> = s.hosts[0].instances.iter().map(|i| (i.name.as_str(), i.state.as_str(), i.healthy)).collect();
+    assert_eq!(health, [("web-1", "running", Some(true)), ("web-2", "running", Some(false))]);
+    let text = crate::commands::status::render_status(&s);
+    assert!(text.lines().any(|l| l.contains("web/web-2") && l.contains("UNHEALTHY")), "{text}");
+    assert!(text.lines().any(|l| l.contains("web/web-1") && l.contains(" healthy ")), "{text}");
 }

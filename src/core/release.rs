@@ -108,19 +108,18 @@ pub struct RollbackTarget {
     pub images: HashMap<(String, String), String>,
 }
 
-fn succeeded(r: &Record) -> bool {
-    r.outcome == "succeeded"
-}
-
-/// The version of the newest successful run in a host's log: what runs now.
-pub fn current_version(records: &[Record]) -> Option<String> {
-    records.iter().rev().find(|r| succeeded(r)).and_then(|r| r.version.clone())
+/// The version a host's log says runs now: that of its newest release (a successful
+/// deploy or rollback; a `recover` only put back what ran before). It is what a run
+/// replaces, so its "previous version" (the report's, the hooks'); `None` when the log
+/// has no release, or the newest one ran images whose version it did not know.
+pub fn previous_version(records: &[Record]) -> Option<String> {
+    records.iter().rev().find(|r| r.is_release()).and_then(|r| r.version.clone())
 }
 
 /// Finds in a host's log what to roll back to. `None` for a version means the
 /// log does not know it (the caller may then resolve the tag in the registry).
 pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<RollbackTarget>, ReleaseError> {
-    let ok: Vec<&Record> = records.iter().filter(|r| succeeded(r)).collect();
+    let ok: Vec<&Record> = records.iter().filter(|r| r.is_release()).collect();
     match to {
         RollbackTo::Previous => {
             let Some(current) = ok.last() else {
@@ -147,13 +146,13 @@ pub fn rollback_target(records: &[Record], to: &RollbackTo) -> Result<Option<Rol
 
 /// The version a digest ran as, according to the log.
 pub fn version_of_image(records: &[Record], image: &str) -> Option<String> {
-    records.iter().rev().filter(|r| succeeded(r)).find(|r| r.instances.iter().any(|i| i.to_image == image)).and_then(|r| r.version.clone())
+    records.iter().rev().filter(|r| r.is_release()).find(|r| r.instances.iter().any(|i| i.to_image == image)).and_then(|r| r.version.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::record::RecordInstance;
+    use crate::core::record::{InstanceOutcome, RecordInstance, RunCommand, RunOutcome};
 
     #[test]
     fn versions() {
@@ -191,14 +190,15 @@ mod tests {
         assert_eq!(version(src(Some("edge"), None), true).unwrap().semver, None);
     }
 
-    fn rec(version: &str, outcome: &str, from: &str, to: &str) -> Record {
+    /// A record of `command` on web-1 and web-2, from `from` to `to`.
+    fn run(command: RunCommand, version: Option<&str>, outcome: RunOutcome, from: &str, to: &str) -> Record {
         Record {
             time: time::macros::datetime!(2026-11-22 10:00 UTC),
             app: "shop".into(),
             host: "h".into(),
-            command: "deploy".into(),
-            version: Some(version.into()),
-            outcome: outcome.into(),
+            command,
+            version: version.map(String::from),
+            outcome,
             actor: None,
             run_url: None,
             duration_ms: 1,
@@ -209,16 +209,61 @@ mod tests {
                     name: n.to_string(),
                     from_image: from.into(),
                     to_image: to.into(),
-                    outcome: "replaced".into(),
+                    outcome: InstanceOutcome::Replaced,
                 })
                 .collect(),
             error: None,
         }
     }
 
+    fn rec(version: &str, outcome: RunOutcome, from: &str, to: &str) -> Record {
+        run(RunCommand::Deploy, Some(version), outcome, from, to)
+    }
+
+    /// A `recover` as a later run logs it: the kept container (`to`) back in place of the new one (`from`).
+    fn recover(from: &str, to: &str) -> Record {
+        let mut r = run(RunCommand::Recover, None, RunOutcome::Succeeded, from, to);
+        r.instances.iter_mut().for_each(|i| i.outcome = InstanceOutcome::Reverted);
+        r
+    }
+
+    #[test]
+    fn the_previous_version_is_the_newest_release() {
+        use RunOutcome::*;
+        let deploy = |v: &str, o| rec(v, o, "d0", "d1");
+        let rollback = |v: Option<&str>| run(RunCommand::Rollback, v, Succeeded, "d2", "d1");
+        let cases: Vec<(Vec<Record>, Option<&str>, &str)> = vec![
+            (vec![], None, "an empty log knows nothing"),
+            (vec![deploy("v1", Succeeded)], Some("v1"), "one deploy"),
+            (vec![deploy("v1", Succeeded), deploy("v2", Succeeded)], Some("v2"), "the newest"),
+            (vec![deploy("v1", Succeeded), deploy("v2", RolledBack)], Some("v1"), "a reverted deploy never went live"),
+            (vec![deploy("v1", Succeeded), deploy("v2", Failed)], Some("v1"), "nor did a failed one"),
+            (vec![deploy("v1", Succeeded), deploy("v2", Refused), deploy("v2", Skipped)], Some("v1"), "nor a refused or skipped one"),
+            (vec![deploy("v1", Succeeded), recover("d2", "d1")], Some("v1"), "a recover puts back what ran: no release"),
+            (vec![deploy("v1", Succeeded), recover("d2", "d1"), recover("d2", "d1")], Some("v1"), "however many"),
+            (vec![recover("d2", "d1")], None, "a recover alone names no version"),
+            (vec![deploy("v1", Succeeded), deploy("v2", Succeeded), rollback(Some("v1"))], Some("v1"), "a rollback is a release"),
+            (vec![deploy("v2", Succeeded), rollback(None)], None, "back to images whose version the log never knew"),
+            (vec![deploy("v1", Succeeded), recover("d2", "d1"), deploy("v2", Succeeded)], Some("v2"), "a release after a recover"),
+        ];
+        for (log, want, why) in cases {
+            assert_eq!(previous_version(&log).as_deref(), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn a_recover_is_no_release_to_roll_back_from() {
+        let log = vec![rec("v1", RunOutcome::Succeeded, "d0", "d1"), rec("v2", RunOutcome::Succeeded, "d1", "d2"), recover("id:d3", "id:d2")];
+        let prev = rollback_target(&log, &RollbackTo::Previous).unwrap().unwrap();
+        assert_eq!((prev.version.as_deref(), prev.images[&("web".to_string(), "web-1".to_string())].as_str()), (Some("v1"), "d1"));
+        assert_eq!(version_of_image(&log, "id:d2"), None, "a recover ran no version");
+        assert!(rollback_target(&log[2..], &RollbackTo::Previous).is_err(), "a recover alone is nothing to go back from");
+    }
+
     #[test]
     fn rollback_targets() {
-        let log = vec![rec("v2", "succeeded", "d1", "d2"), rec("v3", "succeeded", "d2", "d3"), rec("v4", "rolled_back", "d3", "d4")];
+        let log =
+            vec![rec("v2", RunOutcome::Succeeded, "d1", "d2"), rec("v3", RunOutcome::Succeeded, "d2", "d3"), rec("v4", RunOutcome::RolledBack, "d3", "d4")];
         let prev = rollback_target(&log, &RollbackTo::Previous).unwrap().unwrap();
         assert_eq!(prev.version.as_deref(), Some("v2"), "previous of v3 is v2, the failed v4 does not count");
         assert_eq!(prev.images[&("web".to_string(), "web-1".to_string())], "d2");

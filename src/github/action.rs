@@ -191,7 +191,7 @@ impl Setup {
         if let Some(out) = env::var(env::GITHUB_OUTPUT) {
             let mut text = String::new();
             text.push_str(&workflow::output_entry("version", report.version.as_deref().unwrap_or("")));
-            text.push_str(&workflow::output_entry("outcome", &report.outcome));
+            text.push_str(&workflow::output_entry("outcome", report.outcome.as_str()));
             text.push_str(&workflow::output_entry("deployment-id", &deployment.map(|d| d.to_string()).unwrap_or_default()));
             text.push_str(&workflow::output_entry("environment-url", self.environment_url.as_deref().unwrap_or("")));
             text.push_str(&workflow::output_entry("report", &report_output));

@@ -15,9 +15,10 @@
 
 use serde_json::json;
 
+use crate::core::record::{InstanceOutcome, RunCommand, RunOutcome};
 use crate::github::api::{Annotation, Api, ApiError, CheckOutput, Earlier, NewCheckRun, NewDeployment, NewStatus};
 use crate::github::summary::RollbackLink;
-use crate::output::events::{Event, InstanceOutcome, Sink};
+use crate::output::events::{Event, Sink};
 use crate::output::report::Report;
 
 /// GitHub's limits.
@@ -139,17 +140,17 @@ pub fn finished(report: &Report, target: &Target) -> NewStatus {
         _ => String::new(),
     };
     let error = report.error.as_deref().map(first_line).unwrap_or("");
-    match report.outcome.as_str() {
-        "succeeded" => {
-            let what = if report.command == "rollback" { format!("Rolled back to {version}") } else { format!("{version} is live") };
+    match report.outcome {
+        RunOutcome::Succeeded => {
+            let what = if report.command == RunCommand::Rollback { format!("Rolled back to {version}") } else { format!("{version} is live") };
             let hosts = report.hosts.len();
             let body = if replaced == 0 { format!("{what}: nothing to change") } else { format!("{what} on {replaced} instance(s), {hosts} host(s).") };
             // The undo command first goes; the outcome must fit.
             let full = format!("{body}{undo}");
             status("success", if full.chars().count() <= MAX_DESCRIPTION { full } else { body }, target)
         }
-        "refused" => status("error", format!("Refused before any change: {error}"), target),
-        _ if !reverted.is_empty() || report.outcome == "rolled_back" => {
+        RunOutcome::Refused => status("error", format!("Refused before any change: {error}"), target),
+        _ if !reverted.is_empty() || report.outcome == RunOutcome::RolledBack => {
             let back = if reverted.is_empty() { String::new() } else { format!("reverted {} to what they ran; ", reverted.join(", ")) };
             status("failure", format!("{version} failed, {back}{error}"), target)
         }
@@ -249,7 +250,7 @@ impl Publisher<'_> {
     pub async fn finish(&self, id: u64, report: &Report) {
         let last = finished(report, &self.target);
         if let Err(e) = self.api.create_status(id, &last).await {
-            self.warn(format!("{e}; the deploy itself {}", report.outcome.replace('_', " ")));
+            self.warn(format!("{e}; the deploy itself {}", report.outcome.in_words()));
             return;
         }
         if last.state != "success" {
@@ -292,12 +293,12 @@ mod tests {
         }
     }
 
-    fn report(outcome: &str, instances: &[(&str, InstanceOutcome)], error: Option<&str>) -> Report {
+    fn report(outcome: RunOutcome, instances: &[(&str, InstanceOutcome)], error: Option<&str>) -> Report {
         Report {
             app: "shop".into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some("v2.0.0".into()),
-            outcome: outcome.into(),
+            outcome,
             duration_ms: 8_000,
             hosts: vec![HostReport {
                 host: "deploy@10.0.0.1:22".into(),
@@ -327,22 +328,22 @@ mod tests {
     #[test]
     fn statuses_fit_githubs_140_characters_and_say_what_happened() {
         let t = target();
-        let ok = finished(&after("v1.0.0", report("succeeded", &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None)), &t);
+        let ok = finished(&after("v1.0.0", report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None)), &t);
         assert_eq!(ok.state, "success");
         assert_eq!(ok.description, "v2.0.0 is live on 2 instance(s), 1 host(s). Undo: gh workflow run deploy.yml -f rollback-to=v1.0.0");
         assert_eq!(ok.log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/7"));
         let long = "web-2: not healthy after 30s: ".repeat(10);
-        let bad = finished(&report("rolled_back", &[("web-1", InstanceOutcome::Reverted), ("web-2", InstanceOutcome::Reverted)], Some(&long)), &t);
+        let bad = finished(&report(RunOutcome::RolledBack, &[("web-1", InstanceOutcome::Reverted), ("web-2", InstanceOutcome::Reverted)], Some(&long)), &t);
         assert_eq!(bad.state, "failure");
         assert!(bad.description.starts_with("v2.0.0 failed, reverted web-1, web-2 to what they ran; web-2: not healthy"), "{}", bad.description);
         assert_eq!(bad.description.chars().count(), MAX_DESCRIPTION);
         assert!(bad.description.ends_with('…'));
-        let refused = finished(&report("refused", &[], Some("host: disk: 1 GB free, needs 5 GB")), &t);
+        let refused = finished(&report(RunOutcome::Refused, &[], Some("host: disk: 1 GB free, needs 5 GB")), &t);
         assert_eq!((refused.state.as_str(), refused.description.as_str()), ("error", "Refused before any change: host: disk: 1 GB free, needs 5 GB"));
         assert_eq!(clip("ééé", 2), "é…");
         // The first release in the hosts' log: no earlier one to undo to, and `previous` would
         // name this very release once another follows it.
-        let first = finished(&report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None), &t);
+        let first = finished(&report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced)], None), &t);
         assert_eq!(first.description, "v2.0.0 is live on 1 instance(s), 1 host(s).");
     }
 
@@ -396,12 +397,12 @@ mod tests {
         let rec = Recorder::default();
         let p = Publisher { api: &gh, target: target(), events: &rec };
         let first = p.start(&Kind::Deploy { version: "v1.0.0".into() }, "shop").await.unwrap().unwrap();
-        p.finish(first, &report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None)).await;
+        p.finish(first, &report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced)], None)).await;
         // The second run is another run: its own log page.
         let t2 = Target { log_url: Some("https://github.com/acme/shop/actions/runs/8".into()), ..target() };
         let p2 = Publisher { api: &gh, target: t2, events: &rec };
         let second = p2.start(&Kind::Deploy { version: "v2.0.0".into() }, "shop").await.unwrap().unwrap();
-        p2.finish(second, &after("v1.0.0", report("succeeded", &[("web-1", InstanceOutcome::Replaced)], None))).await;
+        p2.finish(second, &after("v1.0.0", report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced)], None))).await;
         assert_eq!(gh.states(first), ["in_progress", "success", "inactive"]);
         assert_eq!(gh.states(second), ["in_progress", "success"]);
         // The retired deployment keeps its own run's log, not the run that replaced it.
@@ -410,7 +411,7 @@ mod tests {
         assert_eq!(inactive.description, format!("Superseded by deployment {second}"));
         // A failed third leaves the second live.
         let third = p.start(&Kind::Deploy { version: "v3.0.0".into() }, "shop").await.unwrap().unwrap();
-        p.finish(third, &after("v2.0.0", report("rolled_back", &[("web-1", InstanceOutcome::Reverted)], Some("boom")))).await;
+        p.finish(third, &after("v2.0.0", report(RunOutcome::RolledBack, &[("web-1", InstanceOutcome::Reverted)], Some("boom")))).await;
         assert_eq!(gh.states(second), ["in_progress", "success"]);
         assert_eq!(gh.states(third), ["in_progress", "failure"]);
     }

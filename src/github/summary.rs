@@ -9,6 +9,7 @@
 
 use crate::core::config::ConfigError;
 use crate::core::image::short;
+use crate::core::record::{RunCommand, RunOutcome};
 use crate::output::report::Report;
 
 /// GitHub's limit for one step's summary is 1 MiB; capstan keeps 16 KiB of it
@@ -119,13 +120,13 @@ fn clip_chars(s: &str, max: usize) -> String {
 
 /// The summary with at most `shown` hosts in each table.
 fn render_hosts(report: &Report, rollback: Option<&RollbackLink>, shown: usize) -> String {
-    let icon = match report.outcome.as_str() {
-        "succeeded" => "✅",
-        "rolled_back" => "↩️",
-        "refused" => "⛔",
-        _ => "❌",
+    let icon = match report.outcome {
+        RunOutcome::Succeeded => "✅",
+        RunOutcome::RolledBack => "↩️",
+        RunOutcome::Refused => "⛔",
+        RunOutcome::Failed | RunOutcome::Skipped => "❌",
     };
-    let mut out = format!("## {icon} capstan {} {}: {}\n\n", report.command, report.version.as_deref().unwrap_or(""), report.outcome.replace('_', " "));
+    let mut out = format!("## {icon} capstan {} {}: {}\n\n", report.command, report.version.as_deref().unwrap_or(""), report.outcome.in_words());
     out.push_str(&format!("{} in {}", report.app, secs(report.duration_ms)));
     if let Some(e) = &report.error {
         out.push_str(&format!("\n\n> {}", cell(&clip_chars(e, MAX_ERROR))));
@@ -158,7 +159,7 @@ fn render_hosts(report: &Report, rollback: Option<&RollbackLink>, shown: usize) 
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {note} |\n",
                 cell(&h.host),
-                h.outcome.as_deref().unwrap_or("—").replace('_', " "),
+                h.outcome.map(|o| o.in_words()).unwrap_or("—"),
                 ms(t.connect_ms),
                 t.started_ms.map(|v| format!("+{}", secs(v))).unwrap_or_else(|| "—".into()),
                 ms(t.duration_ms)
@@ -172,7 +173,7 @@ fn render_hosts(report: &Report, rollback: Option<&RollbackLink>, shown: usize) 
         for h in report.hosts.iter().take(shown) {
             for i in &h.instances {
                 let time: u64 = i.steps.iter().map(|s| s.duration_ms).sum();
-                let outcome = i.outcome.map(|o| format!("{o:?}").to_lowercase()).unwrap_or_else(|| "—".into());
+                let outcome = i.outcome.map(|o| o.as_str()).unwrap_or("—");
                 out.push_str(&format!(
                     "| {} | {}/{} | `{}` | `{}` | {} | {} |\n",
                     h.host,
@@ -217,7 +218,7 @@ fn render_hosts(report: &Report, rollback: Option<&RollbackLink>, shown: usize) 
         out.push('\n');
         more_hosts(&mut out, hosts.len(), shown);
     }
-    if let (Some(link), "succeeded", "deploy" | "rollback") = (rollback, report.outcome.as_str(), report.command.as_str()) {
+    if let (Some(link), RunOutcome::Succeeded, RunCommand::Deploy | RunCommand::Rollback) = (rollback, report.outcome, report.command) {
         match report.previous.as_deref() {
             Some(to) => out.push_str(&format!(
                 "**Roll back:** [run the rollback workflow]({}) with `rollback-to: {to}`, or\n\n```sh\n{}\n```\n\n",
@@ -286,7 +287,8 @@ fn mermaid(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::output::events::{InstanceOutcome, StepEvent};
+    use crate::core::record::InstanceOutcome;
+    use crate::output::events::StepEvent;
     use crate::output::report::{HostReport, InstanceReport};
 
     fn report() -> Report {
@@ -302,9 +304,9 @@ mod tests {
         };
         Report {
             app: "shop".into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some("v1.4.2".into()),
-            outcome: "rolled_back".into(),
+            outcome: RunOutcome::RolledBack,
             duration_ms: 9_000,
             hosts: vec![HostReport {
                 host: "deployer@10.0.0.1:22".into(),
@@ -338,10 +340,10 @@ mod tests {
         assert!(md.contains("| deployer@10.0.0.1:22 | web/web-1 | `r/web@sha256:0123456789ab` | `r/web@sha256:fedcba987654` | reverted | 3.4 s |"), "{md}");
         // A release that was reverted needs no rollback; a good one names the release to go back to.
         assert!(!md.contains("gh workflow run"), "{md}");
-        let good = Report { outcome: "succeeded".into(), previous: Some("v1.4.1".into()), ..report() };
+        let good = Report { outcome: RunOutcome::Succeeded, previous: Some("v1.4.1".into()), ..report() };
         assert!(render(&good, Some(&link)).contains("gh workflow run deploy.yml -f rollback-to=v1.4.1"));
         // The first release in the hosts' log: no version to go back to, and no link naming this one.
-        let first = Report { outcome: "succeeded".into(), ..report() };
+        let first = Report { outcome: RunOutcome::Succeeded, ..report() };
         let md_first = render(&first, Some(&link));
         assert!(md_first.contains("**Roll back:** nothing to roll back to: the hosts' log has no release before this one."), "{md_first}");
         assert!(!md_first.contains("rollback-to"), "{md_first}");
@@ -354,11 +356,11 @@ mod tests {
     fn several_hosts_get_a_table_of_their_outcomes_and_times() {
         use crate::output::report::{HostReport, HostTiming};
         let mut r = report();
-        r.hosts[0].outcome = Some("rolled_back".into());
+        r.hosts[0].outcome = Some(RunOutcome::RolledBack);
         r.hosts[0].timing = HostTiming { connect_ms: Some(310), started_ms: Some(1200), duration_ms: Some(8400), canary: true, note: None };
         r.hosts.push(HostReport {
             host: "deployer@10.0.0.2:22".into(),
-            outcome: Some("skipped".into()),
+            outcome: Some(RunOutcome::Skipped),
             timing: HostTiming { connect_ms: Some(290), note: Some("deployer@10.0.0.1:22 rolled back".into()), ..Default::default() },
             instances: vec![],
             reloads: Default::default(),
@@ -384,12 +386,12 @@ mod tests {
         };
         let host = |h: usize| format!("deployer@10.0.{}.{}:22", h / 250, h % 250 + 1);
         Report {
-            outcome: "succeeded".into(),
+            outcome: RunOutcome::Succeeded,
             previous: Some("v1.4.1".into()),
             hosts: (0..hosts)
                 .map(|h| HostReport {
                     host: host(h),
-                    outcome: Some("succeeded".into()),
+                    outcome: Some(RunOutcome::Succeeded),
                     timing: HostTiming { connect_ms: Some(300), started_ms: Some(1000), duration_ms: Some(9000), canary: h == 0, note: Some(note.into()) },
                     instances: (0..instances)
                         .map(|i| InstanceReport {

@@ -79,6 +79,8 @@ pub struct State {
     pub swarm_failing: HashSet<String>,
     /// `inspect_service` answers this error (a node that is no manager).
     pub swarm_error: Option<String>,
+    /// What Docker's HEALTHCHECK says of a container, by name (none when not set).
+    pub docker_health: HashMap<String, DockerHealth>,
     next_id: u64,
     healthy_probes: HashMap<String, u32>,
 }
@@ -276,6 +278,7 @@ impl Engine for FakeHost {
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
         let mut s = self.state.lock().unwrap();
         let crash = s.crash_after_healthy.clone();
+        let docker_health = s.docker_health.get(name).copied();
         let Some(c) = s.containers.get_mut(name) else { return Ok(None) };
         // A container of a "crash after healthy" image dies once it has been probed healthy a few times.
         if crash.contains(&c.image) && c.rx > 0 {
@@ -288,7 +291,7 @@ impl Engine for FakeHost {
             image_ref: c.image.clone(),
             running: c.running,
             pid: 0,
-            docker_health: None,
+            docker_health,
             ports: vec![PublishedPort { container_port: 8080, host_ip: "127.0.0.1".into(), host_port: c.host_port }],
             addresses: vec![c.address.clone()],
             spec: c.spec.clone(),

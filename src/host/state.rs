@@ -145,7 +145,7 @@ pub fn parse_log(text: &str) -> (Vec<Record>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::record::RecordInstance;
+    use crate::core::record::{InstanceOutcome, RecordInstance, RunCommand, RunOutcome};
 
     #[test]
     fn log_lines_round_trip_and_bad_lines_are_counted() {
@@ -155,7 +155,7 @@ mod tests {
                 name: "web-1".into(),
                 from_image: "r@sha256:a".into(),
                 to_image: "r@sha256:b".into(),
-                outcome: "replaced".into(),
+                outcome: InstanceOutcome::Replaced,
             }],
             ..record()
         };
@@ -171,9 +171,9 @@ mod tests {
             time: time::macros::datetime!(2026-11-22 10:00 UTC),
             app: "shop".into(),
             host: "h".into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some("v2".into()),
-            outcome: "succeeded".into(),
+            outcome: RunOutcome::Succeeded,
             actor: None,
             run_url: None,
             duration_ms: 5,
@@ -186,7 +186,7 @@ mod tests {
         Lease {
             id: id.into(),
             holder: holder.into(),
-            command: "deploy".into(),
+            command: RunCommand::Deploy,
             version: Some("v2".into()),
             run_url: None,
             acquired_at: time::macros::datetime!(2026-11-22 10:00 UTC),

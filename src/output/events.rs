@@ -9,15 +9,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::core::image;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InstanceOutcome {
-    Replaced,
-    Reverted,
-    Unchanged,
-    Failed,
-}
+use crate::core::record::{InstanceOutcome, RunOutcome};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -70,7 +62,7 @@ pub enum HostPhase {
     /// The rollout began on the host, `at_ms` after the run began.
     Started { at_ms: u64, canary: bool },
     /// The host is done: `outcome` as recorded in its log.
-    Finished { at_ms: u64, duration_ms: u64, outcome: String },
+    Finished { at_ms: u64, duration_ms: u64, outcome: RunOutcome },
     /// Never started: an earlier host failed, or the run was cancelled.
     Skipped { reason: String },
     /// A host that had taken the release is being put back, because another failed (`on_failure: revert_all`).

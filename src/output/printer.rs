@@ -6,7 +6,8 @@ use std::io::Write;
 
 use crate::core::image::short;
 use crate::core::plan::Plan;
-use crate::output::events::{Event, HostEvent, HostPhase, InstanceOutcome, Sink};
+use crate::core::record::InstanceOutcome;
+use crate::output::events::{Event, HostEvent, HostPhase, Sink};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Verbosity {
@@ -148,7 +149,7 @@ impl Sink for Printer {
                 HostPhase::Connected { .. } => {}
                 HostPhase::Started { canary: true, .. } => self.line(&format!("{host}: canary: rolling it alone first; the other hosts wait until it is done")),
                 HostPhase::Started { .. } => {}
-                HostPhase::Finished { duration_ms, outcome, .. } => self.line(&format!("{host}: {} in {}", outcome.replace('_', " "), ms(duration_ms))),
+                HostPhase::Finished { duration_ms, outcome, .. } => self.line(&format!("{host}: {} in {}", outcome.in_words(), ms(duration_ms))),
                 HostPhase::Skipped { reason } => self.always(&format!("{host}: not started: {reason}")),
                 HostPhase::Reverting { reason } => self.always(&format!("{host}: putting it back: {reason}")),
             },

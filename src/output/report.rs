@@ -6,14 +6,16 @@ use std::sync::{Mutex, PoisonError};
 use serde::Serialize;
 
 use crate::core::plan::Plan;
-use crate::output::events::{Built, Event, Gate, HostEvent, HostPhase, InstanceOutcome, Sink, StepEvent};
+use crate::core::record::{InstanceOutcome, RunCommand, RunOutcome};
+use crate::output::events::{Built, Event, Gate, HostEvent, HostPhase, Sink, StepEvent};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
     pub app: String,
-    pub command: String,
+    pub command: RunCommand,
     pub version: Option<String>,
-    pub outcome: String,
+    /// `succeeded`, `rolled_back`, `refused` or `failed`.
+    pub outcome: RunOutcome,
     pub duration_ms: u64,
     pub hosts: Vec<HostReport>,
     /// Per built service: image, tags, digest, build and push durations.
@@ -36,7 +38,7 @@ pub struct HostReport {
     pub host: String,
     /// `succeeded`, `rolled_back`, `failed`, `refused` or `skipped` (never started).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<RunOutcome>,
     pub timing: HostTiming,
     pub instances: Vec<InstanceReport>,
     /// Per service, how many times the load balancer was reloaded on this host.
@@ -154,7 +156,7 @@ impl Sink for Collector {
                     h.outcome = Some(outcome);
                 }
                 HostPhase::Skipped { reason } => {
-                    h.outcome = Some("skipped".into());
+                    h.outcome = Some(RunOutcome::Skipped);
                     h.timing.note = Some(reason);
                 }
                 HostPhase::Reverting { reason } => h.timing.note = Some(reason),

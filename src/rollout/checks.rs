@@ -1,7 +1,8 @@
-//! Is an instance healthy, does it get traffic: one look at an instance or a
-//! Swarm service ([`healthy_now`], [`swarm_now`]), the health gate (probes until
-//! `healthy_after` good ones in a row), and the traffic check through the load
-//! balancer, proved by the instances' network counters ([`rx_bytes`]).
+//! Is an instance healthy, does it get traffic: one look at an instance ([`look`],
+//! judged as a [`Health`]) or a Swarm service ([`swarm_now`]), the health gate (looks
+//! until `healthy_after` good ones in a row), and the traffic check through the load
+//! balancer, proved by the instances' network counters ([`rx_bytes`]). Preflight, the
+//! bake window, the revert's order and `capstan status` judge an instance by [`look`] too.
 
 use std::time::Duration;
 
@@ -12,17 +13,78 @@ use crate::core::config::{Service, SwarmTarget};
 use crate::core::image;
 use crate::core::observed::{ContainerInfo, DockerHealth, SwarmTask};
 use crate::host::Host;
-use crate::rollout::steps::StepResult;
+use crate::rollout::steps::{StepError, StepResult};
 use crate::rollout::Rollout;
 
 /// Bytes an instance must receive during the traffic check to count as reached.
 /// A single proxied HTTP request is several hundred bytes; ARP noise is 42.
 pub const MIN_TRAFFIC_BYTES: u64 = 100;
 
+/// The longest one health probe waits for its answer (never longer than `health.timeout`).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one look at an instance found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Running; its `health.http` probe (if any) answered below 400; Docker's HEALTHCHECK
+    /// (if its image has one) says healthy.
+    Healthy,
+    /// Running and answering, but Docker's HEALTHCHECK has not passed yet.
+    Starting,
+    NotRunning,
+    /// The `health.http` probe failed: what it got (`GET /health answered 500`).
+    Probe(String),
+    /// Docker's HEALTHCHECK says unhealthy (the probe, if any, answered).
+    DockerUnhealthy,
+}
+
+impl Health {
+    /// Fit to serve as it is: healthy, or answering while Docker's HEALTHCHECK is still
+    /// starting. What preflight, the bake window and the revert's order ask; the health
+    /// gate and `status` want [`Health::Healthy`] itself.
+    pub fn serving(&self) -> bool {
+        matches!(self, Health::Healthy | Health::Starting)
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => f.pad("healthy"),
+            Health::Starting => f.pad("Docker HEALTHCHECK still starting"),
+            Health::NotRunning => f.pad("not running"),
+            Health::Probe(what) => f.pad(what),
+            Health::DockerUnhealthy => f.pad("Docker HEALTHCHECK reports unhealthy"),
+        }
+    }
+}
+
+/// One look at an instance: running, then one `health.http` probe (if configured), then
+/// Docker's HEALTHCHECK (if its image has one). A failed probe is named before Docker's
+/// word: it says more.
+pub async fn look(host: &Host, svc: &Service, c: &ContainerInfo) -> Health {
+    if !c.running {
+        return Health::NotRunning;
+    }
+    if let Some(http) = &svc.health.http {
+        let (addr, port) = c.probe_addr(http.port);
+        match host.probe.http_get(&addr, port, &http.path, PROBE_TIMEOUT.min(svc.health.timeout)).await {
+            Ok(a) if (200..400).contains(&a.status) => {}
+            Ok(a) => return Health::Probe(format!("GET {} answered {}", http.path, a.status)),
+            Err(e) => return Health::Probe(format!("GET {}: {e}", http.path)),
+        }
+    }
+    match c.docker_health {
+        None | Some(DockerHealth::Healthy) => Health::Healthy,
+        Some(DockerHealth::Starting) => Health::Starting,
+        Some(DockerHealth::Unhealthy) => Health::DockerUnhealthy,
+    }
+}
+
 /// One look at a Swarm service: as many tasks as Swarm wants are running `image` (any
-/// image when `None`), and those whose container is on this host are healthy (Docker
-/// health, and `health.http` probed at the container). Tasks on other nodes count by
-/// Swarm's word, which includes their image's HEALTHCHECK.
+/// image when `None`), and those whose container is on this host are fit to serve
+/// ([`look`]). Tasks on other nodes count by Swarm's word, which includes their image's
+/// HEALTHCHECK.
 pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Option<&str>) -> (bool, String) {
     let current = match host.swarm.inspect_service(&sw.service).await {
         Ok(Some(s)) => s,
@@ -51,86 +113,45 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
         let Some(id) = &t.container else { continue };
         let Ok(Some(c)) = host.engine.inspect_container(id).await else { continue };
         local += 1;
-        let (ok, measured) = healthy_now(host, svc, &c).await;
-        if !ok {
-            return (false, format!("task {}: {measured}", t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.id.chars().take(12).collect())));
+        let health = look(host, svc, &c).await;
+        if !health.serving() {
+            return (false, format!("task {}: {health}", t.slot.map(|s| s.to_string()).unwrap_or_else(|| t.id.chars().take(12).collect())));
         }
     }
     (true, format!("{}/{want} tasks running{what}, {local} on this host healthy", running.len()))
 }
 
-/// One look at a running instance: running, Docker health not failing, one good HTTP probe.
-pub async fn healthy_now(host: &Host, svc: &Service, c: &ContainerInfo) -> (bool, String) {
-    if !c.running {
-        return (false, "not running".into());
-    }
-    if c.docker_health == Some(DockerHealth::Unhealthy) {
-        return (false, "Docker HEALTHCHECK reports unhealthy".into());
-    }
-    if let Some(http) = &svc.health.http {
-        let (addr, port) = c.probe_addr(http.port);
-        match host.probe.http_get(&addr, port, &http.path, Duration::from_secs(2)).await {
-            Ok(a) if (200..400).contains(&a.status) => {}
-            Ok(a) => return (false, format!("GET {} answered {}", http.path, a.status)),
-            Err(e) => return (false, format!("GET {}: {e}", http.path)),
-        }
-    }
-    (true, "healthy".into())
-}
-
 impl Rollout<'_> {
-    /// Waits for `healthy_after` good probes in a row. A forward gate gives up
-    /// when the run is cancelled; an undo's gate does not.
+    /// Waits for `healthy_after` healthy looks in a row (Docker's HEALTHCHECK still
+    /// starting is not one). A forward gate gives up when the run is cancelled; an
+    /// undo's gate does not.
     pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<()> {
         let h = &svc.health;
         let started = Instant::now();
         let deadline = started + h.timeout;
-        let probe_timeout = Duration::from_secs(2).min(h.timeout);
         let (mut good, mut probes) = (0u32, 0u32);
         let mut last = String::from("no probe answered yet");
         loop {
             probes += 1;
-            let c = self.host.engine.inspect_container(name).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{name} disappeared"))?;
-            let mut ok = c.running;
-            if !c.running {
-                last = "the container is not running".into();
-            }
-            if let (true, Some(http)) = (ok, &h.http) {
-                let (addr, port) = c.probe_addr(http.port);
-                match self.host.probe.http_get(&addr, port, &http.path, probe_timeout).await {
-                    Ok(a) if (200..400).contains(&a.status) => {}
-                    Ok(a) => {
-                        ok = false;
-                        last = format!("GET {} answered {}", http.path, a.status);
-                    }
-                    Err(e) => {
-                        ok = false;
-                        last = format!("GET {}: {e}", http.path);
+            let c = self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| format!("{name} disappeared"))?;
+            match look(self.host, svc, &c).await {
+                Health::Healthy => {
+                    good += 1;
+                    if good >= h.healthy_after {
+                        return Ok(((), format!("{good} good probes in a row ({probes} probes)")));
                     }
                 }
-            }
-            match c.docker_health {
-                None | Some(DockerHealth::Healthy) => {}
-                Some(DockerHealth::Starting) if ok => {
-                    ok = false;
-                    last = "Docker HEALTHCHECK still starting".into();
+                Health::NotRunning => {
+                    good = 0;
+                    last = "the container is not running".into();
                 }
-                Some(DockerHealth::Unhealthy) if ok => {
-                    ok = false;
-                    last = "Docker HEALTHCHECK reports unhealthy".into();
+                other => {
+                    good = 0;
+                    last = other.to_string();
                 }
-                _ => {}
-            }
-            if ok {
-                good += 1;
-                if good >= h.healthy_after {
-                    return Ok(((), format!("{good} good probes in a row ({probes} probes)")));
-                }
-            } else {
-                good = 0;
             }
             if Instant::now() >= deadline {
-                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)));
+                return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)).into());
             }
             let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
             self.wait(nap, cancellable).await?;
@@ -151,23 +172,23 @@ impl Rollout<'_> {
     /// for a moment), so a batch that did not reach it is sent again, up to three batches.
     /// (Counters cannot prove a drain the other way round: whatever else calls an instance
     /// directly, monitoring or another service, shows in them too.)
-    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str) -> Result<String, String> {
+    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str) -> Result<String, StepError> {
         let mut last = String::new();
         for attempt in 0..LB_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             match self.lb_batch(t, active).await? {
-                Ok(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
-                Err(why) => last = why,
+                Batch::Reached(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
+                Batch::Missed(why) => last = why,
             }
         }
-        Err(format!("{last} ({LB_ATTEMPTS} batches)"))
+        Err(format!("{last} ({LB_ATTEMPTS} batches)").into())
     }
 
-    /// One batch: `Err` when a request failed, `Ok(Err)` when `active` received nothing.
-    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Result<String, String>, String> {
-        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
+    /// One batch: `Err` when a request failed, else whether `active` received them.
+    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
+        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
         let before = rx_bytes(self.host, active).await?;
         // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
@@ -185,13 +206,21 @@ impl Rollout<'_> {
             .collect();
         let delta = rx_bytes(self.host, active).await?.saturating_sub(before);
         if let Some(last) = failed.last() {
-            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url));
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
         }
         if delta < MIN_TRAFFIC_BYTES {
-            return Ok(Err(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
+            return Ok(Batch::Missed(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
         }
-        Ok(Ok(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
+        Ok(Batch::Reached(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
     }
+}
+
+/// What one batch of the traffic check came to, every request answered.
+enum Batch {
+    /// The instance received them: what was seen.
+    Reached(String),
+    /// It did not (yet): what was seen.
+    Missed(String),
 }
 
 /// Batches of requests a traffic check sends before it gives up.
@@ -200,8 +229,8 @@ const LB_ATTEMPTS: u32 = 3;
 /// Bytes the container has received: from its network namespace's
 /// `/proc/<pid>/net/dev` on the host (instant), else from the engine's stats
 /// (which answers at most once a second).
-pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, String> {
-    let c = host.engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, StepError> {
+    let c = host.engine.inspect_container(name).await.map_err(StepError::failed)?;
     if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
         let path = format!("/proc/{pid}/net/dev");
         if let Ok(out) = host.shell.run(&["cat", &path], None).await {
@@ -210,7 +239,7 @@ pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, String> {
             }
         }
     }
-    host.engine.rx_bytes(name).await.map_err(|e| e.to_string())
+    host.engine.rx_bytes(name).await.map_err(StepError::failed)
 }
 
 /// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
@@ -230,6 +259,40 @@ fn parse_net_dev(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fake::{world, V1};
+
+    /// One look at web-1 of the fake world (`health.http` on /health), as the fake host is set.
+    #[tokio::test(start_paused = true)]
+    async fn one_look_judges_running_the_probe_then_docker() {
+        type Setup = fn(&mut crate::host::fake::State);
+        let cases: &[(&str, Setup, Health, bool)] = &[
+            ("running, probe 200, no HEALTHCHECK", |_| {}, Health::Healthy, true),
+            ("HEALTHCHECK healthy", |s| _ = s.docker_health.insert("web-1".into(), DockerHealth::Healthy), Health::Healthy, true),
+            ("HEALTHCHECK starting", |s| _ = s.docker_health.insert("web-1".into(), DockerHealth::Starting), Health::Starting, true),
+            ("HEALTHCHECK unhealthy, probe 200", |s| _ = s.docker_health.insert("web-1".into(), DockerHealth::Unhealthy), Health::DockerUnhealthy, false),
+            ("probe 500", |s| _ = s.broken.insert(V1.into()), Health::Probe("GET /health answered 500".into()), false),
+            (
+                "probe 500 and HEALTHCHECK unhealthy: the probe is named",
+                |s| {
+                    s.broken.insert(V1.into());
+                    s.docker_health.insert("web-1".into(), DockerHealth::Unhealthy);
+                },
+                Health::Probe("GET /health answered 500".into()),
+                false,
+            ),
+            ("stopped", |s| s.containers.get_mut("web-1").unwrap().running = false, Health::NotRunning, false),
+        ];
+        for (what, setup, want, serving) in cases {
+            let w = world("");
+            setup(&mut w.fake.state.lock().unwrap());
+            let host = w.fake.host();
+            let c = host.engine.inspect_container("web-1").await.unwrap().unwrap();
+            let got = look(&host, &w.config.services[0], &c).await;
+            assert_eq!((&got, got.serving()), (want, *serving), "{what}");
+        }
+        assert_eq!(Health::DockerUnhealthy.to_string(), "Docker HEALTHCHECK reports unhealthy");
+        assert_eq!(Health::Starting.to_string(), "Docker HEALTHCHECK still starting");
+    }
 
     #[test]
     fn net_dev_counters() {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use crate::core::config::Service;
 use crate::core::image;
 use crate::core::observed::{ContainerInfo, ContainerSpec};
-use crate::rollout::steps::StepResult;
+use crate::rollout::steps::{StepError, StepResult};
 use crate::rollout::{Done, Rollout};
 
 impl Rollout<'_> {
@@ -26,33 +26,34 @@ impl Rollout<'_> {
         image: &str,
     ) -> StepResult<HashMap<String, (String, String)>> {
         let (Some(variable), Some(version)) = (&c.variable, self.version) else {
-            return Err(format!("services.{}.compose.variable is set, but this run has no version to set it to", svc.name));
+            return Err(format!("services.{}.compose.variable is set, but this run has no version to set it to", svc.name).into());
         };
         let engine = &self.host.engine;
-        let current = engine.inspect_container(first).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{first} disappeared"))?;
+        let current = engine.inspect_container(first).await.map_err(StepError::failed)?.ok_or_else(|| format!("{first} disappeared"))?;
         let project = crate::host::compose::Project::of(&current.spec, c)
             .ok_or_else(|| format!("{first} carries no Compose project labels: is it a container of Compose project {}?", c.project))?;
         let new =
-            engine.inspect_image(image).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{} is not on the host", crate::core::image::short(image)))?;
+            engine.inspect_image(image).await.map_err(StepError::failed)?.ok_or_else(|| format!("{} is not on the host", crate::core::image::short(image)))?;
         let tagged = image::tag_ref(&svc.image, version);
-        match engine.inspect_image(&tagged).await.map_err(|e| e.to_string())? {
+        match engine.inspect_image(&tagged).await.map_err(StepError::failed)? {
             Some(i) if i.id != new.id => {
                 return Err(format!(
                     "{tagged} on this host is another image ({}); capstan never moves a version tag: remove that tag, or deploy a new version",
                     i.id
-                ))
+                )
+                .into())
             }
             Some(_) => {}
-            None => engine.tag(image, &svc.image, version).await.map_err(|e| e.to_string())?,
+            None => engine.tag(image, &svc.image, version).await.map_err(StepError::failed)?,
         }
-        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await.map_err(|e| e.to_string())?;
+        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await.map_err(StepError::failed)?;
         let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
         Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::core::image::short(image), project.command.join(" "))))
     }
 
     /// After the host's rollout succeeded: each replaced Compose service's `.env` variable
     /// set to the release, so that Compose's own view names what runs.
-    pub(super) async fn set_compose_env(&self, done: &[Done<'_>]) -> Result<Vec<crate::host::compose::EnvChange>, (String, String)> {
+    pub(super) async fn set_compose_env(&self, done: &[Done<'_>]) -> Result<Vec<crate::host::compose::EnvChange>, (String, StepError)> {
         let Some(version) = self.version else { return Ok(Vec::new()) };
         // Per env file: its variables to set, and the instance whose step reports it.
         type EnvFile<'d, 's> = (String, Vec<(String, String)>, &'d Done<'s>);
@@ -71,7 +72,7 @@ impl Rollout<'_> {
         let mut changes = Vec::new();
         for (file, vars, d) in files {
             let set = async {
-                let c = crate::host::compose::set_env(self.host.shell.as_ref(), &file, &vars).await.map_err(|e| e.to_string())?;
+                let c = crate::host::compose::set_env(self.host.shell.as_ref(), &file, &vars).await.map_err(StepError::failed)?;
                 let said = c.iter().map(|c| format!("{}={} (was {})", c.variable, c.after, c.before.as_deref().unwrap_or("unset"))).collect::<Vec<_>>();
                 Ok((c, format!("{file}: {}", said.join(", "))))
             };

@@ -13,9 +13,10 @@ use std::time::Duration;
 use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
 use crate::core::observed::UpdateState;
 use crate::core::plan::HostPlan;
+use crate::core::record::RunCommand;
 use crate::host::Host;
 use crate::output::events::Gate;
-use crate::rollout::checks::{healthy_now, swarm_now};
+use crate::rollout::checks::{look, swarm_now};
 
 /// What the lock looked like to the preflight (it is taken, or read, before).
 pub enum LockSeen {
@@ -65,7 +66,10 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
             for ip in sp.instances.iter().filter(|i| i.replace) {
                 let gate = format!("preflight health {}", ip.name);
                 let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
-                    Ok(Some(c)) => healthy_now(host, svc, &c).await,
+                    Ok(Some(c)) => match look(host, svc, &c).await {
+                        h if h.serving() => (true, "healthy".to_string()),
+                        h => (false, h.to_string()),
+                    },
                     Ok(None) => (false, "missing".to_string()),
                     Err(e) => (false, e.to_string()),
                 };
@@ -172,7 +176,7 @@ pub struct HookEnv {
     pub app: String,
     pub version: String,
     pub previous_version: String,
-    pub command: String,
+    pub command: RunCommand,
 }
 
 /// Runs a hook on the host with `sh -c`; the gate carries its output.
@@ -334,7 +338,7 @@ mod tests {
         assert!(!disk(&host, u64::MAX / 2).await.ok);
         assert!(load(&host, 1000.0).await.ok);
         // A hook sees its environment and its output is kept.
-        let env = HookEnv { app: "shop".into(), version: "v2".into(), previous_version: "v1".into(), command: "deploy".into() };
+        let env = HookEnv { app: "shop".into(), version: "v2".into(), previous_version: "v1".into(), command: RunCommand::Deploy };
         let g = hook(&host, "pre_deploy", "echo \"$CAPSTAN_APP $CAPSTAN_VERSION $CAPSTAN_PREVIOUS_VERSION $CAPSTAN_HOST\"; exit 3", &env).await;
         assert_eq!((g.ok, g.measured.as_str(), g.output.as_str()), (false, "exit 3", "shop v2 v1 fake"));
     }

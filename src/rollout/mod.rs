@@ -15,7 +15,7 @@
 //! `swarm.rs`, which sees only [`steps::Steps`]; signals in `cancel.rs`.
 
 pub mod cancel;
-mod checks;
+pub mod checks;
 mod compose;
 pub mod gates;
 mod replace;
@@ -36,16 +36,16 @@ use time::OffsetDateTime;
 use crate::core::config::{DrainMethod, Service};
 use crate::core::observed::ContainerSpec;
 use crate::core::plan::{HostPlan, InstancePlan};
-use crate::core::record::Lease;
+use crate::core::record::{InstanceOutcome, Lease, RunOutcome};
 use crate::core::secret::Credentials;
 use crate::host::drain;
 use crate::host::state;
 use crate::host::Host;
-use crate::output::events::{Event, InstanceOutcome, Sink};
+use crate::output::events::{Event, Sink};
 use crate::rollout::cancel::Cancel;
-use crate::rollout::replace::Handover;
+use crate::rollout::replace::{Direction, Handover};
 use crate::rollout::safety::Safety;
-use crate::rollout::steps::{Failure, StepResult, Steps};
+use crate::rollout::steps::{Failure, StepError, StepResult, Steps};
 use crate::rollout::swarm::SwarmRollout;
 
 pub struct Rollout<'a> {
@@ -70,31 +70,6 @@ pub struct LeaseKeeper {
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HostOutcome {
-    #[default]
-    Succeeded,
-    RolledBack,
-    /// A gate said no before anything changed.
-    Refused,
-    /// Something could not be put back: the host needs attention.
-    Failed,
-    /// Never started (an earlier host failed, or the run was cancelled): nothing changed.
-    Skipped,
-}
-
-impl HostOutcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            HostOutcome::Succeeded => "succeeded",
-            HostOutcome::RolledBack => "rolled_back",
-            HostOutcome::Refused => "refused",
-            HostOutcome::Failed => "failed",
-            HostOutcome::Skipped => "skipped",
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct InstanceResult {
     pub service: String,
@@ -104,7 +79,8 @@ pub struct InstanceResult {
 
 #[derive(Debug, Clone, Default)]
 pub struct HostResult {
-    pub outcome: HostOutcome,
+    /// As the host's log records it.
+    pub outcome: RunOutcome,
     pub instances: Vec<InstanceResult>,
     pub error: Option<String>,
     /// The Compose `.env` variables this rollout set, as they were: what a revert puts back.
@@ -161,17 +137,17 @@ impl<'a> Rollout<'a> {
             if let Some(first) = to_replace.first() {
                 let images: BTreeSet<&str> = to_replace.iter().map(|i| i.to_image.as_str()).collect();
                 let pulled = match self.cancel.reason() {
-                    Some(why) => Err(why),
+                    Some(why) => Err(StepError::Cancelled(why)),
                     None => self.step(&svc.name, &first.name, "pull", self.pull(&images)).await,
                 };
-                if let Err(message) = pulled {
-                    failure = Some((format!("{} pull", first.name), Failure { message, restored: true }));
+                if let Err(error) = pulled {
+                    failure = Some((format!("{} pull", first.name), Failure { error, restored: true }));
                     break 'services;
                 }
                 // The migration runs once, before the service's first instance, from the new image.
                 if let (true, Some(m)) = (self.safety.migrate.contains(&svc.name), &svc.migrate) {
-                    if let Err(message) = self.migrate(svc, m, &first.name, &first.to_image).await {
-                        failure = Some((format!("migrate {}", svc.name), Failure { message, restored: true }));
+                    if let Err(error) = self.migrate(svc, m, &first.name, &first.to_image).await {
+                        failure = Some((format!("migrate {}", svc.name), Failure { error, restored: true }));
                         break 'services;
                     }
                 }
@@ -181,8 +157,8 @@ impl<'a> Rollout<'a> {
             if let (Some(first), Some(c)) = (to_replace.first(), svc.compose.as_ref().filter(|c| c.variable.is_some())) {
                 match self.step(&svc.name, &first.name, "compose", self.compose_hashes(svc, c, &first.name, &first.to_image)).await {
                     Ok(h) => relabel = h,
-                    Err(message) => {
-                        failure = Some((format!("{} compose", svc.name), Failure { message, restored: true }));
+                    Err(error) => {
+                        failure = Some((format!("{} compose", svc.name), Failure { error, restored: true }));
                         break 'services;
                     }
                 }
@@ -196,18 +172,19 @@ impl<'a> Rollout<'a> {
                     Ok(Some(c)) => match (c.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
                         (Some((hash, image_id)), _) => Ok((crate::host::compose::relabel(&c.spec, hash, image_id), c)),
                         (None, true) => Ok((c.spec.clone(), c)),
-                        (None, false) => Err(format!("Compose computed no config hash for {}'s service {:?}", ip.name, c.compose_service)),
+                        (None, false) => Err(StepError::Failed(format!("Compose computed no config hash for {}'s service {:?}", ip.name, c.compose_service))),
                     },
-                    found => Err(found.err().map(|e| e.to_string()).unwrap_or_else(|| format!("container {} disappeared", ip.name))),
+                    Err(e) => Err(StepError::failed(e)),
+                    Ok(None) => Err(StepError::Failed(format!("container {} disappeared", ip.name))),
                 };
                 let (spec, current) = match found {
                     Ok(f) => f,
-                    Err(message) => {
+                    Err(error) => {
                         // Drained ahead of its turn, which never comes: back in.
                         if let Some(t) = pre_drained.take() {
                             self.undrain_alone(svc, &t).await;
                         }
-                        failure = Some((ip.name.clone(), Failure { message, restored: true }));
+                        failure = Some((ip.name.clone(), Failure { error, restored: true }));
                         break 'services;
                     }
                 };
@@ -217,7 +194,7 @@ impl<'a> Rollout<'a> {
                     _ => None,
                 };
                 let handover = Handover { drained: pre_drained.take().is_some(), next: next.as_ref() };
-                match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, "", handover).await {
+                match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, Direction::Forward, handover).await {
                     Ok(next_drained) => {
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
                         let (from_image, to_image) = (ip.from_image.clone(), ip.to_image.clone());
@@ -237,26 +214,26 @@ impl<'a> Rollout<'a> {
         }
 
         if failure.is_none() && !done.is_empty() {
-            if let Err((at, message)) = self.validate_and_bake(&done).await {
-                failure = Some((at, Failure { message, restored: true }));
+            if let Err((at, error)) = self.validate_and_bake(&done).await {
+                failure = Some((at, Failure { error, restored: true }));
             }
         }
         let mut compose_env = Vec::new();
         if failure.is_none() {
             match self.set_compose_env(&done).await {
                 Ok(changes) => compose_env = changes,
-                Err((at, message)) => failure = Some((at, Failure { message, restored: true })),
+                Err((at, error)) => failure = Some((at, Failure { error, restored: true })),
             }
         }
         let Some((at, f)) = failure else {
             self.emit_reloads();
             self.emit_instances(&results);
             let replaced_specs = done.iter().map(|d| (d.name.clone(), d.spec.clone())).collect();
-            return HostResult { outcome: HostOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
+            return HostResult { outcome: RunOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
         };
         match done.len() {
-            0 => self.info(format!("{at} failed: {}", f.message)),
-            n => self.info(format!("{at} failed: {}; reverting {n} replaced instance(s)", f.message)),
+            0 => self.info(format!("{at} failed: {}", f.error)),
+            n => self.info(format!("{at} failed: {}; reverting {n} replaced instance(s)", f.error)),
         }
         let mut all_restored = f.restored;
         // Newest first, except that instances serving nothing now (one that crashed while
@@ -266,7 +243,7 @@ impl<'a> Rollout<'a> {
         for d in done.iter().rev() {
             let serving = match self.host.engine.inspect_container(&d.name).await {
                 _ if d.service.swarm.is_some() => true,
-                Ok(Some(c)) => checks::healthy_now(self.host, d.service, &c).await.0,
+                Ok(Some(c)) => checks::look(self.host, d.service, &c).await.serving(),
                 _ => false,
             };
             order.push((serving, d));
@@ -275,7 +252,7 @@ impl<'a> Rollout<'a> {
         for (_, d) in order {
             let ok = match self.host.engine.inspect_container(&d.name).await {
                 _ if d.service.swarm.is_some() => self.swarm().revert(d.service, &d.name, &d.from_image, &d.to_image).await,
-                Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, "revert ", Handover::default()).await.is_ok(),
+                Ok(Some(current)) => self.replace(d.service, &d.name, &current, &d.spec, &d.from_image, Direction::Revert, Handover::default()).await.is_ok(),
                 _ => false,
             };
             set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
@@ -283,13 +260,13 @@ impl<'a> Rollout<'a> {
         }
         self.emit_instances(&results);
         self.emit_reloads();
-        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        let outcome = if all_restored { RunOutcome::RolledBack } else { RunOutcome::Failed };
         let error = if all_restored && results.iter().all(|r| r.outcome == InstanceOutcome::Unchanged) {
-            format!("{at}: {}; nothing was replaced", f.message)
+            format!("{at}: {}; nothing was replaced", f.error)
         } else if all_restored {
-            format!("{at}: {}; every replaced instance was reverted", f.message)
+            format!("{at}: {}; every replaced instance was reverted", f.error)
         } else {
-            format!("{at}: {}; some instances could not be restored, see the steps above", f.message)
+            format!("{at}: {}; some instances could not be restored, see the steps above", f.error)
         };
         HostResult { outcome, instances: results, error: Some(error), ..Default::default() }
     }
@@ -303,7 +280,7 @@ impl<'a> Rollout<'a> {
         if !finished.compose_env.is_empty() {
             let last = finished.instances.last().map(|r| (r.service.clone(), r.plan.name.clone())).unwrap_or_default();
             let put_back = async {
-                crate::host::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await.map_err(|e| e.to_string())?;
+                crate::host::compose::restore_env(self.host.shell.as_ref(), &finished.compose_env).await.map_err(StepError::failed)?;
                 Ok(((), format!("{} put back", finished.compose_env.iter().map(|c| c.variable.as_str()).collect::<Vec<_>>().join(", "))))
             };
             all_restored &= self.step(&last.0, &last.1, "revert compose env", put_back).await.is_ok();
@@ -314,7 +291,7 @@ impl<'a> Rollout<'a> {
                 _ if svc.swarm.is_some() => self.swarm().revert(svc, &r.plan.name, &r.plan.from_image, &r.plan.to_image).await,
                 Ok(Some(current)) => {
                     let spec = finished.replaced_specs.get(&r.plan.name).unwrap_or(&current.spec);
-                    self.replace(svc, &r.plan.name, &current, spec, &r.plan.from_image, "revert ", Handover::default()).await.is_ok()
+                    self.replace(svc, &r.plan.name, &current, spec, &r.plan.from_image, Direction::Revert, Handover::default()).await.is_ok()
                 }
                 _ => false,
             };
@@ -323,7 +300,7 @@ impl<'a> Rollout<'a> {
         }
         self.emit_instances(&instances);
         self.emit_reloads();
-        let outcome = if all_restored { HostOutcome::RolledBack } else { HostOutcome::Failed };
+        let outcome = if all_restored { RunOutcome::RolledBack } else { RunOutcome::Failed };
         HostResult { outcome, instances, error: None, ..Default::default() }
     }
 
@@ -359,28 +336,28 @@ impl<'a> Rollout<'a> {
     }
 
     /// Runs one step, timing it and reporting it as an event.
-    async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, String> {
+    async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, StepError> {
         self.steps().step(service, instance, name, fut).await
     }
 
     /// Err once the run is cancelled: no new step starts.
-    fn go_on(&self, cancellable: bool) -> Result<(), String> {
+    fn go_on(&self, cancellable: bool) -> Result<(), StepError> {
         self.steps().go_on(cancellable)
     }
 
     /// Sleeps, unless the run is cancelled first.
-    async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), String> {
+    async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), StepError> {
         self.steps().wait(d, cancellable).await
     }
 
     async fn pull(&self, images: &BTreeSet<&str>) -> StepResult<()> {
         let mut details = Vec::new();
         for image in images {
-            if self.host.engine.inspect_image(image).await.map_err(|e| e.to_string())?.is_some() {
+            if self.host.engine.inspect_image(image).await.map_err(StepError::failed)?.is_some() {
                 details.push(format!("{} present", crate::core::image::short(image)));
                 continue;
             }
-            self.host.engine.pull(image, self.creds).await.map_err(|e| e.to_string())?;
+            self.host.engine.pull(image, self.creds).await.map_err(StepError::failed)?;
             details.push(format!("pulled {}", crate::core::image::short(image)));
         }
         Ok(((), details.join(", ")))

@@ -9,8 +9,31 @@ use crate::core::observed::{ContainerInfo, ContainerSpec};
 use crate::core::plan::OLD_SUFFIX;
 use crate::host::drain;
 use crate::rollout::compose::{compose_reference, moving, with_label, COMPOSE_IMAGE_LABEL};
-use crate::rollout::steps::Failure;
+use crate::rollout::steps::{Failure, StepError};
 use crate::rollout::Rollout;
+
+/// Which way a replace goes: forward to the release, or back to what ran before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Direction {
+    Forward,
+    /// A revert: its steps say so (`revert drain`), and it is never cancelled.
+    Revert,
+}
+
+impl Direction {
+    /// What its step names begin with.
+    fn prefix(self) -> &'static str {
+        match self {
+            Direction::Forward => "",
+            Direction::Revert => "revert ",
+        }
+    }
+
+    /// A forward replace stops once the run is cancelled; a revert runs to the end.
+    fn cancellable(self) -> bool {
+        self == Direction::Forward
+    }
+}
 
 /// What a replace has done so far, so that an undo knows what to put back.
 #[derive(Default, Debug)]
@@ -44,7 +67,7 @@ impl Rollout<'_> {
         current: &ContainerInfo,
         spec: &ContainerSpec,
         to_image: &str,
-        prefix: &str,
+        direction: Direction,
         handover: Handover<'_>,
     ) -> Result<bool, Failure> {
         let target = drain::Target::of(svc, current);
@@ -52,7 +75,7 @@ impl Rollout<'_> {
         // Only a moving tag (`:production`) follows the release; a version tag is never moved.
         let by_variable = svc.compose.as_ref().is_some_and(|c| c.variable.is_some());
         let compose = compose_reference(current, spec).filter(|_| !by_variable);
-        if let Some(r) = compose.as_ref().filter(|r| !moving(r) && prefix.is_empty()) {
+        if let Some(r) = compose.as_ref().filter(|r| !moving(r) && direction == Direction::Forward) {
             self.warn(format!(
                 "{name}: its compose file names {r}; capstan never moves a version tag, so `docker compose up --force-recreate` would bring {r} back: take the tag from a variable (image: repo:${{TAG}}) and set services.{}.compose.variable",
                 svc.name
@@ -64,7 +87,7 @@ impl Rollout<'_> {
             None => spec.clone(),
         };
         let mut p = Progress { drained: handover.drained, ..Default::default() };
-        let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, prefix).await;
+        let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, direction).await;
         match forward {
             Ok(()) => {
                 if let Some(r) = compose {
@@ -72,9 +95,9 @@ impl Rollout<'_> {
                 }
                 Ok(p.next_drained)
             }
-            Err(message) => {
-                let restored = self.undo(svc, name, &old, &target, handover.next, &mut p, prefix).await;
-                Err(Failure { message, restored })
+            Err(error) => {
+                let restored = self.undo(svc, name, &old, &target, handover.next, &mut p, direction).await;
+                Err(Failure { error, restored })
             }
         }
     }
@@ -90,13 +113,12 @@ impl Rollout<'_> {
         next: Option<&drain::Target>,
         old: &str,
         p: &mut Progress,
-        prefix: &str,
-    ) -> Result<(), String> {
+        direction: Direction,
+    ) -> Result<(), StepError> {
         let s = &svc.name;
         let engine = &self.host.engine;
-        let step = |n: &str| format!("{prefix}{n}");
-        // A revert runs to the end even when the run is cancelled.
-        let cancellable = prefix.is_empty();
+        let step = |n: &str| format!("{}{n}", direction.prefix());
+        let cancellable = direction.cancellable();
         let lb = svc.drain.method != DrainMethod::None;
         self.go_on(cancellable)?;
         if lb && p.drained {
@@ -104,7 +126,7 @@ impl Rollout<'_> {
             self.step(s, name, &step("drain"), async { Ok(((), "drained with the previous instance's undrain (one reload for both)".to_string())) }).await?;
         } else if lb {
             self.step(s, name, &step("drain"), async {
-                let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, true)]).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, true)]).await.map_err(StepError::failed)?;
                 p.drained = true;
                 self.wait(svc.drain.wait, cancellable).await?;
                 Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
@@ -113,9 +135,9 @@ impl Rollout<'_> {
         }
         self.go_on(cancellable)?;
         self.step(s, name, &step("stop"), async {
-            engine.rename(name, old).await.map_err(|e| e.to_string())?;
+            engine.rename(name, old).await.map_err(StepError::failed)?;
             p.renamed = true;
-            engine.stop(old).await.map_err(|e| e.to_string())?;
+            engine.stop(old).await.map_err(StepError::failed)?;
             p.stopped = true;
             Ok(((), format!("kept as {old}")))
         })
@@ -123,8 +145,8 @@ impl Rollout<'_> {
         self.go_on(cancellable)?;
         self.step(s, name, &step("start"), async {
             p.created = true;
-            engine.create(name, spec, to_image).await.map_err(|e| e.to_string())?;
-            engine.start(name).await.map_err(|e| e.to_string())?;
+            engine.create(name, spec, to_image).await.map_err(StepError::failed)?;
+            engine.start(name).await.map_err(StepError::failed)?;
             Ok(((), crate::core::image::short(to_image)))
         })
         .await?;
@@ -136,7 +158,7 @@ impl Rollout<'_> {
             self.step(s, name, &step("undrain"), async {
                 let mut edits = vec![(target, false)];
                 edits.extend(next.map(|n| (n, true)));
-                let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(StepError::failed)?;
                 p.drained = false;
                 p.next_drained = next.is_some();
                 if next.is_some() {
@@ -151,17 +173,17 @@ impl Rollout<'_> {
         self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
         self.step(s, name, &step("pause"), async {
             self.wait(svc.pause, cancellable).await?;
-            let c = engine.inspect_container(name).await.map_err(|e| e.to_string())?;
+            let c = engine.inspect_container(name).await.map_err(StepError::failed)?;
             match c {
                 Some(c) if c.running => Ok(((), format!("still running after {}", humantime::format_duration(svc.pause)))),
-                _ => Err(format!("{name} stopped during the pause")),
+                _ => Err(format!("{name} stopped during the pause").into()),
             }
         })
         .await?;
         // The new container has proved itself: the old one can go.
         if let Err(e) = self
             .step(s, name, &step("cleanup"), async {
-                engine.remove(old).await.map_err(|e| e.to_string())?;
+                engine.remove(old).await.map_err(StepError::failed)?;
                 Ok(((), format!("removed {old}")))
             })
             .await
@@ -175,7 +197,7 @@ impl Rollout<'_> {
     pub(super) async fn undrain_alone(&self, svc: &Service, t: &drain::Target) {
         let r = self
             .step(&svc.name, &t.instance, "undrain", async {
-                let d = self.drainer.apply(self.host, &svc.drain.method, &[(t, false)]).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(t, false)]).await.map_err(StepError::failed)?;
                 Ok(((), d))
             })
             .await;
@@ -187,10 +209,10 @@ impl Rollout<'_> {
     /// Finishes the revert of an instance that a killed run left half-replaced:
     /// the kept `<name>.capstan-old` comes back as `<name>`, drained while it
     /// happens, health-checked, then undrained.
-    pub async fn recover(&self, svc: &Service, name: &str) -> Result<(), String> {
+    pub async fn recover(&self, svc: &Service, name: &str) -> Result<(), StepError> {
         let old = format!("{name}{OLD_SUFFIX}");
         let engine = &self.host.engine;
-        let kept = engine.inspect_container(&old).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{old} is gone"))?;
+        let kept = engine.inspect_container(&old).await.map_err(StepError::failed)?.ok_or_else(|| StepError::Failed(format!("{old} is gone")))?;
         let mut target = drain::Target::of(svc, &kept);
         // The kept container is named after the instance in nginx, not after its temporary name.
         target.instance = name.to_string();
@@ -200,25 +222,25 @@ impl Rollout<'_> {
         let (s, lb) = (&svc.name, svc.drain.method != DrainMethod::None);
         if lb {
             self.step(s, name, "recover drain", async {
-                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, true)]).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, true)]).await.map_err(StepError::failed)?;
                 tokio::time::sleep(svc.drain.wait).await;
                 Ok(((), d))
             })
             .await?;
         }
         self.step(s, name, "recover old back", async {
-            if engine.inspect_container(name).await.map_err(|e| e.to_string())?.is_some() {
-                engine.remove(name).await.map_err(|e| e.to_string())?;
+            if engine.inspect_container(name).await.map_err(StepError::failed)?.is_some() {
+                engine.remove(name).await.map_err(StepError::failed)?;
             }
-            engine.rename(&old, name).await.map_err(|e| e.to_string())?;
-            engine.start(name).await.map_err(|e| e.to_string())?;
+            engine.rename(&old, name).await.map_err(StepError::failed)?;
+            engine.start(name).await.map_err(StepError::failed)?;
             Ok(((), format!("{old} is {name} again")))
         })
         .await?;
         self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
         if lb {
             self.step(s, name, "recover undrain", async {
-                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(|e| e.to_string())?;
+                let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(StepError::failed)?;
                 Ok(((), d))
             })
             .await?;
@@ -229,10 +251,19 @@ impl Rollout<'_> {
     /// Puts the kept old container back in place of a failed new one. A next
     /// instance drained with this one's undrain goes back in with this one's drain.
     #[allow(clippy::too_many_arguments)]
-    async fn undo(&self, svc: &Service, name: &str, old: &str, target: &drain::Target, next: Option<&drain::Target>, p: &mut Progress, prefix: &str) -> bool {
+    async fn undo(
+        &self,
+        svc: &Service,
+        name: &str,
+        old: &str,
+        target: &drain::Target,
+        next: Option<&drain::Target>,
+        p: &mut Progress,
+        direction: Direction,
+    ) -> bool {
         let s = &svc.name;
         let engine = &self.host.engine;
-        let step = |n: &str| format!("{prefix}restore {n}");
+        let step = |n: &str| format!("{}restore {n}", direction.prefix());
         let lb = svc.drain.method != DrainMethod::None;
         let mut ok = true;
         if p.created {
@@ -241,7 +272,7 @@ impl Rollout<'_> {
                 edits.extend(next.filter(|_| p.next_drained).map(|n| (n, false)));
                 let drained = self
                     .step(s, name, &step("drain"), async {
-                        let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(|e| e.to_string())?;
+                        let d = self.drainer.apply(self.host, &svc.drain.method, &edits).await.map_err(StepError::failed)?;
                         tokio::time::sleep(svc.drain.wait).await;
                         Ok(((), d))
                     })
@@ -255,7 +286,7 @@ impl Rollout<'_> {
             ok &= self
                 .step(s, name, &step("remove new"), async {
                     // Drained (and waited on) by now: no request is lost by removing it at once.
-                    engine.remove(name).await.map_err(|e| e.to_string())?;
+                    engine.remove(name).await.map_err(StepError::failed)?;
                     Ok(((), format!("removed the new {name}")))
                 })
                 .await
@@ -264,9 +295,9 @@ impl Rollout<'_> {
         if p.renamed {
             ok &= self
                 .step(s, name, &step("old back"), async {
-                    engine.rename(old, name).await.map_err(|e| e.to_string())?;
+                    engine.rename(old, name).await.map_err(StepError::failed)?;
                     if p.stopped {
-                        engine.start(name).await.map_err(|e| e.to_string())?;
+                        engine.start(name).await.map_err(StepError::failed)?;
                     }
                     Ok(((), format!("{old} is {name} again")))
                 })
@@ -279,7 +310,7 @@ impl Rollout<'_> {
         if p.drained && ok {
             ok &= self
                 .step(s, name, &step("undrain"), async {
-                    let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, false)]).await.map_err(|e| e.to_string())?;
+                    let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, false)]).await.map_err(StepError::failed)?;
                     Ok(((), d))
                 })
                 .await

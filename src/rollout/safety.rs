@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use crate::core::config::Service;
 use crate::output::events::{Event, Gate};
 use crate::rollout::checks;
-use crate::rollout::steps::round;
+use crate::rollout::steps::{round, StepError};
 use crate::rollout::{Done, Rollout};
 
 /// The gates around the instances: migrations before a service's first
@@ -31,10 +31,10 @@ impl Rollout<'_> {
     }
 
     /// Runs `migrate.command` as a one-off container of the new image, beside `instance`.
-    pub(super) async fn migrate(&self, svc: &Service, m: &crate::core::config::Migrate, instance: &str, image: &str) -> Result<(), String> {
+    pub(super) async fn migrate(&self, svc: &Service, m: &crate::core::config::Migrate, instance: &str, image: &str) -> Result<(), StepError> {
         self.go_on(true)?;
         let engine = &self.host.engine;
-        let current = engine.inspect_container(instance).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{instance} disappeared"))?;
+        let current = engine.inspect_container(instance).await.map_err(StepError::failed)?.ok_or_else(|| format!("{instance} disappeared"))?;
         let spec = crate::host::spec::one_off_spec(&current.spec, &m.command);
         let name = format!("{instance}-capstan-migrate");
         // A killed run may have left one behind.
@@ -56,13 +56,13 @@ impl Rollout<'_> {
         if g.ok {
             Ok(())
         } else {
-            Err(g.describe())
+            Err(StepError::Failed(g.describe()))
         }
     }
 
     /// After the last instance: the endpoints and the error lines, then the
     /// bake window. An error names the gate that failed.
-    pub(super) async fn validate_and_bake(&self, done: &[Done<'_>]) -> Result<(), (String, String)> {
+    pub(super) async fn validate_and_bake(&self, done: &[Done<'_>]) -> Result<(), (String, StepError)> {
         // Containers whose output is checked: the replaced ones, and the new tasks of a Swarm service on this host.
         let mut names: Vec<String> = Vec::new();
         for d in done {
@@ -71,7 +71,7 @@ impl Rollout<'_> {
                 None => names.push(d.name.clone()),
             }
         }
-        let fail = |at: &str, g: &Gate| Err((at.to_string(), g.describe()));
+        let fail = |at: &str, g: &Gate| Err((at.to_string(), StepError::Failed(g.describe())));
         if let Some(v) = self.safety.validate {
             for e in &v.endpoints {
                 let g = self.gate(crate::rollout::gates::endpoint(self.host, e).await);
@@ -100,7 +100,10 @@ impl Rollout<'_> {
                 let (ok, measured) = match &d.service.swarm {
                     Some(sw) => checks::swarm_now(self.host, d.service, sw, Some(&d.to_image)).await,
                     None => match self.host.engine.inspect_container(&d.name).await.ok().flatten() {
-                        Some(c) => checks::healthy_now(self.host, d.service, &c).await,
+                        Some(c) => {
+                            let health = checks::look(self.host, d.service, &c).await;
+                            (health.serving(), health.to_string())
+                        }
                         None => (false, "gone".into()),
                     },
                 };

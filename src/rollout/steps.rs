@@ -27,12 +27,58 @@ pub struct Steps<'a> {
     pub cancel: &'a Cancel,
 }
 
-/// A step's value and what it says about itself, or why it failed.
-pub type StepResult<T> = Result<(T, String), String>;
+/// Why a step (or a part of one) did not go on: the run was cancelled, or it failed.
+/// Reads as its message alone, as the step's detail and the run's error show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// The run was cancelled (a signal, or another host's failure): why.
+    Cancelled(String),
+    /// What went wrong.
+    Failed(String),
+}
 
+impl StepError {
+    /// A failure, worded as `e` reads.
+    pub fn failed(e: impl std::fmt::Display) -> StepError {
+        StepError::Failed(e.to_string())
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            StepError::Cancelled(m) | StepError::Failed(m) => m,
+        }
+    }
+
+    /// The same kind of error, its message rewritten.
+    pub fn map(self, f: impl FnOnce(String) -> String) -> StepError {
+        match self {
+            StepError::Cancelled(m) => StepError::Cancelled(f(m)),
+            StepError::Failed(m) => StepError::Failed(f(m)),
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.message())
+    }
+}
+
+impl std::error::Error for StepError {}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError::Failed(message)
+    }
+}
+
+/// A step's value and what it says about itself, or why it did not go on.
+pub type StepResult<T> = Result<(T, String), StepError>;
+
+/// How a replace (or a Swarm service's update) failed, and whether what it changed is back.
 #[derive(Debug)]
 pub struct Failure {
-    pub message: String,
+    pub error: StepError,
     pub restored: bool,
 }
 
@@ -46,7 +92,7 @@ impl Steps<'_> {
     }
 
     /// Runs one step, timing it and reporting it as an event.
-    pub async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, String> {
+    pub async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, StepError> {
         let start = Instant::now();
         let r = fut.await;
         self.events.emit(Event::Step(StepEvent {
@@ -59,29 +105,29 @@ impl Steps<'_> {
             ok: r.is_ok(),
             detail: match &r {
                 Ok((_, d)) => d.clone(),
-                Err(e) => e.clone(),
+                Err(e) => e.to_string(),
             },
         }));
         r.map(|(t, _)| t)
     }
 
     /// Err once the run is cancelled: no new step starts.
-    pub fn go_on(&self, cancellable: bool) -> Result<(), String> {
+    pub fn go_on(&self, cancellable: bool) -> Result<(), StepError> {
         match self.cancel.reason() {
-            Some(why) if cancellable => Err(why),
+            Some(why) if cancellable => Err(StepError::Cancelled(why)),
             _ => Ok(()),
         }
     }
 
     /// Sleeps, unless the run is cancelled first.
-    pub async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), String> {
+    pub async fn wait(&self, d: Duration, cancellable: bool) -> Result<(), StepError> {
         if !cancellable {
             tokio::time::sleep(d).await;
             return Ok(());
         }
         tokio::select! {
             _ = tokio::time::sleep(d) => Ok(()),
-            _ = self.cancel.cancelled() => Err(self.cancel.reason().unwrap_or_default()),
+            _ = self.cancel.cancelled() => Err(StepError::Cancelled(self.cancel.reason().unwrap_or_default())),
         }
     }
 }

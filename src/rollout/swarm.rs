@@ -22,7 +22,7 @@ use crate::core::observed::{SwarmService, UpdateState};
 use crate::core::plan::InstancePlan;
 use crate::host::SwarmUpdate;
 use crate::rollout::checks::{rx_bytes, swarm_now, MIN_TRAFFIC_BYTES};
-use crate::rollout::steps::{round, Failure, StepResult, Steps};
+use crate::rollout::steps::{round, Failure, StepError, StepResult, Steps};
 
 /// How often a Swarm update is looked at while it runs.
 const POLL: Duration = Duration::from_millis(500);
@@ -73,16 +73,16 @@ impl<'a> SwarmRollout<'a> {
     /// service is put back before returning (`Failure::restored` says whether that worked).
     pub(super) async fn roll(&self, svc: &Service, sw: &SwarmTarget, ip: &InstancePlan) -> Result<(), Failure> {
         let (s, name) = (&svc.name, &ip.name);
-        self.steps.go_on(true).map_err(|message| Failure { message, restored: true })?;
+        self.steps.go_on(true).map_err(|error| Failure { error, restored: true })?;
         let sent = self
             .steps
             .step(s, name, "update", async {
                 let current = self.swarm_service(sw).await?;
                 if let Some(u) = current.update.filter(|u| u.busy()) {
-                    return Err(format!("Swarm's {} of {} is under way ({}); try again once it is done", u.as_str(), sw.service, current.update_message));
+                    return Err(format!("Swarm's {} of {} is under way ({}); try again once it is done", u.as_str(), sw.service, current.update_message).into());
                 }
                 let u = settings(sw);
-                let warnings = self.steps.host.swarm.update_service(&current, &ip.to_image, &u, self.steps.creds).await.map_err(|e| e.to_string())?;
+                let warnings = self.steps.host.swarm.update_service(&current, &ip.to_image, &u, self.steps.creds).await.map_err(StepError::failed)?;
                 for w in &warnings {
                     self.steps.warn(format!("{}: Swarm: {w}", sw.service));
                 }
@@ -90,13 +90,13 @@ impl<'a> SwarmRollout<'a> {
             })
             .await;
         // A refused update changed nothing.
-        sent.map_err(|message| Failure { message, restored: true })?;
+        sent.map_err(|error| Failure { error, restored: true })?;
         let forward = async {
             self.steps
                 .step(s, name, "converge", async {
                     match self.watch_swarm(sw, &ip.to_image, true).await? {
                         Settled::Done(d) => Ok(((), d)),
-                        Settled::Failed(why) => Err(why),
+                        Settled::Failed(why) => Err(why.into()),
                     }
                 })
                 .await?;
@@ -104,13 +104,13 @@ impl<'a> SwarmRollout<'a> {
             self.steps.step(s, name, "health", self.swarm_health(svc, sw, &ip.to_image, true)).await?;
             self.steps.go_on(true)?;
             self.steps.step(s, name, "traffic", self.swarm_traffic(svc, sw, &ip.to_image)).await?;
-            Ok::<(), String>(())
+            Ok::<(), StepError>(())
         };
         match forward.await {
             Ok(()) => Ok(()),
-            Err(message) => {
+            Err(error) => {
                 let restored = self.revert(svc, name, &ip.from_image, &ip.to_image).await;
-                Err(Failure { message, restored })
+                Err(Failure { error, restored })
             }
         }
     }
@@ -135,12 +135,12 @@ impl<'a> SwarmRollout<'a> {
                 .step(s, name, step, async {
                     if now == to {
                         // This run's update is the last one: Swarm's previous spec is the one it replaced.
-                        self.steps.host.swarm.rollback_service(&current).await.map_err(|e| e.to_string())?;
+                        self.steps.host.swarm.rollback_service(&current).await.map_err(StepError::failed)?;
                         Ok(((), format!("Swarm's rollback to the spec before ({})", short(from))))
                     } else {
                         // Changed since: back to the recorded image, and a failure pauses rather than going forward.
                         let u = SwarmUpdate { failure_action: SwarmFailureAction::Pause, ..settings(sw) };
-                        self.steps.host.swarm.update_service(&current, from, &u, self.steps.creds).await.map_err(|e| e.to_string())?;
+                        self.steps.host.swarm.update_service(&current, from, &u, self.steps.creds).await.map_err(StepError::failed)?;
                         Ok(((), format!("{} runs {}; updated to the recorded {}", sw.service, short(&now), short(from))))
                     }
                 })
@@ -154,23 +154,23 @@ impl<'a> SwarmRollout<'a> {
             .step(s, name, "revert converge", async {
                 match self.watch_swarm(sw, from, false).await? {
                     Settled::Done(d) => Ok(((), d)),
-                    Settled::Failed(why) => Err(why),
+                    Settled::Failed(why) => Err(why.into()),
                 }
             })
             .await;
         converged.is_ok() && self.steps.step(s, name, "revert health", self.swarm_health(svc, sw, from, false)).await.is_ok()
     }
 
-    async fn swarm_service(&self, sw: &SwarmTarget) -> Result<SwarmService, String> {
+    async fn swarm_service(&self, sw: &SwarmTarget) -> Result<SwarmService, StepError> {
         match self.steps.host.swarm.inspect_service(&sw.service).await {
             Ok(Some(s)) => Ok(s),
-            Ok(None) => Err(format!("the Swarm service {} is gone", sw.service)),
-            Err(e) => Err(e.to_string()),
+            Ok(None) => Err(StepError::Failed(format!("the Swarm service {} is gone", sw.service))),
+            Err(e) => Err(StepError::failed(e)),
         }
     }
 
     /// Waits (up to `swarm.timeout`, never cancelled) until no rollback is under way.
-    async fn settle(&self, sw: &SwarmTarget) -> Result<SwarmService, String> {
+    async fn settle(&self, sw: &SwarmTarget) -> Result<SwarmService, StepError> {
         let deadline = Instant::now() + sw.timeout;
         loop {
             let current = self.swarm_service(sw).await?;
@@ -178,11 +178,11 @@ impl<'a> SwarmRollout<'a> {
                 return Ok(current);
             }
             if Instant::now() >= deadline {
-                return Err(format!(
+                return Err(StepError::Failed(format!(
                     "Swarm's {} did not end within {}",
                     current.update.map(|u| u.as_str()).unwrap_or("update"),
                     humantime::format_duration(sw.timeout)
-                ));
+                )));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -191,7 +191,7 @@ impl<'a> SwarmRollout<'a> {
     /// Watches Swarm roll the service to `image`: `UpdateStatus` (updating → completed, or
     /// rollback_started → rollback_completed, or paused) and the tasks, until it settles
     /// or `swarm.timeout` passes. Err only when cancelled (or the service is gone).
-    async fn watch_swarm(&self, sw: &SwarmTarget, image: &str, cancellable: bool) -> Result<Settled, String> {
+    async fn watch_swarm(&self, sw: &SwarmTarget, image: &str, cancellable: bool) -> Result<Settled, StepError> {
         let start = Instant::now();
         // Swarm's reason for a rollback or a pause, and the tasks' errors, as first seen:
         // once the rollback completes, its message says only that.
@@ -199,7 +199,7 @@ impl<'a> SwarmRollout<'a> {
         let mut errors: Vec<String> = Vec::new();
         loop {
             let current = self.swarm_service(sw).await?;
-            let tasks = self.steps.host.swarm.tasks(&current.id).await.map_err(|e| e.to_string())?;
+            let tasks = self.steps.host.swarm.tasks(&current.id).await.map_err(StepError::failed)?;
             let wanted: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
             let want = current.replicas.unwrap_or(wanted.len() as u64) as usize;
             let up = wanted.iter().filter(|t| t.state == "running" && without_tag(&t.image) == image).count();
@@ -251,7 +251,7 @@ impl<'a> SwarmRollout<'a> {
             if start.elapsed() >= sw.timeout {
                 return Ok(Settled::Failed(format!("Swarm did not finish within {} ({last})", humantime::format_duration(sw.timeout))));
             }
-            self.steps.wait(POLL, cancellable).await.map_err(|why| format!("{why} ({last})"))?;
+            self.steps.wait(POLL, cancellable).await.map_err(|e| e.map(|why| format!("{why} ({last})")))?;
         }
     }
 
@@ -269,7 +269,7 @@ impl<'a> SwarmRollout<'a> {
                 return Ok(((), format!("{good} good looks in a row ({looks} looks): {measured}")));
             }
             if Instant::now() >= deadline {
-                return Err(format!("not healthy after {}: {measured}", humantime::format_duration(h.timeout)));
+                return Err(format!("not healthy after {}: {measured}", humantime::format_duration(h.timeout)).into());
             }
             let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
             self.steps.wait(nap, cancellable).await?;
@@ -296,7 +296,7 @@ impl<'a> SwarmRollout<'a> {
         let Some(t) = &svc.traffic else {
             return Ok(((), "skipped: no traffic.url".into()));
         };
-        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| format!("traffic.url {e}"))?;
+        let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
         let mut counted = Vec::new();
         let mut host_network = 0;
         for id in self.containers(sw, image).await {
@@ -321,7 +321,7 @@ impl<'a> SwarmRollout<'a> {
             }
         }
         if let Some(last) = failed.last() {
-            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url));
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
         }
         let mut after = 0;
         for id in &counted {
@@ -329,7 +329,7 @@ impl<'a> SwarmRollout<'a> {
         }
         let delta = after.saturating_sub(before);
         if !counted.is_empty() && delta < MIN_TRAFFIC_BYTES {
-            return Err(format!("no new task of {} received traffic through {} ({} requests, +{delta} bytes)", sw.service, t.url, t.requests));
+            return Err(format!("no new task of {} received traffic through {} ({} requests, +{delta} bytes)", sw.service, t.url, t.requests).into());
         }
         let proof = match (counted.len(), host_network) {
             (0, 0) => "no task on this host to count bytes on".to_string(),
@@ -353,13 +353,14 @@ mod tests {
     use crate::commands::Ctx;
     use crate::core::config::{self, Config, SwarmOrder};
     use crate::core::names::HostAddr;
+    use crate::core::record::{InstanceOutcome, RunOutcome};
     use crate::core::release::RollbackTo;
     use crate::error::Error;
     use crate::host::connect::Connector;
     use crate::host::fake::{world, FakeHost, V1, V2};
     use crate::host::state;
     use crate::host::Host;
-    use crate::output::events::{Event, Fanout, InstanceOutcome, Recorder};
+    use crate::output::events::{Event, Fanout, Recorder};
     use crate::output::report::Collector;
     use crate::rollout::cancel::Cancel;
 
@@ -426,7 +427,7 @@ mod tests {
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
         assert!(out.error.is_none(), "{:?}", out.error);
-        assert_eq!(out.report.outcome, "succeeded");
+        assert_eq!(out.report.outcome, RunOutcome::Succeeded);
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A2));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V2), "the container service rolled after it");
         let sent = fake.state.lock().unwrap().swarm["shop_api"].settings.clone().unwrap();
@@ -440,11 +441,11 @@ mod tests {
         assert_eq!(reported.outcome, Some(InstanceOutcome::Replaced));
         let (log, _) = state::read_log(fake.as_ref(), &config.state_dir).await.unwrap();
         let rec = log[0].instances.iter().find(|i| i.name == "shop_api").unwrap();
-        assert_eq!((rec.service.as_str(), rec.from_image.as_str(), rec.to_image.as_str(), rec.outcome.as_str()), ("api", A1, A2, "replaced"));
+        assert_eq!((rec.service.as_str(), rec.from_image.as_str(), rec.to_image.as_str(), rec.outcome), ("api", A1, A2, InstanceOutcome::Replaced));
 
         // A rollback goes to the digest the log recorded, through the same path.
         let (out, events) = run(&fake, &config, Want::Rollback { to: RollbackTo::Previous }, &Cancel::default()).await;
-        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        assert_eq!(out.unwrap().report.outcome, RunOutcome::Succeeded);
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1));
         assert_eq!(swarm_steps(&events), ["update", "converge", "health", "traffic"]);
@@ -456,7 +457,7 @@ mod tests {
         let (fake, config) = swarm_world("");
         fake.state.lock().unwrap().swarm.get_mut("shop_api").unwrap().linger_for = 6;
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
-        assert_eq!(out.unwrap().report.outcome, "succeeded");
+        assert_eq!(out.unwrap().report.outcome, RunOutcome::Succeeded);
         let converge = events
             .iter()
             .find_map(|e| match e {
@@ -475,7 +476,7 @@ mod tests {
         fake.state.lock().unwrap().swarm_failing.insert(A2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         let error = out.report.error.unwrap();
         assert!(error.contains("shop_api: Swarm rolled the update back (update rolled back due to failure"), "{error}");
         assert!(error.contains("a task: task: non-zero exit (1)"), "the task's error is named: {error}");
@@ -486,7 +487,7 @@ mod tests {
         assert_eq!(row.outcome, Some(InstanceOutcome::Reverted));
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1), "web, after it, was never touched");
         let (log, _) = state::read_log(fake.as_ref(), &config.state_dir).await.unwrap();
-        assert_eq!(log[0].outcome, "rolled_back");
+        assert_eq!(log[0].outcome, RunOutcome::RolledBack);
     }
 
     #[tokio::test(start_paused = true)]
@@ -495,7 +496,7 @@ mod tests {
         fake.state.lock().unwrap().swarm_failing.insert(A2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("Swarm paused the update"));
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         assert_eq!(swarm_steps(&events), ["update", "converge FAILED", "revert rollback", "revert converge", "revert health"]);
@@ -508,7 +509,7 @@ mod tests {
         fake.state.lock().unwrap().broken.insert(V2.into());
         let (out, events) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("web-1"), "web-1 failed");
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1), "put back by Swarm's rollback");
         assert_eq!(fake.image_of("web-1").as_deref(), Some(V1));
@@ -534,7 +535,7 @@ mod tests {
         let (out, events) = run(&fake, &config, deploy_v2(), &cancel).await;
         watcher.abort();
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "rolled_back");
+        assert_eq!(out.report.outcome, RunOutcome::RolledBack);
         assert!(out.report.error.unwrap().contains("cancelled by SIGTERM"));
         assert_eq!(fake.swarm_image("shop_api").as_deref(), Some(A1));
         let steps = swarm_steps(&events);
@@ -569,7 +570,7 @@ mod tests {
         }
         let (out, _) = run(&fake, &config, deploy_v2(), &Cancel::default()).await;
         let out = out.unwrap();
-        assert_eq!(out.report.outcome, "refused");
+        assert_eq!(out.report.outcome, RunOutcome::Refused);
         assert!(out.report.error.unwrap().contains("preflight swarm shop_api: Swarm's rollback_started is under way"));
         assert!(swarm_log(&fake).is_empty() && fake.image_of("web-1").as_deref() == Some(V1), "nothing changed");
     }

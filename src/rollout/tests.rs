@@ -60,7 +60,7 @@ fn gates(events: &[Event]) -> Vec<String> {
 async fn a_failing_migration_stops_before_the_first_instance() {
     let w = world("    migrate: { command: [exit, \"3\"] }\n");
     let (result, events) = run_safe(&w, V2).await;
-    assert_eq!(result.outcome, HostOutcome::RolledBack);
+    assert_eq!(result.outcome, RunOutcome::RolledBack);
     assert_eq!(gates(&events), vec!["migrate web FAILED"]);
     assert!(result.error.unwrap().contains("`exit 3` exited 3"));
     assert!(steps(&events).iter().all(|s| s.ends_with("pull")), "no instance was touched: {:?}", steps(&events));
@@ -68,7 +68,7 @@ async fn a_failing_migration_stops_before_the_first_instance() {
     // A good migration runs once, from the new image, then the rollout goes on.
     let w = world("    migrate: { command: [exit, \"0\"] }\n");
     let (result, events) = run_safe(&w, V2).await;
-    assert_eq!(result.outcome, HostOutcome::Succeeded);
+    assert_eq!(result.outcome, RunOutcome::Succeeded);
     assert_eq!(gates(&events), vec!["migrate web ok"]);
     assert!(w.fake.state.lock().unwrap().log.contains(&format!("run_once web-1-capstan-migrate {V2}")));
 }
@@ -78,19 +78,19 @@ async fn failed_validation_reverts_every_instance() {
     // An endpoint that does not answer as expected.
     let w = world("validate:\n  endpoints: [{ url: \"http://127.0.0.1:80/health\", status: 200, body: \"all good\" }]\n");
     let (result, events) = run_safe(&w, V2).await;
-    assert_eq!(result.outcome, HostOutcome::RolledBack, "{:?}", result.error);
+    assert_eq!(result.outcome, RunOutcome::RolledBack, "{:?}", result.error);
     assert_eq!(gates(&events), vec!["validate http://127.0.0.1:80/health FAILED"]);
     assert_eq!((w.fake.image_of("web-1").unwrap(), w.fake.image_of("web-2").unwrap()), (V1.to_string(), V1.to_string()));
     // Error lines in the new containers' output.
     let w = world("validate:\n  errors: { pattern: \"ERROR\", max: 1 }\n");
     w.fake.state.lock().unwrap().logs.insert("web-2".into(), "ERROR a\nfine\nERROR b\n".into());
     let (result, events) = run_safe(&w, V2).await;
-    assert_eq!(result.outcome, HostOutcome::RolledBack);
+    assert_eq!(result.outcome, RunOutcome::RolledBack);
     assert_eq!(gates(&events), vec!["validate errors FAILED"]);
     // All gates passing.
     let w = world("validate:\n  endpoints: [{ url: \"http://127.0.0.1:80/\", body: ok }]\n  errors: { pattern: \"ERROR\" }\nbake: 2s\n");
     let (result, events) = run_safe(&w, V2).await;
-    assert_eq!(result.outcome, HostOutcome::Succeeded, "{:?}", result.error);
+    assert_eq!(result.outcome, RunOutcome::Succeeded, "{:?}", result.error);
     assert_eq!(gates(&events), vec!["validate http://127.0.0.1:80/ ok", "validate errors ok", "bake ok"]);
 }
 
@@ -112,7 +112,7 @@ fn upstream(w: &World) -> String {
 async fn replaces_every_instance_in_order_through_every_step() {
     let w = world("");
     let (r, events) = run(&w, V2).await;
-    assert_eq!(r.outcome, HostOutcome::Succeeded, "{:?}", r.error);
+    assert_eq!(r.outcome, RunOutcome::Succeeded, "{:?}", r.error);
     assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V2));
     assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V2));
     assert_eq!(w.fake.names(), vec!["web-1", "web-2"], "old containers removed");
@@ -132,7 +132,7 @@ async fn replaces_every_instance_in_order_through_every_step() {
 async fn unchanged_instances_are_left_alone() {
     let w = world("");
     let (r, events) = run(&w, V1).await;
-    assert_eq!(r.outcome, HostOutcome::Succeeded);
+    assert_eq!(r.outcome, RunOutcome::Succeeded);
     assert!(steps(&events).is_empty());
     assert!(r.instances.iter().all(|i| i.outcome == InstanceOutcome::Unchanged));
 }
@@ -202,7 +202,7 @@ async fn a_failure_at_any_step_puts_every_instance_back() {
         let events = rec.0.lock().unwrap().clone();
         let s = steps(&events);
         assert!(s.contains(&failed_step.to_string()), "{inject}: expected {failed_step} in {s:#?}");
-        assert_eq!(result.outcome, HostOutcome::RolledBack, "{inject}: {:?}\n{s:#?}", result.error);
+        assert_eq!(result.outcome, RunOutcome::RolledBack, "{inject}: {:?}\n{s:#?}", result.error);
         assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "{inject}: web-1\n{s:#?}");
         assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1), "{inject}: web-2\n{s:#?}");
         assert_eq!(w.fake.names(), vec!["web-1", "web-2"], "{inject}: no leftovers");
@@ -234,11 +234,41 @@ async fn a_cancelled_run_reverts_what_it_changed() {
     let result = r.run(&plan, &services).await;
     watcher.abort();
     let s = steps(&rec.0.lock().unwrap());
-    assert_eq!(result.outcome, HostOutcome::RolledBack, "{s:#?}");
+    assert_eq!(result.outcome, RunOutcome::RolledBack, "{s:#?}");
     assert!(result.error.unwrap().contains("cancelled by SIGTERM"));
     assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1));
     assert_eq!(w.fake.image_of("web-2").as_deref(), Some(V1));
     assert_eq!(w.fake.names(), vec!["web-1", "web-2"]);
     assert_eq!(upstream(&w), UPSTREAM);
     assert!(!s.iter().any(|x| x == "web-2 traffic"), "no step starts after the signal: {s:#?}");
+}
+
+/// The health gate counts only healthy looks: while Docker's HEALTHCHECK is still
+/// starting, the instance waits, though its HTTP probe answers.
+#[tokio::test(start_paused = true)]
+async fn the_health_gate_waits_until_docker_says_healthy() {
+    use crate::core::observed::DockerHealth;
+    let w = world("");
+    w.fake.state.lock().unwrap().docker_health.insert("web-1".into(), DockerHealth::Starting);
+    let fake = w.fake.clone();
+    // Docker says healthy a second after the new web-1 started.
+    let healthy_later = tokio::spawn(async move {
+        while !fake.state.lock().unwrap().log.iter().any(|l| l == "start web-1") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        fake.state.lock().unwrap().docker_health.insert("web-1".into(), DockerHealth::Healthy);
+    });
+    let (r, events) = run(&w, V2).await;
+    healthy_later.abort();
+    assert_eq!(r.outcome, RunOutcome::Succeeded, "{:?}", r.error);
+    let health: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step(s) if s.step == "health" => Some((s.instance.clone(), s.duration_ms)),
+            _ => None,
+        })
+        .collect();
+    assert!(health[0].0 == "web-1" && health[0].1 >= 1000, "web-1 waited for Docker: {health:?}");
+    assert!(health[1].0 == "web-2" && health[1].1 < 500, "web-2 has no HEALTHCHECK: {health:?}");
 }
