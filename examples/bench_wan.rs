@@ -7,6 +7,9 @@
 //! first instance and per instance, the round trips before the first instance
 //! and per instance, and each against the loopback run.
 
+// A benchmark prints its table; the tests' support unwraps.
+#![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
+
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code, unused_imports)] // each example uses a part of the tests' support
 mod support;
