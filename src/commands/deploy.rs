@@ -5,6 +5,8 @@
 //! lock), rolls the hosts (`fleet`), runs the post-deploy or on-failure hook,
 //! records the run in each host's log and releases the lock.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
@@ -19,6 +21,7 @@ use crate::core::record::{Lease, Record, RecordInstance, RunCommand, RunOutcome}
 use crate::core::release;
 use crate::core::time::fmt_time;
 use crate::error::Error;
+use crate::host::guard::Fence;
 use crate::host::state::{self, StateError};
 use crate::host::Host;
 use crate::output::events::{Event, Gate};
@@ -128,7 +131,8 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
 
     // From here the lease is kept alive while the run lives: a run that dies (SSH cut, SIGKILL)
     // stops renewing it, and the next run takes the lock over once it has expired.
-    let heartbeat = Heartbeat::start(roll.hosts.clone(), dir.clone(), lease.clone(), ctx.config.lock_lease);
+    let fences: Vec<Arc<Fence>> = roll.hosts.iter().map(|_| Arc::new(Fence::new(ctx.config.lock_guard))).collect();
+    let heartbeat = Heartbeat::start(roll.hosts.clone(), fences.clone(), dir.clone(), lease.clone(), ctx.config.lock_lease, ctx.config.lock_guard);
     let started_at = OffsetDateTime::now_utc();
     // Under the lock, before any change: every preflight check on every host, reported together.
     let checks = roll
@@ -170,7 +174,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         }
     }
 
-    let results = roll_hosts(ctx, &roll, creds.as_ref(), &lease, t0).await;
+    let results = roll_hosts(ctx, &roll, creds.as_ref(), &lease, &fences, t0).await;
     // No renewal may land after a release (it would put the lock back).
     heartbeat.stop().await;
     // Every host that was locked: its hook, its record, its lock released.

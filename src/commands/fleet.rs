@@ -17,6 +17,7 @@ use crate::core::config::OnFailure;
 use crate::core::plan::HostPlan;
 use crate::core::record::{InstanceOutcome, Lease, RunCommand, RunOutcome};
 use crate::core::secret::Credentials;
+use crate::host::guard::Fence;
 use crate::host::state;
 use crate::host::Host;
 use crate::output::events::{Event, HostEvent, HostPhase};
@@ -29,7 +30,14 @@ use crate::rollout::{HostResult, LeaseKeeper, Rollout};
 /// host not yet started; with `on_failure: revert_all` it also stops the ones in flight
 /// (they revert what they changed) and puts back the ones that finished, so that every
 /// host runs one release. One result per host of `roll.hosts`, in that order.
-pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Credentials>, lease: &Lease, t0: Instant) -> Vec<HostResult> {
+pub(super) async fn roll_hosts(
+    ctx: &Ctx<'_>,
+    roll: &Roll<'_>,
+    creds: Option<&Credentials>,
+    lease: &Lease,
+    fences: &[Arc<Fence>],
+    t0: Instant,
+) -> Vec<HostResult> {
     let rollout = &ctx.config.rollout;
     let n = roll.hosts.len();
     let canary = rollout.canary.min(n);
@@ -51,7 +59,16 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
         .collect();
     let deploying = roll.command == RunCommand::Deploy;
     let dir = &ctx.config.state_dir;
-    let keeper = || Some(LeaseKeeper { dir: dir.clone(), lease: tokio::sync::Mutex::new(lease.clone()), duration: ctx.config.lock_lease });
+    let keeper = |fence: Arc<Fence>| {
+        Some(LeaseKeeper {
+            dir: dir.clone(),
+            lease: tokio::sync::Mutex::new(lease.clone()),
+            duration: ctx.config.lock_lease,
+            fence,
+            app: ctx.config.app.clone(),
+            docker_socket: ctx.config.docker_socket.clone(),
+        })
+    };
     let run_one = |i: usize| {
         let (h, hp) = (&roll.hosts[i], &roll.plan.hosts[i]);
         let (abort, no_new, migrate) = (&abort, &no_new, &migrate_on[i]);
@@ -69,7 +86,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
                 events: ctx.events,
                 creds,
                 t0,
-                lease: keeper(),
+                lease: keeper(fences[i].clone()),
                 cancel: abort,
                 drainer: Default::default(),
                 safety: Safety { migrate: if deploying { migrate } else { &[] }, validate: Some(&ctx.config.validate), bake: ctx.config.bake },
@@ -138,7 +155,7 @@ pub(super) async fn roll_hosts(ctx: &Ctx<'_>, roll: &Roll<'_>, creds: Option<&Cr
                 events: ctx.events,
                 creds,
                 t0,
-                lease: keeper(),
+                lease: keeper(Arc::new(Fence::new(ctx.config.lock_guard))),
                 cancel: &never,
                 drainer: Default::default(),
                 safety: Safety::default(),
@@ -179,44 +196,66 @@ fn emit_finished(ctx: &Ctx, h: &Host, t0: Instant, started: Duration, outcome: R
 /// is alive (dropping it stops it). The lease can then be short (`lock.lease`, 2 min by
 /// default) without a long step outliving it, and a dead run's lock expires soon.
 pub(super) struct Heartbeat {
-    task: tokio::task::JoinHandle<()>,
-    /// Held during each round of renewals; `true` once stopped.
-    stopped: Arc<tokio::sync::Mutex<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Read-held during each renewal (hosts renew at once); `true` once stopped.
+    stopped: Arc<tokio::sync::RwLock<bool>>,
 }
 
 impl Heartbeat {
-    pub(super) fn start(hosts: Vec<Host>, dir: String, lease: Lease, duration: Duration) -> Heartbeat {
-        let every = (duration / 4).max(Duration::from_millis(250));
-        let stopped = Arc::new(tokio::sync::Mutex::new(false));
-        let flag = stopped.clone();
-        let task = tokio::spawn(async move {
-            let mut lease = lease;
-            loop {
-                tokio::time::sleep(every).await;
-                let stopped = flag.lock().await;
-                if *stopped {
-                    return;
-                }
-                lease.expires_at = OffsetDateTime::now_utc() + duration;
-                for h in &hosts {
-                    if let Err(e) = state::renew(h.shell.as_ref(), &dir, &lease).await {
-                        tracing::warn!(host = %h.name, "could not renew the deploy lock: {e}");
+    /// Renews the lease on each host, every quarter of the lease and every third of
+    /// the guard's bound, whichever is shorter, each host on its own (a host that does
+    /// not answer holds back no other); each host's fence learns of each renewal, or
+    /// that the guard on the host took the lock over.
+    pub(super) fn start(hosts: Vec<Host>, fences: Vec<Arc<Fence>>, dir: String, lease: Lease, duration: Duration, guard: Duration) -> Heartbeat {
+        let every = (duration / 4).min(guard / 3).max(Duration::from_millis(250));
+        let stopped = Arc::new(tokio::sync::RwLock::new(false));
+        let tasks = hosts
+            .into_iter()
+            .zip(fences)
+            .map(|(h, fence)| {
+                let (flag, dir, mut lease) = (stopped.clone(), dir.clone(), lease.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(every).await;
+                        let stopped = flag.read().await;
+                        if *stopped {
+                            return;
+                        }
+                        lease.expires_at = OffsetDateTime::now_utc() + duration;
+                        match state::renew(h.shell.as_ref(), &dir, &lease).await {
+                            Ok(()) => fence.renewed(),
+                            Err(_) if fence.is_armed() && lost_lock(&h, &dir, &lease.id).await => {
+                                fence.taken_over();
+                                tracing::warn!(host = %h.name, "the deploy lock is no longer this run's: the guard on the host took it over");
+                                return;
+                            }
+                            Err(e) => tracing::warn!(host = %h.name, "could not renew the deploy lock: {e}"),
+                        }
                     }
-                }
-            }
-        });
-        Heartbeat { task, stopped }
+                })
+            })
+            .collect();
+        Heartbeat { tasks, stopped }
     }
 
     /// Stops renewing; returns once no renewal is under way.
     pub(super) async fn stop(&self) {
-        *self.stopped.lock().await = true;
-        self.task.abort();
+        *self.stopped.write().await = true;
+        for t in &self.tasks {
+            t.abort();
+        }
     }
+}
+
+/// Whether the lock on `h` now holds another lease than `id` (or none).
+async fn lost_lock(h: &Host, dir: &str, id: &str) -> bool {
+    matches!(state::read_lock(h.shell.as_ref(), dir).await, Ok(l) if l.as_ref().is_none_or(|l| l.id != id))
 }
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

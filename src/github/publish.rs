@@ -328,7 +328,8 @@ mod tests {
     #[test]
     fn statuses_fit_githubs_140_characters_and_say_what_happened() {
         let t = target();
-        let ok = finished(&after("v1.0.0", report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None)), &t);
+        let ok =
+            finished(&after("v1.0.0", report(RunOutcome::Succeeded, &[("web-1", InstanceOutcome::Replaced), ("web-2", InstanceOutcome::Replaced)], None)), &t);
         assert_eq!(ok.state, "success");
         assert_eq!(ok.description, "v2.0.0 is live on 2 instance(s), 1 host(s). Undo: gh workflow run deploy.yml -f rollback-to=v1.0.0");
         assert_eq!(ok.log_url.as_deref(), Some("https://github.com/acme/shop/actions/runs/7"));

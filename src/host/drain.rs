@@ -16,6 +16,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::core::config::{DrainMethod, Nginx, Service};
 use crate::core::observed::ContainerInfo;
 use crate::core::upstream::{self, Identity};
+use crate::host::guard::GuardLb;
 use crate::host::Host;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -144,6 +145,34 @@ impl Drainer {
                 Ok(done.join("; "))
             }
         }
+    }
+
+    /// For the guard on the host: each target's upstream file as it is now and with
+    /// that target drained, and the shell command that reloads nginx. None for a
+    /// method the guard cannot replay (a drain command, or no load balancer).
+    pub async fn guard_views(&self, host: &Host, method: &DrainMethod, targets: &[&Target]) -> Result<Vec<Option<GuardLb>>, DrainError> {
+        let DrainMethod::Nginx(n) = method else { return Ok(targets.iter().map(|_| None).collect()) };
+        let file = &n.upstream_conf;
+        let cached = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(file).cloned();
+        let current = match cached {
+            Some(c) => c,
+            None => read(host, file).await?,
+        };
+        let reload = match &n.container {
+            Some(c) => {
+                let container = self.nginx_container(host, c, targets.first().and_then(|t| t.project.as_deref())).await?;
+                let mut argv = vec!["docker".to_string(), "exec".into(), container];
+                argv.extend(n.reload_argv());
+                shlex::try_join(argv.iter().map(String::as_str)).map_err(|e| DrainError::Host(format!("the reload command cannot be quoted: {e}")))?
+            }
+            None => n.reload.clone(),
+        };
+        let mut views = Vec::new();
+        for t in targets {
+            let (drained, _) = self.edit(file, &current, &[(t, true)])?;
+            views.push(Some(GuardLb { upstream_conf: file.clone(), original: current.clone(), drained, reload: reload.clone() }));
+        }
+        Ok(views)
     }
 
     /// The container nginx runs in: the configured name, or the container of that

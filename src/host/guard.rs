@@ -26,13 +26,14 @@ use std::time::Duration;
 
 use crate::host::{Shell, ShellError};
 
-/// `$1` state dir, `$2` lease id, `$3` bound in seconds. Files in `$1/guard/$2/`:
-/// `plan` (one instance a line: name, kept name, file with it drained or `-`,
-/// drain wait in ms, seconds to wait for it to run, probe port or `-`, probe
-/// path, its record JSON with `@OUTCOME@`), `lb` (upstream file, copy as it
-/// was, reload command: three lines), `record` (the recover record with
-/// `@TIME@`, `@OUTCOME@` and `@INSTANCES@`), and `done` once the host finished.
-pub const GUARD: &str = r#"d=$1; id=$2; bound=$3; g="$d/guard/$id"; log="$g/guard.log"
+/// `$1` state dir, `$2` lease id, `$3` bound in seconds, `$4` the Docker socket.
+/// Files in `$1/guard/$2/`: `plan` (one instance a line, tab-separated: name, kept
+/// name, the file with it drained or `-`, drain wait in ms, seconds to wait for
+/// it to run, probe port or `-`, probe path, its upstream file, the file as it
+/// was before the run or `-`, the reload command, its record JSON with
+/// `@OUTCOME@`), `record` (the recover record with `@TIME@`, `@OUTCOME@` and
+/// `@INSTANCES@`), and `done` once the host finished.
+pub const GUARD: &str = r#"d=$1; id=$2; bound=$3; export DOCKER_HOST="unix://$4"; g="$d/guard/$id"; log="$g/guard.log"
 say() { echo "$(date -u +%H:%M:%S) $*" >> "$log"; }
 ours() { grep -q "\"id\":\"$1\"" "$d/lock.json" 2>/dev/null; }
 while :; do
@@ -44,16 +45,19 @@ while :; do
 done
 say "lease not renewed for ${age}s: taking over"
 t="$d/.lock.guard.$id"
-sed "s/\"id\":\"$id\"/\"id\":\"$id-guard\"/" "$d/lock.json" > "$t" && mv -f "$t" "$d/lock.json"
+# Ours now, for long enough that no run takes it over while the guard works.
+until=$(date -u -d "+300 seconds" +%Y-%m-%dT%H:%M:%SZ)
+sed -e "s/\"id\":\"$id\"/\"id\":\"$id-guard\"/" -e "s/\"expires_at\":\"[^\"]*\"/\"expires_at\":\"$until\"/" "$d/lock.json" > "$t" && mv -f "$t" "$d/lock.json"
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+tab="$(printf '\t')"
 if [ -f "$g/done" ]; then
+  # The host had finished: the kept containers are garbage now, the record is the run's.
+  while IFS="$tab" read -r name old rest; do docker rm -f "$old" >> "$log" 2>&1 || true; done < "$g/plan"
   sed "s/@TIME@/$now/" "$g/done" >> "$d/deploys.jsonl"
   ours "$id-guard" && rm -f "$d/lock.json"
   say "the run had finished: its record appended, lock released"; rm -rf "$g"; exit 0
 fi
-conf=; orig=; reload=
-if [ -f "$g/lb" ]; then { read -r conf; read -r orig; read -r reload; } < "$g/lb"; fi
-reload_lb() { [ -z "$reload" ] || sh -c "$reload" >> "$log" 2>&1 || say "reload failed"; }
+reload_lb() { [ -z "$1" ] || sh -c "$1" >> "$log" 2>&1 || say "reload failed: $1"; }
 probe() { # $1 container $2 port $3 path: one good answer from any of its addresses
   [ "$2" = - ] && return 0
   for a in $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" 2>/dev/null); do
@@ -74,10 +78,10 @@ ready() { # $1 container $2 seconds $3 port $4 path
 }
 outcome=succeeded; done_json=
 tac "$g/plan" > "$g/plan.rev"
-while IFS="$(printf '\t')" read -r name old down wait settle port path json; do
+while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
   docker container inspect "$old" >/dev/null 2>&1 || continue
   say "putting $old back as $name"
-  if [ "$down" != - ] && [ -n "$conf" ]; then cat "$g/$down" > "$conf"; reload_lb; sleep "$(( wait / 1000 )).$(printf '%03d' $(( wait % 1000 )))"; fi
+  if [ "$down" != - ]; then cat "$g/$down" > "$conf"; reload_lb "$reload"; sleep "$(( wait / 1000 )).$(printf '%03d' $(( wait % 1000 )))"; fi
   r=reverted
   if docker container inspect "$name" >/dev/null 2>&1; then docker rm -f "$name" >> "$log" 2>&1 || r=failed; fi
   [ "$r" = reverted ] && { docker rename "$old" "$name" >> "$log" 2>&1 || r=failed; }
@@ -88,7 +92,13 @@ while IFS="$(printf '\t')" read -r name old down wait settle port path json; do
   j=$(printf '%s' "$json" | sed "s/@OUTCOME@/$r/")
   done_json="${done_json:+$done_json,}$j"
 done < "$g/plan.rev"
-if [ -n "$conf" ]; then cat "$orig" > "$conf"; reload_lb; fi
+# Every upstream file as it was before the run, each reloaded once.
+seen=
+while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
+  [ "$orig" = - ] && continue
+  case "$seen" in *"|$orig|"*) continue;; esac
+  seen="$seen|$orig|"; cat "$g/$orig" > "$conf"; reload_lb "$reload"
+done < "$g/plan"
 sed -e "s/@TIME@/$now/" -e "s/@OUTCOME@/$outcome/" "$g/record" | I="$done_json" awk '{ p = index($0, "@INSTANCES@"); if (p) $0 = substr($0, 1, p - 1) ENVIRON["I"] substr($0, p + 11); print }' >> "$d/deploys.jsonl"
 ours "$id-guard" && rm -f "$d/lock.json"
 say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "$g""#;
@@ -97,7 +107,7 @@ say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "
 /// from the SSH session (its own session, no terminal, output to its log).
 const ARM: &str = r#"set -eu
 d=$1; g="$d/guard/$2"; mkdir -p "$g"; tar -xf - -C "$g"
-setsid sh -c "$4" capstan-guard "$d" "$2" "$3" < /dev/null >> "$g/guard.log" 2>&1 &
+setsid sh -c "$5" capstan-guard "$d" "$2" "$3" "$4" < /dev/null >> "$g/guard.log" 2>&1 &
 echo armed"#;
 
 /// Stages the host's final record: a guard that fires from now on appends it
@@ -109,8 +119,8 @@ g="$1/guard/$2"; [ -d "$g" ] || exit 0; cat > "$g/done.tmp"; mv -f "$g/done.tmp"
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardInstance {
     pub name: String,
-    /// The upstream file with this instance drained, as the run would write it (when there is one).
-    pub drained_conf: Option<String>,
+    /// Its load balancer, when it is drained from one.
+    pub lb: Option<GuardLb>,
     pub drain_wait: Duration,
     /// How long it may take the kept container to run again and answer.
     pub settle: Duration,
@@ -120,13 +130,13 @@ pub struct GuardInstance {
     pub record_json: String,
 }
 
-/// The load balancer the guard puts back as it was.
+/// An instance's upstream file: as it was before the run, and with the instance
+/// drained, as the run renders them; and the shell command that reloads nginx.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardLb {
     pub upstream_conf: String,
-    /// The file as it was before the run.
     pub original: String,
-    /// A shell command on the host that reloads it.
+    pub drained: String,
     pub reload: String,
 }
 
@@ -135,8 +145,8 @@ pub struct GuardPlan {
     pub dir: String,
     pub lease_id: String,
     pub bound: Duration,
+    pub docker_socket: String,
     pub instances: Vec<GuardInstance>,
-    pub lb: Option<GuardLb>,
     /// The `recover` record, with `@TIME@`, `@OUTCOME@` and `@INSTANCES@` to fill in.
     pub record_json: String,
 }
@@ -156,15 +166,26 @@ impl From<ShellError> for GuardError {
 /// The guard's files, as a tar archive.
 pub fn archive(plan: &GuardPlan) -> Vec<u8> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    // One copy of each upstream file as it was, however many instances it serves.
+    let mut originals: Vec<(String, String)> = Vec::new();
     let mut lines = String::new();
     for (i, inst) in plan.instances.iter().enumerate() {
-        let down = match &inst.drained_conf {
-            Some(text) => {
-                let f = format!("down.{i}");
-                files.push((f.clone(), text.as_bytes().to_vec()));
-                f
+        let (down, conf, orig, reload) = match &inst.lb {
+            Some(lb) => {
+                let down = format!("down.{i}");
+                files.push((down.clone(), lb.drained.as_bytes().to_vec()));
+                let orig = match originals.iter().find(|(conf, _)| *conf == lb.upstream_conf) {
+                    Some((_, f)) => f.clone(),
+                    None => {
+                        let f = format!("original.{}", originals.len());
+                        files.push((f.clone(), lb.original.as_bytes().to_vec()));
+                        originals.push((lb.upstream_conf.clone(), f.clone()));
+                        f
+                    }
+                };
+                (down, lb.upstream_conf.clone(), orig, lb.reload.clone())
             }
-            None => "-".into(),
+            None => ("-".into(), "-".into(), "-".into(), String::new()),
         };
         let (port, path) = inst.probe.as_ref().map(|(p, path)| (p.to_string(), path.clone())).unwrap_or(("-".into(), "/".into()));
         let fields = [
@@ -175,17 +196,15 @@ pub fn archive(plan: &GuardPlan) -> Vec<u8> {
             inst.settle.as_secs().max(1).to_string(),
             port,
             path,
+            conf,
+            orig,
+            reload,
             inst.record_json.clone(),
         ];
         lines.push_str(&fields.iter().map(|f| f.replace(['\t', '\n'], " ")).collect::<Vec<_>>().join("\t"));
         lines.push('\n');
     }
     files.push(("plan".into(), lines.into_bytes()));
-    if let Some(lb) = &plan.lb {
-        files.push(("original".into(), lb.original.as_bytes().to_vec()));
-        let orig = format!("{}/guard/{}/original", plan.dir, plan.lease_id);
-        files.push(("lb".into(), format!("{}\n{orig}\n{}\n", lb.upstream_conf, lb.reload.replace('\n', " ")).into_bytes()));
-    }
     files.push(("record".into(), format!("{}\n", plan.record_json).into_bytes()));
     let mut b = tar::Builder::new(Vec::new());
     for (name, data) in files {
@@ -201,7 +220,7 @@ pub fn archive(plan: &GuardPlan) -> Vec<u8> {
 /// Arms the guard on the host: one round trip.
 pub async fn arm(shell: &dyn Shell, plan: &GuardPlan) -> Result<(), GuardError> {
     let bound = plan.bound.as_secs().max(1).to_string();
-    let r = shell.run(&["sh", "-c", ARM, "capstan-arm", &plan.dir, &plan.lease_id, &bound, GUARD], Some(&archive(plan))).await?;
+    let r = shell.run(&["sh", "-c", ARM, "capstan-arm", &plan.dir, &plan.lease_id, &bound, &plan.docker_socket, GUARD], Some(&archive(plan))).await?;
     if !r.ok() || r.stdout.trim() != "armed" {
         return Err(GuardError::Host(format!("exit {}: {}", r.status, r.stderr.trim())));
     }
@@ -209,7 +228,8 @@ pub async fn arm(shell: &dyn Shell, plan: &GuardPlan) -> Result<(), GuardError> 
 }
 
 /// Stages the host's final record (with `@TIME@` for the time): from now on a
-/// guard that fires records it and releases the lock, nothing more.
+/// guard that fires records it, removes the kept containers and releases the
+/// lock, and puts nothing back.
 pub async fn stage_done(shell: &dyn Shell, dir: &str, lease_id: &str, record_json: &str) -> Result<(), GuardError> {
     let r = shell.run(&["sh", "-c", DONE, "capstan-done", dir, lease_id], Some(format!("{record_json}\n").as_bytes())).await?;
     if !r.ok() {
@@ -218,19 +238,117 @@ pub async fn stage_done(shell: &dyn Shell, dir: &str, lease_id: &str, record_jso
     Ok(())
 }
 
+/// The run's side of the guard on one host: when the lease was last renewed,
+/// and whether the guard took the host over. Once the lease has gone unrenewed
+/// for nearly the guard's bound, the run touches the host no more: the guard
+/// acts from the bound on, and the two must never both act on an instance.
+#[derive(Debug)]
+pub struct Fence {
+    bound: Duration,
+    state: std::sync::Mutex<FenceState>,
+}
+
+#[derive(Debug)]
+struct FenceState {
+    renewed: std::time::Instant,
+    renewed_at: time::OffsetDateTime,
+    armed: bool,
+    taken_over: bool,
+}
+
+impl Fence {
+    pub fn new(bound: Duration) -> Fence {
+        Fence {
+            bound,
+            state: std::sync::Mutex::new(FenceState {
+                renewed: std::time::Instant::now(),
+                renewed_at: time::OffsetDateTime::now_utc(),
+                armed: false,
+                taken_over: false,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FenceState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn bound(&self) -> Duration {
+        self.bound
+    }
+
+    /// The guard runs on the host from now on.
+    pub fn armed(&self) {
+        self.state().armed = true;
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.state().armed
+    }
+
+    /// The lease was renewed (the host answered).
+    pub fn renewed(&self) {
+        let mut s = self.state();
+        s.renewed = std::time::Instant::now();
+        s.renewed_at = time::OffsetDateTime::now_utc();
+    }
+
+    /// The lease is no longer ours: the guard took the host over.
+    pub fn taken_over(&self) {
+        self.state().taken_over = true;
+    }
+
+    /// What the guard on the host will do, and from when.
+    pub fn promise(&self) -> String {
+        let s = self.state();
+        let at = s.renewed_at + self.bound;
+        let when = at.format(&time::macros::format_description!("[hour]:[minute]:[second] UTC")).unwrap_or_default();
+        format!(
+            "the guard on the host puts back the containers this run replaced, undrains them, records `recover` and releases the lock from {when} ({}s after the last renewal)",
+            self.bound.as_secs()
+        )
+    }
+
+    /// Some(why) once the run must not touch the host: the guard took over, or
+    /// the lease has gone unrenewed for all but a margin of the bound.
+    pub fn closed(&self) -> Option<String> {
+        let s = self.state();
+        if !s.armed {
+            return None;
+        }
+        let margin = (self.bound / 3).min(Duration::from_secs(5));
+        if s.taken_over {
+            return Some(format!("the guard on the host took it over (its lease was not renewed within {}s)", self.bound.as_secs()));
+        }
+        if s.renewed.elapsed() + margin >= self.bound {
+            let silent = s.renewed.elapsed().as_secs();
+            drop(s);
+            return Some(format!("the host has not answered for {silent}s; {}", self.promise()));
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan() -> GuardPlan {
+        let lb = |drained: &str| GuardLb {
+            upstream_conf: "/etc/nginx/up.conf".into(),
+            original: "server a;\n".into(),
+            drained: drained.into(),
+            reload: "nginx -s reload".into(),
+        };
         GuardPlan {
             dir: "/var/lib/capstan/shop".into(),
             lease_id: "abc".into(),
             bound: Duration::from_secs(30),
+            docker_socket: "/var/run/docker.sock".into(),
             instances: vec![
                 GuardInstance {
                     name: "web-1".into(),
-                    drained_conf: Some("server a down;\n".into()),
+                    lb: Some(lb("server a down;\n")),
                     drain_wait: Duration::from_millis(300),
                     settle: Duration::from_secs(20),
                     probe: Some((8080, "/health".into())),
@@ -238,14 +356,21 @@ mod tests {
                 },
                 GuardInstance {
                     name: "web\t2".into(),
-                    drained_conf: None,
+                    lb: None,
                     drain_wait: Duration::ZERO,
                     settle: Duration::from_millis(10),
                     probe: None,
                     record_json: "{}".into(),
                 },
+                GuardInstance {
+                    name: "web-3".into(),
+                    lb: Some(lb("server b down;\n")),
+                    drain_wait: Duration::from_millis(5),
+                    settle: Duration::from_secs(2),
+                    probe: None,
+                    record_json: "{}".into(),
+                },
             ],
-            lb: Some(GuardLb { upstream_conf: "/etc/nginx/up.conf".into(), original: "server a;\n".into(), reload: "nginx -s reload".into() }),
             record_json: r#"{"time":"@TIME@","instances":[@INSTANCES@]}"#.into(),
         }
     }
@@ -269,13 +394,47 @@ mod tests {
         let files = entries(&archive(&plan()));
         let get = |n: &str| files.iter().find(|(f, _)| f == n).map(|(_, s)| s.clone()).unwrap_or_else(|| panic!("no {n} in {files:?}"));
         let lines: Vec<Vec<String>> = get("plan").lines().map(|l| l.split('\t').map(String::from).collect()).collect();
-        assert_eq!(lines[0], ["web-1", "web-1.capstan-old", "down.0", "300", "20", "8080", "/health", r#"{"name":"web-1","outcome":"@OUTCOME@"}"#]);
+        assert_eq!(
+            lines[0],
+            [
+                "web-1",
+                "web-1.capstan-old",
+                "down.0",
+                "300",
+                "20",
+                "8080",
+                "/health",
+                "/etc/nginx/up.conf",
+                "original.0",
+                "nginx -s reload",
+                r#"{"name":"web-1","outcome":"@OUTCOME@"}"#
+            ]
+        );
         // A tab in a field cannot shift the fields after it; a sub-second settle is a second.
-        assert_eq!(lines[1], ["web 2", "web\t2.capstan-old".replace('\t', " ").as_str(), "-", "0", "1", "-", "/", "{}"]);
+        assert_eq!(lines[1], ["web 2", "web 2.capstan-old", "-", "0", "1", "-", "/", "-", "-", "", "{}"]);
+        // One copy of a file that two instances share.
+        assert_eq!(lines[2][8], "original.0");
         assert_eq!(get("down.0"), "server a down;\n");
-        assert_eq!(get("original"), "server a;\n");
-        assert_eq!(get("lb"), "/etc/nginx/up.conf\n/var/lib/capstan/shop/guard/abc/original\nnginx -s reload\n");
+        assert_eq!(get("down.2"), "server b down;\n");
+        assert_eq!(get("original.0"), "server a;\n");
+        assert!(!files.iter().any(|(f, _)| f == "original.1"));
         assert_eq!(get("record"), "{\"time\":\"@TIME@\",\"instances\":[@INSTANCES@]}\n");
+    }
+
+    #[test]
+    fn the_fence_closes_before_the_bound_and_when_the_guard_took_over() {
+        let f = Fence::new(Duration::from_secs(30));
+        assert_eq!(f.closed(), None, "not armed: nothing to fence");
+        f.armed();
+        assert_eq!(f.closed(), None, "just renewed");
+        f.taken_over();
+        assert!(f.closed().is_some_and(|w| w.contains("took it over")));
+        let f = Fence::new(Duration::from_millis(30));
+        f.armed();
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(f.closed().is_some_and(|w| w.contains("guard on the host puts back")), "{:?}", f.closed());
+        f.renewed();
+        assert_eq!(f.closed(), None);
     }
 
     #[test]

@@ -91,11 +91,11 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
         b.config_file(c);
     }
     let session = b.connect_mux(&addr.host).await.map_err(|e| connect_error(&name, e))?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| ConnectError { message: format!("http client: {e}"), hint: None, transient: false })?;
+    let http = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().map_err(|e| ConnectError {
+        message: format!("http client: {e}"),
+        hint: None,
+        transient: false,
+    })?;
     Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) }))
 }
 
@@ -119,7 +119,9 @@ fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
             transient: false,
         }
     } else {
-        let transient = ["refused", "timed out", "timeout", "reset", "closed by remote", "unreachable", "connection closed", "broken pipe"].iter().any(|w| lower.contains(w));
+        let transient = ["refused", "timed out", "timeout", "reset", "closed by remote", "unreachable", "connection closed", "broken pipe"]
+            .iter()
+            .any(|w| lower.contains(w));
         ConnectError { message: format!("{name}: cannot connect over ssh ({detail})"), hint: None, transient }
     }
 }

@@ -18,6 +18,7 @@ pub mod cancel;
 pub mod checks;
 mod compose;
 pub mod gates;
+mod guard;
 mod replace;
 pub mod safety;
 pub mod steps;
@@ -68,6 +69,11 @@ pub struct LeaseKeeper {
     pub dir: String,
     pub lease: tokio::sync::Mutex<Lease>,
     pub duration: Duration,
+    /// The guard on the host, as the run sees it (the heartbeat renews it).
+    pub fence: std::sync::Arc<crate::host::guard::Fence>,
+    /// What the guard needs to know besides: the app's name for its record, the Docker socket.
+    pub app: String,
+    pub docker_socket: String,
 }
 
 #[derive(Debug, Clone)]
@@ -113,8 +119,13 @@ impl<'a> Rollout<'a> {
             }
         };
         let mut failure: Option<(String, Failure)> = None;
+        // Old containers kept (stopped) until the host is done, for the guard to put back.
+        let mut kept: Vec<(String, String)> = Vec::new();
+        if let Err(e) = self.arm_guard(plan, services).await {
+            failure = Some(("guard".into(), Failure { error: StepError::Failed(format!("cannot start the guard on the host: {e}")), restored: true }));
+        }
 
-        'services: for sp in &plan.services {
+        'services: for sp in plan.services.iter().filter(|_| failure.is_none()) {
             let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
             // A Swarm service: one update that Swarm rolls, watched to its end (swarm.rs).
             if let (Some(sw), Some(ip)) = (&svc.swarm, sp.instances.iter().find(|i| i.replace)) {
@@ -197,6 +208,9 @@ impl<'a> Rollout<'a> {
                 match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, Direction::Forward, handover).await {
                     Ok(next_drained) => {
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
+                        if self.guarded() {
+                            kept.push((svc.name.clone(), ip.name.clone()));
+                        }
                         let (from_image, to_image) = (ip.from_image.clone(), ip.to_image.clone());
                         done.push(Done { service: svc, name: ip.name.clone(), spec: current.spec.clone(), from_image, to_image });
                         if next_drained {
@@ -225,12 +239,22 @@ impl<'a> Rollout<'a> {
                 Err((at, error)) => failure = Some((at, Failure { error, restored: true })),
             }
         }
+        let replaced: Vec<(String, String, String, String)> =
+            done.iter().map(|d| (d.service.name.clone(), d.name.clone(), d.from_image.clone(), d.to_image.clone())).collect();
         let Some((at, f)) = failure else {
+            self.guard_done(RunOutcome::Succeeded, &replaced, &kept).await;
             self.emit_reloads();
             self.emit_instances(&results);
             let replaced_specs = done.iter().map(|d| (d.name.clone(), d.spec.clone())).collect();
             return HostResult { outcome: RunOutcome::Succeeded, instances: results, error: None, compose_env, replaced_specs };
         };
+        // The link is gone: the run can touch the host no more, the guard puts it back.
+        if let Some(why) = self.link_lost().await {
+            self.emit_instances(&results);
+            self.emit_reloads();
+            let error = format!("{at}: {}; lost the link to the host: {why}", f.error);
+            return HostResult { outcome: RunOutcome::Failed, instances: results, error: Some(error), ..Default::default() };
+        }
         match done.len() {
             0 => self.info(format!("{at} failed: {}", f.error)),
             n => self.info(format!("{at} failed: {}; reverting {n} replaced instance(s)", f.error)),
@@ -257,6 +281,9 @@ impl<'a> Rollout<'a> {
             };
             set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
             all_restored &= ok;
+        }
+        if all_restored {
+            self.guard_done(RunOutcome::RolledBack, &replaced, &[]).await;
         }
         self.emit_instances(&results);
         self.emit_reloads();
@@ -336,8 +363,12 @@ impl<'a> Rollout<'a> {
     }
 
     /// Runs one step, timing it and reporting it as an event.
+    /// Once the guard acts (or is about to), no step touches the host: it fails at once.
     async fn step<T>(&self, service: &str, instance: &str, name: &str, fut: impl Future<Output = StepResult<T>>) -> Result<T, StepError> {
-        self.steps().step(service, instance, name, fut).await
+        match self.fenced() {
+            Some(why) => self.steps().step(service, instance, name, async { Err(StepError::Failed(why)) }).await,
+            None => self.steps().step(service, instance, name, fut).await,
+        }
     }
 
     /// Err once the run is cancelled: no new step starts.

@@ -86,6 +86,13 @@ impl Rollout<'_> {
             Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
             None => spec.clone(),
         };
+        // A revert of an instance whose old container the guard kept: that one goes first
+        // (the revert recreates the old one from its spec and keeps the new one instead).
+        if direction == Direction::Revert && self.guarded() && self.host.engine.inspect_container(&old).await.ok().flatten().is_some() {
+            if let Err(e) = self.host.engine.remove(&old).await {
+                return Err(Failure { error: StepError::Failed(format!("cannot remove the kept {old} before the revert: {e}")), restored: false });
+            }
+        }
         let mut p = Progress { drained: handover.drained, ..Default::default() };
         let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, direction).await;
         match forward {
@@ -180,7 +187,11 @@ impl Rollout<'_> {
             }
         })
         .await?;
-        // The new container has proved itself: the old one can go.
+        // The new container has proved itself: the old one can go (once the host is
+        // done, when the guard on the host may still have to put it back).
+        if direction == Direction::Forward && self.guarded() {
+            return Ok(());
+        }
         if let Err(e) = self
             .step(s, name, &step("cleanup"), async {
                 engine.remove(old).await.map_err(StepError::failed)?;

@@ -38,6 +38,9 @@ pub struct Config {
     pub state_dir: String,
     pub docker_socket: String,
     pub lock_lease: Duration,
+    /// `lock.guard`: how long the guard on a host waits for the run to renew its lease
+    /// before it puts the host back by itself.
+    pub lock_guard: Duration,
     /// `release.raw_tags`: deploy versions that are not semver.
     pub raw_tags: bool,
     /// `release.prereleases`: a published GitHub prerelease deploys (else it is a notice).

@@ -139,6 +139,7 @@ pub(super) struct RawDocker {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLock {
     pub(super) lease: Option<String>,
+    pub(super) guard: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

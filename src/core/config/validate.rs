@@ -100,6 +100,13 @@ impl Validator {
             self.issue("docker.socket", format!("expected an absolute path on the host, got {docker_socket:?}"));
         }
         let lock_lease = self.duration("lock.lease", raw.lock.lease.as_deref(), Duration::from_secs(2 * 60));
+        let lock_guard = self.duration("lock.guard", raw.lock.guard.as_deref(), Duration::from_secs(30));
+        if lock_guard < Duration::from_secs(3) {
+            self.issue(
+                "lock.guard",
+                format!("must be at least 3s (the run renews its lease every third of it), got {}", humantime::format_duration(lock_guard)),
+            );
+        }
         let roles = self.roles(raw.roles, &raw.hosts, &hosts);
         let rollout = self.rollout(raw.rollout, hosts.len());
         if raw.services.is_empty() {
@@ -181,6 +188,7 @@ impl Validator {
             state_dir,
             docker_socket,
             lock_lease,
+            lock_guard,
             raw_tags: raw.release.raw_tags,
             prereleases: raw.release.prereleases,
             preflight: self.preflight(raw.preflight),
