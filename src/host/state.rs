@@ -33,19 +33,21 @@ d=$1; t="$d/.lock.$2"
 cat > "$t"
 if grep -q "\"id\":\"$3\"" "$d/lock.json" 2>/dev/null; then mv -f "$t" "$d/lock.json"; echo acquired; else rm -f "$t"; echo lost; fi"#;
 
+/// Releases the lock if it is still lease `$2`, and disarms that run's guard on the host.
 const RELEASE_IF: &str = r#"set -eu
 d=$1
-if grep -q "\"id\":\"$2\"" "$d/lock.json" 2>/dev/null; then rm -f "$d/lock.json"; echo released; else echo not-held; fi"#;
+if grep -q "\"id\":\"$2\"" "$d/lock.json" 2>/dev/null; then rm -f "$d/lock.json"; rm -rf "$d/guard/$2"; echo released; else echo not-held; fi"#;
 
 const FORCE_RELEASE: &str = r#"set -eu
 d=$1; cat "$d/lock.json" 2>/dev/null || true; rm -f "$d/lock.json""#;
 
 const READ_LOCK: &str = r#"cat "$1/lock.json" 2>/dev/null || true"#;
 
-/// Appends the record, then releases the lock if it is still lease `$2`: the end of a run in one round trip.
+/// Appends the record, then releases the lock if it is still lease `$2` and disarms that
+/// run's guard: the end of a run in one round trip.
 const APPEND_AND_RELEASE: &str = r#"set -eu
 d=$1; mkdir -p "$d"; cat >> "$d/deploys.jsonl"
-if grep -q "\"id\":\"$2\"" "$d/lock.json" 2>/dev/null; then rm -f "$d/lock.json"; echo released; else echo not-held; fi"#;
+if grep -q "\"id\":\"$2\"" "$d/lock.json" 2>/dev/null; then rm -f "$d/lock.json"; rm -rf "$d/guard/$2"; echo released; else echo not-held; fi"#;
 
 const READ_LOG: &str = r#"cat "$1/deploys.jsonl" 2>/dev/null || true"#;
 

@@ -35,8 +35,8 @@ pub mod prometheus;
 pub mod runner;
 mod sandbox;
 mod sshd;
-pub mod wan;
 mod swarm;
+pub mod wan;
 
 pub use app::{App, AppOptions, Run};
 pub use compose::{registry_digest, ComposeCli, PaymentSystem, INSTANCES, NGINX_SERVICE, START_TAG};

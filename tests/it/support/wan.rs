@@ -1,7 +1,8 @@
 //! A wide-area link between capstan and a host's sshd: a TCP proxy on
 //! loopback that delays every byte by a fixed time in each direction, counts
 //! the round trips it carries, and can turn into a black hole (nothing
-//! forwarded, nothing closed), as a cut VPN or a dead runner's link does.
+//! forwarded, nothing closed), as a cut VPN or a dead runner's link does, and
+//! heal again (what was held flows, as TCP retransmits it).
 //!
 //! A round trip is counted each time the client sends after it has received:
 //! the turns of a request/answer conversation, which a delay makes cost one
@@ -73,7 +74,8 @@ impl WanProxy {
         self.port
     }
 
-    /// From now on, nothing is forwarded either way and nothing is closed.
+    /// From now on, nothing is forwarded either way and nothing is closed; what
+    /// was sent meanwhile flows once it is turned off (a link that heals).
     pub fn black_hole(&self, on: bool) {
         self.shared.black_hole.store(on, Ordering::SeqCst);
     }
@@ -133,8 +135,9 @@ fn pipe(mut from: TcpStream, to: TcpStream, s: Arc<Shared>, epoch: Instant, way:
             if due > now {
                 thread::sleep(due - now);
             }
-            if writer_shared.black_hole.load(Ordering::SeqCst) {
-                continue;
+            // Cut: held, not lost, as TCP keeps what it could not deliver; it flows once the link heals.
+            while writer_shared.black_hole.load(Ordering::SeqCst) && !writer_shared.stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(10));
             }
             if writer_to.write_all(&chunk).is_err() {
                 break;
@@ -152,9 +155,6 @@ fn pipe(mut from: TcpStream, to: TcpStream, s: Arc<Shared>, epoch: Instant, way:
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if s.black_hole.load(Ordering::SeqCst) {
-                continue;
-            }
             if let Way::ToServer(flag) = &way {
                 if flag.swap(false, Ordering::SeqCst) {
                     s.turns.lock().unwrap_or_else(|e| e.into_inner()).push(epoch.elapsed());
