@@ -108,7 +108,8 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
-    let rtts: Vec<u64> = std::env::var("BENCH_RTTS").unwrap_or_else(|_| "0 50 150".into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect();
+    let rtts: Vec<u64> =
+        std::env::var("BENCH_RTTS").unwrap_or_else(|_| "0 50 150".into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect();
     let sb = Sandbox::get();
     let mut samples: Vec<Vec<Sample>> = rtts.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {

@@ -190,10 +190,11 @@ impl Rollout<'_> {
     async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
         let before = rx_bytes(self.host, active).await?;
-        // Sent a few at a time: enough concurrency to reach every upstream, not enough to be a load test.
+        // Sent at once (at most 32 in flight): one round trip over a slow link instead of one
+        // per few requests, enough to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
             .map(|_| self.host.probe.http_get(&addr, port, &path, Duration::from_secs(5)))
-            .buffer_unordered(4)
+            .buffer_unordered(32)
             .collect()
             .await;
         let failed: Vec<String> = answers
