@@ -37,6 +37,8 @@ struct Sample {
     per_instance_trips: usize,
     failed: u64,
     sent: u64,
+    /// Milliseconds per step name, per instance.
+    steps: std::collections::BTreeMap<String, u64>,
 }
 
 fn docker(sb: &Sandbox, args: &[&str]) -> String {
@@ -89,7 +91,12 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     let asked = n * (PAUSE_MS + DRAIN_WAIT_MS) + step_ms("pull");
     let start_trips = proxy.turns_between(t, Duration::ZERO, Duration::from_millis(first));
     let instance_trips = proxy.turns_between(t, Duration::from_millis(first), Duration::from_millis(last));
+    let mut per_step = std::collections::BTreeMap::new();
+    for st in &steps {
+        *per_step.entry(st["step"].as_str().unwrap_or("?").to_string()).or_insert(0) += st["duration_ms"].as_u64().unwrap_or(0) / n;
+    }
     Sample {
+        steps: per_step,
         wall_ms,
         beyond_ms: wall_ms.saturating_sub(asked),
         start_ms: first,
@@ -149,5 +156,14 @@ fn main() {
             med(k, |x| x.start_trips as u64),
             med(k, |x| x.per_instance_trips as u64),
         );
+    }
+    // Where the time goes: each step's median per instance, at each delay.
+    let names: std::collections::BTreeSet<&String> = samples.iter().flatten().flat_map(|x| x.steps.keys()).collect();
+    println!("\nper instance, median milliseconds by step\n");
+    println!("| step | {} |", rtts.iter().map(|r| format!("{r} ms")).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}", "---|".repeat(rtts.len()));
+    for name in names {
+        let cells: Vec<String> = (0..rtts.len()).map(|k| median(samples[k].iter().map(|x| x.steps.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
+        println!("| {name} | {} |", cells.join(" | "));
     }
 }
