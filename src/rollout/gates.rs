@@ -29,32 +29,41 @@ pub enum LockSeen {
 /// to be replaced must be healthy (a deploy; a rollback goes over a broken state
 /// on purpose); `force` lets a deploy go over unhealthy instances anyway.
 pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan: &HostPlan, lock: LockSeen, check_health: bool, force: bool) -> Vec<Gate> {
+    use futures_util::future::{join_all, BoxFuture, FutureExt};
     let h = host.name.as_str();
-    let mut out = Vec::new();
-    match host.engine.version().await {
-        Ok(v) => out.push(Gate::new(h, "preflight engine", true, format!("Docker {v}"), "")),
-        Err(e) => out.push(Gate::new(h, "preflight engine", false, format!("unreachable: {e}"), "a reachable Docker engine")),
-    }
-    out.push(match lock {
+    // Every check at once, reported in this order: over a slow link the checks cost one
+    // round trip or two together instead of a few each, one after the other.
+    let mut checks: Vec<BoxFuture<'_, Gate>> = Vec::new();
+    checks.push(
+        async move {
+            match host.engine.version().await {
+                Ok(v) => Gate::new(h, "preflight engine", true, format!("Docker {v}"), ""),
+                Err(e) => Gate::new(h, "preflight engine", false, format!("unreachable: {e}"), "a reachable Docker engine"),
+            }
+        }
+        .boxed(),
+    );
+    let lock_gate = match lock {
         LockSeen::Ours => Gate::new(h, "preflight lock", true, "free (taken by this run)", ""),
         LockSeen::Free => Gate::new(h, "preflight lock", true, "free", ""),
         LockSeen::Held(by) => Gate::new(h, "preflight lock", false, format!("held by {by}"), "free"),
-    });
+    };
+    checks.push(async move { lock_gate }.boxed());
     let p = &config.preflight;
     if let Some(min) = p.min_free_disk {
-        out.push(disk(host, min).await);
+        checks.push(disk(host, min).boxed());
     }
     if let Some(max) = p.max_load_per_core {
-        out.push(load(host, max).await);
+        checks.push(load(host, max).boxed());
     }
     if let Some(b) = &p.backup {
-        out.push(backup(host, &b.path, b.max_age).await);
+        checks.push(backup(host, &b.path, b.max_age).boxed());
     }
     for sp in &plan.services {
         let Some(svc) = services.iter().find(|s| s.name == sp.service) else { continue };
         let Some(sw) = &svc.swarm else { continue };
         if sp.instances.iter().any(|i| i.replace) {
-            out.push(swarm_preflight(host, svc, sw, check_health, force).await);
+            checks.push(swarm_preflight(host, svc, sw, check_health, force).boxed());
         }
     }
     if check_health {
@@ -64,24 +73,29 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
                 continue;
             }
             for ip in sp.instances.iter().filter(|i| i.replace) {
-                let gate = format!("preflight health {}", ip.name);
-                let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
-                    Ok(Some(c)) => match look(host, svc, &c).await {
-                        h if h.serving() => (true, "healthy".to_string()),
-                        h => (false, h.to_string()),
-                    },
-                    Ok(None) => (false, "missing".to_string()),
-                    Err(e) => (false, e.to_string()),
-                };
-                out.push(match (ok, force) {
-                    (true, _) => Gate::new(h, gate, true, measured, "healthy"),
-                    (false, true) => Gate::new(h, gate, true, format!("{measured}; deployed over it with --force"), "healthy"),
-                    (false, false) => Gate::new(h, gate, false, format!("{measured} (deploy over it with --force)"), "healthy"),
-                });
+                checks.push(
+                    async move {
+                        let gate = format!("preflight health {}", ip.name);
+                        let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
+                            Ok(Some(c)) => match look(host, svc, &c).await {
+                                h if h.serving() => (true, "healthy".to_string()),
+                                h => (false, h.to_string()),
+                            },
+                            Ok(None) => (false, "missing".to_string()),
+                            Err(e) => (false, e.to_string()),
+                        };
+                        match (ok, force) {
+                            (true, _) => Gate::new(h, gate, true, measured, "healthy"),
+                            (false, true) => Gate::new(h, gate, true, format!("{measured}; deployed over it with --force"), "healthy"),
+                            (false, false) => Gate::new(h, gate, false, format!("{measured} (deploy over it with --force)"), "healthy"),
+                        }
+                    }
+                    .boxed(),
+                );
             }
         }
     }
-    out
+    join_all(checks).await
 }
 
 /// A Swarm service before its update: no update or rollback under way (capstan would
