@@ -70,6 +70,8 @@ pub enum AnswerError {
     /// A range vector or a string: the query must give one value per series.
     Unsupported(String),
     Malformed(String),
+    /// No HTTP answer at all (refused, timed out), in the transport's words.
+    Unreachable(String),
 }
 
 impl fmt::Display for AnswerError {
@@ -79,6 +81,7 @@ impl fmt::Display for AnswerError {
             AnswerError::Refused { kind, message } => write!(f, "Prometheus refused the query ({kind}): {message}"),
             AnswerError::Unsupported(t) => write!(f, "the query gives a {t}; a gate needs an instant vector or a scalar"),
             AnswerError::Malformed(e) => write!(f, "unexpected answer from Prometheus: {e}"),
+            AnswerError::Unreachable(e) => write!(f, "Prometheus did not answer: {e}"),
         }
     }
 }

@@ -44,6 +44,20 @@ pub struct Identity {
     pub explicit: Option<String>,
 }
 
+impl Identity {
+    /// Whether `addr`, as nginx logs an upstream it tried (`$upstream_addr`: `172.18.0.3:8080`,
+    /// `[::1]:8081`), is this instance: one of its addresses with its port (any port when
+    /// none is known), or a loopback address with a port it publishes on the host.
+    pub fn serves(&self, addr: &str) -> bool {
+        let Ok(sock) = addr.trim().parse::<std::net::SocketAddr>() else {
+            return false;
+        };
+        let ip = sock.ip();
+        let mine = self.ips.iter().any(|a| a.parse::<IpAddr>().is_ok_and(|a| a == ip));
+        (mine && (self.ports.is_empty() || self.ports.contains(&sock.port()))) || (ip.is_loopback() && self.published.contains(&sock.port()))
+    }
+}
+
 /// One `server ADDR [params];` statement of an upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLine {
@@ -727,5 +741,33 @@ server {
         for (address, expect) in cases {
             assert_eq!(host_port(address), *expect, "{address}");
         }
+    }
+}
+
+#[cfg(test)]
+mod serves_tests {
+    use super::Identity;
+
+    #[test]
+    fn an_upstream_address_is_an_instance() {
+        let id = Identity { ips: vec!["172.18.0.3".into(), "fd00::3".into()], ports: vec![8080], published: vec![8081], ..Default::default() };
+        let cases = [
+            ("172.18.0.3:8080", true),
+            ("172.18.0.3:9090", false),
+            ("172.18.0.4:8080", false),
+            ("[fd00::3]:8080", true),
+            ("127.0.0.1:8081", true),
+            ("[::1]:8081", true),
+            ("127.0.0.1:8080", false),
+            ("10.0.0.1:8081", false),
+            ("unix:/run/app.sock", false),
+            ("backend", false),
+            ("-", false),
+        ];
+        for (addr, want) in cases {
+            assert_eq!(id.serves(addr), want, "{addr}");
+        }
+        let any_port = Identity { ips: vec!["10.0.0.2".into()], ..Default::default() };
+        assert!(any_port.serves("10.0.0.2:3000"));
     }
 }

@@ -414,6 +414,7 @@ mod tests {
                     measured: "41.2 GiB free".into(),
                     limit: "at least 2.0 GiB".into(),
                     output: String::new(),
+                    verdict: None,
                 })
                 .collect(),
             ..report()

@@ -286,6 +286,26 @@ impl Engine for DockerEngine {
         }
         Ok(out)
     }
+
+    async fn logs_since(&self, name: &str, since: i64) -> Result<String, EngineError> {
+        let since = i32::try_from(since).unwrap_or(i32::MAX);
+        let opts = bollard::query_parameters::LogsOptionsBuilder::new().stdout(true).stderr(true).since(since).build();
+        let mut s = self.docker.logs(name, Some(opts));
+        let mut out = String::new();
+        while let Some(item) = s.next().await {
+            out.push_str(&item.map_err(|e| other(&format!("logs of {name}"), e))?.to_string());
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self, name: &str) -> Result<crate::core::resources::StatsSample, EngineError> {
+        // Not one-shot: the engine samples twice (about a second apart) and sends both.
+        let opts = StatsOptionsBuilder::new().stream(false).one_shot(false).build();
+        let mut s = self.docker.stats(name, Some(opts));
+        let stats = s.next().await.ok_or_else(|| EngineError::Other(format!("stats {name}: no answer")))?.map_err(|e| other(&format!("stats {name}"), e))?;
+        let json = serde_json::to_string(&stats).map_err(|e| EngineError::Other(format!("stats {name}: {e}")))?;
+        crate::core::resources::parse_stats(&json).map_err(|e| EngineError::Other(format!("stats {name}: {e}")))
+    }
 }
 
 #[async_trait]

@@ -13,6 +13,7 @@ pub mod docker;
 pub mod drain;
 #[cfg(test)]
 pub mod fake;
+pub mod gauges;
 pub mod guard;
 pub mod spec;
 pub mod ssh;
@@ -63,6 +64,17 @@ pub trait Engine: Send + Sync {
     async fn run_once(&self, name: &str, spec: &ContainerSpec, image: &str, timeout: Duration) -> Result<(i64, String), EngineError>;
     /// A container's output so far, stdout and stderr.
     async fn logs(&self, name: &str) -> Result<String, EngineError>;
+    /// A container's output since `since` (Unix seconds), stdout and stderr: what a
+    /// traffic gate reads when nginx's container writes its access log there.
+    async fn logs_since(&self, name: &str, since: i64) -> Result<String, EngineError> {
+        let _ = since;
+        self.logs(name).await
+    }
+    /// One answer of the engine's stats endpoint (not streamed: it carries `precpu_stats`,
+    /// so one answer gives a CPU share), as the resource gate reads it.
+    async fn stats(&self, name: &str) -> Result<crate::core::resources::StatsSample, EngineError> {
+        Err(EngineError::Other(format!("stats {name}: not available from this engine")))
+    }
 }
 
 /// Swarm's rolling-update settings for one update (`UpdateConfig`; the `RollbackConfig`

@@ -100,11 +100,15 @@ pub struct Gate {
     /// The output of a hook or a migration (its last 64 KiB).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub output: String,
+    /// A traffic, resource or query gate's figures: each measured value with its limit
+    /// and the old instances' value (`measured` is their sentence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<crate::core::verdict::Verdict>,
 }
 
 impl Gate {
     pub fn new(host: &str, gate: impl Into<String>, ok: bool, measured: impl Into<String>, limit: impl Into<String>) -> Gate {
-        Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new() }
+        Gate { host: host.into(), gate: gate.into(), ok, measured: measured.into(), limit: limit.into(), output: String::new(), verdict: None }
     }
 
     /// `web-1.example: preflight disk: 1.2 GiB free, needs at least 2.0 GiB`

@@ -25,6 +25,7 @@ pub mod steps;
 mod swarm;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

@@ -10,6 +10,7 @@ use crate::core::plan::OLD_SUFFIX;
 use crate::host::drain;
 use crate::rollout::compose::{compose_reference, moving, with_label, COMPOSE_IMAGE_LABEL};
 use crate::rollout::steps::{Failure, StepError};
+use crate::rollout::watch;
 use crate::rollout::Rollout;
 
 /// Which way a replace goes: forward to the release, or back to what ran before.
@@ -159,8 +160,10 @@ impl Rollout<'_> {
         .await?;
         self.go_on(cancellable)?;
         self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
+        // The gates watch this instance beside the old ones: the next one is not taken out with this one's undrain.
+        let gated = cancellable && watch::watched(&svc.gates);
         // With a next instance: one edit and one reload put this one back and take the next out.
-        let next = next.filter(|_| lb && cancellable);
+        let next = next.filter(|_| lb && cancellable && !gated);
         if lb {
             self.step(s, name, &step("undrain"), async {
                 let mut edits = vec![(target, false)];
@@ -176,8 +179,14 @@ impl Rollout<'_> {
             })
             .await?;
         }
+        // The gates' window opens once the instance serves.
+        let mark = if gated { Some(self.mark(svc).await) } else { None };
         self.go_on(cancellable)?;
         self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
+        if let Some(mark) = mark {
+            self.go_on(cancellable)?;
+            self.step(s, name, &step("gates"), self.instance_window(svc, name, to_image, &mark)).await?;
+        }
         self.step(s, name, &step("pause"), async {
             self.wait(svc.pause, cancellable).await?;
             let c = engine.inspect_container(name).await.map_err(StepError::failed)?;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::core::config::Service;
 use crate::output::events::{Event, Gate};
 use crate::rollout::checks;
+use crate::rollout::watch;
 use crate::rollout::steps::{round, StepError};
 use crate::rollout::{Done, Rollout};
 
@@ -49,6 +50,7 @@ impl Rollout<'_> {
                 measured: format!("`{}` exited {code}", m.command.join(" ")),
                 limit,
                 output: output.trim_end().to_string(),
+                verdict: None,
             },
             Err(e) => Gate::new(&self.host.name, gate, false, e.to_string(), limit),
         };
@@ -87,7 +89,31 @@ impl Rollout<'_> {
             }
         }
         let bake = self.safety.bake;
+        // The gates on real traffic, per service, over its new instances (no old one is left to compare with).
+        let mut gated: Vec<(&Service, Vec<String>)> = Vec::new();
+        for d in done.iter().filter(|d| d.service.swarm.is_none() && watch::watched(&d.service.gates)) {
+            match gated.iter_mut().find(|(s, _)| s.name == d.service.name) {
+                Some((_, names)) => names.push(d.name.clone()),
+                None => gated.push((d.service, vec![d.name.clone()])),
+            }
+        }
+        let mut marks = Vec::new();
+        for (svc, _) in &gated {
+            marks.push(self.mark(svc).await);
+        }
+        let breach = |at: &str, why: String| Err((at.to_string(), StepError::Failed(format!("{}: {at} gates: {why}", self.host.name))));
         if bake.is_zero() {
+            // Validation: one window of the release as a whole.
+            if let Some(longest) = gated.iter().map(|(s, _)| s.gates.window).max() {
+                if let Err(why) = self.wait(longest, true).await {
+                    return Err(("validate".into(), why));
+                }
+            }
+            for ((svc, names), mark) in gated.iter().zip(&marks) {
+                if let Some(why) = self.judge(svc, "validate", mark, names, &[]).await.breach() {
+                    return breach("validate", why);
+                }
+            }
             return Ok(());
         }
         let watched: Vec<&str> = done.iter().map(|d| d.name.as_str()).collect();
@@ -126,7 +152,19 @@ impl Rollout<'_> {
                     return fail("bake", &g);
                 }
             }
-            if start.elapsed() >= bake {
+            // The gates, a window at a time, and what is left of one at the end.
+            let end = start.elapsed() >= bake;
+            for ((svc, names), mark) in gated.iter().zip(marks.iter_mut()) {
+                let full = mark.started.elapsed() >= svc.gates.window;
+                if full || (end && mark.started.elapsed() >= svc.gates.window / 2) {
+                    let judged = self.judge(svc, "bake", mark, names, &[]).await;
+                    if let Some(why) = judged.breach() {
+                        return breach("bake", why);
+                    }
+                    *mark = judged.next;
+                }
+            }
+            if end {
                 break;
             }
             if let Err(why) = self.wait(every.min(bake.saturating_sub(start.elapsed())), true).await {

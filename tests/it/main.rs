@@ -24,6 +24,7 @@ mod prom;
 mod release;
 mod secrets;
 mod swarm;
+mod traffic_gates;
 
 use std::cell::Cell;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -168,6 +168,10 @@ impl App {
     pub fn upstream_conf(&self) -> &Path {
         &self.upstream
     }
+    /// The access log nginx writes with capstan's `log_format`.
+    pub fn access_log(&self) -> PathBuf {
+        self.nginx_dir().join("access.log")
+    }
     pub fn reload_cmd(&self) -> String {
         format!("nginx -c {} -s reload", self.nginx_conf().display())
     }
@@ -335,6 +339,11 @@ pub(crate) fn upstream_text(app: &str, ports: &[u16]) -> String {
     upstream
 }
 
+/// The `log_format` the README gives for the traffic gates (`capstan`): every test
+/// nginx logs with it to `access.log` in its dir.
+pub(crate) const ACCESS_LOG_FORMAT: &str =
+    r#"log_format capstan '$remote_addr [$time_iso8601] "$request" $status "$upstream_addr" "$upstream_status" "$upstream_response_time" $request_time';"#;
+
 /// An nginx.conf whose pid, logs and temp dirs are in `dir`, listening on
 /// each of `listen` and proxying to the upstream `app` defined in `upstream`.
 pub(crate) fn nginx_conf_text(dir: &Path, upstream: &Path, app: &str, listen: &[String]) -> String {
@@ -349,7 +358,8 @@ pub(crate) fn nginx_conf_text(dir: &Path, upstream: &Path, app: &str, listen: &[
          worker_processes 1;\n\
          events {{}}\n\
          http {{\n\
-         \x20   access_log off;\n\
+         \x20   {format}\n\
+         \x20   access_log {d}/access.log capstan;\n\
          \x20   client_body_temp_path {d}/client_body;\n\
          \x20   proxy_temp_path {d}/proxy;\n\
          \x20   fastcgi_temp_path {d}/fastcgi;\n\
@@ -363,6 +373,7 @@ pub(crate) fn nginx_conf_text(dir: &Path, upstream: &Path, app: &str, listen: &[
          }}\n",
         d = dir.display(),
         up = upstream.display(),
+        format = ACCESS_LOG_FORMAT,
     )
 }
 

@@ -25,6 +25,9 @@ pub const DEMO_TAGS: [(&str, &str, &str, &str, &str); 6] = [
 ];
 /// Tags that stay in the local engine after the push (the others must be pulled).
 pub const LOCAL_TAGS: [&str; 1] = ["v1"];
+/// Releases that are healthy but wrong, built like the others with one more build argument:
+/// `err2` answers 2 % of its requests with 500, `slow` adds 300 ms to each.
+pub const FAULT_TAGS: [(&str, &str); 2] = [("err2", "DEMO_ERROR_RATE=0.02"), ("slow", "DEMO_LATENCY=300ms")];
 
 const DOCKER_TIMEOUT: Duration = Duration::from_secs(120);
 const REGISTRY_USER: &str = "capstan";
@@ -361,9 +364,11 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
     fs::copy(binary, ctx.join("capstan-demo")).expect("copy the demo binary");
     let ctx_s = ctx.display().to_string();
     // The four builds run in parallel (each is a few metadata steps and one COPY).
-    let builds: Vec<_> = DEMO_TAGS
+    let faults = FAULT_TAGS.iter().map(|&(tag, arg)| (tag, tag, "ok", "Dockerfile", "", arg));
+    let all: Vec<_> = DEMO_TAGS.iter().map(|&(tag, version, health, dockerfile, probe_port)| (tag, version, health, dockerfile, probe_port, "")).chain(faults).collect();
+    let builds: Vec<_> = all
         .iter()
-        .map(|&(tag, version, health, dockerfile, probe_port)| {
+        .map(|&(tag, version, health, dockerfile, probe_port, fault)| {
             let (config, ctx_s) = (config.to_path_buf(), ctx_s.clone());
             let image = format!("{registry}/{REPO}:{tag}");
             thread::spawn(move || {
@@ -383,6 +388,8 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
                             &format!("DEMO_HEALTH={health}"),
                             "--build-arg",
                             &format!("PROBE_PORT={probe_port}"),
+                            "--build-arg",
+                            if fault.is_empty() { "DEMO_ERROR_RATE=" } else { fault },
                             &ctx_s,
                         ],
                     ),
@@ -399,7 +406,7 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
     run_ok_input(&mut docker_cmd(config, &["login", registry, "-u", REGISTRY_USER, "--password-stdin"]), Some(password.as_bytes()), DOCKER_TIMEOUT);
     // Pushing in parallel: the first push uploads the binary layer, the others
     // mostly mount it.
-    let pushes: Vec<_> = DEMO_TAGS
+    let pushes: Vec<_> = all
         .iter()
         .map(|(tag, ..)| {
             let image = format!("{registry}/{REPO}:{tag}");
@@ -414,7 +421,7 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
             std::panic::resume_unwind(e);
         }
     }
-    for (tag, ..) in DEMO_TAGS {
+    for &(tag, ..) in &all {
         if !LOCAL_TAGS.contains(&tag) {
             run_ok(&mut docker_cmd(config, &["rmi", &format!("{registry}/{REPO}:{tag}")]), DOCKER_TIMEOUT);
         }
