@@ -26,7 +26,7 @@ use crate::host::state;
 use crate::host::{EngineError, Host};
 use crate::output::events::{Event, HostEvent, HostPhase};
 
-/// What a deploy or a rollback asks for.
+/// What a deploy, a rollback or a check asks for.
 pub enum Want {
     /// `pinned`: per service, the image this run built and pushed (its digest reference).
     Deploy {
@@ -36,11 +36,14 @@ pub enum Want {
     Rollback {
         to: RollbackTo,
     },
+    /// `check` with no version: is everything ready? Every check that needs no
+    /// release (no registry lookup, no plan); always a dry run.
+    Ready,
 }
 
 /// A prepared run: what `prepare` found and planned, and what `deploy` and `fleet` carry out.
 pub(super) struct Roll<'a> {
-    /// `deploy` or `rollback`.
+    /// `deploy`, `rollback`, or `check` for [`Want::Ready`].
     pub(super) command: RunCommand,
     pub(super) version: Option<String>,
     pub(super) hosts: Vec<Host>,
@@ -237,6 +240,12 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 per_host.push(target.images);
             }
             (RunCommand::Rollback, label, per_host)
+        }
+        Want::Ready => {
+            // No release: every instance stands as one a release would replace, so that
+            // the checks of what gets replaced (health, Swarm's state) look at all of them.
+            let images = services.iter().map(|s| (s.name.clone(), plan::NO_VERSION.to_string())).collect();
+            (RunCommand::Check, None, observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
     };
     let mut host_plans: Vec<HostPlan> = Vec::new();

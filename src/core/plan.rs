@@ -124,6 +124,10 @@ pub fn offline(hosts: &[String], services: &[&Service], target: &dyn Fn(&Service
     }
 }
 
+/// What an instance would run when no version was given (`capstan check` alone):
+/// not an image, so every instance counts as one a release would replace.
+pub const NO_VERSION: &str = "? (no version given)";
+
 /// The suffix of the kept old container while its successor proves itself.
 pub const OLD_SUFFIX: &str = ".capstan-old";
 
