@@ -16,6 +16,7 @@ use crate::commands::{locked, Ctx};
 use crate::core::config::Service;
 use crate::core::image;
 use crate::core::names::HostAddr;
+use crate::core::observed::SwarmSeen;
 use crate::core::plan::{self, HostPlan, Observed, Plan};
 use crate::core::record::RunCommand;
 use crate::core::release::{self, RollbackTo};
@@ -56,6 +57,9 @@ pub(super) struct Roll<'a> {
 /// Per (service, instance): the exact image it must run.
 type Images = HashMap<(String, String), String>;
 
+/// Per service: the image the release runs (a digest reference, or what the build pinned).
+type ReleaseImages = HashMap<String, String>;
+
 impl Ctx<'_> {
     /// Opens every host at once: the SSH master and the engine's first answer.
     pub(super) async fn connect_all(&self, addrs: &[HostAddr]) -> Result<Vec<Host>, Error> {
@@ -84,7 +88,12 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
     for svc in services {
         if let Some(sw) = &svc.swarm {
             // A host that is no manager is a planning problem (exit 2), not an unreachable host.
-            o.swarm.insert(svc.name.clone(), host.swarm.inspect_service(&sw.service).await.map_err(|e| e.to_string()));
+            let seen = match host.swarm.inspect_service(&sw.service).await {
+                Ok(Some(s)) => SwarmSeen::Exists(s),
+                Ok(None) => SwarmSeen::Missing,
+                Err(e) => SwarmSeen::Unanswered(e.to_string()),
+            };
+            o.swarm.insert(svc.name.clone(), seen);
             continue;
         }
         let names = plan::resolve_instances(svc, &listed);
@@ -130,8 +139,8 @@ async fn resolve_release(
     version: &str,
     pinned: &HashMap<String, String>,
     creds: Option<&Credentials>,
-) -> Result<HashMap<String, String>, Error> {
-    let mut images = HashMap::new();
+) -> Result<ReleaseImages, Error> {
+    let mut images = ReleaseImages::new();
     for svc in services {
         let image = match pinned.get(&svc.name) {
             Some(i) => i.clone(),
@@ -144,7 +153,7 @@ async fn resolve_release(
 }
 
 /// Per (service, instance) on one host: the service's image for every instance found there.
-fn per_instance(services: &[&Service], observed: &Observed, images: &HashMap<String, String>) -> Images {
+fn per_instance(services: &[&Service], observed: &Observed, images: &ReleaseImages) -> Images {
     let mut out = Images::new();
     for svc in services {
         let Some(image) = images.get(&svc.name) else { continue };
@@ -244,7 +253,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
         Want::Ready => {
             // No release: every instance stands as one a release would replace, so that
             // the checks of what gets replaced (health, Swarm's state) look at all of them.
-            let images = services.iter().map(|s| (s.name.clone(), plan::NO_VERSION.to_string())).collect();
+            let images: ReleaseImages = services.iter().map(|s| (s.name.clone(), plan::NO_VERSION.to_string())).collect();
             (RunCommand::Check, None, observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
     };

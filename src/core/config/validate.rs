@@ -752,7 +752,7 @@ impl Validator {
             let expect = match crate::core::promql::Comparison::parse(&q.expect) {
                 Ok(c) => c,
                 Err(e) => {
-                    self.issue(format!("{qp}.expect"), e);
+                    self.issue(format!("{qp}.expect"), e.to_string());
                     crate::core::promql::Comparison { op: crate::core::promql::Op::Lt, threshold: 0.0 }
                 }
             };
