@@ -245,14 +245,18 @@ async fn dispatch(ctx: &Ctx<'_>, cli: &Cli, printer: &Printer, collector: &Colle
 
 /// The release of this run: `--version`, else the tag GitHub ran for.
 fn version_of(ctx: &Ctx<'_>, cli: Option<&str>) -> Result<release::Version, Error> {
+    Ok(release::version(version_source(ctx, cli), ctx.config.raw_tags)?)
+}
+
+/// Where the release of this run may come from: `--version`, else GitHub's ref.
+fn version_source<'a>(ctx: &'a Ctx<'_>, cli: Option<&'a str>) -> release::VersionSource<'a> {
     let e = ctx.env;
-    let src = release::VersionSource {
+    release::VersionSource {
         cli,
         github_ref: e.github_ref.as_deref(),
         github_ref_name: e.github_ref_name.as_deref(),
         github_ref_type: e.github_ref_type.as_deref(),
-    };
-    Ok(release::version(src, ctx.config.raw_tags)?)
+    }
 }
 
 /// `deploy`, `rollback` and `check`: their report, or the error that stopped them before one.
@@ -285,8 +289,12 @@ async fn roll_command(ctx: &Ctx<'_>, command: &Command, collector: &Collector) -
             roll(ctx, Want::Rollback { to }, &a.targets, RollOpts { dry_run: a.dry_run, force: false }, collector).await
         }
         Command::Check(a) => {
-            let version = version_of(ctx, a.version.as_deref())?;
-            let want = Want::Deploy { version: version.text, pinned: Default::default() };
+            let want = match release::version(version_source(ctx, a.version.as_deref()), ctx.config.raw_tags) {
+                Ok(v) => Want::Deploy { version: v.text, pinned: Default::default() },
+                // Nothing names a version: "is everything ready?", every check that needs none.
+                Err(release::ReleaseError::NoVersion { .. }) => Want::Ready,
+                Err(e) => return Err(e.into()),
+            };
             let mut out = roll(ctx, want, &a.targets, RollOpts { dry_run: true, force: false }, collector).await?;
             out.report.command = RunCommand::Check;
             Ok(out)

@@ -1,5 +1,6 @@
 //! `deploy`, `rollback` and `check` through one path: [`roll`] prepares (see
-//! `prepare`), and then either runs the read-only checks (a dry run, `check`) or
+//! `prepare`), and then either runs the read-only checks (a dry run, `check`,
+//! with or without a version) or
 //! takes the lock on every host before any change, runs preflight and the
 //! pre-deploy hook under it (a refusal writes a `refused` record and releases the
 //! lock), rolls the hosts (`fleet`), runs the post-deploy or on-failure hook,
@@ -16,7 +17,7 @@ use crate::cli::Targets;
 use crate::commands::fleet::{roll_hosts, Heartbeat};
 use crate::commands::prepare::{prepare, Roll, Want};
 use crate::commands::{locked, Ctx};
-use crate::core::config::Config;
+use crate::core::config::{Config, DrainMethod};
 use crate::core::record::{Lease, Record, RecordInstance, RunCommand, RunOutcome};
 use crate::core::release;
 use crate::core::time::fmt_time;
@@ -25,6 +26,7 @@ use crate::host::guard::Fence;
 use crate::host::state::{self, StateError};
 use crate::host::Host;
 use crate::output::events::{Event, Gate};
+use crate::output::printer;
 use crate::output::report::{Collector, Report};
 use crate::rollout::gates;
 use crate::rollout::HostResult;
@@ -47,7 +49,9 @@ pub struct RollOpts {
 /// `deploy`, `rollback` and `check`: plan, then (unless `dry_run`) apply.
 pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: RollOpts, collector: &Collector) -> Result<RunOutput, Error> {
     let t0 = Instant::now();
-    let dry_run = opts.dry_run;
+    // A check with no version only ever reads.
+    let ready = matches!(want, Want::Ready);
+    let dry_run = opts.dry_run || ready;
     let creds = ctx.credentials()?;
     let roll = prepare(ctx, &want, targets, creds.as_ref(), dry_run).await?;
     let mut report = Report {
@@ -59,12 +63,14 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         hosts: vec![],
         build: collector.builds(),
         gates: vec![],
-        plan: Some(roll.plan.clone()),
+        // With no version there is no plan, only what runs now.
+        plan: (!ready).then(|| roll.plan.clone()),
         error: None,
         previous: roll.previous.clone(),
     };
-    ctx.info(None, crate::output::printer::render_plan(&roll.plan));
-    let deploying = roll.command == RunCommand::Deploy;
+    ctx.info(None, if ready { printer::render_running(&roll.plan) } else { printer::render_plan(&roll.plan) });
+    // A rollback goes over a broken state on purpose; a deploy and a check look at its health.
+    let check_health = roll.command != RunCommand::Rollback;
     if dry_run {
         // The read-only part of the safety net: the lock as it is now, and every preflight check.
         let services = &roll.services;
@@ -75,7 +81,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
                 }
                 _ => gates::LockSeen::Free,
             };
-            gates::preflight(ctx.config, h, services, hp, lock, deploying, opts.force).await
+            gates::preflight(ctx.config, h, services, hp, lock, check_health, opts.force).await
         });
         let failed = emit_gates(ctx, join_all(checks).await);
         report.gates = collector.gates();
@@ -86,7 +92,11 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
             report.error = Some(e.to_string());
             return Ok(RunOutput { report, error: Some(e) });
         }
-        ctx.info(None, "dry run: nothing was changed");
+        if ready {
+            ctx.info(None, ready_summary(ctx.config, &roll));
+        } else {
+            ctx.info(None, "dry run: nothing was changed");
+        }
         return Ok(RunOutput { report, error: None });
     }
     if roll.plan.changes() == 0 {
@@ -139,7 +149,7 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         .hosts
         .iter()
         .zip(&roll.plan.hosts)
-        .map(|(h, hp)| gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, deploying, opts.force));
+        .map(|(h, hp)| gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, check_health, opts.force));
     let failed = emit_gates(ctx, join_all(checks).await);
     if !failed.is_empty() {
         heartbeat.stop().await;
@@ -230,6 +240,26 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     };
     report.error = error.as_ref().map(|e| e.to_string());
     Ok(RunOutput { report, error })
+}
+
+/// What a check with no version checked, and what a version would add.
+fn ready_summary(config: &Config, roll: &Roll<'_>) -> String {
+    let p = &config.preflight;
+    let mut checked = vec!["config", "connection", "lock"];
+    checked.extend(p.min_free_disk.map(|_| "disk"));
+    checked.extend(p.max_load_per_core.map(|_| "load"));
+    checked.extend(p.backup.as_ref().map(|_| "backup"));
+    checked.push("health of what runs now");
+    if roll.services.iter().any(|s| s.swarm.is_none() && matches!(s.drain.method, DrainMethod::Nginx(_))) {
+        checked.push("drains (every instance's upstream line found)");
+    }
+    let instances: usize = roll.plan.hosts.iter().flat_map(|h| &h.services).map(|s| s.instances.len()).sum();
+    format!(
+        "ready: {} on {} host(s), {instances} instance(s): all passed; nothing was changed\n\
+         a version (--version V) would add: its image in the registry (the tag resolved to a digest) and the plan (which instances it replaces)",
+        checked.join(", "),
+        roll.hosts.len(),
+    )
 }
 
 /// Emits every gate; returns the ones that failed.

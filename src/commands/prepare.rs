@@ -16,6 +16,7 @@ use crate::commands::{locked, Ctx};
 use crate::core::config::Service;
 use crate::core::image;
 use crate::core::names::HostAddr;
+use crate::core::observed::SwarmSeen;
 use crate::core::plan::{self, HostPlan, Observed, Plan};
 use crate::core::record::RunCommand;
 use crate::core::release::{self, RollbackTo};
@@ -26,7 +27,7 @@ use crate::host::state;
 use crate::host::{EngineError, Host};
 use crate::output::events::{Event, HostEvent, HostPhase};
 
-/// What a deploy or a rollback asks for.
+/// What a deploy, a rollback or a check asks for.
 pub enum Want {
     /// `pinned`: per service, the image this run built and pushed (its digest reference).
     Deploy {
@@ -36,11 +37,14 @@ pub enum Want {
     Rollback {
         to: RollbackTo,
     },
+    /// `check` with no version: is everything ready? Every check that needs no
+    /// release (no registry lookup, no plan); always a dry run.
+    Ready,
 }
 
 /// A prepared run: what `prepare` found and planned, and what `deploy` and `fleet` carry out.
 pub(super) struct Roll<'a> {
-    /// `deploy` or `rollback`.
+    /// `deploy`, `rollback`, or `check` for [`Want::Ready`].
     pub(super) command: RunCommand,
     pub(super) version: Option<String>,
     pub(super) hosts: Vec<Host>,
@@ -52,6 +56,9 @@ pub(super) struct Roll<'a> {
 
 /// Per (service, instance): the exact image it must run.
 type Images = HashMap<(String, String), String>;
+
+/// Per service: the image the release runs (a digest reference, or what the build pinned).
+type ReleaseImages = HashMap<String, String>;
 
 impl Ctx<'_> {
     /// Opens every host at once: the SSH master and the engine's first answer.
@@ -81,7 +88,12 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
     for svc in services {
         if let Some(sw) = &svc.swarm {
             // A host that is no manager is a planning problem (exit 2), not an unreachable host.
-            o.swarm.insert(svc.name.clone(), host.swarm.inspect_service(&sw.service).await.map_err(|e| e.to_string()));
+            let seen = match host.swarm.inspect_service(&sw.service).await {
+                Ok(Some(s)) => SwarmSeen::Exists(s),
+                Ok(None) => SwarmSeen::Missing,
+                Err(e) => SwarmSeen::Unanswered(e.to_string()),
+            };
+            o.swarm.insert(svc.name.clone(), seen);
             continue;
         }
         let names = plan::resolve_instances(svc, &listed);
@@ -127,8 +139,8 @@ async fn resolve_release(
     version: &str,
     pinned: &HashMap<String, String>,
     creds: Option<&Credentials>,
-) -> Result<HashMap<String, String>, Error> {
-    let mut images = HashMap::new();
+) -> Result<ReleaseImages, Error> {
+    let mut images = ReleaseImages::new();
     for svc in services {
         let image = match pinned.get(&svc.name) {
             Some(i) => i.clone(),
@@ -141,7 +153,7 @@ async fn resolve_release(
 }
 
 /// Per (service, instance) on one host: the service's image for every instance found there.
-fn per_instance(services: &[&Service], observed: &Observed, images: &HashMap<String, String>) -> Images {
+fn per_instance(services: &[&Service], observed: &Observed, images: &ReleaseImages) -> Images {
     let mut out = Images::new();
     for svc in services {
         let Some(image) = images.get(&svc.name) else { continue };
@@ -237,6 +249,12 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 per_host.push(target.images);
             }
             (RunCommand::Rollback, label, per_host)
+        }
+        Want::Ready => {
+            // No release: every instance stands as one a release would replace, so that
+            // the checks of what gets replaced (health, Swarm's state) look at all of them.
+            let images: ReleaseImages = services.iter().map(|s| (s.name.clone(), plan::NO_VERSION.to_string())).collect();
+            (RunCommand::Check, None, observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
     };
     let mut host_plans: Vec<HostPlan> = Vec::new();

@@ -8,7 +8,7 @@ use super::*;
 use crate::cli::Targets;
 use crate::commands::deploy::{roll, RollOpts, RunOutput};
 use crate::commands::prepare::Want;
-use crate::core::record::{InstanceOutcome, RunOutcome};
+use crate::core::record::{InstanceOutcome, RunCommand, RunOutcome};
 use crate::core::release::RollbackTo;
 use crate::host::fake::{world, FakeHost, V1, V2};
 use crate::host::state;
@@ -262,4 +262,45 @@ async fn status_says_unhealthy_when_the_docker_healthcheck_fails_though_http_ans
     let text = crate::commands::status::render_status(&s);
     assert!(text.lines().any(|l| l.contains("web/web-2") && l.contains("UNHEALTHY")), "{text}");
     assert!(text.lines().any(|l| l.contains("web/web-1") && l.contains(" healthy ")), "{text}");
+}
+
+/// `check` with no version: every check that needs none runs, nothing is resolved in the
+/// registry, nothing changes, and the summary says what a version would add. An instance
+/// whose upstream line is missing, or an unhealthy one, fails it.
+#[tokio::test(start_paused = true)]
+async fn a_check_without_a_version_runs_what_needs_none() {
+    let w = world("preflight: { min_free_disk: 1KB }\n");
+    // The registry knows no tag at all: a version's lookup would fail, this check makes none.
+    w.fake.state.lock().unwrap().registry.clear();
+    let (out, events) = roll_fake(&w, Want::Ready, false).await;
+    let out = out.unwrap();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!((out.report.command, out.report.version.as_deref(), out.report.plan.as_ref()), (RunCommand::Check, None, None));
+    let gates: Vec<_> = events.iter().filter_map(|e| match e { Event::Gate(g) => Some((g.gate.as_str(), g.ok)), _ => None }).collect();
+    for want in ["preflight engine", "preflight lock", "preflight disk", "preflight health web-1", "preflight health web-2"] {
+        assert!(gates.contains(&(want, true)), "{want} in {gates:?}");
+    }
+    let infos: Vec<&str> = events.iter().filter_map(|e| match e { Event::Info { message, .. } => Some(message.as_str()), _ => None }).collect();
+    assert!(infos.iter().any(|m| m.starts_with("running now:") && m.contains("web/web-1")), "{infos:?}");
+    let summary = infos.iter().find(|m| m.starts_with("ready:")).expect("a summary");
+    assert!(summary.contains("disk") && summary.contains("drains") && summary.contains("1 host(s), 2 instance(s)"), "{summary}");
+    assert!(summary.contains("a version (--version V) would add: its image in the registry"), "{summary}");
+    assert_eq!(w.fake.image_of("web-1").as_deref(), Some(V1), "nothing changed");
+    assert_eq!(state::read_lock(w.fake.as_ref(), &w.config.state_dir).await.unwrap(), None, "no lock taken");
+
+    // An unhealthy instance: refused, as a deploy would be.
+    w.fake.state.lock().unwrap().docker_health.insert("web-2".into(), crate::core::observed::DockerHealth::Unhealthy);
+    let (out, _) = roll_fake(&w, Want::Ready, false).await;
+    let e = out.unwrap().error.expect("refused");
+    assert_eq!(e.exit_code(), crate::error::exit::REFUSED, "{e}");
+    assert!(e.to_string().contains("preflight health web-2"), "{e}");
+    w.fake.state.lock().unwrap().docker_health.clear();
+
+    // web-2's upstream line gone: bad input naming the host and the file.
+    let up = w.fake.dir.path().join("upstream.conf");
+    std::fs::write(&up, crate::host::fake::UPSTREAM.replace("    server 127.0.0.1:8082;\n", "")).unwrap();
+    let (out, _) = roll_fake(&w, Want::Ready, false).await;
+    let e = out.err().expect("the drain check refuses");
+    assert_eq!(e.exit_code(), crate::error::exit::BAD_INPUT, "{e}");
+    assert!(e.to_string().starts_with("fake: ") && e.to_string().contains("upstream.conf") && e.to_string().contains("web-2"), "{e}");
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::core::config::Service;
 use crate::core::image;
-use crate::core::observed::{ContainerInfo, ImageInfo, Listed, SwarmService};
+use crate::core::observed::{ContainerInfo, ImageInfo, Listed, SwarmSeen};
 
 /// What was seen on one host before anything changed.
 #[derive(Debug, Clone, Default)]
@@ -18,9 +18,8 @@ pub struct Observed {
     pub containers: HashMap<String, (ContainerInfo, Option<ImageInfo>)>,
     /// Names of every container on the host (to spot leftovers of an interrupted run).
     pub all_names: Vec<String>,
-    /// Per `target: swarm` service (by its config name): the Swarm service, `None` when
-    /// absent, or why the manager could not say.
-    pub swarm: HashMap<String, Result<Option<SwarmService>, String>>,
+    /// Per `target: swarm` service (by its config name): what the host said of its Swarm service.
+    pub swarm: HashMap<String, SwarmSeen>,
     /// Per service (by its config name): the containers its `instances` are on this host,
     /// in order (a Compose service's containers found by their labels).
     pub instances: HashMap<String, Vec<String>>,
@@ -124,6 +123,10 @@ pub fn offline(hosts: &[String], services: &[&Service], target: &dyn Fn(&Service
     }
 }
 
+/// What an instance would run when no version was given (`capstan check` alone):
+/// not an image, so every instance counts as one a release would replace.
+pub const NO_VERSION: &str = "? (no version given)";
+
 /// The suffix of the kept old container while its successor proves itself.
 pub const OLD_SUFFIX: &str = ".capstan-old";
 
@@ -137,18 +140,18 @@ pub fn plan_host(host: &str, services: &[&Service], observed: &Observed, target:
     for svc in services {
         if let Some(sw) = &svc.swarm {
             let row = match observed.swarm.get(&svc.name) {
-                Some(Ok(Some(current))) => match target(&svc.name, &sw.service) {
+                Some(SwarmSeen::Exists(current)) => match target(&svc.name, &sw.service) {
                     Some(to) => {
                         let from = image::without_tag(&current.image);
                         Ok(InstancePlan { name: sw.service.clone(), replace: from != to, from_image: from, to_image: to })
                     }
                     None => Err(format!("{host}: no image to run for {}/{}", svc.name, sw.service)),
                 },
-                Some(Ok(None)) | None => Err(format!(
+                Some(SwarmSeen::Missing) | None => Err(format!(
                     "{host}: Swarm service {} (services.{}.swarm.service) does not exist; capstan updates a running service, create it first (for example with docker stack deploy)",
                     sw.service, svc.name
                 )),
-                Some(Err(e)) => Err(format!("{host}: services.{} is a target: swarm service, but the host cannot say how it runs (is it a Swarm manager?): {e}", svc.name)),
+                Some(SwarmSeen::Unanswered(e)) => Err(format!("{host}: services.{} is a target: swarm service, but the host cannot say how it runs (is it a Swarm manager?): {e}", svc.name)),
             };
             match row {
                 Ok(r) => out.push(ServicePlan { service: svc.name.clone(), instances: vec![r] }),

@@ -172,15 +172,15 @@ pub struct Comparison {
 
 impl Comparison {
     /// `< 0.01` (the space optional); the threshold a finite number.
-    pub fn parse(s: &str) -> Result<Comparison, String> {
+    pub fn parse(s: &str) -> Result<Comparison, ComparisonError> {
         let s = s.trim();
         let ops = [("<=", Op::Le), (">=", Op::Ge), ("==", Op::Eq), ("!=", Op::Ne), ("<", Op::Lt), (">", Op::Gt)];
         let Some((op, rest)) = ops.iter().find_map(|(t, op)| s.strip_prefix(t).map(|r| (*op, r))) else {
-            return Err(format!("expected a comparison like \"< 0.01\" (one of < <= > >= == != and a number), got {s:?}"));
+            return Err(ComparisonError::NoOperator(s.to_string()));
         };
         match rest.trim().parse::<f64>() {
             Ok(t) if t.is_finite() => Ok(Comparison { op, threshold: t }),
-            _ => Err(format!("expected a number after {}, got {:?}", op.as_str(), rest.trim())),
+            _ => Err(ComparisonError::NoNumber { op, after: rest.trim().to_string() }),
         }
     }
 
@@ -197,6 +197,26 @@ impl Comparison {
         }
     }
 }
+
+/// Why a comparison could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ComparisonError {
+    /// It does not start with one of `<`, `<=`, `>`, `>=`, `==`, `!=`.
+    NoOperator(String),
+    /// The operator is not followed by a finite number.
+    NoNumber { op: Op, after: String },
+}
+
+impl fmt::Display for ComparisonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ComparisonError::NoOperator(s) => write!(f, "expected a comparison like \"< 0.01\" (one of < <= > >= == != and a number), got {s:?}"),
+            ComparisonError::NoNumber { op, after } => write!(f, "expected a number after {}, got {after:?}", op.as_str()),
+        }
+    }
+}
+
+impl std::error::Error for ComparisonError {}
 
 impl fmt::Display for Comparison {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

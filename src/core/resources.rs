@@ -82,10 +82,19 @@ impl RawCpu {
     }
 }
 
+/// Why a stats answer could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error("unexpected stats answer from the engine: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the engine's stats answer has no cpu_stats (is the container running?)")]
+    NoCpu,
+}
+
 /// Reads a stats answer (the engine's JSON, or bollard's answer serialized again).
-pub fn parse_stats(json: &str) -> Result<StatsSample, String> {
-    let raw: RawStats = serde_json::from_str(json).map_err(|e| format!("unexpected stats answer from the engine: {e}"))?;
-    let cpu = raw.cpu_stats.as_ref().and_then(RawCpu::sample).ok_or("the engine's stats answer has no cpu_stats (is the container running?)")?;
+pub fn parse_stats(json: &str) -> Result<StatsSample, StatsError> {
+    let raw: RawStats = serde_json::from_str(json)?;
+    let cpu = raw.cpu_stats.as_ref().and_then(RawCpu::sample).ok_or(StatsError::NoCpu)?;
     let precpu = raw.precpu_stats.as_ref().and_then(RawCpu::sample).filter(|p| p.system_usage.is_some() && p.total_usage > 0);
     let memory = raw.memory_stats.as_ref().and_then(|m| {
         let usage = m.usage?;
@@ -243,7 +252,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.memory, Some(100));
         // A stopped container: no cpu_stats.
-        assert!(parse_stats(r#"{"read":"0001-01-01T00:00:00Z","memory_stats":{}}"#).unwrap_err().contains("no cpu_stats"));
+        assert!(parse_stats(r#"{"read":"0001-01-01T00:00:00Z","memory_stats":{}}"#).unwrap_err().to_string().contains("no cpu_stats"));
         assert!(parse_stats("not json").is_err());
     }
 

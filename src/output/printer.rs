@@ -81,6 +81,20 @@ pub fn render_plan(plan: &Plan) -> String {
     out
 }
 
+/// What runs now on each host, by instance (a check with no version has no plan).
+pub fn render_running(plan: &Plan) -> String {
+    let mut out = String::from("running now:");
+    for h in &plan.hosts {
+        out.push_str(&format!("\n  {}", h.host));
+        for s in &h.services {
+            for i in &s.instances {
+                out.push_str(&format!("\n    {}/{:<14} {}", s.service, i.name, short(&i.from_image)));
+            }
+        }
+    }
+    out
+}
+
 fn ms(d: u64) -> String {
     if d >= 10_000 {
         format!("{:.1}s", d as f64 / 1000.0)

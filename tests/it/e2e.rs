@@ -290,6 +290,45 @@ fn check_and_dry_run_print_the_plan_and_change_nothing() {
     assert!(!app.state_dir().join("deploys.jsonl").exists());
 }
 
+/// `capstan check` with no version: "is everything ready?". Every check that needs no
+/// release runs against the real host; a missing upstream line fails it, naming the
+/// host and the file.
+#[test]
+fn check_without_a_version_says_whether_everything_is_ready() {
+    let _turn = shared();
+    let app = app("ready");
+    app.write_config(&edit(&app.default_config()).set("preflight", serde_json::json!({ "min_free_disk": "1MB" })).text());
+    let ids = container_ids(&app);
+    // Not a tag: no version comes from GitHub's ref either.
+    let no_tag = [("GITHUB_REF", "refs/heads/main")];
+    let run = app.capstan_env(&["check", "--json"], &no_tag);
+    ok(&run);
+    let report = json(&run);
+    assert_eq!((report["command"].as_str(), report["outcome"].as_str()), (Some("check"), Some("succeeded")), "{report}");
+    assert!(report["version"].is_null() && report["plan"].is_null(), "{report}");
+    for gate in ["preflight engine", "preflight lock", "preflight disk", "preflight health"] {
+        assert!(run.stderr.lines().any(|l| l.contains(gate) && l.contains(" ok ")), "{gate}:\n{}", run.stderr);
+    }
+    let summary = run.stderr.lines().find(|l| l.starts_with("ready:")).unwrap_or_else(|| panic!("no summary:\n{}", run.stderr));
+    assert!(["config", "connection", "lock", "disk", "health", "drains"].iter().all(|c| summary.contains(c)), "{summary}");
+    assert!(run.stderr.contains("a version (--version V) would add: its image in the registry"), "{}", run.stderr);
+
+    // An instance nginx does not know: exit 2, the host and the upstream file named.
+    let upstream = std::fs::read_to_string(app.upstream_conf()).unwrap();
+    let port = app.instance_port(&app.instances()[1]).expect("published");
+    let without: String = upstream.lines().filter(|l| !(l.contains("server ") && l.contains(&format!(":{port}")))).map(|l| format!("{l}\n")).collect();
+    assert_ne!(without, upstream, "the second instance's line is in {}:\n{upstream}", app.upstream_conf().display());
+    std::fs::write(app.upstream_conf(), &without).unwrap();
+    let run = app.capstan_env(&["check"], &no_tag);
+    std::fs::write(app.upstream_conf(), &upstream).unwrap();
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    let file = app.upstream_conf().display().to_string();
+    assert!(run.stderr.lines().any(|l| l.contains("127.0.0.1") && l.contains(&file) && l.contains(&app.instances()[1])), "host, file, instance:\n{}", run.stderr);
+
+    assert_eq!(container_ids(&app), ids, "nothing was touched");
+    assert!(!app.state_dir().join("deploys.jsonl").exists() && !app.state_dir().join("lock.json").exists());
+}
+
 #[test]
 fn a_changed_host_key_is_refused_before_any_command() {
     let _turn = shared();

@@ -1,13 +1,14 @@
 //! `capstan.yml` as the rest of capstan sees it: the validated [`Config`] and
 //! its parts, in this file. How the file becomes one: [`load`] (`load.rs`) reads
 //! it into the shape serde reads (`raw.rs`, unknown keys refused), the validator
-//! (`validate.rs`) turns that into these types, and `issue.rs` says what is
+//! (`validate.rs`, with `gates.rs` for the `gates:` blocks) turns that into these types, and `issue.rs` says what is
 //! wrong: every problem found, each with the file, the key path
 //! (`services.web.health.timeout`), its line and what was expected.
 //!
 //! No network, no host; the only file read is the config itself. Secrets are
 //! never in the file, only the names of the environment variables that hold them.
 
+mod gates;
 pub mod issue;
 mod load;
 mod raw;
