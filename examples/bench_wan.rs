@@ -163,7 +163,8 @@ fn main() {
     println!("| step | {} |", rtts.iter().map(|r| format!("{r} ms")).collect::<Vec<_>>().join(" | "));
     println!("|---|{}", "---|".repeat(rtts.len()));
     for name in names {
-        let cells: Vec<String> = (0..rtts.len()).map(|k| median(samples[k].iter().map(|x| x.steps.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
+        let cells: Vec<String> =
+            (0..rtts.len()).map(|k| median(samples[k].iter().map(|x| x.steps.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
 }

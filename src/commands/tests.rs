@@ -276,11 +276,23 @@ async fn a_check_without_a_version_runs_what_needs_none() {
     let out = out.unwrap();
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!((out.report.command, out.report.version.as_deref(), out.report.plan.as_ref()), (RunCommand::Check, None, None));
-    let gates: Vec<_> = events.iter().filter_map(|e| match e { Event::Gate(g) => Some((g.gate.as_str(), g.ok)), _ => None }).collect();
+    let gates: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Gate(g) => Some((g.gate.as_str(), g.ok)),
+            _ => None,
+        })
+        .collect();
     for want in ["preflight engine", "preflight lock", "preflight disk", "preflight health web-1", "preflight health web-2"] {
         assert!(gates.contains(&(want, true)), "{want} in {gates:?}");
     }
-    let infos: Vec<&str> = events.iter().filter_map(|e| match e { Event::Info { message, .. } => Some(message.as_str()), _ => None }).collect();
+    let infos: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Info { message, .. } => Some(message.as_str()),
+            _ => None,
+        })
+        .collect();
     assert!(infos.iter().any(|m| m.starts_with("running now:") && m.contains("web/web-1")), "{infos:?}");
     let summary = infos.iter().find(|m| m.starts_with("ready:")).expect("a summary");
     assert!(summary.contains("disk") && summary.contains("drains") && summary.contains("1 host(s), 2 instance(s)"), "{summary}");

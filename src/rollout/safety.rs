@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use crate::core::config::Service;
 use crate::output::events::{Event, Gate};
 use crate::rollout::checks;
-use crate::rollout::watch;
 use crate::rollout::steps::{round, StepError};
+use crate::rollout::watch;
 use crate::rollout::{Done, Rollout};
 
 /// The gates around the instances: migrations before a service's first

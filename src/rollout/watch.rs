@@ -130,9 +130,11 @@ impl Rollout<'_> {
                     r.text
                 }),
                 (AccessLog::File(path), None) => Err(format!("{path} could not be read when the window began")),
-                (AccessLog::Container(c), _) => gauges::container_log(self.host.engine.as_ref(), c, mark.at.unix_timestamp()).await.map_err(|e| e.to_string()).inspect(|t| {
-                    read = Some((t.len() as u64, t0.elapsed()));
-                }),
+                (AccessLog::Container(c), _) => {
+                    gauges::container_log(self.host.engine.as_ref(), c, mark.at.unix_timestamp()).await.map_err(|e| e.to_string()).inspect(|t| {
+                        read = Some((t.len() as u64, t0.elapsed()));
+                    })
+                }
             };
             match text {
                 Ok(text) => {

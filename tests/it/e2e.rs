@@ -323,7 +323,11 @@ fn check_without_a_version_says_whether_everything_is_ready() {
     std::fs::write(app.upstream_conf(), &upstream).unwrap();
     assert_eq!(run.status, 2, "{}", run.stderr);
     let file = app.upstream_conf().display().to_string();
-    assert!(run.stderr.lines().any(|l| l.contains("127.0.0.1") && l.contains(&file) && l.contains(&app.instances()[1])), "host, file, instance:\n{}", run.stderr);
+    assert!(
+        run.stderr.lines().any(|l| l.contains("127.0.0.1") && l.contains(&file) && l.contains(&app.instances()[1])),
+        "host, file, instance:\n{}",
+        run.stderr
+    );
 
     assert_eq!(container_ids(&app), ids, "nothing was touched");
     assert!(!app.state_dir().join("deploys.jsonl").exists() && !app.state_dir().join("lock.json").exists());

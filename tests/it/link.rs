@@ -123,7 +123,12 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     std::thread::sleep(Duration::from_millis(500));
     let stats = load.stop();
     let guard_log = std::fs::read_dir(app.state_dir())
-        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("guard-")).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect::<String>())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("guard-"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect::<String>()
+        })
         .unwrap_or_default();
     let Some(took) = back else {
         panic!(
@@ -136,13 +141,20 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     assert_eq!(stats.failed, 0, "{stage:?}: requests failed while the link was cut and the guard acted: {:?}\nguard:\n{guard_log}", stats.samples);
     if !kill && !matches!(stage, Stage::Finished) {
         assert_eq!(out.status.code(), Some(5), "{stage:?}: the run says the host needs the guard:\n{stderr}");
-        assert!(stderr.contains("lost the link to the host") && stderr.contains("guard on the host"), "{stage:?}: the message says what the guard does:\n{stderr}");
+        assert!(
+            stderr.contains("lost the link to the host") && stderr.contains("guard on the host"),
+            "{stage:?}: the message says what the guard does:\n{stderr}"
+        );
     }
     let log = std::fs::read_to_string(app.state_dir().join("deploys.jsonl")).unwrap_or_default();
     let last: serde_json::Value = serde_json::from_str(log.lines().last().expect("a log line")).expect("a JSON log line");
     let want = if matches!(stage, Stage::Finished) { (Some("deploy"), Some("succeeded")) } else { (Some("recover"), Some("succeeded")) };
     assert_eq!((last["command"].as_str(), last["outcome"].as_str()), want, "{log}\nguard:\n{guard_log}");
-    assert_eq!(log.lines().filter(|l| l.contains("\"command\":\"deploy\"")).count(), usize::from(matches!(stage, Stage::Finished)), "one record of the deploy, not two, none lost:\n{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"command\":\"deploy\"")).count(),
+        usize::from(matches!(stage, Stage::Finished)),
+        "one record of the deploy, not two, none lost:\n{log}"
+    );
     // The link heals: the next deploy starts without --force.
     proxy.black_hole(false);
     let next = app.capstan(&["deploy", "--version", "v2"]);
@@ -181,14 +193,24 @@ fn a_link_cut_after_an_instance_was_replaced_puts_both_back() {
 fn a_runner_killed_mid_rollout_is_put_back_by_the_guard() {
     let _turn = shared();
     let (took, stats) = partition("cutkill", Stage::Replacing, true);
-    support::record_fault("the runner killed (SIGKILL) mid-rollout", "the guard puts the kept container back without waiting for a next run", Some(&stats), Some(took));
+    support::record_fault(
+        "the runner killed (SIGKILL) mid-rollout",
+        "the guard puts the kept container back without waiting for a next run",
+        Some(&stats),
+        Some(took),
+    );
 }
 
 #[test]
 fn a_link_cut_while_the_host_finishes_loses_no_log_line() {
     let _turn = shared();
     let (took, stats) = partition("cutdone", Stage::Finished, false);
-    support::record_fault("link black-holed as the host finishes", "the guard writes the run's staged record and frees the lock; nothing is put back", Some(&stats), Some(took));
+    support::record_fault(
+        "link black-holed as the host finishes",
+        "the guard writes the run's staged record and frees the lock; nothing is put back",
+        Some(&stats),
+        Some(took),
+    );
 }
 
 /// A link that stalls for less than the guard's bound: the run goes on and

@@ -365,7 +365,8 @@ fn build_and_push_images(config: &Path, ctx: &Path, binary: &Path, registry: &st
     let ctx_s = ctx.display().to_string();
     // The four builds run in parallel (each is a few metadata steps and one COPY).
     let faults = FAULT_TAGS.iter().map(|&(tag, arg)| (tag, tag, "ok", "Dockerfile", "", arg));
-    let all: Vec<_> = DEMO_TAGS.iter().map(|&(tag, version, health, dockerfile, probe_port)| (tag, version, health, dockerfile, probe_port, "")).chain(faults).collect();
+    let all: Vec<_> =
+        DEMO_TAGS.iter().map(|&(tag, version, health, dockerfile, probe_port)| (tag, version, health, dockerfile, probe_port, "")).chain(faults).collect();
     let builds: Vec<_> = all
         .iter()
         .map(|&(tag, version, health, dockerfile, probe_port, fault)| {
