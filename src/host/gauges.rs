@@ -71,7 +71,7 @@ pub async fn stats(engine: &dyn Engine, containers: &[&str]) -> Vec<Result<Stats
 
 /// `GET {url}/api/v1/query?query=…` from the host, read as Prometheus' answer.
 pub async fn query(probe: &dyn Probe, url: &str, promql: &str, timeout: Duration) -> Result<Answer, AnswerError> {
-    let full = query_url(url, promql).map_err(AnswerError::Unreachable)?;
+    let full = query_url(url, promql).map_err(|e| AnswerError::Unreachable(e.to_string()))?;
     let (addr, port, path) = probe_target(&full).map_err(|e| AnswerError::Unreachable(e.to_string()))?;
     match probe.http_get(&addr, port, &path, timeout).await {
         Ok(a) => promql::parse_answer(&a.body),
@@ -79,9 +79,19 @@ pub async fn query(probe: &dyn Probe, url: &str, promql: &str, timeout: Duration
     }
 }
 
+/// A Prometheus URL that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{url}: {why}")]
+pub struct BadPrometheusUrl {
+    pub url: String,
+    /// What the URL parser said.
+    pub why: String,
+}
+
 /// The query API's URL under `base` (which may have a path prefix), the query encoded.
-pub fn query_url(base: &str, promql: &str) -> Result<String, String> {
-    let mut u = reqwest::Url::parse(&format!("{}/api/v1/query", base.trim_end_matches('/'))).map_err(|e| format!("{base}: {e}"))?;
+pub fn query_url(base: &str, promql: &str) -> Result<String, BadPrometheusUrl> {
+    let mut u = reqwest::Url::parse(&format!("{}/api/v1/query", base.trim_end_matches('/')))
+        .map_err(|e| BadPrometheusUrl { url: base.to_string(), why: e.to_string() })?;
     u.query_pairs_mut().append_pair("query", promql);
     Ok(u.to_string())
 }

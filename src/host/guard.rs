@@ -157,6 +157,12 @@ pub enum GuardError {
     Host(String),
 }
 
+impl From<serde_json::Error> for GuardError {
+    fn from(e: serde_json::Error) -> Self {
+        GuardError::Host(format!("cannot write its record: {e}"))
+    }
+}
+
 impl From<ShellError> for GuardError {
     fn from(e: ShellError) -> Self {
         GuardError::Host(e.0)

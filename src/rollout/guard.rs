@@ -8,7 +8,7 @@ use crate::core::config::{DrainMethod, Service};
 use crate::core::plan::{HostPlan, OLD_SUFFIX};
 use crate::core::record::{InstanceOutcome, Record, RecordInstance, RunCommand, RunOutcome};
 use crate::host::drain;
-use crate::host::guard::{self, GuardInstance, GuardPlan};
+use crate::host::guard::{self, GuardError, GuardInstance, GuardPlan};
 use crate::rollout::Rollout;
 
 /// Placeholders the guard fills in (`host::guard::GUARD`).
@@ -28,7 +28,7 @@ impl Rollout<'_> {
     /// Arms the guard before the first instance is touched: every instance this host
     /// replaces (Swarm services aside, which Swarm puts back itself), its upstream
     /// file as it is and with it drained, in one round trip (plus one read per file).
-    pub(super) async fn arm_guard(&self, plan: &HostPlan, services: &[&Service]) -> Result<(), String> {
+    pub(super) async fn arm_guard(&self, plan: &HostPlan, services: &[&Service]) -> Result<(), GuardError> {
         let Some(k) = &self.lease else { return Ok(()) };
         let mut instances = Vec::new();
         for sp in &plan.services {
@@ -39,14 +39,14 @@ impl Rollout<'_> {
             }
             let mut targets = Vec::new();
             for ip in &replaced {
-                let c = self.host.engine.inspect_container(&ip.name).await.map_err(|e| e.to_string())?;
-                let c = c.ok_or_else(|| format!("{} disappeared", ip.name))?;
+                let c = self.host.engine.inspect_container(&ip.name).await.map_err(|e| GuardError::Host(e.to_string()))?;
+                let c = c.ok_or_else(|| GuardError::Host(format!("{} disappeared", ip.name)))?;
                 targets.push(drain::Target::of(svc, &c));
             }
             let refs: Vec<&drain::Target> = targets.iter().collect();
             let views = match svc.drain.method {
                 DrainMethod::None => refs.iter().map(|_| None).collect(),
-                _ => self.drainer.guard_views(self.host, &svc.drain.method, &refs).await.map_err(|e| e.to_string())?,
+                _ => self.drainer.guard_views(self.host, &svc.drain.method, &refs).await.map_err(|e| GuardError::Host(e.to_string()))?,
             };
             for (ip, lb) in replaced.iter().zip(views) {
                 let entry = RecordInstance {
@@ -56,7 +56,9 @@ impl Rollout<'_> {
                     to_image: ip.from_image.clone(),
                     outcome: InstanceOutcome::Reverted,
                 };
-                let json = serde_json::to_string(&entry).map_err(|e| e.to_string())?.replace("\"outcome\":\"reverted\"", "\"outcome\":\"@OUTCOME@\"");
+                let json = serde_json::to_string(&entry)
+                    .map_err(|e| GuardError::Host(e.to_string()))?
+                    .replace("\"outcome\":\"reverted\"", "\"outcome\":\"@OUTCOME@\"");
                 instances.push(GuardInstance {
                     name: ip.name.clone(),
                     lb,
@@ -95,7 +97,7 @@ impl Rollout<'_> {
             instances,
             record_json,
         };
-        guard::arm(self.host.shell.as_ref(), &plan).await.map_err(|e| e.to_string())?;
+        guard::arm(self.host.shell.as_ref(), &plan).await?;
         k.fence.armed();
         self.info(format!(
             "guard armed: if this run stops renewing its lease for {}s, the host puts back what it replaced by itself",
@@ -133,7 +135,7 @@ impl Rollout<'_> {
         };
         let staged = match with_placeholders(&record) {
             Ok(json) => guard::stage_done(self.host.shell.as_ref(), &k.dir, &lease.id, &json).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         if let Err(e) = staged {
             self.warn(format!("could not tell the guard that the host is done: {e}"));
@@ -171,7 +173,7 @@ impl Rollout<'_> {
 }
 
 /// The record as JSON, its time left for the guard to fill in.
-fn with_placeholders(record: &Record) -> Result<String, String> {
-    let json = serde_json::to_string(record).map_err(|e| e.to_string())?;
+fn with_placeholders(record: &Record) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(record)?;
     Ok(json.replace("\"1970-01-01T00:00:00Z\"", &format!("\"{TIME}\"")))
 }

@@ -123,7 +123,7 @@ impl<'a> Rollout<'a> {
         // Old containers kept (stopped) until the host is done, for the guard to put back.
         let mut kept: Vec<(String, String)> = Vec::new();
         if let Err(e) = self.arm_guard(plan, services).await {
-            failure = Some(("guard".into(), Failure { error: StepError::Failed(format!("cannot start the guard on the host: {e}")), restored: true }));
+            failure = Some(("guard".into(), Failure { error: StepError::failed(e), restored: true }));
         }
 
         'services: for sp in plan.services.iter().filter(|_| failure.is_none()) {
