@@ -89,7 +89,7 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
         if let Some(sw) = &svc.swarm {
             // A host that is no manager is a planning problem (exit 2), not an unreachable host.
             let seen = match host.swarm.inspect_service(&sw.service).await {
-                Ok(Some(s)) => SwarmSeen::Exists(s),
+                Ok(Some(s)) => SwarmSeen::Exists(Box::new(s)),
                 Ok(None) => SwarmSeen::Missing,
                 Err(e) => SwarmSeen::Unanswered(e.to_string()),
             };

@@ -115,7 +115,7 @@ impl UpdateState {
 /// What a host answered about a `target: swarm` service before the plan.
 #[derive(Clone, Debug)]
 pub enum SwarmSeen {
-    Exists(SwarmService),
+    Exists(Box<SwarmService>),
     Missing,
     /// The host could not say (most often: it is no Swarm manager); the engine's words.
     Unanswered(String),
