@@ -18,14 +18,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use support::{capstan_bin, random_hex, write_file, Sandbox};
+use support::{capstan_bin, median, random_hex, write_file, Sandbox};
 
 const VERSION: &str = "v1.4.2";
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort_unstable();
-    v[v.len() / 2]
-}
 
 fn check(out: std::process::Output, what: &str) {
     assert!(out.status.success(), "{what} failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox, START_TAG};
+use support::{median, ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox, START_TAG};
 
 const PAUSE: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
@@ -125,11 +125,6 @@ fn runbook_run(sb: &Sandbox) -> Sample {
     sys.assert_versions("v1.1.0", "v1.1.0");
     let (reloads, recreated_after) = finish(&sys, before);
     Sample { wall, reloads, reported_reloads: None, stats, check, recreated_after, steps: BTreeMap::new() }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn describe(s: &Sample) -> String {

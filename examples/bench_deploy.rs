@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{capstan_bin, edit, App, AppOptions, Sandbox};
+use support::{capstan_bin, edit, median, App, AppOptions, Sandbox};
 
 const RPS: u32 = 200;
 const PAUSE_MS: u64 = 500;
@@ -37,22 +37,12 @@ fn docker(sb: &Sandbox, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Removes every demo image but v1, so that each run pulls v2 from the registry.
-fn forget_new_images(sb: &Sandbox) {
-    let v1 = docker(sb, &["image", "inspect", "-f", "{{.Id}}", &sb.image("v1")]);
-    for id in docker(sb, &["images", "--no-trunc", "--format", "{{.ID}}", &sb.image_repo()]).lines() {
-        if id != v1 {
-            docker(sb, &["rmi", "-f", id]);
-        }
-    }
-}
-
 fn config(app: &App) -> String {
     edit(&app.default_config()).set("services.web.pause", format!("{PAUSE_MS}ms")).set("services.web.drain.wait", format!("{DRAIN_WAIT_MS}ms")).text()
 }
 
 fn capstan_run(sb: &Sandbox) -> Sample {
-    forget_new_images(sb);
+    sb.forget_images_but("v1");
     let app = App::new(sb, "bench", AppOptions::default());
     app.write_config(&config(&app));
     let load = app.load(RPS);
@@ -91,7 +81,7 @@ fn capstan_run(sb: &Sandbox) -> Sample {
 
 /// What the `appleboy/ssh-action` + shell script deploys do: stop, run, wait healthy, pause.
 fn old_way_run(sb: &Sandbox) -> Sample {
-    forget_new_images(sb);
+    sb.forget_images_but("v1");
     let app = App::new(sb, "bench", AppOptions::default());
     let load = app.load(RPS);
     std::thread::sleep(Duration::from_millis(500));
@@ -142,11 +132,6 @@ fn old_way_run(sb: &Sandbox) -> Sample {
     let stats = load.stop();
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     Sample { steps: Default::default(), wall_ms, unavoidable_ms: unavoidable, sent: stats.sent, failed: stats.failed }
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{edit, AppOptions, Fleet, Sandbox};
+use support::{edit, median, AppOptions, Fleet, Sandbox};
 
 struct Sample {
     hosts: usize,
@@ -151,14 +151,6 @@ fn one_run(sb: &Sandbox, n: usize, rps: u32) -> Sample {
     );
     drop(fleet);
     sample
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn secs(ms: u64) -> String {

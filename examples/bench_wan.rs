@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{capstan_bin, App, AppOptions, Sandbox};
+use support::{capstan_bin, median, App, AppOptions, Sandbox};
 
 const RPS: u32 = 50;
 const PAUSE_MS: u64 = 500;
@@ -41,23 +41,8 @@ struct Sample {
     steps: std::collections::BTreeMap<String, u64>,
 }
 
-fn docker(sb: &Sandbox, args: &[&str]) -> String {
-    let out = sb.docker(args).output().expect("docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Removes every demo image but v1, so that each run pulls v2 from the registry.
-fn forget_new_images(sb: &Sandbox) {
-    let v1 = docker(sb, &["image", "inspect", "-f", "{{.Id}}", &sb.image("v1")]);
-    for id in docker(sb, &["images", "--no-trunc", "--format", "{{.ID}}", &sb.image_repo()]).lines() {
-        if id != v1 {
-            docker(sb, &["rmi", "-f", id]);
-        }
-    }
-}
-
 fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
-    forget_new_images(sb);
+    sb.forget_images_but("v1");
     let app = App::new(sb, "wan", AppOptions::default());
     let proxy = support::wan::to_sandbox(sb, Duration::from_millis(rtt_ms));
     let config = support::wan::through(&app, sb, &proxy)
@@ -106,11 +91,6 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
         failed: stats.failed,
         sent: stats.sent,
     }
-}
-
-fn median(mut v: Vec<u64>) -> u64 {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn main() {

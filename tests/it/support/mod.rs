@@ -71,6 +71,14 @@ pub fn record_fault(fault: &str, did: &str, stats: Option<&LoadStats>, recover: 
     }
 }
 
+/// The middle value of a benchmark's runs (the upper one of an even count; the
+/// default of an empty list).
+#[allow(dead_code)] // the benchmarks'
+pub fn median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
 /// The capstan repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -126,6 +126,16 @@ impl Sandbox {
         self.startup
     }
 
+    /// Removes every demo image but `keep`'s, so that the next deploy of another
+    /// tag pulls it from the registry.
+    #[allow(dead_code)] // the benchmarks'
+    pub fn forget_images_but(&self, keep: &str) {
+        let kept = self.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &self.image(keep)]);
+        for id in self.docker_ok(&["images", "--no-trunc", "--format", "{{.ID}}", &self.image_repo()]).lines().filter(|id| *id != kept) {
+            let _ = self.docker(&["rmi", "-f", id]).output();
+        }
+    }
+
     /// A `docker` command using the sandbox's DOCKER_CONFIG.
     pub fn docker(&self, args: &[&str]) -> Command {
         docker_cmd(&self.docker_config, args)
