@@ -36,16 +36,9 @@ fn log_records(app: &App) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).expect("every log line is JSON")).collect()
 }
 
-/// Starts `capstan deploy --version V` in the background; stderr is piped.
+/// Starts `capstan deploy --version V` in the background; its output is piped.
 fn spawn_deploy(app: &App, version: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["deploy", "--version", version])
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sandbox().registry_password())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    app.spawn(&["deploy", "--version", version])
 }
 
 /// Starts a v2 deploy in the background under 200 req/s, and returns once it is

@@ -23,14 +23,7 @@ fn log_records(app: &App) -> Vec<Value> {
 }
 
 fn spawn(app: &App, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(args)
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sandbox().registry_password())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+    app.spawn(args)
 }
 
 /// The child, for [`finish`], leaving a finished placeholder behind.

@@ -2,10 +2,9 @@
 //! through a proxy on loopback (`support::wan`) that can close connections,
 //! delay them or black-hole them, in front of the sandbox's real sshd.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{self, capstan_bin, wan, App, AppOptions};
+use crate::support::{self, wan, App, AppOptions};
 use crate::{sandbox, shared};
 
 fn app(hint: &str) -> App {
@@ -80,15 +79,7 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     let upstream_before = std::fs::read_to_string(app.upstream_conf()).expect("upstream file");
     let load = app.load(100);
     std::thread::sleep(Duration::from_millis(300));
-    let mut child = Command::new(capstan_bin())
-        .args(["deploy", "--version", "v2"])
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sb.registry_password())
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start capstan");
+    let mut child = app.spawn(&["deploy", "--version", "v2"]);
     let names = app.instances();
     let reached = support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
         let containers = app.containers();
@@ -224,15 +215,7 @@ fn a_link_that_heals_within_the_bound_lets_the_run_finish() {
     // A bound long enough that a 3 s stall (plus up to a renewal interval before it) stays under it.
     app.write_config(&wan::through(&app, sb, &proxy).set("lock", serde_json::json!({ "guard": "15s" })).text());
     let load = app.load(100);
-    let child = Command::new(capstan_bin())
-        .args(["deploy", "--version", "v2"])
-        .current_dir(app.dir())
-        .env("REGISTRY_PASSWORD", sb.registry_password())
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start capstan");
+    let child = app.spawn(&["deploy", "--version", "v2"]);
     let kept = format!("{}.capstan-old", app.instances()[0]);
     support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || app.containers().contains(&kept).then_some(())).expect("the deploy reaches web-1");
     proxy.black_hole(true);

@@ -218,6 +218,16 @@ impl App {
         run_capstan(self.dir(), &self.registry_password, args, env, timeout)
     }
 
+    /// capstan started in `dir()` as [`App::capstan`] runs it, in the background,
+    /// its stdout and stderr piped: for a test that acts while it runs.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        capstan_command(self.dir(), &self.registry_password, args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", capstan_bin().display()))
+    }
+
     /// The host port currently published for an instance's 8080/tcp.
     pub fn instance_port(&self, instance: &str) -> Option<u16> {
         instance_port(&self.cli, instance)
@@ -479,8 +489,7 @@ pub(crate) fn render_config(p: &ConfigParts) -> String {
 pub(crate) fn run_capstan(dir: &Path, registry_password: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Run {
     let bin = capstan_bin();
     assert!(bin.is_file(), "capstan binary not found at {} (build it, or set CAPSTAN_BIN)", bin.display());
-    let mut c = Command::new(&bin);
-    c.args(args).current_dir(dir).env("REGISTRY_PASSWORD", registry_password).env("NO_COLOR", "1").env_remove("CAPSTAN_CONFIG");
+    let mut c = capstan_command(dir, registry_password, args);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -490,6 +499,13 @@ pub(crate) fn run_capstan(dir: &Path, registry_password: &str, args: &[&str], en
         stderr.push_str(&format!("\n[support: capstan killed after {timeout:?}]"));
     }
     Run { status: out.status, stdout: out.stdout, stderr }
+}
+
+/// capstan in `dir` with `REGISTRY_PASSWORD` and `NO_COLOR=1` (and no `CAPSTAN_CONFIG`).
+fn capstan_command(dir: &Path, registry_password: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(capstan_bin());
+    c.args(args).current_dir(dir).env("REGISTRY_PASSWORD", registry_password).env("NO_COLOR", "1").env_remove("CAPSTAN_CONFIG");
+    c
 }
 
 /// The host port currently published for an instance's 8080/tcp.
