@@ -414,8 +414,10 @@ impl<'a> Rollout<'a> {
             return;
         }
         lease.expires_at = now + k.duration;
-        if let Err(e) = state::renew(self.host.shell.as_ref(), &k.dir, &lease).await {
-            self.warn(format!("could not renew the deploy lock: {e}"));
+        match state::renew(self.host.shell.as_ref(), &k.dir, &lease).await {
+            // A renewal is a renewal, whichever path made it: the fence counts from it.
+            Ok(()) => k.fence.renewed(),
+            Err(e) => self.warn(format!("could not renew the deploy lock: {e}")),
         }
     }
 }
