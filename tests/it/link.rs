@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{self, wan, App, AppOptions};
+use crate::support::{self, wan, App, AppOptions, KeepAliveLoad, KeepAliveOptions};
 use crate::{sandbox, shared};
 
 fn app(hint: &str) -> App {
@@ -78,6 +78,11 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     app.write_config(&config);
     let upstream_before = std::fs::read_to_string(app.upstream_conf()).expect("upstream file");
     let load = app.load(100);
+    // Payments too: POSTs, which nginx never retries on another instance.
+    let posts = KeepAliveLoad::start(
+        &app.lb_url(),
+        KeepAliveOptions { get_rps: 0, get_paths: Vec::new(), post_rps: 25, post_path: "/pay".into(), connections: 4, max_run: Duration::from_secs(300) },
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mut child = app.spawn(&["deploy", "--version", "v2"]);
     let names = app.instances();
@@ -113,6 +118,7 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     std::thread::sleep(Duration::from_millis(500));
     let stats = load.stop();
+    let paid = posts.stop();
     let guard_log = std::fs::read_dir(app.state_dir())
         .map(|d| {
             d.flatten()
@@ -130,6 +136,13 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
         )
     };
     assert_eq!(stats.failed, 0, "{stage:?}: requests failed while the link was cut and the guard acted: {:?}\nguard:\n{guard_log}", stats.samples);
+    assert!(paid.post_2xx > 0, "{stage:?}: POSTs were sent: {paid:?}");
+    assert_eq!(
+        (paid.post_failed, paid.post_5xx, paid.post_other),
+        (0, 0, 0),
+        "{stage:?}: every POST answered 2xx while the link was cut and the guard acted: {:?}",
+        paid.post_samples
+    );
     if !kill && !matches!(stage, Stage::Finished) {
         assert_eq!(out.status.code(), Some(5), "{stage:?}: the run says the host needs the guard:\n{stderr}");
         assert!(

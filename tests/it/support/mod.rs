@@ -42,7 +42,7 @@ pub use app::{App, AppOptions, Run};
 pub use compose::{registry_digest, ComposeCli, PaymentSystem, INSTANCES, NGINX_SERVICE, START_TAG};
 pub use config_edit::{edit, ConfigEdit};
 pub use fleet::Fleet;
-pub use keepalive_load::{KeepAliveStats, LedgerCheck, PostOutcome};
+pub use keepalive_load::{KeepAliveLoad, KeepAliveOptions, KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
 pub use sandbox::Sandbox;
 pub use swarm::SwarmApp;
