@@ -261,21 +261,30 @@ impl Drainer {
         };
         let argv = n.reload_argv();
         let nginx = argv.first().map(String::as_str).unwrap_or("nginx");
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let (code, out) = host.engine.exec(c, &[nginx, "-t"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
         if code != 0 {
             put_back().await;
             return Err(DrainError::Test { container: c.into(), file: file.into(), output: last_lines(&out) });
         }
-        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        // Once nginx was reloaded with the edit, putting the file back reloads it again:
+        // nginx must never run a file that is no longer on disk (a later edit would find
+        // the file "already so" while nginx routes otherwise).
+        let put_back_and_reload = || async {
+            put_back().await;
+            if let Ok((0, _)) = host.engine.exec(c, &[nginx, "-t"]).await {
+                let _ = host.engine.exec(c, &args).await;
+            }
+        };
         let (code, out) = host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))?;
         if code != 0 {
-            put_back().await;
+            put_back_and_reload().await;
             return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
         }
         self.count(edits);
-        let (code, dump) = effective(host, c, nginx).await?;
         let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
-        let seen = upstream::down_in_effective(&dump, None, &ids);
+        let wanted: Vec<Option<bool>> = edits.iter().map(|(_, down)| Some(*down)).collect();
+        let (code, dump, seen) = effective(host, c, nginx, &ids, |seen| seen == wanted.as_slice()).await?;
         let wrong: Vec<String> = edits
             .iter()
             .zip(&seen)
@@ -286,7 +295,7 @@ impl Drainer {
             })
             .collect();
         if code != 0 || !wrong.is_empty() {
-            put_back().await;
+            put_back_and_reload().await;
             let what = if code != 0 { format!("exit {code}: {}", last_lines(&dump)) } else { wrong.join(", ") };
             return Err(DrainError::NotTaken { container: c.into(), file: file.into(), what });
         }
@@ -331,18 +340,28 @@ async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
 }
 
 /// `nginx -T` in the container: the configuration nginx would load, every file under a
-/// `# configuration file PATH:` line. An exec that ends as soon as it starts can come
-/// back without its output (seen on a loaded machine): asked again, up to three times.
-async fn effective(host: &Host, container: &str, nginx: &str) -> Result<(i64, String), DrainError> {
-    let mut last = (0, String::new());
-    for _ in 0..3 {
-        last = host.engine.exec(container, &[nginx, "-T"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
-        if last.0 != 0 || last.1.contains("# configuration file ") {
-            break;
+/// `# configuration file PATH:` line, and what it says of each of `ids` (down or not,
+/// None: no server line). An exec's output can come back short on a loaded machine
+/// (none at all, or cut before the end): until it shows `wanted`, it is asked again, up
+/// to four times in all. A file nginx does not read shows no line however often it is asked.
+async fn effective(
+    host: &Host,
+    container: &str,
+    nginx: &str,
+    ids: &[Identity],
+    wanted: impl Fn(&[Option<bool>]) -> bool,
+) -> Result<(i64, String, Vec<Option<bool>>), DrainError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (code, dump) = host.engine.exec(container, &[nginx, "-T"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+        let seen = upstream::down_in_effective(&dump, None, ids);
+        if code != 0 || wanted(&seen) || attempt == 4 {
+            return Ok((code, dump, seen));
         }
+        tracing::debug!(container, attempt, bytes = dump.len(), ?seen, "nginx -T does not show what was written; asking again");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    Ok(last)
 }
 
 /// The running container called `name`, else the one container of a Compose service `name`.
@@ -405,9 +424,8 @@ pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)]) ->
             }
         };
         let nginx = n.reload_argv().first().cloned().unwrap_or_else(|| "nginx".into());
-        match effective(host, &container, &nginx).await {
-            Ok((0, dump)) => {
-                let seen = upstream::down_in_effective(&dump, None, &ids);
+        match effective(host, &container, &nginx, &ids, |seen| seen.iter().all(Option::is_some)).await {
+            Ok((0, _, seen)) => {
                 let missing: Vec<&str> = targets.iter().zip(&seen).filter(|(_, s)| s.is_none()).map(|(t, _)| t.instance.as_str()).collect();
                 if !missing.is_empty() {
                     problems.push(format!(
@@ -417,7 +435,7 @@ pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)]) ->
                     ));
                 }
             }
-            Ok((code, out)) => problems.push(format!("{}: `{nginx} -T` in {container} failed with exit {code}: {}", host.name, last_lines(&out))),
+            Ok((code, out, _)) => problems.push(format!("{}: `{nginx} -T` in {container} failed with exit {code}: {}", host.name, last_lines(&out))),
             Err(e) => problems.push(format!("{}: {e}", host.name)),
         }
     }
@@ -521,6 +539,56 @@ mod tests {
         let err = Drainer::default().apply(&host, &nginx(&file, "echo broken >&2; exit 1".into()), &[(&target("web-1", 8081), true)]).await.unwrap_err();
         assert!(err.to_string().contains("failed with exit 1: broken"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+    }
+
+    /// nginx in a container called `lb` reading `file`; the fake's `exec`s answer in turn.
+    fn nginx_in_container(file: &std::path::Path) -> DrainMethod {
+        DrainMethod::Nginx(Nginx { upstream_conf: file.display().to_string(), reload: "nginx -s reload".into(), port: None, container: Some("lb".into()), server: None })
+    }
+
+    fn dump(text: &str) -> (i64, String) {
+        (0, format!("nginx: the configuration file /etc/nginx/nginx.conf syntax is ok\n# configuration file /etc/nginx/upstream.conf:\n{text}"))
+    }
+
+    fn execs(fake: &crate::host::fake::FakeHost) -> Vec<String> {
+        fake.state.lock().unwrap().log.iter().filter_map(|l| l.strip_prefix("exec lb ").map(String::from)).collect()
+    }
+
+    /// `nginx -T` whose output comes back short (as a loaded engine's exec can) is
+    /// asked again until it shows the edit.
+    #[tokio::test]
+    async fn a_short_nginx_dump_is_asked_again() {
+        let fake = crate::host::fake::FakeHost::new();
+        fake.add_container("lb", crate::host::fake::V1, 80);
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let drained = CONF.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081 down;");
+        let cut = &drained[..drained.find("server 127.0.0.1:8081").unwrap()];
+        fake.state.lock().unwrap().exec_answers.extend([(0, String::new()), (0, String::new()), (0, String::new()), dump(cut), dump(&drained)]);
+        let done = Drainer::default().apply(&host, &nginx_in_container(&file), &[(&target("web-1", 8081), true)]).await.unwrap();
+        assert!(done.contains("nginx -T shows it"), "{done}");
+        assert_eq!(execs(&fake), ["nginx -t", "nginx -s reload", "nginx -T", "nginx -T", "nginx -T"]);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), drained);
+    }
+
+    /// nginx that never shows the edit: the file goes back, and since nginx was
+    /// already reloaded with the edit, it is reloaded again, so that what runs is what
+    /// the file says (else the next edit finds the file "already so" while nginx
+    /// routes around an instance).
+    #[tokio::test]
+    async fn an_edit_nginx_does_not_show_is_put_back_and_reloaded() {
+        let fake = crate::host::fake::FakeHost::new();
+        fake.add_container("lb", crate::host::fake::V1, 80);
+        let host = fake.host();
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let err = Drainer::default().apply(&host, &nginx_in_container(&file), &[(&target("web-1", 8081), true)]).await.unwrap_err();
+        assert!(matches!(&err, DrainError::NotTaken { what, .. } if what == "no server line for web-1"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+        let reloads = ["nginx -t", "nginx -s reload"];
+        let asked = ["nginx -T"; 4];
+        assert_eq!(execs(&fake), [&reloads[..], &asked[..], &reloads[..]].concat());
     }
 
     /// The generic method runs the user's commands with the instance in the environment.

@@ -81,6 +81,8 @@ pub struct State {
     pub swarm_error: Option<String>,
     /// What Docker's HEALTHCHECK says of a container, by name (none when not set).
     pub docker_health: HashMap<String, DockerHealth>,
+    /// What the next `exec`s answer (exit code, output), in order; when none is left, (0, "").
+    pub exec_answers: std::collections::VecDeque<(i64, String)>,
     next_id: u64,
     healthy_probes: HashMap<String, u32>,
 }
@@ -307,7 +309,7 @@ impl Engine for FakeHost {
     async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
         let mut s = self.state.lock().unwrap();
         self.check("exec", &mut s, &format!("{container} {}", argv.join(" ")))?;
-        Ok((0, String::new()))
+        Ok(s.exec_answers.pop_front().unwrap_or_default())
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
