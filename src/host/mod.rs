@@ -14,6 +14,7 @@ pub mod drain;
 #[cfg(test)]
 pub mod fake;
 pub mod gauges;
+pub mod lb_batch;
 pub mod guard;
 pub mod spec;
 pub mod ssh;
@@ -26,6 +27,25 @@ use async_trait::async_trait;
 
 use crate::core::observed::{ContainerInfo, ContainerSpec, ImageInfo, Listed, SwarmService, SwarmTask};
 use crate::core::secret::Credentials;
+
+/// Says (at debug level, `CAPSTAN_LOG=capstan=debug`) how long one call to a host
+/// took, when dropped: where a run's time goes over a slow link.
+pub(crate) struct Timed {
+    what: String,
+    at: std::time::Instant,
+}
+
+impl Timed {
+    pub(crate) fn new(what: impl Into<String>) -> Timed {
+        Timed { what: what.into(), at: std::time::Instant::now() }
+    }
+}
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        tracing::debug!(ms = self.at.elapsed().as_millis() as u64, "{}", self.what);
+    }
+}
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum EngineError {
@@ -184,6 +204,14 @@ pub enum ProbeError {
 pub trait Probe: Send + Sync {
     /// `GET http://{addr}:{port}{path}`, connecting from the host.
     async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError>;
+
+    /// Like [`Probe::http_get`], on a connection kept alive from the last such call to
+    /// the same address when there is one (a round trip less over a slow link). For
+    /// probes that follow each other, such as the health gate's: never through a load
+    /// balancer, whose reload leaves a kept connection on the old configuration.
+    async fn http_get_reusing(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
+        self.http_get(addr, port, path, timeout).await
+    }
 }
 
 /// One connected host: its name as configured and its effect handles.

@@ -26,6 +26,8 @@ pub struct SshHost {
     /// Local TCP ports forwarded to (address, port) on the host, opened on first use.
     tunnels: Mutex<HashMap<(String, u16), u16>>,
     http: reqwest::Client,
+    /// For probes that follow each other: keeps a connection alive a short while.
+    kept: reqwest::Client,
     docker_socket: Mutex<Option<(PathBuf, String)>>,
 }
 
@@ -42,6 +44,9 @@ pub struct ConnectError {
 /// How often the master asks the server whether it is alive. OpenSSH gives up
 /// after three unanswered asks: a silent partition is noticed within 15 s.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How long a probe's kept connection may stay idle.
+const KEPT_IDLE: Duration = Duration::from_millis(2500);
 
 /// Short, private directory for control and forwarded sockets (Unix socket paths are ~100 bytes at most).
 fn socket_dir() -> PathBuf {
@@ -96,7 +101,14 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
         hint: None,
         transient: false,
     })?;
-    Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, docker_socket: Mutex::new(None) }))
+    // Idle for longer than a probe interval apart, a kept connection is closed: it would
+    // hold up the graceful stop of a server that waits for idle connections.
+    let kept = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(1).pool_idle_timeout(KEPT_IDLE).build().map_err(|e| ConnectError {
+        message: format!("http client: {e}"),
+        hint: None,
+        transient: false,
+    })?;
+    Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, kept, docker_socket: Mutex::new(None) }))
 }
 
 fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
@@ -173,6 +185,11 @@ impl SshHost {
 impl Shell for SshHost {
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         let (prog, args) = argv.split_first().ok_or_else(|| ShellError("empty command".into()))?;
+        // The script's name (`sh -c SCRIPT NAME …`) says more than its text.
+        let _t = crate::host::Timed::new(match argv {
+            ["sh", "-c", _, name, ..] => format!("ssh sh {name}"),
+            _ => format!("ssh {}", argv.iter().take(2).copied().collect::<Vec<_>>().join(" ")),
+        });
         let mut cmd = self.session.command(*prog);
         cmd.args(args.iter().copied());
         cmd.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
@@ -195,10 +212,21 @@ impl Shell for SshHost {
 #[async_trait]
 impl Probe for SshHost {
     async fn http_get(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
+        self.get(&self.http, addr, port, path, timeout).await
+    }
+
+    async fn http_get_reusing(&self, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
+        self.get(&self.kept, addr, port, path, timeout).await
+    }
+}
+
+impl SshHost {
+    async fn get(&self, client: &reqwest::Client, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
+        let _t = crate::host::Timed::new(format!("http GET {addr}:{port}{path}"));
         let local = self.tunnel(addr, port).await?;
         let url = format!("http://127.0.0.1:{local}{path}");
         let host_header = if addr.contains(':') { format!("[{addr}]:{port}") } else { format!("{addr}:{port}") };
-        let resp = self.http.get(&url).header(reqwest::header::HOST, host_header).timeout(timeout).send().await.map_err(|e| short_reqwest_error(&e))?;
+        let resp = client.get(&url).header(reqwest::header::HOST, host_header).timeout(timeout).send().await.map_err(|e| short_reqwest_error(&e))?;
         let status = resp.status().as_u16();
         let mut body = resp.text().await.unwrap_or_default();
         if body.len() > 64 * 1024 {

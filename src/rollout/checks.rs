@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::core::config::{Service, SwarmTarget};
 use crate::core::image;
 use crate::core::observed::{ContainerInfo, DockerHealth, SwarmTask};
-use crate::host::Host;
+use crate::host::{lb_batch, Host};
 use crate::rollout::steps::{StepError, StepResult};
 use crate::rollout::Rollout;
 
@@ -66,13 +66,34 @@ pub async fn look(host: &Host, svc: &Service, c: &ContainerInfo) -> Health {
     if !c.running {
         return Health::NotRunning;
     }
-    if let Some(http) = &svc.health.http {
-        let (addr, port) = c.probe_addr(http.port);
-        match host.probe.http_get(&addr, port, &http.path, PROBE_TIMEOUT.min(svc.health.timeout)).await {
-            Ok(a) if (200..400).contains(&a.status) => {}
-            Ok(a) => return Health::Probe(format!("GET {} answered {}", http.path, a.status)),
-            Err(e) => return Health::Probe(format!("GET {}: {e}", http.path)),
-        }
+    let answer = match &svc.health.http {
+        Some(_) => Some(probe(host, svc, c, false).await),
+        None => None,
+    };
+    judge(svc, c, answer)
+}
+
+/// The `health.http` probe of `c` (`reusing`: on a connection kept from the last probe).
+async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> Result<u16, String> {
+    let Some(http) = &svc.health.http else { return Ok(200) };
+    let (addr, port) = c.probe_addr(http.port);
+    let timeout = PROBE_TIMEOUT.min(svc.health.timeout);
+    let answer = match reusing {
+        true => host.probe.http_get_reusing(&addr, port, &http.path, timeout).await,
+        false => host.probe.http_get(&addr, port, &http.path, timeout).await,
+    };
+    answer.map(|a| a.status).map_err(|e| format!("GET {}: {e}", http.path))
+}
+
+/// What a look comes to: `c` as inspected, and its probe's answer (None: no probe).
+fn judge(svc: &Service, c: &ContainerInfo, answer: Option<Result<u16, String>>) -> Health {
+    if !c.running {
+        return Health::NotRunning;
+    }
+    match (answer, &svc.health.http) {
+        (Some(Ok(status)), Some(http)) if !(200..400).contains(&status) => return Health::Probe(format!("GET {} answered {status}", http.path)),
+        (Some(Err(e)), _) => return Health::Probe(e),
+        _ => {}
     }
     match c.docker_health {
         None | Some(DockerHealth::Healthy) => Health::Healthy,
@@ -131,10 +152,38 @@ impl Rollout<'_> {
         let deadline = started + h.timeout;
         let (mut good, mut probes) = (0u32, 0u32);
         let mut last = String::from("no probe answered yet");
+        // After the first look, the probe goes out beside the inspect (to the address the
+        // last inspect gave, on the connection the last probe kept): one round trip a
+        // look over a slow link, not three. A probe sent to an address the container no
+        // longer has is sent again.
+        let mut known: Option<ContainerInfo> = None;
+        let inspect = || async { self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared"))) };
+        let probing = svc.health.http.is_some();
         loop {
             probes += 1;
-            let c = self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| format!("{name} disappeared"))?;
-            match look(self.host, svc, &c).await {
+            let (c, answer) = match known.take().filter(|k| k.running && probing) {
+                Some(k) => {
+                    let (c, answer) = tokio::join!(inspect(), probe(self.host, svc, &k, true));
+                    let c = c?;
+                    let same = c.addresses == k.addresses && c.ports == k.ports;
+                    let answer = match same {
+                        true => answer,
+                        false => probe(self.host, svc, &c, true).await,
+                    };
+                    (c, Some(answer))
+                }
+                None => {
+                    let c = inspect().await?;
+                    let answer = match c.running && probing {
+                        true => Some(probe(self.host, svc, &c, true).await),
+                        false => None,
+                    };
+                    (c, answer)
+                }
+            };
+            let health = judge(svc, &c, answer);
+            known = Some(c);
+            match health {
                 Health::Healthy => {
                     good += 1;
                     if good >= h.healthy_after {
@@ -187,7 +236,39 @@ impl Rollout<'_> {
     }
 
     /// One batch: `Err` when a request failed, else whether `active` received them.
+    /// Sent from the host in one `sh` where it can ([`lb_batch`]), else from the runner.
     async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
+        let c = self.host.engine.inspect_container(active).await.map_err(StepError::failed)?;
+        let on_host = match c.map(|c| c.pid).filter(|p| *p > 0) {
+            Some(pid) => lb_batch::send(self.host, pid, &t.url, t.requests).await.ok().flatten(),
+            None => None,
+        };
+        let (failed, delta) = match on_host {
+            Some(seen) => {
+                let failed: Vec<String> = seen
+                    .statuses
+                    .iter()
+                    .filter(|s| **s == 0 || **s >= 500)
+                    .map(|s| match s {
+                        0 => seen.error.clone().unwrap_or_else(|| "no answer".into()),
+                        s => format!("HTTP {s}"),
+                    })
+                    .collect();
+                (failed, seen.received)
+            }
+            None => self.lb_batch_from_runner(t, active).await?,
+        };
+        if let Some(last) = failed.last() {
+            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
+        }
+        if delta < MIN_TRAFFIC_BYTES {
+            return Ok(Batch::Missed(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
+        }
+        Ok(Batch::Reached(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
+    }
+
+    /// The batch sent from the runner through a tunnel: what failed, and what `active` received.
+    async fn lb_batch_from_runner(&self, t: &crate::core::config::Traffic, active: &str) -> Result<(Vec<String>, u64), StepError> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
         let before = rx_bytes(self.host, active).await?;
         // Sent at once (at most 32 in flight): one round trip over a slow link instead of one
@@ -206,13 +287,7 @@ impl Rollout<'_> {
             })
             .collect();
         let delta = rx_bytes(self.host, active).await?.saturating_sub(before);
-        if let Some(last) = failed.last() {
-            return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
-        }
-        if delta < MIN_TRAFFIC_BYTES {
-            return Ok(Batch::Missed(format!("{active} received no traffic through {} ({} requests, +{delta} bytes)", t.url, t.requests)));
-        }
-        Ok(Batch::Reached(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
+        Ok((failed, delta))
     }
 }
 
@@ -235,26 +310,12 @@ pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, StepError> {
     if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
         let path = format!("/proc/{pid}/net/dev");
         if let Ok(out) = host.shell.run(&["cat", &path], None).await {
-            if let Some(rx) = out.ok().then(|| parse_net_dev(&out.stdout)).flatten() {
+            if let Some(rx) = out.ok().then(|| lb_batch::net_dev_rx(&out.stdout)).flatten() {
                 return Ok(rx);
             }
         }
     }
     host.engine.rx_bytes(name).await.map_err(StepError::failed)
-}
-
-/// Received bytes summed over every interface but loopback, from `/proc/net/dev` text.
-fn parse_net_dev(text: &str) -> Option<u64> {
-    let mut total = None;
-    for line in text.lines().skip(2) {
-        let (iface, counters) = line.split_once(':')?;
-        if iface.trim() == "lo" {
-            continue;
-        }
-        let rx: u64 = counters.split_whitespace().next()?.parse().ok()?;
-        total = Some(total.unwrap_or(0) + rx);
-    }
-    total
 }
 
 #[cfg(test)]
@@ -295,10 +356,4 @@ mod tests {
         assert_eq!(Health::Starting.to_string(), "Docker HEALTHCHECK still starting");
     }
 
-    #[test]
-    fn net_dev_counters() {
-        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    7942     103    0    0    0     0          0         0     9117      89    0    0    0     0       0          0\n  eth1:      58       1    0    0    0     0          0         0        0       0    0    0    0     0       0          0\n";
-        assert_eq!(parse_net_dev(text), Some(8000));
-        assert_eq!(parse_net_dev("garbage"), None);
-    }
 }
