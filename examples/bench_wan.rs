@@ -61,6 +61,10 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
         .output()
         .expect("run capstan");
     let wall_ms = t.elapsed().as_millis() as u64;
+    // BENCH_STDERR=DIR keeps what capstan said (with CAPSTAN_LOG=capstan=debug: each call to the host, timed).
+    if let Ok(dir) = std::env::var("BENCH_STDERR") {
+        let _ = std::fs::write(format!("{dir}/capstan-{rtt_ms}ms-{}.log", t.elapsed().as_nanos()), &out.stderr);
+    }
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
     assert!(out.status.success(), "capstan failed over {rtt_ms} ms: {}", String::from_utf8_lossy(&out.stderr));

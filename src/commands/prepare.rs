@@ -98,11 +98,15 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
         }
         let names = plan::resolve_instances(svc, &listed);
         o.instances.insert(svc.name.clone(), names.clone());
-        for name in &names {
-            if let Some(c) = host.engine.inspect_container(name).await.map_err(unreachable)? {
-                let image = host.engine.inspect_image(&c.image_id).await.map_err(unreachable)?;
-                o.containers.insert(name.clone(), (c, image));
-            }
+        // Every instance at once: one round trip or two over a slow link, not two per instance.
+        let seen = join_all(names.iter().map(|name| async move {
+            let Some(c) = host.engine.inspect_container(name).await? else { return Ok(None) };
+            let image = host.engine.inspect_image(&c.image_id).await?;
+            Ok::<_, EngineError>(Some((name.clone(), c, image)))
+        }))
+        .await;
+        for (name, c, image) in seen.into_iter().collect::<Result<Vec<_>, _>>().map_err(unreachable)?.into_iter().flatten() {
+            o.containers.insert(name, (c, image));
         }
     }
     Ok(o)
@@ -193,7 +197,14 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     // A deploy in progress explains whatever half-done state the hosts are in: say so first.
     let now = OffsetDateTime::now_utc();
     // Every host at once here and below: one round trip of wall time, not one per host.
-    let leases = join_all(hosts.iter().map(|h| state::read_lock(h.shell.as_ref(), &ctx.config.state_dir))).await;
+    // The containers are looked at beside the lock (both only read): a round trip less over a
+    // slow link. A recovery, which changes things, waits for the lock's answer.
+    let seen = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
+        let services = on_host(i);
+        tokio::join!(state::read_lock(h.shell.as_ref(), &ctx.config.state_dir), observe(h, &services))
+    }))
+    .await;
+    let (leases, first_looks): (Vec<_>, Vec<_>) = seen.into_iter().unzip();
     for (h, lease) in hosts.iter().zip(leases) {
         let lease = lease.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
         match lease {
@@ -204,9 +215,9 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
             _ => {}
         }
     }
-    let observed = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
+    let observed = join_all(hosts.iter().zip(first_looks).enumerate().map(|(i, (h, first_look))| async move {
         let services = on_host(i);
-        let mut o = observe(h, &services).await?;
+        let mut o = first_look?;
         if !dry_run && recover(ctx, h, &services, &o).await? {
             o = observe(h, &services).await?;
         }
@@ -277,11 +288,13 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
             crate::host::drain::check(h, &with).await
         }
     });
-    problems.extend(join_all(drains).await.into_iter().flatten());
+    // The version before, from the first host's log, asked beside the drains' checks.
+    let (drain_problems, log) = tokio::join!(join_all(drains), state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir));
+    problems.extend(drain_problems.into_iter().flatten());
     if !problems.is_empty() {
         return Err(Error::input(problems.join("\n")));
     }
-    let previous = match state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await {
+    let previous = match log {
         Ok((records, _)) => release::previous_version(&records),
         Err(_) => None,
     };

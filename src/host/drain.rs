@@ -156,7 +156,12 @@ impl Drainer {
         let cached = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(file).cloned();
         let current = match cached {
             Some(c) => c,
-            None => read(host, file).await?,
+            None => {
+                let text = read(host, file).await?;
+                // The first drain then writes from it (guarded by its digest) without reading again.
+                self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.clone(), text.clone());
+                text
+            }
         };
         let reload = match &n.container {
             Some(c) => {

@@ -37,10 +37,11 @@ impl Rollout<'_> {
             if replaced.is_empty() {
                 continue;
             }
+            // Every instance at once: one round trip over a slow link, not one per instance.
+            let seen = futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))).await;
             let mut targets = Vec::new();
-            for ip in &replaced {
-                let c = self.host.engine.inspect_container(&ip.name).await.map_err(|e| GuardError::Host(e.to_string()))?;
-                let c = c.ok_or_else(|| GuardError::Host(format!("{} disappeared", ip.name)))?;
+            for (ip, c) in replaced.iter().zip(seen) {
+                let c = c.map_err(|e| GuardError::Host(e.to_string()))?.ok_or_else(|| GuardError::Host(format!("{} disappeared", ip.name)))?;
                 targets.push(drain::Target::of(svc, &c));
             }
             let refs: Vec<&drain::Target> = targets.iter().collect();
@@ -141,7 +142,8 @@ impl Rollout<'_> {
             self.warn(format!("could not tell the guard that the host is done: {e}"));
             return;
         }
-        for (service, name) in kept {
+        // All at once: a round trip in all over a slow link, not one per instance.
+        futures_util::future::join_all(kept.iter().map(|(service, name)| async move {
             let old = format!("{name}{OLD_SUFFIX}");
             let removed = self
                 .step(service, name, "cleanup", async {
@@ -152,7 +154,8 @@ impl Rollout<'_> {
             if let Err(e) = removed {
                 self.warn(format!("could not remove {old}: {e}"));
             }
-        }
+        }))
+        .await;
     }
 
     /// After a failed step, with the guard armed: Some(what to say) when the link
