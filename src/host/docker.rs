@@ -266,8 +266,13 @@ impl Engine for DockerEngine {
         let mut body = spec.0.clone();
         body.image = Some(image.to_string());
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
-        let r = self.docker.create_container(Some(opts), body).await.map_err(|e| other(&format!("create {name}"), e))?;
-        Ok(r.id)
+        // The image's inspect, which the new container's first inspect needs, is asked beside
+        // the create (a round trip less for the health gate over a slow link).
+        let (r, image) = tokio::join!(self.docker.create_container(Some(opts), body), self.docker.inspect_image(image));
+        if let Some(id) = image.ok().and_then(|i| i.id.clone().map(|id| (id, i))) {
+            self.images.lock().unwrap_or_else(PoisonError::into_inner).insert(id.0, id.1);
+        }
+        Ok(r.map_err(|e| other(&format!("create {name}"), e))?.id)
     }
 
     async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError> {

@@ -106,6 +106,7 @@ say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "
 /// Extracts the guard's files from the tar on stdin and starts it, detached
 /// from the SSH session (its own session, no terminal, output to its log).
 const ARM: &str = r#"set -eu
+for t in docker setsid tar; do command -v "$t" >/dev/null 2>&1 || { cat >/dev/null; echo "the guard needs $t on the host" >&2; exit 3; }; done
 d=$1; g="$d/guard/$2"; mkdir -p "$g"; tar -xf - -C "$g"
 setsid sh -c "$5" capstan-guard "$d" "$2" "$3" "$4" < /dev/null >> "$g/guard.log" 2>&1 &
 echo armed"#;

@@ -284,6 +284,7 @@ fn every_gate_on_the_happy_path_is_reported_with_its_value() {
         "preflight disk",
         "preflight load",
         "preflight backup",
+        "preflight guard",
         &format!("preflight health {i1}"),
         &format!("preflight health {i2}"),
         "pre_deploy hook",
