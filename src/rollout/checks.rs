@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::core::config::{Service, SwarmTarget};
 use crate::core::image;
 use crate::core::observed::{ContainerInfo, DockerHealth, SwarmTask};
-use crate::host::{lb_batch, Host};
+use crate::host::{lb_batch, Host, ProbeError};
 use crate::rollout::steps::{StepError, StepResult};
 use crate::rollout::Rollout;
 
@@ -74,7 +74,7 @@ pub async fn look(host: &Host, svc: &Service, c: &ContainerInfo) -> Health {
 }
 
 /// The `health.http` probe of `c` (`reusing`: on a connection kept from the last probe).
-async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> Result<u16, String> {
+async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> Result<u16, ProbeError> {
     let Some(http) = &svc.health.http else { return Ok(200) };
     let (addr, port) = c.probe_addr(http.port);
     let timeout = PROBE_TIMEOUT.min(svc.health.timeout);
@@ -82,17 +82,17 @@ async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> 
         true => host.probe.http_get_reusing(&addr, port, &http.path, timeout).await,
         false => host.probe.http_get(&addr, port, &http.path, timeout).await,
     };
-    answer.map(|a| a.status).map_err(|e| format!("GET {}: {e}", http.path))
+    answer.map(|a| a.status)
 }
 
 /// What a look comes to: `c` as inspected, and its probe's answer (None: no probe).
-fn judge(svc: &Service, c: &ContainerInfo, answer: Option<Result<u16, String>>) -> Health {
+fn judge(svc: &Service, c: &ContainerInfo, answer: Option<Result<u16, ProbeError>>) -> Health {
     if !c.running {
         return Health::NotRunning;
     }
     match (answer, &svc.health.http) {
         (Some(Ok(status)), Some(http)) if !(200..400).contains(&status) => return Health::Probe(format!("GET {} answered {status}", http.path)),
-        (Some(Err(e)), _) => return Health::Probe(e),
+        (Some(Err(e)), Some(http)) => return Health::Probe(format!("GET {}: {e}", http.path)),
         _ => {}
     }
     match c.docker_health {
