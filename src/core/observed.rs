@@ -27,6 +27,10 @@ pub struct ContainerSpec(pub bollard::models::ContainerCreateBody);
 pub struct ContainerInfo {
     /// Its name, without Docker's leading `/`.
     pub name: String,
+    /// The container's ID: what a change aimed at this very container names, so that a
+    /// request that reaches the host late (held by a cut link) cannot hit another one
+    /// that took the name meanwhile.
+    pub id: String,
     /// The image ID (`sha256:…` of the image config).
     pub image_id: String,
     /// What the container was created from (`Config.Image`): a tag, a digest reference or an ID.

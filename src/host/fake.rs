@@ -50,6 +50,7 @@ pub fn world(extra: &str) -> World {
 
 #[derive(Clone, Debug)]
 pub struct FakeContainer {
+    pub id: String,
     pub image: String,
     pub running: bool,
     pub spec: ContainerSpec,
@@ -244,7 +245,8 @@ impl FakeHost {
         s.images.insert(image.into());
         let mut spec = ContainerSpec::default();
         spec.0.env = Some(vec!["APP_SETTING=kept".into()]);
-        s.containers.insert(name.into(), FakeContainer { image: image.into(), running: true, spec, host_port, address, rx: 0 });
+        let id = format!("{:012x}", s.next_id);
+        s.containers.insert(name.into(), FakeContainer { id, image: image.into(), running: true, spec, host_port, address, rx: 0 });
     }
 
     pub fn fail(&self, op: &str) {
@@ -289,6 +291,7 @@ impl Engine for FakeHost {
         let c = c.clone();
         Ok(Some(ContainerInfo {
             name: name.into(),
+            id: c.id.clone(),
             image_id: format!("id:{}", c.image),
             image_ref: c.image.clone(),
             running: c.running,
@@ -367,8 +370,13 @@ impl Engine for FakeHost {
 
     async fn remove(&self, name: &str) -> Result<(), EngineError> {
         let mut s = self.state.lock().unwrap();
-        self.check("remove", &mut s, name)?;
-        s.containers.remove(name);
+        // By name, or by ID as the engine takes it (logged by the name it had).
+        let name = match s.containers.contains_key(name) {
+            true => name.to_string(),
+            false => s.containers.iter().find(|(_, c)| c.id == name).map(|(n, _)| n.clone()).unwrap_or_else(|| name.to_string()),
+        };
+        self.check("remove", &mut s, &name)?;
+        s.containers.remove(&name);
         Ok(())
     }
 
@@ -386,7 +394,7 @@ impl Engine for FakeHost {
         s.next_id += 1;
         let id = format!("{:012x}", s.next_id);
         let address = format!("10.0.0.{}", s.next_id);
-        s.containers.insert(name.into(), FakeContainer { image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
+        s.containers.insert(name.into(), FakeContainer { id: id.clone(), image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
         Ok(id)
     }
 

@@ -50,14 +50,35 @@ until=$(date -u -d "+300 seconds" +%Y-%m-%dT%H:%M:%SZ)
 sed -e "s/\"id\":\"$id\"/\"id\":\"$id-guard\"/" -e "s/\"expires_at\":\"[^\"]*\"/\"expires_at\":\"$until\"/" "$d/lock.json" > "$t" && mv -f "$t" "$d/lock.json"
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 tab="$(printf '\t')"
+reload_lb() { [ -z "$1" ] || sh -c "$1" >> "$log" 2>&1 || say "reload failed: $1"; }
+# Every upstream file as it was before the run, each reloaded once.
+restore_lbs() {
+  seen=
+  while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
+    [ "$orig" = - ] && continue
+    case "$seen" in *"|$orig|"*) continue;; esac
+    seen="$seen|$orig|"; cat "$g/$orig" > "$conf"; reload_lb "$reload"
+  done < "$g/plan"
+}
 if [ -f "$g/done" ]; then
-  # The host had finished: the kept containers are garbage now, the record is the run's.
-  while IFS="$tab" read -r name old rest; do docker rm -f "$old" >> "$log" 2>&1 || true; done < "$g/plan"
+  # The host had finished: a kept container is garbage now, and the record is the run's. An
+  # instance that does not run (the run was putting the host back after another host
+  # failed) gets the container it kept back, and the load balancer its files as they were.
+  fixed=
+  while IFS="$tab" read -r name old rest; do
+    if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]; then docker rm -f "$old" >> "$log" 2>&1 || true
+    elif docker container inspect "$old" >/dev/null 2>&1; then
+      say "$name does not run: putting $old back"; fixed=1
+      docker rm -f "$name" >> "$log" 2>&1; docker rename "$old" "$name" >> "$log" 2>&1 && docker start "$name" >> "$log" 2>&1 || say "$name: failed"
+    elif docker container inspect "$name" >/dev/null 2>&1; then
+      say "starting $name"; fixed=1; docker start "$name" >> "$log" 2>&1 || say "$name: failed"
+    fi
+  done < "$g/plan"
+  [ -z "$fixed" ] || restore_lbs
   sed "s/@TIME@/$now/" "$g/done" >> "$d/deploys.jsonl"
   ours "$id-guard" && rm -f "$d/lock.json"
   say "the run had finished: its record appended, lock released"; rm -rf "$g"; exit 0
 fi
-reload_lb() { [ -z "$1" ] || sh -c "$1" >> "$log" 2>&1 || say "reload failed: $1"; }
 probe() { # $1 container $2 port $3 path: one good answer from any of its addresses
   [ "$2" = - ] && return 0
   for a in $(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" 2>/dev/null); do
@@ -79,7 +100,11 @@ ready() { # $1 container $2 seconds $3 port $4 path
 outcome=succeeded; done_json=
 tac "$g/plan" > "$g/plan.rev"
 while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
-  docker container inspect "$old" >/dev/null 2>&1 || continue
+  if ! docker container inspect "$old" >/dev/null 2>&1; then
+    # Nothing kept: the run put it back itself, or was doing so (renamed back, not yet started).
+    [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = false ] && { say "starting $name"; docker start "$name" >> "$log" 2>&1 || true; }
+    continue
+  fi
   say "putting $old back as $name"
   if [ "$down" != - ]; then cat "$g/$down" > "$conf"; reload_lb "$reload"; sleep "$(( wait / 1000 )).$(printf '%03d' $(( wait % 1000 )))"; fi
   r=reverted
@@ -92,13 +117,7 @@ while IFS="$tab" read -r name old down wait settle port path conf orig reload js
   j=$(printf '%s' "$json" | sed "s/@OUTCOME@/$r/")
   done_json="${done_json:+$done_json,}$j"
 done < "$g/plan.rev"
-# Every upstream file as it was before the run, each reloaded once.
-seen=
-while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
-  [ "$orig" = - ] && continue
-  case "$seen" in *"|$orig|"*) continue;; esac
-  seen="$seen|$orig|"; cat "$g/$orig" > "$conf"; reload_lb "$reload"
-done < "$g/plan"
+restore_lbs
 sed -e "s/@TIME@/$now/" -e "s/@OUTCOME@/$outcome/" "$g/record" | I="$done_json" awk '{ p = index($0, "@INSTANCES@"); if (p) $0 = substr($0, 1, p - 1) ENVIRON["I"] substr($0, p + 11); print }' >> "$d/deploys.jsonl"
 ours "$id-guard" && rm -f "$d/lock.json"
 say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "$g""#;

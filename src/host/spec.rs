@@ -56,6 +56,7 @@ pub fn container_info(c: &ContainerInspectResponse, image: Option<&ImageInspect>
     let label = |k: &str| config.labels.as_ref().and_then(|l| l.get(k).cloned());
     ContainerInfo {
         name: c.name.clone().unwrap_or_default().trim_start_matches('/').to_string(),
+        id: c.id.clone().unwrap_or_default(),
         image_id: c.image.clone().unwrap_or_default(),
         image_ref: config.image.clone().unwrap_or_default(),
         running: state.running.unwrap_or(false),

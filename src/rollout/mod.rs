@@ -287,6 +287,16 @@ impl<'a> Rollout<'a> {
             };
             set(&d.service.name, &d.name, if ok { InstanceOutcome::Reverted } else { InstanceOutcome::Failed });
             all_restored &= ok;
+            // The link died during the revert: the rest is the guard's (it puts back what
+            // the run has not), and the run says so and touches the host no more.
+            if !ok {
+                if let Some(why) = self.link_lost().await {
+                    self.emit_instances(&results);
+                    self.emit_reloads();
+                    let error = format!("{at}: {}; while reverting {}: lost the link to the host: {why}", f.error, d.name);
+                    return HostResult { outcome: RunOutcome::Failed, instances: results, error: Some(error), ..Default::default() };
+                }
+            }
         }
         if all_restored {
             self.guard_done(RunOutcome::RolledBack, &replaced, &[]).await;

@@ -45,6 +45,9 @@ struct Progress {
     created: bool,
     /// The next instance was drained with this one's undrain (one reload for both).
     next_drained: bool,
+    /// The new container's ID, once created: its undo removes that container, never
+    /// whatever bears the name by then.
+    new_id: Option<String>,
 }
 
 /// How one forward replace meets its neighbours in the load balancer.
@@ -87,12 +90,17 @@ impl Rollout<'_> {
             Some(r) => with_label(spec, COMPOSE_IMAGE_LABEL, r),
             None => spec.clone(),
         };
-        // A revert of an instance whose old container the guard kept: that one goes first
-        // (the revert recreates the old one from its spec and keeps the new one instead).
+        // A revert of an instance whose old container the guard kept: that very container
+        // goes back (drained, the release's removed, the kept one renamed back, started,
+        // health-checked, undrained), the way the guard on the host would put it back, so
+        // that what the guard would do stays right at every moment of the revert.
         if direction == Direction::Revert && self.guarded() && self.host.engine.inspect_container(&old).await.ok().flatten().is_some() {
-            if let Err(e) = self.host.engine.remove(&old).await {
-                return Err(Failure { error: StepError::Failed(format!("cannot remove the kept {old} before the revert: {e}")), restored: false });
-            }
+            let new_id = Some(current.id.clone()).filter(|id| !id.is_empty());
+            let mut p = Progress { renamed: true, stopped: true, created: true, new_id, ..Default::default() };
+            return match self.undo(svc, name, &old, &target, None, &mut p, direction).await {
+                true => Ok(false),
+                false => Err(Failure { error: StepError::Failed(format!("the kept {old} could not be put back")), restored: false }),
+            };
         }
         let mut p = Progress { drained: handover.drained, ..Default::default() };
         let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, direction).await;
@@ -153,7 +161,7 @@ impl Rollout<'_> {
         self.go_on(cancellable)?;
         self.step(s, name, &step("start"), async {
             p.created = true;
-            engine.create(name, spec, to_image).await.map_err(StepError::failed)?;
+            p.new_id = Some(engine.create(name, spec, to_image).await.map_err(StepError::failed)?).filter(|id| !id.is_empty());
             engine.start(name).await.map_err(StepError::failed)?;
             Ok(((), crate::core::image::short(to_image)))
         })
@@ -306,7 +314,7 @@ impl Rollout<'_> {
             ok &= self
                 .step(s, name, &step("remove new"), async {
                     // Drained (and waited on) by now: no request is lost by removing it at once.
-                    engine.remove(name).await.map_err(StepError::failed)?;
+                    engine.remove(p.new_id.as_deref().unwrap_or(name)).await.map_err(StepError::failed)?;
                     Ok(((), format!("removed the new {name}")))
                 })
                 .await

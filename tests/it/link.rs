@@ -58,6 +58,8 @@ enum Stage {
     SecondInstance,
     /// The host is done: its record is staged with the guard, the run is about to write it.
     Finished,
+    /// Both instances serve the release, which failed its validation: the run is reverting.
+    Reverting,
 }
 
 const GUARD: Duration = Duration::from_secs(6);
@@ -74,7 +76,13 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     // written one is long enough to cut the link in.
     let rtt = if matches!(stage, Stage::Finished) { Duration::from_millis(200) } else { Duration::ZERO };
     let proxy = wan::to_sandbox(sb, rtt);
-    let config = wan::through(&app, sb, &proxy).set("lock", serde_json::json!({ "guard": format!("{}s", GUARD.as_secs()) })).text();
+    let mut config = wan::through(&app, sb, &proxy).set("lock", serde_json::json!({ "guard": format!("{}s", GUARD.as_secs()) }));
+    let passing = config.text();
+    if matches!(stage, Stage::Reverting) {
+        // A release that serves but fails its validation once every instance runs it.
+        config = config.set("validate", serde_json::json!({ "endpoints": [{ "url": format!("{}version", app.lb_url()), "status": 418 }] }));
+    }
+    let config = config.text();
     app.write_config(&config);
     let upstream_before = std::fs::read_to_string(app.upstream_conf()).expect("upstream file");
     let load = app.load(100);
@@ -86,6 +94,8 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
     std::thread::sleep(Duration::from_millis(300));
     let mut child = app.spawn(&["deploy", "--version", "v2"]);
     let names = app.instances();
+    // For the revert: every instance was seen serving the release, none drained.
+    let mut all_served = false;
     let reached = support::wait_for(Duration::from_secs(60), Duration::from_millis(5), || {
         let containers = app.containers();
         let upstream = std::fs::read_to_string(app.upstream_conf()).unwrap_or_default();
@@ -94,6 +104,15 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
             Stage::Replacing => containers.contains(&format!("{}.capstan-old", names[0])),
             Stage::SecondInstance => containers.contains(&format!("{}.capstan-old", names[1])),
             Stage::Finished => staged(&app),
+            // Every instance served the release, and then one went out of the load balancer
+            // again: the revert's first drain.
+            Stage::Reverting => {
+                let released = app.versions() == ["v2", "v2"];
+                let drained = upstream.contains(" down");
+                let reverting = all_served && released && drained;
+                all_served |= released && !drained;
+                reverting
+            }
         };
         there.then_some(())
     });
@@ -159,8 +178,9 @@ fn partition(hint: &str, stage: Stage, kill: bool) -> (Duration, support::LoadSt
         usize::from(matches!(stage, Stage::Finished)),
         "one record of the deploy, not two, none lost:\n{log}"
     );
-    // The link heals: the next deploy starts without --force.
+    // The link heals: the next deploy (of a release that passes) starts without --force.
     proxy.black_hole(false);
+    app.write_config(&passing);
     let next = app.capstan(&["deploy", "--version", "v2"]);
     next.assert_success();
     assert_eq!(app.versions(), ["v2", "v2"]);
@@ -191,6 +211,13 @@ fn a_link_cut_after_an_instance_was_replaced_puts_both_back() {
     let _turn = shared();
     let (took, stats) = partition("cutsecond", Stage::SecondInstance, false);
     support::record_fault("link black-holed on the second instance", "the guard puts both kept containers back", Some(&stats), Some(took));
+}
+
+#[test]
+fn a_link_cut_while_the_run_reverts_is_finished_by_the_guard() {
+    let _turn = shared();
+    let (took, stats) = partition("cutrev", Stage::Reverting, false);
+    support::record_fault("link black-holed while the run reverts a release", "the guard puts back what the run had not", Some(&stats), Some(took));
 }
 
 #[test]
