@@ -63,17 +63,19 @@ impl std::fmt::Display for Health {
 /// Docker's HEALTHCHECK (if its image has one). A failed probe is named before Docker's
 /// word: it says more.
 pub async fn look(host: &Host, svc: &Service, c: &ContainerInfo) -> Health {
-    if !c.running {
-        return Health::NotRunning;
-    }
-    let answer = match &svc.health.http {
-        Some(_) => Some(probe(host, svc, c, false).await),
-        None => None,
-    };
-    judge(svc, c, answer)
+    judge(svc, c, probe_if_running(host, svc, c, false).await)
 }
 
-/// The `health.http` probe of `c` (`reusing`: on a connection kept from the last probe).
+/// The probe's answer when `c` runs (None when it does not: nothing to ask).
+async fn probe_if_running(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> Option<Result<u16, ProbeError>> {
+    match c.running {
+        true => Some(probe(host, svc, c, reusing).await),
+        false => None,
+    }
+}
+
+/// The `health.http` probe of `c` (`reusing`: on a connection kept from the last probe);
+/// a service without one answers 200.
 async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> Result<u16, ProbeError> {
     let Some(http) = &svc.health.http else { return Ok(200) };
     let (addr, port) = c.probe_addr(http.port);
@@ -85,7 +87,7 @@ async fn probe(host: &Host, svc: &Service, c: &ContainerInfo, reusing: bool) -> 
     answer.map(|a| a.status)
 }
 
-/// What a look comes to: `c` as inspected, and its probe's answer (None: no probe).
+/// What a look comes to: `c` as inspected, and its probe's answer (None: not asked).
 fn judge(svc: &Service, c: &ContainerInfo, answer: Option<Result<u16, ProbeError>>) -> Health {
     if !c.running {
         return Health::NotRunning;
@@ -158,26 +160,22 @@ impl Rollout<'_> {
         // longer has is sent again.
         let mut known: Option<ContainerInfo> = None;
         let inspect = || async { self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared"))) };
-        let probing = svc.health.http.is_some();
         loop {
             probes += 1;
-            let (c, answer) = match known.take().filter(|k| k.running && probing) {
+            let (c, answer) = match known.take().filter(|k| k.running) {
                 Some(k) => {
                     let (c, answer) = tokio::join!(inspect(), probe(self.host, svc, &k, true));
                     let c = c?;
-                    let same = c.addresses == k.addresses && c.ports == k.ports;
-                    let answer = match same {
-                        true => answer,
-                        false => probe(self.host, svc, &c, true).await,
+                    let moved = c.addresses != k.addresses || c.ports != k.ports;
+                    let answer = match moved {
+                        true => probe_if_running(self.host, svc, &c, true).await,
+                        false => Some(answer),
                     };
-                    (c, Some(answer))
+                    (c, answer)
                 }
                 None => {
                     let c = inspect().await?;
-                    let answer = match c.running && probing {
-                        true => Some(probe(self.host, svc, &c, true).await),
-                        false => None,
-                    };
+                    let answer = probe_if_running(self.host, svc, &c, true).await;
                     (c, answer)
                 }
             };
