@@ -256,10 +256,7 @@ impl<'a> Rollout<'a> {
         };
         // The link is gone: the run can touch the host no more, the guard puts it back.
         if let Some(why) = self.link_lost().await {
-            self.emit_instances(&results);
-            self.emit_reloads();
-            let error = format!("{at}: {}; lost the link to the host: {why}", f.error);
-            return HostResult { outcome: RunOutcome::Failed, instances: results, error: Some(error), ..Default::default() };
+            return self.left_to_guard(results, format!("{at}: {}; lost the link to the host: {why}", f.error));
         }
         match done.len() {
             0 => self.info(format!("{at} failed: {}", f.error)),
@@ -291,10 +288,7 @@ impl<'a> Rollout<'a> {
             // the run has not), and the run says so and touches the host no more.
             if !ok {
                 if let Some(why) = self.link_lost().await {
-                    self.emit_instances(&results);
-                    self.emit_reloads();
-                    let error = format!("{at}: {}; while reverting {}: lost the link to the host: {why}", f.error, d.name);
-                    return HostResult { outcome: RunOutcome::Failed, instances: results, error: Some(error), ..Default::default() };
+                    return self.left_to_guard(results, format!("{at}: {}; while reverting {}: lost the link to the host: {why}", f.error, d.name));
                 }
             }
         }
@@ -355,6 +349,13 @@ impl<'a> Rollout<'a> {
 
     fn swarm(&self) -> SwarmRollout<'a> {
         SwarmRollout::new(self.steps())
+    }
+
+    /// The host left to its guard: what was done so far, and why the run stopped there.
+    fn left_to_guard(&self, results: Vec<InstanceResult>, error: String) -> HostResult {
+        self.emit_instances(&results);
+        self.emit_reloads();
+        HostResult { outcome: RunOutcome::Failed, instances: results, error: Some(error), ..Default::default() }
     }
 
     fn emit_instances(&self, results: &[InstanceResult]) {
