@@ -122,13 +122,28 @@ sed -e "s/@TIME@/$now/" -e "s/@OUTCOME@/$outcome/" "$g/record" | I="$done_json" 
 ours "$id-guard" && rm -f "$d/lock.json"
 say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "$g""#;
 
+/// What the guard runs on the host besides `sh`: the Docker CLI, `setsid`, `tar`.
+macro_rules! guard_tools {
+    () => {
+        "docker setsid tar"
+    };
+}
+
+/// Prints `missing:` and the guard's tools the host lacks.
+const MISSING: &str = concat!(r#"m=""; for t in "#, guard_tools!(), r#"; do command -v "$t" >/dev/null 2>&1 || m="$m $t"; done; echo "missing:$m""#);
+
 /// Extracts the guard's files from the tar on stdin and starts it, detached
 /// from the SSH session (its own session, no terminal, output to its log).
-const ARM: &str = r#"set -eu
-for t in docker setsid tar; do command -v "$t" >/dev/null 2>&1 || { cat >/dev/null; echo "the guard needs $t on the host" >&2; exit 3; }; done
+/// Refuses (its stdin read to the end, nothing extracted) on a host without the guard's tools.
+const ARM: &str = concat!(
+    r#"set -eu
+for t in "#,
+    guard_tools!(),
+    r#"; do command -v "$t" >/dev/null 2>&1 || { cat >/dev/null; echo "the guard needs $t on the host" >&2; exit 3; }; done
 d=$1; g="$d/guard/$2"; mkdir -p "$g"; tar -xf - -C "$g"
 setsid sh -c "$5" capstan-guard "$d" "$2" "$3" "$4" < /dev/null >> "$g/guard.log" 2>&1 &
-echo armed"#;
+echo armed"#
+);
 
 /// Stages the host's final record: a guard that fires from now on appends it
 /// and releases the lock, and changes nothing else.
@@ -253,6 +268,16 @@ pub async fn arm(shell: &dyn Shell, plan: &GuardPlan) -> Result<(), GuardError> 
     Ok(())
 }
 
+/// The guard's tools this host lacks (none: it can be armed). Checked by the preflight,
+/// so that `check` and `deploy` refuse a host where the guard could not act.
+pub async fn missing_tools(shell: &dyn Shell) -> Result<Vec<String>, GuardError> {
+    let r = shell.run(&["sh", "-c", MISSING], None).await?;
+    match r.stdout.trim().strip_prefix("missing:") {
+        Some(missing) if r.ok() => Ok(missing.split_whitespace().map(String::from).collect()),
+        _ => Err(GuardError::Host(format!("exit {}: {}{}", r.status, r.stdout.trim(), r.stderr.trim()))),
+    }
+}
+
 /// Stages the host's final record (with `@TIME@` for the time): from now on a
 /// guard that fires records it, removes the kept containers and releases the
 /// lock, and puts nothing back.
@@ -358,6 +383,18 @@ impl Fence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tools check, as `sh` runs it: nothing missing here (scripts/setup installs
+    /// them), all three on a host whose PATH has none of them.
+    #[tokio::test]
+    async fn the_tools_check_names_what_is_missing() {
+        let fake = crate::host::fake::FakeHost::new();
+        assert_eq!(missing_tools(fake.host().shell.as_ref()).await.unwrap(), Vec::<String>::new());
+        let empty = fake.dir.path().join("empty-path");
+        std::fs::create_dir_all(&empty).unwrap();
+        let out = std::process::Command::new("/bin/sh").args(["-c", MISSING]).env("PATH", &empty).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "missing: docker setsid tar");
+    }
 
     fn plan() -> GuardPlan {
         let lb = |drained: &str| GuardLb {
