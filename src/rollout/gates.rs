@@ -68,10 +68,7 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
     }
     // The guard on the host is armed before the first container is touched: what it runs
     // must be there, or a lost link would leave the host as the run left it.
-    let guarded = plan.services.iter().any(|sp| {
-        services.iter().any(|s| s.name == sp.service && s.swarm.is_none()) && sp.instances.iter().any(|i| i.replace)
-    });
-    if guarded {
+    if crate::rollout::guard::guarded(plan, services).next().is_some() {
         checks.push(guard_tools(host).boxed());
     }
     if check_health {

@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
-use crate::core::plan::{HostPlan, OLD_SUFFIX};
+use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
 use crate::core::record::{InstanceOutcome, Record, RecordInstance, RunCommand, RunOutcome};
 use crate::host::drain;
 use crate::host::guard::{self, GuardError, GuardInstance, GuardPlan};
@@ -13,6 +13,16 @@ use crate::rollout::Rollout;
 
 /// Placeholders the guard fills in (`host::guard::GUARD`).
 const TIME: &str = "@TIME@";
+
+/// What the guard on a host watches: per service this host replaces instances of
+/// (Swarm services aside, which Swarm puts back itself), the instances replaced.
+pub(crate) fn guarded<'p, 's>(plan: &'p HostPlan, services: &'p [&'s Service]) -> impl Iterator<Item = (&'s Service, Vec<&'p InstancePlan>)> + 'p {
+    plan.services.iter().filter_map(|sp| {
+        let svc = services.iter().find(|s| s.name == sp.service).filter(|s| s.swarm.is_none())?;
+        let replaced: Vec<_> = sp.instances.iter().filter(|i| i.replace).collect();
+        (!replaced.is_empty()).then_some((*svc, replaced))
+    })
+}
 
 impl Rollout<'_> {
     /// Whether the guard runs on this host (so old containers are kept until the host is done).
@@ -31,12 +41,7 @@ impl Rollout<'_> {
     pub(super) async fn arm_guard(&self, plan: &HostPlan, services: &[&Service]) -> Result<(), GuardError> {
         let Some(k) = &self.lease else { return Ok(()) };
         let mut instances = Vec::new();
-        for sp in &plan.services {
-            let Some(svc) = services.iter().find(|s| s.name == sp.service).filter(|s| s.swarm.is_none()) else { continue };
-            let replaced: Vec<_> = sp.instances.iter().filter(|i| i.replace).collect();
-            if replaced.is_empty() {
-                continue;
-            }
+        for (svc, replaced) in guarded(plan, services) {
             // Every instance at once: one round trip over a slow link, not one per instance.
             let seen = futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))).await;
             let mut targets = Vec::new();
