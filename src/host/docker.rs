@@ -43,7 +43,13 @@ impl DockerEngine {
         let client = Arc::new(pool.build(hyperlocal::UnixConnector));
         let transport = move |req: bollard::BollardRequest| {
             let client = Arc::clone(&client);
-            async move { client.request(req).await.map_err(bollard::errors::Error::from) }
+            // Every engine call passes here: each is timed (until its answer's headers).
+            let timed = crate::host::Timed::new(format!("docker {} {}", req.method(), req.uri().path()));
+            async move {
+                let answer = client.request(req).await.map_err(bollard::errors::Error::from);
+                drop(timed);
+                answer
+            }
         };
         // bollard writes the socket's path hex-encoded as the authority, hyperlocal's own form.
         let hex: String = socket.to_string_lossy().bytes().map(|b| format!("{b:02x}")).collect();
@@ -140,7 +146,6 @@ impl Engine for DockerEngine {
     }
 
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let _t = crate::host::Timed::new(format!("docker inspect_container {name}"));
         let c = match self.docker.inspect_container(name, None).await {
             Ok(c) => c,
             Err(e) if is_404(&e) => return Ok(None),
@@ -162,7 +167,6 @@ impl Engine for DockerEngine {
     }
 
     async fn list_containers(&self) -> Result<Vec<Listed>, EngineError> {
-        let _t = crate::host::Timed::new("docker list_containers");
         let opts = ListContainersOptionsBuilder::new().all(true).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(|e| other("list containers", e))?;
         Ok(list
@@ -183,7 +187,6 @@ impl Engine for DockerEngine {
     }
 
     async fn exec(&self, container: &str, argv: &[&str]) -> Result<(i64, String), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker exec {container}"));
         use bollard::exec::{CreateExecOptions, StartExecResults};
         let opts = CreateExecOptions { cmd: Some(argv.to_vec()), attach_stdout: Some(true), attach_stderr: Some(true), ..Default::default() };
         let what = || format!("exec `{}` in {container}", argv.join(" "));
@@ -199,7 +202,6 @@ impl Engine for DockerEngine {
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
-        let _t = crate::host::Timed::new(format!("docker inspect_image {reference}"));
         match self.docker.inspect_image(reference).await {
             Ok(i) => Ok(Some(ImageInfo {
                 id: i.id.unwrap_or_default(),
@@ -217,7 +219,6 @@ impl Engine for DockerEngine {
     }
 
     async fn pull(&self, reference: &str, c: Option<&Credentials>) -> Result<(), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker pull {reference}"));
         pull(&self.docker, reference, c).await.map_err(|e| classify(reference, e))
     }
 
@@ -227,13 +228,11 @@ impl Engine for DockerEngine {
     }
 
     async fn rename(&self, name: &str, new_name: &str) -> Result<(), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker rename {name}"));
         let opts = RenameContainerOptionsBuilder::new().name(new_name).build();
         self.docker.rename_container(name, opts).await.map_err(|e| other(&format!("rename {name} to {new_name}"), e))
     }
 
     async fn stop(&self, name: &str) -> Result<(), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker stop {name}"));
         match self.docker.stop_container(name, None).await {
             Ok(()) => Ok(()),
             // 304: already stopped.
@@ -243,7 +242,6 @@ impl Engine for DockerEngine {
     }
 
     async fn start(&self, name: &str) -> Result<(), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker start {name}"));
         match self.docker.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
@@ -252,7 +250,6 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, name: &str) -> Result<(), EngineError> {
-        let _t = crate::host::Timed::new(format!("docker remove {name}"));
         let opts = RemoveContainerOptionsBuilder::new().force(true).build();
         match self.docker.remove_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
@@ -262,7 +259,6 @@ impl Engine for DockerEngine {
     }
 
     async fn create(&self, name: &str, spec: &ContainerSpec, image: &str) -> Result<String, EngineError> {
-        let _t = crate::host::Timed::new(format!("docker create {name}"));
         let mut body = spec.0.clone();
         body.image = Some(image.to_string());
         let opts = CreateContainerOptionsBuilder::new().name(name).build();
@@ -276,7 +272,6 @@ impl Engine for DockerEngine {
     }
 
     async fn rx_bytes(&self, name: &str) -> Result<u64, EngineError> {
-        let _t = crate::host::Timed::new(format!("docker rx_bytes {name}"));
         let opts = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
         let mut s = self.docker.stats(name, Some(opts));
         let stats = s.next().await.ok_or_else(|| EngineError::Other(format!("stats {name}: no answer")))?.map_err(|e| other(&format!("stats {name}"), e))?;
