@@ -58,6 +58,16 @@ impl DockerEngine {
     }
 }
 
+impl DockerEngine {
+    /// Keeps an image's inspect by its ID (an image ID's config never changes).
+    fn remember(&self, i: ImageInspect) -> ImageInspect {
+        if let Some(id) = &i.id {
+            self.images.lock().unwrap_or_else(PoisonError::into_inner).insert(id.clone(), i.clone());
+        }
+        i
+    }
+}
+
 /// How long an engine connection may stay idle in the pool, and how many may.
 const KEPT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 const KEPT_PER_HOST: usize = 8;
@@ -155,13 +165,7 @@ impl Engine for DockerEngine {
         let cached = self.images.lock().unwrap_or_else(PoisonError::into_inner).get(&image_id).cloned();
         let image = match cached {
             Some(i) => Some(i),
-            None => {
-                let i = self.docker.inspect_image(&image_id).await.ok();
-                if let Some(i) = &i {
-                    self.images.lock().unwrap_or_else(PoisonError::into_inner).insert(image_id, i.clone());
-                }
-                i
-            }
+            None => self.docker.inspect_image(&image_id).await.ok().map(|i| self.remember(i)),
         };
         Ok(Some(container_info(&c, image.as_ref())))
     }
@@ -265,8 +269,8 @@ impl Engine for DockerEngine {
         // The image's inspect, which the new container's first inspect needs, is asked beside
         // the create (a round trip less for the health gate over a slow link).
         let (r, image) = tokio::join!(self.docker.create_container(Some(opts), body), self.docker.inspect_image(image));
-        if let Some(id) = image.ok().and_then(|i| i.id.clone().map(|id| (id, i))) {
-            self.images.lock().unwrap_or_else(PoisonError::into_inner).insert(id.0, id.1);
+        if let Ok(i) = image {
+            self.remember(i);
         }
         Ok(r.map_err(|e| other(&format!("create {name}"), e))?.id)
     }
