@@ -237,7 +237,8 @@ impl Rollout<'_> {
     /// Sent from the host in one `sh` where it can ([`lb_batch`]), else from the runner.
     async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
         let c = self.host.engine.inspect_container(active).await.map_err(StepError::failed)?;
-        let on_host = match c.map(|c| c.pid).filter(|p| *p > 0) {
+        let pid = c.map(|c| c.pid).filter(|p| *p > 0);
+        let on_host = match pid {
             Some(pid) => lb_batch::send(self.host, pid, &t.url, t.requests).await.ok().flatten(),
             None => None,
         };
@@ -254,7 +255,7 @@ impl Rollout<'_> {
                     .collect();
                 (failed, seen.received)
             }
-            None => self.lb_batch_from_runner(t, active).await?,
+            None => self.lb_batch_from_runner(t, active, pid).await?,
         };
         if let Some(last) = failed.last() {
             return Err(format!("{}/{} requests through {} failed (last: {last})", failed.len(), t.requests, t.url).into());
@@ -265,10 +266,11 @@ impl Rollout<'_> {
         Ok(Batch::Reached(format!("{}/{} ok through {}, {active} received +{delta} bytes", t.requests, t.requests, t.url)))
     }
 
-    /// The batch sent from the runner through a tunnel: what failed, and what `active` received.
-    async fn lb_batch_from_runner(&self, t: &crate::core::config::Traffic, active: &str) -> Result<(Vec<String>, u64), StepError> {
+    /// The batch sent from the runner through a tunnel: what failed, and what `active`
+    /// (whose main process is `pid`, as just inspected) received.
+    async fn lb_batch_from_runner(&self, t: &crate::core::config::Traffic, active: &str, pid: Option<i64>) -> Result<(Vec<String>, u64), StepError> {
         let (addr, port, path) = crate::host::probe_target(&t.url).map_err(|e| StepError::Failed(format!("traffic.url {e}")))?;
-        let before = rx_bytes(self.host, active).await?;
+        let before = received(self.host, active, pid).await?;
         // Sent at once (at most 32 in flight): one round trip over a slow link instead of one
         // per few requests, enough to reach every upstream, not enough to be a load test.
         let answers: Vec<_> = futures_util::stream::iter(0..t.requests)
@@ -284,7 +286,7 @@ impl Rollout<'_> {
                 Err(e) => Some(e.to_string()),
             })
             .collect();
-        let delta = rx_bytes(self.host, active).await?.saturating_sub(before);
+        let delta = received(self.host, active, pid).await?.saturating_sub(before);
         Ok((failed, delta))
     }
 }
@@ -305,7 +307,12 @@ const LB_ATTEMPTS: u32 = 3;
 /// (which answers at most once a second).
 pub async fn rx_bytes(host: &Host, name: &str) -> Result<u64, StepError> {
     let c = host.engine.inspect_container(name).await.map_err(StepError::failed)?;
-    if let Some(pid) = c.map(|c| c.pid).filter(|p| *p > 0) {
+    received(host, name, c.map(|c| c.pid)).await
+}
+
+/// [`rx_bytes`] of a container whose main process is `pid`, when known and running.
+async fn received(host: &Host, name: &str, pid: Option<i64>) -> Result<u64, StepError> {
+    if let Some(pid) = pid.filter(|p| *p > 0) {
         let path = format!("/proc/{pid}/net/dev");
         if let Ok(out) = host.shell.run(&["cat", &path], None).await {
             if let Some(rx) = out.ok().then(|| lb_batch::net_dev_rx(&out.stdout)).flatten() {
