@@ -555,6 +555,15 @@ mod tests {
         (0, format!("nginx: the configuration file /etc/nginx/nginx.conf syntax is ok\n# configuration file /etc/nginx/upstream.conf:\n{text}"))
     }
 
+    /// A fake host with nginx in a container `lb`, and its upstream file holding `CONF`.
+    fn with_lb() -> (std::sync::Arc<crate::host::fake::FakeHost>, std::path::PathBuf) {
+        let fake = crate::host::fake::FakeHost::new();
+        fake.add_container("lb", crate::host::fake::V1, 80);
+        let file = fake.dir.path().join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        (fake, file)
+    }
+
     fn execs(fake: &crate::host::fake::FakeHost) -> Vec<String> {
         fake.state.lock().unwrap().log.iter().filter_map(|l| l.strip_prefix("exec lb ").map(String::from)).collect()
     }
@@ -563,11 +572,8 @@ mod tests {
     /// asked again until it shows the edit.
     #[tokio::test]
     async fn a_short_nginx_dump_is_asked_again() {
-        let fake = crate::host::fake::FakeHost::new();
-        fake.add_container("lb", crate::host::fake::V1, 80);
+        let (fake, file) = with_lb();
         let host = fake.host();
-        let file = fake.dir.path().join("upstream.conf");
-        std::fs::write(&file, CONF).unwrap();
         let drained = CONF.replace("server 127.0.0.1:8081;", "server 127.0.0.1:8081 down;");
         let cut = &drained[..drained.find("server 127.0.0.1:8081").unwrap()];
         fake.state.lock().unwrap().exec_answers.extend([(0, String::new()), (0, String::new()), (0, String::new()), dump(cut), dump(&drained)]);
@@ -583,11 +589,8 @@ mod tests {
     /// routes around an instance).
     #[tokio::test]
     async fn an_edit_nginx_does_not_show_is_put_back_and_reloaded() {
-        let fake = crate::host::fake::FakeHost::new();
-        fake.add_container("lb", crate::host::fake::V1, 80);
+        let (fake, file) = with_lb();
         let host = fake.host();
-        let file = fake.dir.path().join("upstream.conf");
-        std::fs::write(&file, CONF).unwrap();
         let err = Drainer::default().apply(&host, &nginx_in_container(&file), &[(&target("web-1", 8081), true)]).await.unwrap_err();
         assert!(matches!(&err, DrainError::NotTaken { what, .. } if what == "no server line for web-1"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
