@@ -60,18 +60,26 @@ restore_lbs() {
     seen="$seen|$orig|"; cat "$g/$orig" > "$conf"; reload_lb "$reload"
   done < "$g/plan"
 }
+running() { [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
+swap_back() { # $1 name $2 kept: the kept container in the name's place, started
+  if docker container inspect "$1" >/dev/null 2>&1; then docker rm -f "$1" >> "$log" 2>&1 || return 1; fi
+  docker rename "$2" "$1" >> "$log" 2>&1 && docker start "$1" >> "$log" 2>&1
+}
+start_stopped() { # $1 name: started when it exists and does not run (true: it did not run)
+  [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = false ] || return 1
+  say "starting $1"; docker start "$1" >> "$log" 2>&1 || say "$1: failed"
+}
 if [ -f "$g/done" ]; then
   # The host had finished: a kept container is garbage now, and the record is the run's. An
   # instance that does not run (the run was putting the host back after another host
   # failed) gets the container it kept back, and the load balancer its files as they were.
   fixed=
   while IFS="$tab" read -r name old rest; do
-    if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]; then docker rm -f "$old" >> "$log" 2>&1 || true
+    if running "$name"; then docker rm -f "$old" >> "$log" 2>&1 || true
     elif docker container inspect "$old" >/dev/null 2>&1; then
       say "$name does not run: putting $old back"; fixed=1
-      docker rm -f "$name" >> "$log" 2>&1; docker rename "$old" "$name" >> "$log" 2>&1 && docker start "$name" >> "$log" 2>&1 || say "$name: failed"
-    elif docker container inspect "$name" >/dev/null 2>&1; then
-      say "starting $name"; fixed=1; docker start "$name" >> "$log" 2>&1 || say "$name: failed"
+      swap_back "$name" "$old" || say "$name: failed"
+    elif start_stopped "$name"; then fixed=1
     fi
   done < "$g/plan"
   [ -z "$fixed" ] || restore_lbs
@@ -102,15 +110,13 @@ tac "$g/plan" > "$g/plan.rev"
 while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
   if ! docker container inspect "$old" >/dev/null 2>&1; then
     # Nothing kept: the run put it back itself, or was doing so (renamed back, not yet started).
-    [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = false ] && { say "starting $name"; docker start "$name" >> "$log" 2>&1 || true; }
+    start_stopped "$name" || true
     continue
   fi
   say "putting $old back as $name"
   if [ "$down" != - ]; then cat "$g/$down" > "$conf"; reload_lb "$reload"; sleep "$(( wait / 1000 )).$(printf '%03d' $(( wait % 1000 )))"; fi
   r=reverted
-  if docker container inspect "$name" >/dev/null 2>&1; then docker rm -f "$name" >> "$log" 2>&1 || r=failed; fi
-  [ "$r" = reverted ] && { docker rename "$old" "$name" >> "$log" 2>&1 || r=failed; }
-  [ "$r" = reverted ] && { docker start "$name" >> "$log" 2>&1 || r=failed; }
+  swap_back "$name" "$old" || r=failed
   [ "$r" = reverted ] && { ready "$name" "$settle" "$port" "$path" || r=failed; }
   [ "$r" = reverted ] || outcome=failed
   say "$name: $r"
