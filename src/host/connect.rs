@@ -40,12 +40,17 @@ pub async fn connect(addr: &HostAddr, ssh: &Ssh, docker_socket: &str) -> Result<
             }
             e
         })?;
-    let local = ssh_host.forward_docker(docker_socket).await?;
-    let engine = DockerEngine::connect(&local).await.map_err(|e| ConnectError {
-        message: format!("{name}: {e}"),
-        hint: Some(format!("check that Docker runs on the host and that the ssh user may use {docker_socket}")),
-        transient: false,
-    })?;
+    // The kept shell starts beside the engine's first answer: both cost two round trips.
+    let engine = async {
+        let local = ssh_host.forward_docker(docker_socket).await?;
+        DockerEngine::connect(&local).await.map_err(|e| ConnectError {
+            message: format!("{name}: {e}"),
+            hint: Some(format!("check that Docker runs on the host and that the ssh user may use {docker_socket}")),
+            transient: false,
+        })
+    };
+    let (engine, ()) = tokio::join!(engine, ssh_host.start_lane());
+    let engine = engine?;
     let engine = Arc::new(engine);
     let host = Host { name, engine: engine.clone(), swarm: engine, shell: ssh_host.clone(), probe: ssh_host.clone() };
     Ok((host, ssh_host))

@@ -30,6 +30,8 @@ pub struct DockerEngine {
     /// Image inspects by image ID (immutable), so that the health gate's
     /// per-probe container inspect does not inspect the image again each time.
     images: std::sync::Mutex<HashMap<String, ImageInspect>>,
+    /// The engine's version as it answered when connected (`20.10.24 (API 1.41)`).
+    version: String,
 }
 
 impl DockerEngine {
@@ -53,8 +55,18 @@ impl DockerEngine {
         };
         // bollard writes the socket's path hex-encoded as the authority, hyperlocal's own form.
         let hex: String = socket.to_string_lossy().bytes().map(|b| format!("{b:02x}")).collect();
-        let docker = ready(Docker::connect_with_custom_transport(transport, Some(format!("unix://{hex}")), 300, bollard::API_DEFAULT_VERSION)).await?;
-        Ok(DockerEngine { docker, images: Default::default() })
+        let connect = |v: &bollard::ClientVersion| {
+            Docker::connect_with_custom_transport(transport.clone(), Some(format!("unix://{hex}")), 300, v)
+                .map_err(|e| EngineError::Other(format!("cannot open the Docker socket: {e}")))
+        };
+        // One `GET /version` both negotiates the API version (as bollard's `negotiate_version`
+        // would) and is kept for what asks the version later: a round trip, not three.
+        let v = connect(bollard::API_DEFAULT_VERSION)?.version().await.map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
+        let ours = bollard::API_DEFAULT_VERSION;
+        let api = v.api_version.as_deref().and_then(parse_api).filter(|a| (a.major_version, a.minor_version) < (ours.major_version, ours.minor_version));
+        let docker = connect(api.as_ref().unwrap_or(ours))?.with_request_modifier(urlsafe_registry_auth);
+        let version = format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default());
+        Ok(DockerEngine { docker, images: Default::default(), version })
     }
 }
 
@@ -81,6 +93,12 @@ pub(crate) async fn ready(docker: Result<Docker, bollard::errors::Error>) -> Res
         .negotiate_version()
         .await
         .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))
+}
+
+/// `1.41` -> API version 1.41.
+fn parse_api(v: &str) -> Option<bollard::ClientVersion> {
+    let (major, minor) = v.split_once('.')?;
+    Some(bollard::ClientVersion { major_version: major.parse().ok()?, minor_version: minor.parse().ok()? })
 }
 
 /// bollard encodes `X-Registry-Auth` with the standard base64 alphabet; the
@@ -151,8 +169,7 @@ fn is_404(e: &bollard::errors::Error) -> bool {
 #[async_trait]
 impl Engine for DockerEngine {
     async fn version(&self) -> Result<String, EngineError> {
-        let v = self.docker.version().await.map_err(|e| other("docker version", e))?;
-        Ok(format!("{} (API {})", v.version.unwrap_or_default(), v.api_version.unwrap_or_default()))
+        Ok(self.version.clone())
     }
 
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {

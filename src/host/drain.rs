@@ -136,7 +136,7 @@ impl Drainer {
                     let svc = format!("CAPSTAN_SERVICE={}", t.service);
                     let port = format!("CAPSTAN_PORT={}", t.port.map(|p| p.to_string()).unwrap_or_default());
                     let addr = format!("CAPSTAN_ADDRESS={}", t.address.clone().unwrap_or_default());
-                    let r = host.shell.run(&["env", &inst, &svc, &port, &addr, "sh", "-c", cmd], None).await.map_err(|e| DrainError::Host(e.0))?;
+                    let r = host.shell.run_apart(&["env", &inst, &svc, &port, &addr, "sh", "-c", cmd], None).await.map_err(|e| DrainError::Host(e.0))?;
                     if !r.ok() {
                         return Err(DrainError::Host(format!("`{cmd}` failed with exit {}: {}", r.status, r.stderr.trim())));
                     }
@@ -548,7 +548,13 @@ mod tests {
 
     /// nginx in a container called `lb` reading `file`; the fake's `exec`s answer in turn.
     fn nginx_in_container(file: &std::path::Path) -> DrainMethod {
-        DrainMethod::Nginx(Nginx { upstream_conf: file.display().to_string(), reload: "nginx -s reload".into(), port: None, container: Some("lb".into()), server: None })
+        DrainMethod::Nginx(Nginx {
+            upstream_conf: file.display().to_string(),
+            reload: "nginx -s reload".into(),
+            port: None,
+            container: Some("lb".into()),
+            server: None,
+        })
     }
 
     fn dump(text: &str) -> (i64, String) {

@@ -394,7 +394,8 @@ impl Engine for FakeHost {
         s.next_id += 1;
         let id = format!("{:012x}", s.next_id);
         let address = format!("10.0.0.{}", s.next_id);
-        s.containers.insert(name.into(), FakeContainer { id: id.clone(), image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
+        s.containers
+            .insert(name.into(), FakeContainer { id: id.clone(), image: image.into(), running: false, spec: spec.clone(), host_port: port, address, rx: 0 });
         Ok(id)
     }
 

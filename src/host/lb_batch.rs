@@ -52,19 +52,19 @@ fn parse(stdout: &str) -> Option<Seen> {
         let (status, exit) = line.split_once(' ').unwrap_or((line, ""));
         let status = status.trim().parse().unwrap_or(0);
         if status == 0 {
-            error = Some(curl_exit(exit.trim()));
+            error = Some(curl_exit(exit.trim(), std::time::Duration::from_secs(5)));
         }
         statuses.push(status);
     }
     Some(Seen { received, statuses, error })
 }
 
-/// What curl's exit code says of a request that got no answer.
-fn curl_exit(code: &str) -> String {
+/// What curl's exit code says of a request (given `timeout`) that got no answer.
+pub(crate) fn curl_exit(code: &str, timeout: std::time::Duration) -> String {
     match code {
         "6" => "cannot resolve the host".into(),
         "7" => "connection refused".into(),
-        "28" => "timed out after 5s".into(),
+        "28" => format!("timed out after {}", humantime::format_duration(timeout)),
         "52" => "closed with no answer".into(),
         "56" => "connection reset".into(),
         other => format!("no answer (curl exit {other})"),

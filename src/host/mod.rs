@@ -9,13 +9,15 @@
 
 pub mod compose;
 pub mod connect;
+pub mod curl;
 pub mod docker;
 pub mod drain;
 #[cfg(test)]
 pub mod fake;
 pub mod gauges;
-pub mod lb_batch;
 pub mod guard;
+pub mod lane;
+pub mod lb_batch;
 pub mod spec;
 pub mod ssh;
 pub mod state;
@@ -151,7 +153,16 @@ pub struct ShellError(pub String);
 /// remote shell by the implementation: callers never build shell strings.
 #[async_trait]
 pub trait Shell: Send + Sync {
+    /// A short command of capstan's own (a constant script, `cat`, `df`): it may wait
+    /// behind another such command on one kept shell, a round trip each (`host::lane`).
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError>;
+
+    /// A command on a channel of its own, never behind another: what may take long
+    /// (a hook, Compose, the user's drain command) or must not wait (the lease's
+    /// renewal, the check that the link is alive).
+    async fn run_apart(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
+        self.run(argv, stdin).await
+    }
 }
 
 /// An HTTP answer as seen from the host.

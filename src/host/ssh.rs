@@ -2,7 +2,9 @@
 //! crate; commands are multiplexed over the master's control socket by the
 //! native-mux client, with no `ssh` process per command). Through it: quoted commands ([`Shell`]), the host's
 //! Docker socket forwarded to a local socket, and TCP tunnels for HTTP probes
-//! ([`Probe`]). Host keys are always checked strictly; nothing is accepted new.
+//! ([`Probe`]). capstan's own short commands go through one kept shell
+//! ([`Lane`]): a round trip each instead of three. Host keys are always checked
+//! strictly; nothing is accepted new.
 //! This is the only module that spawns processes. It knows nothing of Docker
 //! beyond forwarding a socket: `host::connect` puts the engine on it.
 
@@ -18,10 +20,13 @@ use tokio::sync::Mutex;
 
 use crate::core::config::Ssh;
 use crate::core::names::HostAddr;
+use crate::host::lane::Lane;
 use crate::host::{CmdOutput, HttpAnswer, Probe, ProbeError, Shell, ShellError};
 
 pub struct SshHost {
-    session: Session,
+    session: Arc<Session>,
+    /// The kept shell, once started; commands go on channels of their own while it is not alive.
+    lane: std::sync::Mutex<Option<Arc<Lane>>>,
     name: String,
     /// Local TCP ports forwarded to (address, port) on the host, opened on first use.
     tunnels: Mutex<HashMap<(String, u16), u16>>,
@@ -29,6 +34,8 @@ pub struct SshHost {
     /// For probes that follow each other: keeps a connection alive a short while.
     kept: reqwest::Client,
     docker_socket: Mutex<Option<(PathBuf, String)>>,
+    /// Set once the host was found without `curl`: HTTP goes through tunnels then.
+    no_curl: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +115,16 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
         hint: None,
         transient: false,
     })?;
-    Ok(Arc::new(SshHost { session, name, tunnels: Mutex::new(HashMap::new()), http, kept, docker_socket: Mutex::new(None) }))
+    Ok(Arc::new(SshHost {
+        session: Arc::new(session),
+        lane: std::sync::Mutex::new(None),
+        name,
+        tunnels: Mutex::new(HashMap::new()),
+        http,
+        kept,
+        docker_socket: Mutex::new(None),
+        no_curl: Default::default(),
+    }))
 }
 
 fn connect_error(name: &str, e: openssh::Error) -> ConnectError {
@@ -166,8 +182,34 @@ impl SshHost {
         Ok(local_port)
     }
 
+    /// Starts the kept shell (two round trips: a channel and its `sh`). Without it,
+    /// every command gets a channel of its own, as before.
+    pub async fn start_lane(&self) {
+        let mut cmd = self.session.clone().arc_command("sh");
+        cmd.stdin(openssh::Stdio::piped()).stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::null());
+        match cmd.spawn().await {
+            Ok(mut child) => {
+                if let (Some(input), Some(output)) = (child.stdin().take(), child.stdout().take()) {
+                    let lane = Lane::start(input, output, child);
+                    if let Ok(mut l) = self.lane.lock() {
+                        *l = Some(Arc::new(lane));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("{}: no kept shell ({e}); a channel per command", self.name),
+        }
+    }
+
+    fn live_lane(&self) -> Option<Arc<Lane>> {
+        self.lane.lock().ok()?.as_ref().filter(|l| l.alive()).cloned()
+    }
+
     /// Closes forwards and the master connection.
     pub async fn close(self: Arc<Self>) {
+        let lane = self.lane.lock().ok().and_then(|mut l| l.take());
+        if let Some(lane) = lane.and_then(|l| Arc::try_unwrap(l).ok()) {
+            lane.close().await;
+        }
         if let Some((local, remote)) = self.docker_socket.lock().await.take() {
             let _ = self.session.close_port_forward(ForwardType::Local, local.clone(), PathBuf::from(remote)).await;
             let _ = std::fs::remove_file(local);
@@ -176,20 +218,32 @@ impl SshHost {
             let _ = self.session.close_port_forward(ForwardType::Local, Socket::new("127.0.0.1", lp), Socket::new(addr, port)).await;
         }
         if let Ok(me) = Arc::try_unwrap(self) {
-            let _ = me.session.close().await;
+            if let Ok(session) = Arc::try_unwrap(me.session) {
+                let _ = session.close().await;
+            }
         }
+    }
+}
+
+/// What the debug log calls a command: the script's name (`sh -c SCRIPT NAME …`) says more than its text.
+fn label(argv: &[&str], how: &str) -> String {
+    match argv {
+        ["sh", "-c", _, name, ..] => format!("ssh{how} sh {name}"),
+        _ => format!("ssh{how} {}", argv.iter().take(2).copied().collect::<Vec<_>>().join(" ")),
     }
 }
 
 #[async_trait]
 impl Shell for SshHost {
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
+        let Some(lane) = self.live_lane() else { return self.run_apart(argv, stdin).await };
+        let _t = crate::host::Timed::new(label(argv, " (kept shell)"));
+        lane.run(argv, stdin).await.map_err(|e| ShellError(format!("{}: {}: {e}", self.name, argv.first().unwrap_or(&""))))
+    }
+
+    async fn run_apart(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         let (prog, args) = argv.split_first().ok_or_else(|| ShellError("empty command".into()))?;
-        // The script's name (`sh -c SCRIPT NAME …`) says more than its text.
-        let _t = crate::host::Timed::new(match argv {
-            ["sh", "-c", _, name, ..] => format!("ssh sh {name}"),
-            _ => format!("ssh {}", argv.iter().take(2).copied().collect::<Vec<_>>().join(" ")),
-        });
+        let _t = crate::host::Timed::new(label(argv, ""));
         let mut cmd = self.session.command(*prog);
         cmd.args(args.iter().copied());
         cmd.stdout(openssh::Stdio::piped()).stderr(openssh::Stdio::piped());
@@ -221,7 +275,17 @@ impl Probe for SshHost {
 }
 
 impl SshHost {
+    /// Made on the host with `curl` over the kept shell (one round trip) when both are
+    /// there; through a tunnel from here otherwise (a channel per connection, and the request).
     async fn get(&self, client: &reqwest::Client, addr: &str, port: u16, path: &str, timeout: Duration) -> Result<HttpAnswer, ProbeError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.live_lane().is_some() && !self.no_curl.load(Relaxed) {
+            let _t = crate::host::Timed::new(format!("http GET {addr}:{port}{path} (curl on the host)"));
+            match crate::host::curl::get(self, addr, port, path, timeout).await? {
+                Some(answer) => return Ok(answer),
+                None => self.no_curl.store(true, Relaxed),
+            }
+        }
         let _t = crate::host::Timed::new(format!("http GET {addr}:{port}{path}"));
         let local = self.tunnel(addr, port).await?;
         let url = format!("http://127.0.0.1:{local}{path}");

@@ -159,7 +159,9 @@ impl Rollout<'_> {
         // look over a slow link, not three. A probe sent to an address the container no
         // longer has is sent again.
         let mut known: Option<ContainerInfo> = None;
-        let inspect = || async { self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared"))) };
+        let inspect = || async {
+            self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared")))
+        };
         loop {
             probes += 1;
             let (c, answer) = match known.take().filter(|k| k.running) {
@@ -360,5 +362,4 @@ mod tests {
         assert_eq!(Health::DockerUnhealthy.to_string(), "Docker HEALTHCHECK reports unhealthy");
         assert_eq!(Health::Starting.to_string(), "Docker HEALTHCHECK still starting");
     }
-
 }

@@ -228,7 +228,7 @@ pub async fn hook(host: &Host, which: &str, command: &str, env: &HookEnv) -> Gat
     argv.extend(vars.iter().map(String::as_str));
     argv.extend(["sh", "-c", command]);
     let gate = format!("{which} hook");
-    match host.shell.run(&argv, None).await {
+    match host.shell.run_apart(&argv, None).await {
         Ok(o) => {
             let mut g = Gate::new(&host.name, gate, o.ok(), format!("exit {}", o.status), "exit 0");
             g.output = tail(&format!("{}{}", o.stdout, o.stderr));
