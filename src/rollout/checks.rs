@@ -147,8 +147,8 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
 impl Rollout<'_> {
     /// Waits for `healthy_after` healthy looks in a row (Docker's HEALTHCHECK still
     /// starting is not one). A forward gate gives up when the run is cancelled; an
-    /// undo's gate does not.
-    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<()> {
+    /// undo's gate does not. The container as the last look saw it.
+    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<ContainerInfo> {
         let h = &svc.health;
         let started = Instant::now();
         let deadline = started + h.timeout;
@@ -182,12 +182,11 @@ impl Rollout<'_> {
                 }
             };
             let health = judge(svc, &c, answer);
-            known = Some(c);
             match health {
                 Health::Healthy => {
                     good += 1;
                     if good >= h.healthy_after {
-                        return Ok(((), format!("{good} good probes in a row ({probes} probes)")));
+                        return Ok((c, format!("{good} good probes in a row ({probes} probes)")));
                     }
                 }
                 Health::NotRunning => {
@@ -199,6 +198,7 @@ impl Rollout<'_> {
                     last = other.to_string();
                 }
             }
+            known = Some(c);
             if Instant::now() >= deadline {
                 return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)).into());
             }
@@ -207,12 +207,13 @@ impl Rollout<'_> {
         }
     }
 
-    /// Requests through the load balancer reach the new instance `name`.
-    pub(super) async fn traffic_check(&self, svc: &Service, name: &str) -> StepResult<()> {
+    /// Requests through the load balancer reach the new instance `name` (whose main
+    /// process the health gate's last look saw as `pid`).
+    pub(super) async fn traffic_check(&self, svc: &Service, name: &str, pid: Option<i64>) -> StepResult<()> {
         let Some(t) = &svc.traffic else {
             return Ok(((), "skipped: no traffic.url".into()));
         };
-        Ok(((), self.through_lb(t, name).await?))
+        Ok(((), self.through_lb(t, name, pid).await?))
     }
 
     /// Sends `traffic.requests` requests through the load balancer: every one must be
@@ -221,13 +222,14 @@ impl Rollout<'_> {
     /// for a moment), so a batch that did not reach it is sent again, up to three batches.
     /// (Counters cannot prove a drain the other way round: whatever else calls an instance
     /// directly, monitoring or another service, shows in them too.)
-    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str) -> Result<String, StepError> {
+    async fn through_lb(&self, t: &crate::core::config::Traffic, active: &str, pid: Option<i64>) -> Result<String, StepError> {
         let mut last = String::new();
         for attempt in 0..LB_ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            match self.lb_batch(t, active).await? {
+            // The first batch counts on the pid the health gate saw; a later one looks again.
+            match self.lb_batch(t, active, pid.filter(|_| attempt == 0)).await? {
                 Batch::Reached(said) => return Ok(if attempt > 0 { format!("{said} (batch {})", attempt + 1) } else { said }),
                 Batch::Missed(why) => last = why,
             }
@@ -237,12 +239,24 @@ impl Rollout<'_> {
 
     /// One batch: `Err` when a request failed, else whether `active` received them.
     /// Sent from the host in one `sh` where it can ([`lb_batch`]), else from the runner.
-    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str) -> Result<Batch, StepError> {
-        let c = self.host.engine.inspect_container(active).await.map_err(StepError::failed)?;
-        let pid = c.map(|c| c.pid).filter(|p| *p > 0);
+    /// `known`: `active`'s main process as just seen (a round trip less), else it is inspected.
+    async fn lb_batch(&self, t: &crate::core::config::Traffic, active: &str, known: Option<i64>) -> Result<Batch, StepError> {
+        let inspect = || async {
+            let c = self.host.engine.inspect_container(active).await.map_err(StepError::failed)?;
+            Ok::<_, StepError>(c.map(|c| c.pid).filter(|p| *p > 0))
+        };
+        let pid = match known.filter(|p| *p > 0) {
+            Some(p) => Some(p),
+            None => inspect().await?,
+        };
         let on_host = match pid {
             Some(pid) => lb_batch::send(self.host, pid, &t.url, t.requests).await.ok().flatten(),
             None => None,
+        };
+        // A process gone since it was seen has no counters: the runner's way looks again.
+        let pid = match (&on_host, known) {
+            (None, Some(_)) => inspect().await?,
+            _ => pid,
         };
         let (failed, delta) = match on_host {
             Some(seen) => {

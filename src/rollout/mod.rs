@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
-use crate::core::observed::ContainerSpec;
+use crate::core::observed::{ContainerInfo, ContainerSpec};
 use crate::core::plan::{HostPlan, InstancePlan};
 use crate::core::record::{InstanceOutcome, Lease, RunOutcome};
 use crate::core::secret::Credentials;
@@ -45,7 +45,7 @@ use crate::host::state;
 use crate::host::Host;
 use crate::output::events::{Event, Sink};
 use crate::rollout::cancel::Cancel;
-use crate::rollout::replace::{Direction, Handover};
+use crate::rollout::replace::{Direction, Handover, Replaced};
 use crate::rollout::safety::Safety;
 use crate::rollout::steps::{Failure, StepError, StepResult, Steps};
 use crate::rollout::swarm::SwarmRollout;
@@ -178,17 +178,30 @@ impl<'a> Rollout<'a> {
             let lb = svc.drain.method != DrainMethod::None;
             // The instance drained together with the previous one's undrain, if any.
             let mut pre_drained: Option<drain::Target> = None;
+            // The instances the last replace looked at beside its pause: not asked again.
+            let mut looked: HashMap<String, Option<ContainerInfo>> = HashMap::new();
             for (k, ip) in to_replace.iter().enumerate() {
                 // The container as it is now, and its successor's spec (with Compose's hash where it
                 // takes one); beside it, the next instance, which goes out of the load balancer with
                 // this one's undrain (asked at once: a round trip less over a slow link).
                 let next_name = to_replace.get(k + 1).filter(|_| lb).map(|n| n.name.as_str());
-                let (seen, next_seen) = tokio::join!(self.host.engine.inspect_container(&ip.name), async {
-                    match next_name {
-                        Some(n) => self.host.engine.inspect_container(n).await.ok().flatten(),
-                        None => None,
+                let (this_looked, next_looked) = (looked.remove(&ip.name), next_name.and_then(|n| looked.remove(n)));
+                looked.clear();
+                let (seen, next_seen) = tokio::join!(
+                    async {
+                        match this_looked {
+                            Some(c) => Ok(c),
+                            None => self.host.engine.inspect_container(&ip.name).await,
+                        }
+                    },
+                    async {
+                        match (next_name, next_looked) {
+                            (_, Some(c)) => c,
+                            (Some(n), None) => self.host.engine.inspect_container(n).await.ok().flatten(),
+                            (None, None) => None,
+                        }
                     }
-                });
+                );
                 let found = match seen {
                     Ok(Some(c)) => match (c.compose_service.as_ref().and_then(|s| relabel.get(s)), relabel.is_empty()) {
                         (Some((hash, image_id)), _) => Ok((crate::host::compose::relabel(&c.spec, hash, image_id), c)),
@@ -210,9 +223,11 @@ impl<'a> Rollout<'a> {
                     }
                 };
                 let next = next_seen.map(|c| drain::Target::of(svc, &c));
-                let handover = Handover { drained: pre_drained.take().is_some(), next: next.as_ref() };
+                let then: Vec<&str> = to_replace.iter().skip(k + 1).take(2).map(|n| n.name.as_str()).collect();
+                let handover = Handover { drained: pre_drained.take().is_some(), next: next.as_ref(), then: &then };
                 match self.replace(svc, &ip.name, &current, &spec, &ip.to_image, Direction::Forward, handover).await {
-                    Ok(next_drained) => {
+                    Ok(Replaced { next_drained, looked: seen_after }) => {
+                        looked = seen_after.into_iter().collect();
                         set(&svc.name, &ip.name, InstanceOutcome::Replaced);
                         if self.guarded() {
                             kept.push((svc.name.clone(), ip.name.clone()));

@@ -4,6 +4,8 @@
 //! a killed run left half-done. A revert is the same replace, to the recorded
 //! image and original spec; it is never cancelled.
 
+use futures_util::future::join_all;
+
 use crate::core::config::{DrainMethod, Service};
 use crate::core::observed::{ContainerInfo, ContainerSpec};
 use crate::core::plan::OLD_SUFFIX;
@@ -48,6 +50,17 @@ struct Progress {
     /// The new container's ID, once created: its undo removes that container, never
     /// whatever bears the name by then.
     new_id: Option<String>,
+    /// The instances after this one as the pause's last look saw them (`Handover::then`).
+    looked: Vec<(String, Option<ContainerInfo>)>,
+}
+
+/// A forward replace that went through.
+pub(super) struct Replaced {
+    /// `Handover::next` was drained with this instance's undrain (it then stays drained).
+    pub(super) next_drained: bool,
+    /// The instances of `Handover::then`, inspected beside the pause's last look (one
+    /// that did not answer is left out): the next replace starts from them.
+    pub(super) looked: Vec<(String, Option<ContainerInfo>)>,
 }
 
 /// How one forward replace meets its neighbours in the load balancer.
@@ -57,12 +70,14 @@ pub(super) struct Handover<'t> {
     pub(super) drained: bool,
     /// The next instance to replace: drained with this one's undrain.
     pub(super) next: Option<&'t drain::Target>,
+    /// The instances to replace after this one (the next two at most): looked at beside
+    /// the pause's last look, a round trip less for the next replace over a slow link.
+    pub(super) then: &'t [&'t str],
 }
 
 impl Rollout<'_> {
     /// Replaces container `name` by a new one from `spec` running `to_image`.
-    /// On failure the old container is put back before returning. Returns whether
-    /// `handover.next` was drained with this instance's undrain (it then stays drained).
+    /// On failure the old container is put back before returning.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn replace(
         &self,
@@ -73,7 +88,7 @@ impl Rollout<'_> {
         to_image: &str,
         direction: Direction,
         handover: Handover<'_>,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Replaced, Failure> {
         let target = drain::Target::of(svc, current);
         let old = format!("{name}{OLD_SUFFIX}");
         // Only a moving tag (`:production`) follows the release; a version tag is never moved.
@@ -98,18 +113,18 @@ impl Rollout<'_> {
             let new_id = Some(current.id.clone()).filter(|id| !id.is_empty());
             let mut p = Progress { renamed: true, stopped: true, created: true, new_id, ..Default::default() };
             return match self.undo(svc, name, &old, &target, None, &mut p, direction).await {
-                true => Ok(false),
+                true => Ok(Replaced { next_drained: false, looked: Vec::new() }),
                 false => Err(Failure { error: StepError::Failed(format!("the kept {old} could not be put back")), restored: false }),
             };
         }
         let mut p = Progress { drained: handover.drained, ..Default::default() };
-        let forward = self.forward(svc, name, &spec, to_image, &target, handover.next, &old, &mut p, direction).await;
+        let forward = self.forward(svc, name, &spec, to_image, &target, handover, &old, &mut p, direction).await;
         match forward {
             Ok(()) => {
                 if let Some(r) = compose {
                     self.point_tag(name, &r, to_image).await;
                 }
-                Ok(p.next_drained)
+                Ok(Replaced { next_drained: p.next_drained, looked: std::mem::take(&mut p.looked) })
             }
             Err(error) => {
                 let restored = self.undo(svc, name, &old, &target, handover.next, &mut p, direction).await;
@@ -126,11 +141,12 @@ impl Rollout<'_> {
         spec: &ContainerSpec,
         to_image: &str,
         target: &drain::Target,
-        next: Option<&drain::Target>,
+        handover: Handover<'_>,
         old: &str,
         p: &mut Progress,
         direction: Direction,
     ) -> Result<(), StepError> {
+        let next = handover.next;
         let s = &svc.name;
         let engine = &self.host.engine;
         let step = |n: &str| format!("{}{n}", direction.prefix());
@@ -167,7 +183,7 @@ impl Rollout<'_> {
         })
         .await?;
         self.go_on(cancellable)?;
-        self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
+        let healthy = self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
         // The gates watch this instance beside the old ones: the next one is not taken out with this one's undrain.
         let gated = cancellable && watch::watched(&svc.gates);
         // With a next instance: one edit and one reload put this one back and take the next out.
@@ -190,14 +206,17 @@ impl Rollout<'_> {
         // The gates' window opens once the instance serves.
         let mark = if gated { Some(self.mark(svc).await) } else { None };
         self.go_on(cancellable)?;
-        self.step(s, name, &step("traffic"), self.traffic_check(svc, name)).await?;
+        self.step(s, name, &step("traffic"), self.traffic_check(svc, name, Some(healthy.pid))).await?;
         if let Some(mark) = mark {
             self.go_on(cancellable)?;
             self.step(s, name, &step("gates"), self.instance_window(svc, name, to_image, &mark)).await?;
         }
         self.step(s, name, &step("pause"), async {
             self.wait(svc.pause, cancellable).await?;
-            let c = engine.inspect_container(name).await.map_err(StepError::failed)?;
+            let after = join_all(handover.then.iter().map(|n| async move { (n.to_string(), engine.inspect_container(n).await) }));
+            let (c, after) = tokio::join!(engine.inspect_container(name), after);
+            p.looked = after.into_iter().filter_map(|(n, r)| r.ok().map(|c| (n, c))).collect();
+            let c = c.map_err(StepError::failed)?;
             match c {
                 Some(c) if c.running => Ok(((), format!("still running after {}", humantime::format_duration(svc.pause)))),
                 _ => Err(format!("{name} stopped during the pause").into()),
