@@ -98,10 +98,9 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
         }
         let names = plan::resolve_instances(svc, &listed);
         o.instances.insert(svc.name.clone(), names.clone());
-        // Every instance at once: one round trip or two over a slow link, not two per instance.
+        // Every instance at once: two round trips over a slow link, not two per instance.
         let seen = join_all(names.iter().map(|name| async move {
-            let Some(c) = host.engine.inspect_container(name).await? else { return Ok(None) };
-            let image = host.engine.inspect_image(&c.image_id).await?;
+            let Some((c, image)) = host.engine.inspect_with_image(name).await? else { return Ok(None) };
             Ok::<_, EngineError>(Some((name.clone(), c, image)))
         }))
         .await;

@@ -95,6 +95,10 @@ pub(crate) async fn ready(docker: Result<Docker, bollard::errors::Error>) -> Res
         .map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))
 }
 
+fn image_info(i: ImageInspect) -> ImageInfo {
+    ImageInfo { id: i.id.unwrap_or_default(), repo_digests: i.repo_digests.unwrap_or_default(), repo_tags: i.repo_tags.unwrap_or_default() }
+}
+
 /// `1.41` -> API version 1.41.
 fn parse_api(v: &str) -> Option<bollard::ClientVersion> {
     let (major, minor) = v.split_once('.')?;
@@ -222,13 +226,26 @@ impl Engine for DockerEngine {
         Ok((code, out))
     }
 
+    /// The image asked once, fresh (tags move), for both: a round trip less than the
+    /// container's inspect and then the image's.
+    async fn inspect_with_image(&self, name: &str) -> Result<Option<(ContainerInfo, Option<ImageInfo>)>, EngineError> {
+        let c = match self.docker.inspect_container(name, None).await {
+            Ok(c) => c,
+            Err(e) if is_404(&e) => return Ok(None),
+            Err(e) => return Err(other(&format!("inspect {name}"), e)),
+        };
+        let image_id = c.image.clone().unwrap_or_default();
+        let image = match self.docker.inspect_image(&image_id).await {
+            Ok(i) => Some(self.remember(i)),
+            Err(e) if is_404(&e) => None,
+            Err(e) => return Err(other(&format!("inspect image {image_id}"), e)),
+        };
+        Ok(Some((container_info(&c, image.as_ref()), image.map(image_info))))
+    }
+
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {
         match self.docker.inspect_image(reference).await {
-            Ok(i) => Ok(Some(ImageInfo {
-                id: i.id.unwrap_or_default(),
-                repo_digests: i.repo_digests.unwrap_or_default(),
-                repo_tags: i.repo_tags.unwrap_or_default(),
-            })),
+            Ok(i) => Ok(Some(image_info(i))),
             Err(e) if is_404(&e) => Ok(None),
             Err(e) => Err(other(&format!("inspect image {reference}"), e)),
         }

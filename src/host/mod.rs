@@ -63,6 +63,12 @@ pub enum EngineError {
 pub trait Engine: Send + Sync {
     async fn version(&self) -> Result<String, EngineError>;
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError>;
+    /// A container and its image (tags and digests as they are now), the image asked once.
+    async fn inspect_with_image(&self, name: &str) -> Result<Option<(ContainerInfo, Option<ImageInfo>)>, EngineError> {
+        let Some(c) = self.inspect_container(name).await? else { return Ok(None) };
+        let image = self.inspect_image(&c.image_id).await?;
+        Ok(Some((c, image)))
+    }
     /// Every container, running or not, with its Compose labels.
     async fn list_containers(&self) -> Result<Vec<Listed>, EngineError>;
     /// Runs `argv` inside a running container (no shell), to its end: its exit code and output.

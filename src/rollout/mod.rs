@@ -122,7 +122,24 @@ impl<'a> Rollout<'a> {
         let mut failure: Option<(String, Failure)> = None;
         // Old containers kept (stopped) until the host is done, for the guard to put back.
         let mut kept: Vec<(String, String)> = Vec::new();
-        if let Err(e) = self.arm_guard(plan, services).await {
+        // Each service's new images are pulled beside the guard's arming (a pull changes
+        // nothing that serves): their round trips overlap over a slow link.
+        let pulls = plan.services.iter().filter_map(|sp| {
+            let svc = services.iter().find(|s| s.name == sp.service && s.swarm.is_none())?;
+            let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
+            let first = to_replace.first()?.name.clone();
+            let images: BTreeSet<String> = to_replace.iter().map(|i| i.to_image.clone()).collect();
+            Some(async move {
+                let pulled = match self.cancel.reason() {
+                    Some(why) => Err(StepError::Cancelled(why)),
+                    None => self.step(&svc.name, &first, "pull", self.pull(&images)).await,
+                };
+                (svc.name.clone(), (first, pulled))
+            })
+        });
+        let (armed, pulled) = tokio::join!(self.arm_guard(plan, services), futures_util::future::join_all(pulls));
+        let mut pulled: HashMap<String, (String, Result<(), StepError>)> = pulled.into_iter().collect();
+        if let Err(e) = armed {
             failure = Some(("guard".into(), Failure { error: StepError::failed(e), restored: true }));
         }
 
@@ -147,13 +164,8 @@ impl<'a> Rollout<'a> {
             }
             let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
             if let Some(first) = to_replace.first() {
-                let images: BTreeSet<&str> = to_replace.iter().map(|i| i.to_image.as_str()).collect();
-                let pulled = match self.cancel.reason() {
-                    Some(why) => Err(StepError::Cancelled(why)),
-                    None => self.step(&svc.name, &first.name, "pull", self.pull(&images)).await,
-                };
-                if let Err(error) = pulled {
-                    failure = Some((format!("{} pull", first.name), Failure { error, restored: true }));
+                if let Some((at, Err(error))) = pulled.remove(&svc.name) {
+                    failure = Some((format!("{at} pull"), Failure { error, restored: true }));
                     break 'services;
                 }
                 // The migration runs once, before the service's first instance, from the new image.
@@ -413,7 +425,7 @@ impl<'a> Rollout<'a> {
         self.steps().wait(d, cancellable).await
     }
 
-    async fn pull(&self, images: &BTreeSet<&str>) -> StepResult<()> {
+    async fn pull(&self, images: &BTreeSet<String>) -> StepResult<()> {
         let mut details = Vec::new();
         for image in images {
             if self.host.engine.inspect_image(image).await.map_err(StepError::failed)?.is_some() {
