@@ -56,19 +56,18 @@ pub fn new_id() -> String {
 }
 
 async fn sh(shell: &dyn Shell, script: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, StateError> {
-    let mut argv = vec!["sh", "-c", script, "capstan-state"];
-    argv.extend_from_slice(args);
-    answer(shell.run(&argv, stdin).await)
+    sh_on(shell, false, script, args, stdin).await
 }
 
-/// The renewal never waits behind another command: a late one lets the lease run out.
-async fn sh_apart(shell: &dyn Shell, script: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, StateError> {
-    let mut argv = vec!["sh", "-c", script, "capstan-renew"];
+/// `apart`: on a channel of its own, as the renewal runs: never behind another command,
+/// where a late renewal would let the lease run out.
+async fn sh_on(shell: &dyn Shell, apart: bool, script: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, StateError> {
+    let mut argv = vec!["sh", "-c", script, if apart { "capstan-renew" } else { "capstan-state" }];
     argv.extend_from_slice(args);
-    answer(shell.run_apart(&argv, stdin).await)
-}
-
-fn answer(out: Result<crate::host::CmdOutput, crate::host::ShellError>) -> Result<String, StateError> {
+    let out = match apart {
+        true => shell.run_apart(&argv, stdin).await,
+        false => shell.run(&argv, stdin).await,
+    };
     let out = out.map_err(|e| StateError::Host(e.0))?;
     if !out.ok() {
         return Err(StateError::Host(format!("state script failed with exit {}: {}", out.status, out.stderr.trim())));
@@ -116,7 +115,7 @@ pub async fn acquire(shell: &dyn Shell, dir: &str, lease: &Lease, now: OffsetDat
 /// Extends our lease; fails if it is no longer ours.
 pub async fn renew(shell: &dyn Shell, dir: &str, lease: &Lease) -> Result<(), StateError> {
     let body = serde_json::to_string(lease).expect("lease serializes");
-    let out = sh_apart(shell, REPLACE_IF, &[dir, &new_id(), &lease.id], Some(body.as_bytes())).await?;
+    let out = sh_on(shell, true, REPLACE_IF, &[dir, &new_id(), &lease.id], Some(body.as_bytes())).await?;
     if out.trim() == "acquired" {
         Ok(())
     } else {
