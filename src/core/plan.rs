@@ -44,8 +44,11 @@ pub fn resolve_instances(svc: &Service, listed: &[Listed]) -> Vec<String> {
         let exact = listed.iter().any(|c| c.name == *entry || c.name == format!("{entry}{OLD_SUFFIX}"));
         let of_service: Vec<&Listed> = match (&svc.compose, exact) {
             (Some(c), false) => {
-                let mut v: Vec<&Listed> =
-                    listed.iter().filter(|l| l.compose_project.as_deref() == Some(c.project.as_str()) && l.compose_service.as_deref() == Some(entry)).collect();
+                let mut v: Vec<&Listed> = listed
+                    .iter()
+                    .filter(|l| l.compose_project.as_deref() == Some(c.project.as_str()) && l.compose_service.as_deref() == Some(entry))
+                    .filter(|l| !l.name.ends_with(NEW_SUFFIX))
+                    .collect();
                 v.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.name.cmp(&b.name)));
                 v
             }
@@ -129,6 +132,8 @@ pub const NO_VERSION: &str = "? (no version given)";
 
 /// The suffix of the kept old container while its successor proves itself.
 pub const OLD_SUFFIX: &str = ".capstan-old";
+/// An instance's successor, created ahead of its swap under this suffix: never an instance.
+pub const NEW_SUFFIX: &str = ".capstan-new";
 
 /// Plans one host. `target(service, instance)` is the exact image reference
 /// (`repo@sha256:…` or an image ID) the instance must run. A `target: swarm`

@@ -390,7 +390,13 @@ impl Engine for FakeHost {
             return Err(EngineError::NotFound(format!("no such image {image}")));
         }
         // The fake keeps the published port as part of the spec: the old one's.
-        let port = s.containers.get(&format!("{name}.capstan-old")).map(|c| c.host_port).unwrap_or(9999);
+        // (A successor created ahead as `<name>.capstan-new` gets its instance's.)
+        let base = name.strip_suffix(crate::core::plan::NEW_SUFFIX).unwrap_or(name);
+        let port = [format!("{base}.capstan-old"), base.to_string()]
+            .iter()
+            .find_map(|n| s.containers.get(n).filter(|_| n != name))
+            .map(|c| c.host_port)
+            .unwrap_or(9999);
         s.next_id += 1;
         let id = format!("{:012x}", s.next_id);
         let address = format!("10.0.0.{}", s.next_id);
@@ -522,6 +528,33 @@ impl Swarm for FakeHost {
 impl Shell for FakeHost {
     /// Runs the command for real, locally: the state and drain scripts are exercised as written.
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
+        // The swap script's Docker CLI calls go to this fake's engine (the script's own
+        // text runs under `sh` in `host::swap`'s tests): the lease, then each call in turn.
+        if let ["sh", "-c", _, "capstan-swap", dir, id, _, name, old, new] = argv {
+            let dir = match &self.view {
+                Some(view) => dir.replace(view.as_str(), &self.dir.path().display().to_string()),
+                None => dir.to_string(),
+            };
+            let lock = std::fs::read_to_string(format!("{dir}/lock.json")).unwrap_or_default();
+            if !lock.contains(&format!("\"id\":\"{id}\"")) {
+                return Ok(CmdOutput { status: 0, stdout: "lease-lost\n".into(), stderr: String::new() });
+            }
+            let mut said = String::new();
+            let result = async {
+                self.rename(name, old).await?;
+                said.push_str("renamed\n");
+                self.stop(old).await?;
+                said.push_str("stopped\n");
+                self.rename(new, name).await?;
+                said.push_str("placed\n");
+                self.start(name).await?;
+                said.push_str("started\n");
+                Ok::<_, EngineError>(())
+            }
+            .await;
+            let stderr = result.err().map(|e| e.to_string()).unwrap_or_default();
+            return Ok(CmdOutput { status: 0, stdout: said, stderr });
+        }
         if argv.iter().any(|a| a.contains("# reload")) && self.state.lock().unwrap().fail.remove("reload") {
             return Ok(CmdOutput { status: 1, stdout: String::new(), stderr: "injected reload failure".into() });
         }

@@ -44,10 +44,13 @@ while :; do
   sleep 1
 done
 say "lease not renewed for ${age}s: taking over"
+# A change of the run's that found its lease in the lock (host::keep) ends before the takeover.
+n=0; until mkdir "$g/busy" 2>/dev/null || [ "$n" -ge 600 ]; do sleep 0.1; n=$((n+1)); done
 t="$d/.lock.guard.$id"
 # Ours now, for long enough that no run takes it over while the guard works.
 until=$(date -u -d "+300 seconds" +%Y-%m-%dT%H:%M:%SZ)
 sed -e "s/\"id\":\"$id\"/\"id\":\"$id-guard\"/" -e "s/\"expires_at\":\"[^\"]*\"/\"expires_at\":\"$until\"/" "$d/lock.json" > "$t" && mv -f "$t" "$d/lock.json"
+rmdir "$g/busy" 2>/dev/null
 now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 tab="$(printf '\t')"
 reload_lb() { [ -z "$1" ] || sh -c "$1" >> "$log" 2>&1 || say "reload failed: $1"; }
@@ -108,6 +111,8 @@ ready() { # $1 container $2 seconds $3 port $4 path
 outcome=succeeded; done_json=
 tac "$g/plan" > "$g/plan.rev"
 while IFS="$tab" read -r name old down wait settle port path conf orig reload json; do
+  # A successor created ahead and never swapped in served nothing: it goes (never a running one).
+  docker rm "$name.capstan-new" >/dev/null 2>&1 || true
   if ! docker container inspect "$old" >/dev/null 2>&1; then
     # Nothing kept: the run put it back itself, or was doing so (renamed back, not yet started).
     start_stopped "$name" || true

@@ -21,6 +21,7 @@ pub mod lb_batch;
 pub mod spec;
 pub mod ssh;
 pub mod state;
+pub mod swap;
 
 use std::sync::Arc;
 use std::time::Duration;

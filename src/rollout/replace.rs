@@ -8,8 +8,8 @@ use futures_util::future::join_all;
 
 use crate::core::config::{DrainMethod, Service};
 use crate::core::observed::{ContainerInfo, ContainerSpec};
-use crate::core::plan::OLD_SUFFIX;
-use crate::host::drain;
+use crate::core::plan::{NEW_SUFFIX, OLD_SUFFIX};
+use crate::host::{drain, swap};
 use crate::rollout::compose::{compose_reference, moving, with_label, COMPOSE_IMAGE_LABEL};
 use crate::rollout::steps::{Failure, StepError};
 use crate::rollout::watch;
@@ -44,7 +44,11 @@ struct Progress {
     drained: bool,
     renamed: bool,
     stopped: bool,
+    /// The new container exists (created ahead as `<name>.capstan-new`).
     created: bool,
+    /// The new container bears the instance's name.
+    placed: bool,
+    started: bool,
     /// The next instance was drained with this one's undrain (one reload for both).
     next_drained: bool,
     /// The new container's ID, once created: its undo removes that container, never
@@ -111,7 +115,7 @@ impl Rollout<'_> {
         // that what the guard would do stays right at every moment of the revert.
         if direction == Direction::Revert && self.guarded() && self.host.engine.inspect_container(&old).await.ok().flatten().is_some() {
             let new_id = Some(current.id.clone()).filter(|id| !id.is_empty());
-            let mut p = Progress { renamed: true, stopped: true, created: true, new_id, ..Default::default() };
+            let mut p = Progress { renamed: true, stopped: true, created: true, placed: true, started: true, new_id, ..Default::default() };
             return match self.undo(svc, name, &old, &target, None, &mut p, direction).await {
                 true => Ok(Replaced { next_drained: false, looked: Vec::new() }),
                 false => Err(Failure { error: StepError::Failed(format!("the kept {old} could not be put back")), restored: false }),
@@ -152,34 +156,95 @@ impl Rollout<'_> {
         let step = |n: &str| format!("{}{n}", direction.prefix());
         let cancellable = direction.cancellable();
         let lb = svc.drain.method != DrainMethod::None;
+        let new = format!("{name}{NEW_SUFFIX}");
+        // The new container is created ahead under a name of its own (it serves nothing
+        // until the swap): beside the drain where this instance has one of its own.
+        let create_new = || async {
+            match engine.create(&new, spec, to_image).await {
+                Ok(id) => Ok(id),
+                // A `<name>.capstan-new` left by a run that died before its swap: it never served.
+                Err(_) if engine.inspect_container(&new).await.ok().flatten().is_some_and(|c| !c.running) => {
+                    engine.remove(&new).await.map_err(StepError::failed)?;
+                    engine.create(&new, spec, to_image).await.map_err(StepError::failed)
+                }
+                Err(e) => Err(StepError::failed(e)),
+            }
+        };
+        let created = |p: &mut Progress, id: String| {
+            p.created = true;
+            p.new_id = Some(id).filter(|id| !id.is_empty());
+        };
+        // The create beside the drain, when there is one.
+        let mut ahead = None;
         self.go_on(cancellable)?;
         if lb && p.drained {
             // Taken out with the previous instance's undrain (and proved by `nginx -T` where nginx runs in a container).
             self.step(s, name, &step("drain"), async { Ok(((), "drained with the previous instance's undrain (one reload for both)".to_string())) }).await?;
         } else if lb {
-            self.step(s, name, &step("drain"), async {
+            let mut drained = false;
+            let label = step("drain");
+            let drain = self.step(s, name, &label, async {
                 let d = self.drainer.apply(self.host, &svc.drain.method, &[(target, true)]).await.map_err(StepError::failed)?;
-                p.drained = true;
+                drained = true;
                 self.wait(svc.drain.wait, cancellable).await?;
                 Ok(((), format!("{d}; waited {}", humantime::format_duration(svc.drain.wait))))
-            })
-            .await?;
+            });
+            let (drain, new_id) = tokio::join!(drain, create_new());
+            p.drained = drained;
+            if let Ok(id) = &new_id {
+                created(p, id.clone());
+            }
+            drain?;
+            ahead = Some(new_id);
+        }
+        let new_id = match ahead {
+            Some(r) => r,
+            None => create_new().await,
+        };
+        match new_id {
+            Ok(id) => created(p, id),
+            // Nothing changed but the drain: the start is what failed.
+            Err(e) => return self.step(s, name, &step("start"), async { Err::<((), String), _>(e) }).await,
         }
         self.go_on(cancellable)?;
         self.step(s, name, &step("stop"), async {
-            engine.rename(name, old).await.map_err(StepError::failed)?;
-            p.renamed = true;
-            engine.stop(old).await.map_err(StepError::failed)?;
-            p.stopped = true;
+            match self.lease.as_ref().filter(|_| self.guarded()) {
+                // Under the guard: the whole swap on the host, once the lock is seen to hold our lease.
+                Some(k) => {
+                    let id = k.lease.lock().await.id.clone();
+                    let (done, result) = swap::swap(self.host.shell.as_ref(), &k.dir, &id, &k.docker_socket, name, old, &new).await;
+                    (p.renamed, p.stopped, p.placed, p.started) = (done.renamed, done.stopped, done.placed, done.started);
+                    if let Err(e) = result {
+                        if matches!(e, swap::SwapError::LeaseLost { .. }) {
+                            // The guard acts: no later step of this run touches the host.
+                            k.fence.taken_over();
+                        }
+                        return Err(StepError::failed(e));
+                    }
+                }
+                None => {
+                    engine.rename(name, old).await.map_err(StepError::failed)?;
+                    p.renamed = true;
+                    engine.stop(old).await.map_err(StepError::failed)?;
+                    p.stopped = true;
+                }
+            }
             Ok(((), format!("kept as {old}")))
         })
         .await?;
         self.go_on(cancellable)?;
         self.step(s, name, &step("start"), async {
-            p.created = true;
-            p.new_id = Some(engine.create(name, spec, to_image).await.map_err(StepError::failed)?).filter(|id| !id.is_empty());
+            let short = crate::core::image::short(to_image);
+            if p.started {
+                return Ok(((), format!("{short} (started by the stop's command on the host)")));
+            }
+            if !p.placed {
+                engine.rename(&new, name).await.map_err(StepError::failed)?;
+                p.placed = true;
+            }
             engine.start(name).await.map_err(StepError::failed)?;
-            Ok(((), crate::core::image::short(to_image)))
+            p.started = true;
+            Ok(((), short))
         })
         .await?;
         self.go_on(cancellable)?;
@@ -314,7 +379,8 @@ impl Rollout<'_> {
         let lb = svc.drain.method != DrainMethod::None;
         let mut ok = true;
         if p.created {
-            if !p.drained && lb {
+            // A new container not yet in the name's place never served: it goes without a drain.
+            if p.placed && !p.drained && lb {
                 let mut edits = vec![(target, true)];
                 edits.extend(next.filter(|_| p.next_drained).map(|n| (n, false)));
                 let drained = self
@@ -333,7 +399,8 @@ impl Rollout<'_> {
             ok &= self
                 .step(s, name, &step("remove new"), async {
                     // Drained (and waited on) by now: no request is lost by removing it at once.
-                    engine.remove(p.new_id.as_deref().unwrap_or(name)).await.map_err(StepError::failed)?;
+                    let by_name = if p.placed { name.to_string() } else { format!("{name}{NEW_SUFFIX}") };
+                    engine.remove(p.new_id.as_deref().unwrap_or(&by_name)).await.map_err(StepError::failed)?;
                     Ok(((), format!("removed the new {name}")))
                 })
                 .await
