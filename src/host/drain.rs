@@ -96,9 +96,20 @@ impl Target {
 /// content on stdin, then runs `$3` (the reload on the host; empty: none). With a
 /// SHA-256 in `$2`, only if the file still has that digest (else it prints `stale`
 /// and changes nothing).
-const WRITE_IN_PLACE: &str = r#"set -e; f=$1
+/// With `$5` (a lease id), only while the lock in state dir `$4` holds that lease, and
+/// under the guard's `busy` mark (as `host::swap`): an edit delivered after the guard
+/// took over changes nothing.
+const WRITE_IN_PLACE: &str = r#"set -e; f=$1; g=
+if [ -n "$5" ]; then
+  if [ -d "$4/guard/$5" ]; then
+    g="$4/guard/$5"; n=0
+    until mkdir "$g/busy" 2>/dev/null; do n=$((n+1)); [ "$n" -gt 100 ] && { cat >/dev/null; echo busy; exit 0; }; sleep 0.05; done
+  fi
+  trap '[ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || true' EXIT
+  grep -q "\"id\":\"$5\"" "$4/lock.json" 2>/dev/null || { cat >/dev/null; echo lease-lost; exit 0; }
+fi
 if [ -n "$2" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
-t=$(mktemp); trap 'rm -f "$t"' EXIT; cat > "$t"; cat "$t" > "$f"
+t=$(mktemp); trap 'rm -f "$t"; [ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || true' EXIT; cat > "$t"; cat "$t" > "$f"
 [ -z "$3" ] || sh -c "$3"; echo written"#;
 
 fn sha256_hex(s: &str) -> String {
@@ -114,9 +125,18 @@ pub struct Drainer {
     known: Mutex<HashMap<String, String>>,
     containers: Mutex<HashMap<String, String>>,
     reloads: Mutex<HashMap<String, u32>>,
+    /// Once the guard is armed: the state dir and the run's lease, which every edit checks
+    /// on the host first, and the run's side of the guard, closed when one finds it lost.
+    lease: Mutex<Option<(String, String, std::sync::Arc<crate::host::guard::Fence>)>>,
 }
 
 impl Drainer {
+    /// From now on, an edit is made only while the lock in `dir` holds lease `id`; one
+    /// that finds it lost closes `fence` (the guard acts; the run touches the host no more).
+    pub fn hold(&self, dir: &str, id: &str, fence: std::sync::Arc<crate::host::guard::Fence>) {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some((dir.to_string(), id.to_string(), fence));
+    }
+
     /// Reloads of the load balancer so far, per service.
     pub fn reloads(&self) -> HashMap<String, u32> {
         self.reloads.lock().unwrap_or_else(PoisonError::into_inner).clone()
@@ -318,13 +338,23 @@ impl Drainer {
     /// the file still has that digest: false when it had changed.
     async fn write(&self, host: &Host, file: &str, content: &str, guard: Option<String>, reload: &str) -> Result<bool, DrainError> {
         let guard = guard.unwrap_or_default();
+        let lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (dir, id) = lease.as_ref().map(|(d, i, _)| (d.as_str(), i.as_str())).unwrap_or(("", ""));
         let r = host
             .shell
-            .run(&["sh", "-c", WRITE_IN_PLACE, "capstan-drain", file, &guard, reload], Some(content.as_bytes()))
+            .run(&["sh", "-c", WRITE_IN_PLACE, "capstan-drain", file, &guard, reload, dir, id], Some(content.as_bytes()))
             .await
             .map_err(|e| DrainError::Host(e.0))?;
-        if r.ok() && r.stdout.trim_end().ends_with("stale") {
-            return Ok(false);
+        match r.stdout.trim_end().lines().last().unwrap_or("") {
+            "stale" if r.ok() => return Ok(false),
+            "lease-lost" => {
+                if let Some((_, _, fence)) = &lease {
+                    fence.taken_over();
+                }
+                return Err(DrainError::Host(format!("{file} left as it was: the host's lock no longer holds this run's lease (the guard took over)")));
+            }
+            "busy" => return Err(DrainError::Host(format!("{file} left as it was: the guard on the host was busy for 5s"))),
+            _ => {}
         }
         if !r.ok() {
             return Err(DrainError::Host(match reload {
@@ -532,6 +562,31 @@ mod tests {
         let err = Drainer::default().apply(&host, &nginx(&file, "true".into()), &[(&target("web-9", 9999), true)]).await.unwrap_err();
         assert!(matches!(err, DrainError::Match(upstream::MatchError::NoLine { .. })), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), CONF);
+    }
+
+    /// Once the guard is armed, an edit is made only while the lock holds the run's lease:
+    /// after the guard took it over, the file stays as it is and the run's side is closed.
+    #[tokio::test]
+    async fn an_edit_after_the_guard_took_the_lock_over_changes_nothing() {
+        let fake = crate::host::fake::FakeHost::new();
+        let host = fake.host();
+        let dir = fake.dir.path();
+        let file = dir.join("upstream.conf");
+        std::fs::write(&file, CONF).unwrap();
+        let method = nginx(&file, "true".into());
+        let fence = std::sync::Arc::new(crate::host::guard::Fence::new(std::time::Duration::from_secs(30)));
+        fence.armed();
+        let d = Drainer::default();
+        d.hold(&dir.display().to_string(), "run1", fence.clone());
+        std::fs::write(dir.join("lock.json"), r#"{"id":"run1","holder":"t"}"#).unwrap();
+        d.apply(&host, &method, &[(&target("web-1", 8081), true)]).await.unwrap();
+        assert!(std::fs::read_to_string(&file).unwrap().contains("8081 down;"));
+        std::fs::write(dir.join("lock.json"), r#"{"id":"run1-guard","holder":"t"}"#).unwrap();
+        let before = std::fs::read_to_string(&file).unwrap();
+        let err = d.apply(&host, &method, &[(&target("web-1", 8081), false)]).await.unwrap_err();
+        assert!(err.to_string().contains("no longer holds this run's lease"), "{err}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+        assert!(fence.closed().is_some(), "the run's side knows");
     }
 
     /// A failing reload puts the file back.
