@@ -74,14 +74,14 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     if dry_run {
         // The read-only part of the safety net: the lock as it is now, and every preflight check.
         let services = &roll.services;
-        let checks = roll.hosts.iter().zip(&roll.plan.hosts).map(|(h, hp)| async move {
+        let checks = roll.hosts.iter().zip(&roll.plan.hosts).zip(&roll.observed).map(|((h, hp), seen)| async move {
             let lock = match state::read_lock(h.shell.as_ref(), &ctx.config.state_dir).await {
                 Ok(Some(l)) if !l.expired(OffsetDateTime::now_utc()) => {
                     gates::LockSeen::Held(format!("{} ({}) since {}", l.holder, l.command, fmt_time(l.acquired_at)))
                 }
                 _ => gates::LockSeen::Free,
             };
-            gates::preflight(ctx.config, h, services, hp, lock, check_health, opts.force).await
+            gates::preflight(ctx.config, h, services, hp, seen, lock, check_health, opts.force).await
         });
         let failed = emit_gates(ctx, join_all(checks).await);
         report.gates = collector.gates();
@@ -149,7 +149,8 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
         .hosts
         .iter()
         .zip(&roll.plan.hosts)
-        .map(|(h, hp)| gates::preflight(ctx.config, h, &roll.services, hp, gates::LockSeen::Ours, check_health, opts.force));
+        .zip(&roll.observed)
+        .map(|((h, hp), seen)| gates::preflight(ctx.config, h, &roll.services, hp, seen, gates::LockSeen::Ours, check_health, opts.force));
     let failed = emit_gates(ctx, join_all(checks).await);
     if !failed.is_empty() {
         heartbeat.stop().await;

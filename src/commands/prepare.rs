@@ -52,6 +52,9 @@ pub(super) struct Roll<'a> {
     pub(super) plan: Plan,
     /// What the first host's log says runs now.
     pub(super) previous: Option<String>,
+    /// Per host, its containers as planning saw them: the preflight's probes go out to
+    /// their addresses beside its own look.
+    pub(super) observed: Vec<Observed>,
 }
 
 /// Per (service, instance): the exact image it must run.
@@ -297,7 +300,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
         Ok((records, _)) => release::previous_version(&records),
         Err(_) => None,
     };
-    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous })
+    Ok(Roll { command, version, hosts, services, plan: Plan { hosts: host_plans }, previous, observed })
 }
 
 /// A version name for images the log does not know: the tag they carry on the host, if any.

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use crate::core::config::{Config, Endpoint, Service, SwarmTarget};
 use crate::core::observed::UpdateState;
-use crate::core::plan::HostPlan;
+use crate::core::plan::{HostPlan, Observed};
 use crate::core::record::RunCommand;
 use crate::host::Host;
 use crate::output::events::Gate;
-use crate::rollout::checks::{look, swarm_now};
+use crate::rollout::checks::{look_again, swarm_now};
 
 /// What the lock looked like to the preflight (it is taken, or read, before).
 pub enum LockSeen {
@@ -27,8 +27,19 @@ pub enum LockSeen {
 
 /// The read-only checks on one host. `check_health`: whether the instances about
 /// to be replaced must be healthy (a deploy; a rollback goes over a broken state
-/// on purpose); `force` lets a deploy go over unhealthy instances anyway.
-pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan: &HostPlan, lock: LockSeen, check_health: bool, force: bool) -> Vec<Gate> {
+/// on purpose); `force` lets a deploy go over unhealthy instances anyway. `seen`: the
+/// host's containers as planning saw them (their probes go out beside the look).
+#[allow(clippy::too_many_arguments)]
+pub async fn preflight(
+    config: &Config,
+    host: &Host,
+    services: &[&Service],
+    plan: &HostPlan,
+    seen: &Observed,
+    lock: LockSeen,
+    check_health: bool,
+    force: bool,
+) -> Vec<Gate> {
     use futures_util::future::{join_all, BoxFuture, FutureExt};
     let h = host.name.as_str();
     // Every check at once, reported in this order: over a slow link the checks cost one
@@ -81,11 +92,10 @@ pub async fn preflight(config: &Config, host: &Host, services: &[&Service], plan
                 checks.push(
                     async move {
                         let gate = format!("preflight health {}", ip.name);
-                        let (ok, measured) = match host.engine.inspect_container(&ip.name).await {
-                            Ok(Some(c)) => match look(host, svc, &c).await {
-                                h if h.serving() => (true, "healthy".to_string()),
-                                h => (false, h.to_string()),
-                            },
+                        let known = seen.containers.get(&ip.name).map(|(c, _)| c);
+                        let (ok, measured) = match look_again(host, svc, &ip.name, known).await {
+                            Ok(Some(h)) if h.serving() => (true, "healthy".to_string()),
+                            Ok(Some(h)) => (false, h.to_string()),
                             Ok(None) => (false, "missing".to_string()),
                             Err(e) => (false, e.to_string()),
                         };

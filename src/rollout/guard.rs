@@ -5,6 +5,7 @@
 use time::OffsetDateTime;
 
 use crate::core::config::{DrainMethod, Service};
+use crate::core::observed::ContainerInfo;
 use crate::core::plan::{HostPlan, InstancePlan, OLD_SUFFIX};
 use crate::core::record::{InstanceOutcome, Record, RecordInstance, RunCommand, RunOutcome};
 use crate::host::drain;
@@ -38,9 +39,11 @@ impl Rollout<'_> {
     /// Arms the guard before the first instance is touched: every instance this host
     /// replaces (Swarm services aside, which Swarm puts back itself), its upstream
     /// file as it is and with it drained, in one round trip (plus one read per file).
-    pub(super) async fn arm_guard(&self, plan: &HostPlan, services: &[&Service]) -> Result<(), GuardError> {
-        let Some(k) = &self.lease else { return Ok(()) };
+    /// The instances as it looked at them: the first replace starts from them.
+    pub(super) async fn arm_guard(&self, plan: &HostPlan, services: &[&Service]) -> Result<Vec<(String, Option<ContainerInfo>)>, GuardError> {
+        let Some(k) = &self.lease else { return Ok(Vec::new()) };
         let mut instances = Vec::new();
+        let mut looked = Vec::new();
         for (svc, replaced) in guarded(plan, services) {
             // Every instance at once: one round trip over a slow link, not one per instance.
             let seen = futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))).await;
@@ -48,6 +51,7 @@ impl Rollout<'_> {
             for (ip, c) in replaced.iter().zip(seen) {
                 let c = c.map_err(|e| GuardError::Host(e.to_string()))?.ok_or_else(|| GuardError::Host(format!("{} disappeared", ip.name)))?;
                 targets.push(drain::Target::of(svc, &c));
+                looked.push((ip.name.clone(), Some(c)));
             }
             let refs: Vec<&drain::Target> = targets.iter().collect();
             let views = match svc.drain.method {
@@ -76,7 +80,7 @@ impl Rollout<'_> {
             }
         }
         if instances.is_empty() {
-            return Ok(());
+            return Ok(looked);
         }
         let lease = k.lease.lock().await.clone();
         let record = Record {
@@ -110,7 +114,7 @@ impl Rollout<'_> {
             "guard armed: if this run stops renewing its lease for {}s, the host puts back what it replaced by itself",
             k.fence.bound().as_secs()
         ));
-        Ok(())
+        Ok(looked)
     }
 
     /// The host is done (replaced, or reverted): the guard only records the run

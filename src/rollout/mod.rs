@@ -139,8 +139,11 @@ impl<'a> Rollout<'a> {
         });
         let (armed, pulled) = tokio::join!(self.arm_guard(plan, services), futures_util::future::join_all(pulls));
         let mut pulled: HashMap<String, (String, Result<(), StepError>)> = pulled.into_iter().collect();
-        if let Err(e) = armed {
-            failure = Some(("guard".into(), Failure { error: StepError::failed(e), restored: true }));
+        // What arming looked at, moments ago: where the first service's first replace starts.
+        let mut armed_looks: Option<HashMap<String, Option<ContainerInfo>>> = None;
+        match armed {
+            Ok(looks) => armed_looks = Some(looks.into_iter().collect()),
+            Err(e) => failure = Some(("guard".into(), Failure { error: StepError::failed(e), restored: true })),
         }
 
         'services: for sp in plan.services.iter().filter(|_| failure.is_none()) {
@@ -191,7 +194,7 @@ impl<'a> Rollout<'a> {
             // The instance drained together with the previous one's undrain, if any.
             let mut pre_drained: Option<drain::Target> = None;
             // The instances the last replace looked at beside its pause: not asked again.
-            let mut looked: HashMap<String, Option<ContainerInfo>> = HashMap::new();
+            let mut looked: HashMap<String, Option<ContainerInfo>> = armed_looks.take().unwrap_or_default();
             for (k, ip) in to_replace.iter().enumerate() {
                 // The container as it is now, and its successor's spec (with Compose's hash where it
                 // takes one); beside it, the next instance, which goes out of the load balancer with
