@@ -173,16 +173,7 @@ impl Drainer {
     pub async fn guard_views(&self, host: &Host, method: &DrainMethod, targets: &[&Target]) -> Result<Vec<Option<GuardLb>>, DrainError> {
         let DrainMethod::Nginx(n) = method else { return Ok(targets.iter().map(|_| None).collect()) };
         let file = &n.upstream_conf;
-        let cached = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(file).cloned();
-        let current = match cached {
-            Some(c) => c,
-            None => {
-                let text = read(host, file).await?;
-                // The first drain then writes from it (guarded by its digest) without reading again.
-                self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.clone(), text.clone());
-                text
-            }
-        };
+        let current = self.read_once(host, method).await?.unwrap_or_default();
         let reload = match &n.container {
             Some(c) => {
                 let container = self.nginx_container(host, c, targets.first().and_then(|t| t.project.as_deref())).await?;
@@ -198,6 +189,20 @@ impl Drainer {
             views.push(Some(GuardLb { upstream_conf: file.clone(), original: current.clone(), drained, reload: reload.clone() }));
         }
         Ok(views)
+    }
+
+    /// The upstream file of `method` as it is, read once (None: not nginx). The first drain
+    /// then writes from it (guarded by its digest) without reading again; read ahead, it
+    /// goes out beside other requests.
+    pub async fn read_once(&self, host: &Host, method: &DrainMethod) -> Result<Option<String>, DrainError> {
+        let DrainMethod::Nginx(n) = method else { return Ok(None) };
+        let file = &n.upstream_conf;
+        if let Some(c) = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(file).cloned() {
+            return Ok(Some(c));
+        }
+        let text = read(host, file).await?;
+        self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.clone(), text.clone());
+        Ok(Some(text))
     }
 
     /// The container nginx runs in: the configured name, or the container of that

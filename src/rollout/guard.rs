@@ -45,8 +45,13 @@ impl Rollout<'_> {
         let mut instances = Vec::new();
         let mut looked = Vec::new();
         for (svc, replaced) in guarded(plan, services) {
-            // Every instance at once: one round trip over a slow link, not one per instance.
-            let seen = futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))).await;
+            // Every instance at once, and the upstream file read beside them: one round trip
+            // over a slow link, not one per instance and one more.
+            let (seen, read) = tokio::join!(
+                futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))),
+                self.drainer.read_once(self.host, &svc.drain.method)
+            );
+            read.map_err(|e| GuardError::Host(e.to_string()))?;
             let mut targets = Vec::new();
             for (ip, c) in replaced.iter().zip(seen) {
                 let c = c.map_err(|e| GuardError::Host(e.to_string()))?.ok_or_else(|| GuardError::Host(format!("{} disappeared", ip.name)))?;
