@@ -5,7 +5,8 @@
 //! delays (`BENCH_RUNS`, default 3). Prints, per delay, the medians of: wall
 //! time, the time beyond the waits the config asks for, the time before the
 //! first instance and per instance, the round trips before the first instance
-//! and per instance, and each against the loopback run.
+//! and per instance, and each against the loopback run. The load through nginx the
+//! whole time: GETs, and POSTs (payments) on keep-alive connections.
 
 // A benchmark prints its table; the tests' support unwraps.
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)]
@@ -18,9 +19,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{capstan_bin, median, App, AppOptions, Sandbox};
+use support::{capstan_bin, median, App, AppOptions, KeepAliveLoad, KeepAliveOptions, Sandbox};
 
 const RPS: u32 = 50;
+const POSTS_PER_S: u32 = 10;
 const PAUSE_MS: u64 = 500;
 const DRAIN_WAIT_MS: u64 = 300;
 
@@ -37,6 +39,9 @@ struct Sample {
     per_instance_trips: usize,
     failed: u64,
     sent: u64,
+    /// POSTs not answered 2xx, and sent.
+    posts_failed: u64,
+    posts_sent: u64,
     /// Milliseconds per step name, per instance.
     steps: std::collections::BTreeMap<String, u64>,
 }
@@ -51,6 +56,10 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
         .text();
     app.write_config(&config);
     let load = app.load(RPS);
+    let posts = KeepAliveLoad::start(
+        &app.lb_url(),
+        KeepAliveOptions { get_rps: 0, get_paths: Vec::new(), post_rps: POSTS_PER_S, post_path: "/pay".into(), connections: 2, max_run: Duration::from_secs(120) },
+    );
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     let out = Command::new(capstan_bin())
@@ -67,6 +76,7 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
+    let paid = posts.stop();
     assert!(out.status.success(), "capstan failed over {rtt_ms} ms: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
@@ -94,6 +104,8 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
         per_instance_trips: instance_trips / n as usize,
         failed: stats.failed,
         sent: stats.sent,
+        posts_failed: paid.post_failed + paid.post_5xx + paid.post_other,
+        posts_sent: paid.post_sent,
     }
 }
 
@@ -107,7 +119,7 @@ fn main() {
         for (k, rtt) in rtts.iter().enumerate() {
             let s = run(sb, *rtt);
             eprintln!(
-                "run {} at {rtt} ms: {} ms (start {} ms / {} round trips, per instance {} ms / {} round trips, failed {}/{})",
+                "run {} at {rtt} ms: {} ms (start {} ms / {} round trips, per instance {} ms / {} round trips, failed GETs {}/{}, POSTs {}/{})",
                 i + 1,
                 s.wall_ms,
                 s.start_ms,
@@ -115,22 +127,25 @@ fn main() {
                 s.per_instance_ms,
                 s.per_instance_trips,
                 s.failed,
-                s.sent
+                s.sent,
+                s.posts_failed,
+                s.posts_sent
             );
             samples[k].push(s);
         }
     }
     let med = |k: usize, f: fn(&Sample) -> u64| median(samples[k].iter().map(f).collect());
     println!("\ncapstan deploy of 2 instances over a delayed SSH link; median of {runs} run(s), runs alternating\n");
-    println!("| round trip | wall | beyond the waits asked for | start | per instance | vs {} ms: start | vs {} ms: per instance | round trips: start | per instance | failed requests |", rtts[0], rtts[0]);
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| round trip | wall | beyond the waits asked for | start | per instance | vs {} ms: start | vs {} ms: per instance | round trips: start | per instance | failed GETs | failed POSTs |", rtts[0], rtts[0]);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
     let signed = |ms: i64| format!("{:+.2} s", ms as f64 / 1000.0);
     for (k, rtt) in rtts.iter().enumerate() {
         let failed: u64 = samples[k].iter().map(|x| x.failed).sum();
         let sent: u64 = samples[k].iter().map(|x| x.sent).sum();
+        let (posts_failed, posts_sent): (u64, u64) = (samples[k].iter().map(|x| x.posts_failed).sum(), samples[k].iter().map(|x| x.posts_sent).sum());
         println!(
-            "| {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} | {failed} of {sent} |",
+            "| {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} | {failed} of {sent} | {posts_failed} of {posts_sent} |",
             s(med(k, |x| x.wall_ms)),
             s(med(k, |x| x.beyond_ms)),
             s(med(k, |x| x.start_ms)),
