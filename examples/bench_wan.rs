@@ -58,7 +58,14 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     let load = app.load(RPS);
     let posts = KeepAliveLoad::start(
         &app.lb_url(),
-        KeepAliveOptions { get_rps: 0, get_paths: Vec::new(), post_rps: POSTS_PER_S, post_path: "/pay".into(), connections: 2, max_run: Duration::from_secs(120) },
+        KeepAliveOptions {
+            get_rps: 0,
+            get_paths: Vec::new(),
+            post_rps: POSTS_PER_S,
+            post_path: "/pay".into(),
+            connections: 2,
+            max_run: Duration::from_secs(120),
+        },
     );
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();

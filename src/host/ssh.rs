@@ -283,7 +283,10 @@ impl SshHost {
             let _t = crate::host::Timed::new(format!("http GET {addr}:{port}{path} (curl on the host)"));
             match crate::host::curl::get(self, addr, port, path, timeout).await? {
                 Some(answer) => return Ok(answer),
-                None => self.no_curl.store(true, Relaxed),
+                None => {
+                    tracing::debug!("{}: no curl on the host; HTTP goes through tunnels from here on", self.name);
+                    self.no_curl.store(true, Relaxed)
+                }
             }
         }
         let _t = crate::host::Timed::new(format!("http GET {addr}:{port}{path}"));

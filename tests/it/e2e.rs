@@ -110,6 +110,35 @@ fn rolling_deploy_under_load_loses_no_request() {
     assert!(!app.state_dir().join("lock.json").exists(), "lock released");
 }
 
+/// A host without `curl` (nor `wget`): the health probes go through SSH tunnels and the
+/// traffic check's requests from the runner, and the release goes out as on any host.
+#[test]
+fn a_host_without_curl_is_probed_from_the_runner() {
+    let _turn = shared();
+    let app = app("nocurl");
+    let key = sandbox().identity_without_curl();
+    app.write_config(&edit(&app.default_config()).set("ssh.identity_file", key.display().to_string()).text());
+    let load = app.load(100);
+    std::thread::sleep(Duration::from_millis(500));
+    let run = app.capstan_env(&["deploy", "--version", "v2", "--json"], &[("CAPSTAN_LOG", "capstan=debug")]);
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = load.stop();
+    ok(&run);
+    assert_eq!(app.versions(), vec!["v2", "v2"]);
+    assert_eq!(stats.failed, 0, "failed requests during the deploy: {:?}", stats.samples);
+    // The first probes find no curl; from then on every probe and request goes from the
+    // runner through a tunnel, and the kept shell still serves the rest.
+    let after_arming = run.stderr.split_once("guard armed").map(|(_, rest)| rest).unwrap_or_default();
+    let probes: Vec<&str> = after_arming.lines().filter(|l| l.contains("DEBUG http GET")).collect();
+    assert!(probes.len() >= 6 && probes.iter().all(|l| !l.contains("(curl on the host)")), "{}", run.stderr);
+    assert!(run.stderr.contains("(kept shell) sh capstan-swap"), "{}", run.stderr);
+    let report = json(&run);
+    for i in report["hosts"][0]["instances"].as_array().expect("instances") {
+        let traffic = i["steps"].as_array().expect("steps").iter().find(|s| s["step"] == "traffic").expect("a traffic step")["detail"].clone();
+        assert!(traffic.as_str().unwrap_or("").contains("received +"), "{traffic}");
+    }
+}
+
 fn instances_to_image(report: &Value, i: usize) -> Value {
     report["hosts"][0]["instances"][i]["to_image"].clone()
 }

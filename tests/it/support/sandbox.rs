@@ -80,6 +80,12 @@ impl Sandbox {
     pub fn identity_file(&self) -> &Path {
         &self.identity
     }
+
+    /// A second key for the same host, whose sessions get a `PATH` with every program
+    /// of this machine but `curl` and `wget`: a host without them.
+    pub fn identity_without_curl(&self) -> PathBuf {
+        self.identity.with_file_name(NO_CURL_KEY)
+    }
     /// `[127.0.0.1]:PORT ssh-ed25519 AAAA...` for the sandbox sshd.
     pub fn known_hosts(&self) -> &Path {
         &self.known_hosts
@@ -529,6 +535,23 @@ pub(crate) fn keygen(path: &Path) -> String {
 }
 
 /// Returns (child, port, user, identity file, known_hosts).
+/// The key of [`Sandbox::identity_without_curl`].
+const NO_CURL_KEY: &str = "id_ed25519_nocurl";
+
+/// A directory of links to every program on this machine but `skip`.
+fn path_without(dir: &Path, skip: &[&str]) {
+    fs::create_dir_all(dir).expect("create the bin dir");
+    for from in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        for e in fs::read_dir(from).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if skip.iter().any(|s| name.to_string_lossy() == *s) || dir.join(&name).exists() {
+                continue;
+            }
+            let _ = std::os::unix::fs::symlink(e.path(), dir.join(&name));
+        }
+    }
+}
+
 fn start_sshd(dir: &Path) -> (ChildGuard, u16, String, PathBuf, PathBuf) {
     fs::create_dir_all(dir).expect("create the sshd dir");
     fs::create_dir_all("/run/sshd").expect("mkdir -p /run/sshd");
@@ -536,8 +559,11 @@ fn start_sshd(dir: &Path) -> (ChildGuard, u16, String, PathBuf, PathBuf) {
     let identity = dir.join("id_ed25519");
     let host_pub = keygen(&host_key);
     let client_pub = keygen(&identity);
+    let no_curl_pub = keygen(&dir.join(NO_CURL_KEY));
+    let no_curl_bin = dir.join("bin-without-curl");
+    path_without(&no_curl_bin, &["curl", "wget"]);
     let authorized = dir.join("authorized_keys");
-    write_file(&authorized, format!("{client_pub}\n"));
+    write_file(&authorized, format!("{client_pub}\nenvironment=\"PATH={}\" {no_curl_pub}\n", no_curl_bin.display()));
     set_mode(&authorized, 0o600);
     let user = current_user();
     let known_hosts = dir.join("known_hosts");

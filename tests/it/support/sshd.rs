@@ -14,7 +14,9 @@ pub struct SshdFiles<'a> {
 }
 
 /// `sshd_config` for a test host: key logins only, forwarding of the Docker
-/// socket allowed, enough sessions for several instances at once.
+/// socket allowed, enough sessions for several instances at once. A key's
+/// `environment="PATH=…"` option is honoured, so that a test can play a host that
+/// lacks a tool.
 pub fn sshd_config(f: &SshdFiles) -> String {
     format!(
         "Port {port}\n\
@@ -37,6 +39,7 @@ pub fn sshd_config(f: &SshdFiles) -> String {
          PrintMotd no\n\
          PrintLastLog no\n\
          UseDNS no\n\
+         PermitUserEnvironment PATH\n\
          LogLevel INFO\n\
          Subsystem sftp internal-sftp\n",
         port = f.port,
