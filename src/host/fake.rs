@@ -555,6 +555,26 @@ impl Shell for FakeHost {
             let stderr = result.err().map(|e| e.to_string()).unwrap_or_default();
             return Ok(CmdOutput { status: 0, stdout: said, stderr });
         }
+        // The done script stages the record as written; the kept containers it removes go
+        // to this fake's engine.
+        if let ["sh", "-c", script, "capstan-done", dir, id, sock, kept @ ..] = argv {
+            let mut out = self.run_locally(&["sh", "-c", script, "capstan-done", dir, id, sock], stdin).await?;
+            if out.ok() {
+                for c in kept {
+                    match self.remove(c).await {
+                        Ok(()) => out.stdout.push_str(&format!("removed {c}\n")),
+                        Err(e) => out.stdout.push_str(&format!("failed {c} {e}\n")),
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        self.run_locally(argv, stdin).await
+    }
+}
+
+impl FakeHost {
+    async fn run_locally(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         if argv.iter().any(|a| a.contains("# reload")) && self.state.lock().unwrap().fail.remove("reload") {
             return Ok(CmdOutput { status: 1, stdout: String::new(), stderr: "injected reload failure".into() });
         }

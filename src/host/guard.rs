@@ -158,8 +158,18 @@ echo armed"#
 
 /// Stages the host's final record: a guard that fires from now on appends it
 /// and releases the lock, and changes nothing else.
-const DONE: &str = r#"set -eu
-g="$1/guard/$2"; [ -d "$g" ] || exit 0; cat > "$g/done.tmp"; mv -f "$g/done.tmp" "$g/done"; echo staged"#;
+/// `$1` state dir, `$2` lease id, `$3` Docker socket, then the kept containers: the
+/// record staged (when the guard is there), then each kept container removed, in the
+/// same command (`removed NAME`, or `failed NAME` and Docker's words).
+const DONE: &str = r#"set -u; g="$1/guard/$2"; sock=$3; shift 3
+if [ -d "$g" ]; then
+  { cat > "$g/done.tmp" && mv -f "$g/done.tmp" "$g/done"; } || { echo "cannot stage the record in $g" >&2; exit 1; }
+  echo staged
+else cat >/dev/null; fi
+export DOCKER_HOST="unix://$sock"
+for c in "$@"; do
+  if e=$(docker rm "$c" 2>&1); then echo "removed $c"; else echo "failed $c $(printf '%s' "$e" | tr '\n' ' ')"; fi
+done"#;
 
 /// One instance the guard may have to put back.
 #[derive(Debug, Clone, PartialEq)]
@@ -292,12 +302,31 @@ pub async fn missing_tools(shell: &dyn Shell) -> Result<Vec<String>, GuardError>
 /// Stages the host's final record (with `@TIME@` for the time): from now on a
 /// guard that fires records it, removes the kept containers and releases the
 /// lock, and puts nothing back.
-pub async fn stage_done(shell: &dyn Shell, dir: &str, lease_id: &str, record_json: &str) -> Result<(), GuardError> {
-    let r = shell.run(&["sh", "-c", DONE, "capstan-done", dir, lease_id], Some(format!("{record_json}\n").as_bytes())).await?;
+/// Stages the run's final record with the guard, and then, in the same command, removes
+/// the containers `kept` for it (the guard no longer needs them): per container, whether
+/// it went (Docker's words when not).
+pub async fn stage_done(
+    shell: &dyn Shell,
+    dir: &str,
+    lease_id: &str,
+    docker_socket: &str,
+    record_json: &str,
+    kept: &[String],
+) -> Result<Vec<Result<(), String>>, GuardError> {
+    let mut argv = vec!["sh", "-c", DONE, "capstan-done", dir, lease_id, docker_socket];
+    argv.extend(kept.iter().map(String::as_str));
+    let r = shell.run(&argv, Some(format!("{record_json}\n").as_bytes())).await?;
     if !r.ok() {
         return Err(GuardError::Host(format!("exit {}: {}", r.status, r.stderr.trim())));
     }
-    Ok(())
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    Ok(kept
+        .iter()
+        .map(|c| match lines.iter().any(|l| l.strip_prefix("removed ") == Some(c.as_str())) {
+            true => Ok(()),
+            false => Err(lines.iter().find_map(|l| l.strip_prefix(&format!("failed {c} "))).unwrap_or("no answer").trim().to_string()),
+        })
+        .collect())
 }
 
 /// The run's side of the guard on one host: when the lease was last renewed,

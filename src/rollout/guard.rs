@@ -149,28 +149,31 @@ impl Rollout<'_> {
                 .collect(),
             error: Some("the run's link was lost after the host finished: the guard recorded it".into()),
         };
+        // The kept containers go in the same command, once the record is staged: one round
+        // trip in all over a slow link.
+        let olds: Vec<String> = kept.iter().map(|(_, name)| format!("{name}{OLD_SUFFIX}")).collect();
         let staged = match with_placeholders(&record) {
-            Ok(json) => guard::stage_done(self.host.shell.as_ref(), &k.dir, &lease.id, &json).await.map_err(|e| e.to_string()),
+            Ok(json) => guard::stage_done(self.host.shell.as_ref(), &k.dir, &lease.id, &k.docker_socket, &json, &olds).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        if let Err(e) = staged {
-            self.warn(format!("could not tell the guard that the host is done: {e}"));
-            return;
-        }
-        // All at once: a round trip in all over a slow link, not one per instance.
-        futures_util::future::join_all(kept.iter().map(|(service, name)| async move {
-            let old = format!("{name}{OLD_SUFFIX}");
+        let removals = match staged {
+            Ok(r) => r,
+            Err(e) => {
+                self.warn(format!("could not tell the guard that the host is done: {e}"));
+                return;
+            }
+        };
+        for (((service, name), old), removed) in kept.iter().zip(&olds).zip(removals) {
             let removed = self
                 .step(service, name, "cleanup", async {
-                    self.host.engine.remove(&old).await.map_err(crate::rollout::steps::StepError::failed)?;
+                    removed.map_err(crate::rollout::steps::StepError::Failed)?;
                     Ok(((), format!("removed {old}, kept until the host was done")))
                 })
                 .await;
             if let Err(e) = removed {
                 self.warn(format!("could not remove {old}: {e}"));
             }
-        }))
-        .await;
+        }
     }
 
     /// After a failed step, with the guard armed: Some(what to say) when the link
