@@ -168,10 +168,8 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
 impl Rollout<'_> {
     /// Waits for `healthy_after` healthy looks in a row (Docker's HEALTHCHECK still
     /// starting is not one). A forward gate gives up when the run is cancelled; an
-    /// undo's gate does not. `first_look`: the container as just seen, if it was (its
-    /// first probe then goes out beside the first inspect). The container as the last
-    /// look saw it.
-    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool, first_look: Option<ContainerInfo>) -> StepResult<ContainerInfo> {
+    /// undo's gate does not. The container as the last look saw it.
+    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<ContainerInfo> {
         let h = &svc.health;
         let started = Instant::now();
         let deadline = started + h.timeout;
@@ -181,7 +179,7 @@ impl Rollout<'_> {
         // last inspect gave, on the connection the last probe kept): one round trip a
         // look over a slow link, not three. A probe sent to an address the container no
         // longer has is sent again.
-        let mut known: Option<ContainerInfo> = first_look;
+        let mut known: Option<ContainerInfo> = None;
         let inspect = || async {
             self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared")))
         };

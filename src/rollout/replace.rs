@@ -206,17 +206,14 @@ impl Rollout<'_> {
             // Nothing changed but the drain: the start is what failed.
             Err(e) => return self.step(s, name, &step("start"), async { Err::<((), String), _>(e) }).await,
         }
-        // The new container as the swap on the host saw it once started: the health gate's first look.
-        let mut first_look = None;
         self.go_on(cancellable)?;
         self.step(s, name, &step("stop"), async {
             match self.lease.as_ref().filter(|_| self.guarded()) {
                 // Under the guard: the whole swap on the host, once the lock is seen to hold our lease.
                 Some(k) => {
                     let id = k.lease.lock().await.id.clone();
-                    let swap::Answer { done, seen, result } = swap::swap(self.host.shell.as_ref(), &k.dir, &id, &k.docker_socket, name, old, &new).await;
+                    let (done, result) = swap::swap(self.host.shell.as_ref(), &k.dir, &id, &k.docker_socket, name, old, &new).await;
                     (p.renamed, p.stopped, p.placed, p.started) = (done.renamed, done.stopped, done.placed, done.started);
-                    first_look = seen;
                     if let Err(e) = result {
                         if matches!(e, swap::SwapError::LeaseLost { .. }) {
                             // The guard acts: no later step of this run touches the host.
@@ -251,7 +248,7 @@ impl Rollout<'_> {
         })
         .await?;
         self.go_on(cancellable)?;
-        let healthy = self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable, first_look)).await?;
+        let healthy = self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
         // The gates watch this instance beside the old ones: the next one is not taken out with this one's undrain.
         let gated = cancellable && watch::watched(&svc.gates);
         // With a next instance: one edit and one reload put this one back and take the next out.
@@ -352,7 +349,7 @@ impl Rollout<'_> {
             Ok(((), format!("{old} is {name} again")))
         })
         .await?;
-        self.step(s, name, "recover health", self.health_gate(svc, name, false, None)).await?;
+        self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
         if lb {
             self.step(s, name, "recover undrain", async {
                 let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(StepError::failed)?;
@@ -421,7 +418,7 @@ impl Rollout<'_> {
                 .await
                 .is_ok();
             if ok && p.stopped {
-                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false, None)).await.is_ok();
+                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false)).await.is_ok();
             }
         }
         if p.drained && ok {
