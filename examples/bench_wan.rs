@@ -84,6 +84,9 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
     let paid = posts.stop();
+    if !paid.post_samples.is_empty() || !stats.samples.is_empty() {
+        eprintln!("at {rtt_ms} ms, failures: GETs {:?}, POSTs {:?}", stats.samples, paid.post_samples);
+    }
     assert!(out.status.success(), "capstan failed over {rtt_ms} ms: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
