@@ -76,6 +76,15 @@ impl DockerEngine {
 }
 
 impl DockerEngine {
+    /// The engine's inspect of container `name` (None: no such container).
+    async fn inspect_raw(&self, name: &str) -> Result<Option<bollard::models::ContainerInspectResponse>, EngineError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => Ok(Some(c)),
+            Err(e) if is_404(&e) => Ok(None),
+            Err(e) => Err(other(&format!("inspect {name}"), e)),
+        }
+    }
+
     /// Keeps an image's inspect by its ID (an image ID's config never changes).
     fn remember(&self, i: ImageInspect) -> ImageInspect {
         if let Some(id) = &i.id {
@@ -182,11 +191,7 @@ impl Engine for DockerEngine {
     }
 
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let c = match self.docker.inspect_container(name, None).await {
-            Ok(c) => c,
-            Err(e) if is_404(&e) => return Ok(None),
-            Err(e) => return Err(other(&format!("inspect {name}"), e)),
-        };
+        let Some(c) = self.inspect_raw(name).await? else { return Ok(None) };
         let image_id = c.image.clone().unwrap_or_default();
         let cached = self.images.lock().unwrap_or_else(PoisonError::into_inner).get(&image_id).cloned();
         let image = match cached {
@@ -234,11 +239,7 @@ impl Engine for DockerEngine {
     /// The image asked once, fresh (tags move), for both: a round trip less than the
     /// container's inspect and then the image's.
     async fn inspect_with_image(&self, name: &str) -> Result<Option<(ContainerInfo, Option<ImageInfo>)>, EngineError> {
-        let c = match self.docker.inspect_container(name, None).await {
-            Ok(c) => c,
-            Err(e) if is_404(&e) => return Ok(None),
-            Err(e) => return Err(other(&format!("inspect {name}"), e)),
-        };
+        let Some(c) = self.inspect_raw(name).await? else { return Ok(None) };
         let image_id = c.image.clone().unwrap_or_default();
         let image = match self.docker.inspect_image(&image_id).await {
             Ok(i) => Some(self.remember(i)),
