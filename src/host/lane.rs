@@ -42,8 +42,11 @@ impl Waiting {
     }
 }
 
+/// A line for the shell, and where its answer goes (none for the setup line).
+type Line = (Vec<u8>, Option<Answer>);
+
 pub struct Lane {
-    to_writer: mpsc::UnboundedSender<(Vec<u8>, Answer)>,
+    to_writer: mpsc::UnboundedSender<Line>,
     waiting: Arc<StdMutex<Waiting>>,
     reader: JoinHandle<()>,
 }
@@ -71,9 +74,8 @@ impl Lane {
         tokio::spawn(write_commands(input, from_callers, waiting.clone()));
         let reader = tokio::spawn(read_answers(output, marker.clone(), waiting.clone(), keep));
         let lane = Lane { to_writer, waiting, reader };
-        // The marker goes with every command; the setup line before them all.
-        let (setup_answer, _) = oneshot::channel();
-        let _ = lane.to_writer.send((format!("M={marker}; {SETUP}").into_bytes(), setup_answer));
+        // The marker goes with every command; the setup line, which has no answer, before them all.
+        let _ = lane.to_writer.send((format!("M={marker}; {SETUP}").into_bytes(), None));
         lane
     }
 
@@ -86,7 +88,7 @@ impl Lane {
     pub async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, LaneError> {
         let line = command_line(argv, stdin)?;
         let (tx, rx) = oneshot::channel();
-        self.to_writer.send((line, tx)).map_err(|_| LaneError("it is closed".into()))?;
+        self.to_writer.send((line, Some(tx))).map_err(|_| LaneError("it is closed".into()))?;
         rx.await.map_err(|_| LaneError("no answer".into()))?
     }
 
@@ -126,29 +128,26 @@ fn printf_format(data: &[u8]) -> String {
     let mut f = String::with_capacity(data.len() * 2);
     for &b in data {
         match b {
-            b'\\' | b'%' | b'\'' | b'-' => f.push_str(&format!("\\{b:03o}")),
-            0x20..=0x7e => f.push(b as char),
+            0x20..=0x7e if !matches!(b, b'\\' | b'%' | b'\'' | b'-') => f.push(b as char),
             _ => f.push_str(&format!("\\{b:03o}")),
         }
     }
     f
 }
 
-async fn write_commands<W: AsyncWrite + Unpin>(mut input: W, mut from: mpsc::UnboundedReceiver<(Vec<u8>, Answer)>, waiting: Arc<StdMutex<Waiting>>) {
-    let mut first = true;
+async fn write_commands<W: AsyncWrite + Unpin>(mut input: W, mut from: mpsc::UnboundedReceiver<Line>, waiting: Arc<StdMutex<Waiting>>) {
     while let Some((line, answer)) = from.recv().await {
         {
             let Ok(mut w) = waiting.lock() else { return };
-            if let Some(why) = &w.dead {
-                let _ = answer.send(Err(why.clone()));
-                continue;
-            }
-            // The setup line has no answer.
-            if !first {
-                w.queue.push_back(answer);
+            match (answer, &w.dead) {
+                (Some(a), Some(why)) => {
+                    let _ = a.send(Err(why.clone()));
+                    continue;
+                }
+                (Some(a), None) => w.queue.push_back(a),
+                (None, _) => {}
             }
         }
-        first = false;
         if let Err(e) = async {
             input.write_all(&line).await?;
             input.flush().await
