@@ -170,16 +170,12 @@ impl Rollout<'_> {
                 Err(e) => Err(StepError::failed(e)),
             }
         };
-        let created = |p: &mut Progress, id: String| {
-            p.created = true;
-            p.new_id = Some(id).filter(|id| !id.is_empty());
-        };
-        // The create beside the drain, when there is one.
-        let mut ahead = None;
         self.go_on(cancellable)?;
-        if lb && p.drained {
+        // The drain (when this instance has one of its own) with the create beside it.
+        let (drained, new_id) = if lb && p.drained {
             // Taken out with the previous instance's undrain (and proved by `nginx -T` where nginx runs in a container).
             self.step(s, name, &step("drain"), async { Ok(((), "drained with the previous instance's undrain (one reload for both)".to_string())) }).await?;
+            (Ok(()), create_new().await)
         } else if lb {
             let mut drained = false;
             let label = step("drain");
@@ -191,20 +187,23 @@ impl Rollout<'_> {
             });
             let (drain, new_id) = tokio::join!(drain, create_new());
             p.drained = drained;
-            if let Ok(id) = &new_id {
-                created(p, id.clone());
-            }
-            drain?;
-            ahead = Some(new_id);
-        }
-        let new_id = match ahead {
-            Some(r) => r,
-            None => create_new().await,
+            (drain, new_id)
+        } else {
+            (Ok(()), create_new().await)
         };
-        match new_id {
-            Ok(id) => created(p, id),
+        // Known to exist before anything else is judged: the undo of a failed drain removes it.
+        let create_failed = match new_id {
+            Ok(id) => {
+                p.created = true;
+                p.new_id = Some(id).filter(|id| !id.is_empty());
+                None
+            }
+            Err(e) => Some(e),
+        };
+        drained?;
+        if let Some(e) = create_failed {
             // Nothing changed but the drain: the start is what failed.
-            Err(e) => return self.step(s, name, &step("start"), async { Err::<((), String), _>(e) }).await,
+            return self.step(s, name, &step("start"), async { Err::<((), String), _>(e) }).await;
         }
         self.go_on(cancellable)?;
         self.step(s, name, &step("stop"), async {
