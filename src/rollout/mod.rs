@@ -122,27 +122,25 @@ impl<'a> Rollout<'a> {
         let mut failure: Option<(String, Failure)> = None;
         // Old containers kept (stopped) until the host is done, for the guard to put back.
         let mut kept: Vec<(String, String)> = Vec::new();
-        // Each service's new images are pulled beside the guard's arming (a pull changes
-        // nothing that serves): their round trips overlap over a slow link.
-        let pulls = plan.services.iter().filter_map(|sp| {
-            let svc = services.iter().find(|s| s.name == sp.service && s.swarm.is_none())?;
-            let to_replace: Vec<&InstancePlan> = sp.instances.iter().filter(|i| i.replace).collect();
-            let first = to_replace.first()?.name.clone();
+        // The new images of each service the guard watches are pulled beside its arming (a
+        // pull changes nothing that serves): their round trips overlap over a slow link.
+        let pulls = guard::guarded(plan, services).map(|(svc, to_replace)| {
+            let first = to_replace[0].name.clone();
             let images: BTreeSet<String> = to_replace.iter().map(|i| i.to_image.clone()).collect();
-            Some(async move {
+            async move {
                 let pulled = match self.cancel.reason() {
                     Some(why) => Err(StepError::Cancelled(why)),
                     None => self.step(&svc.name, &first, "pull", self.pull(&images)).await,
                 };
                 (svc.name.clone(), (first, pulled))
-            })
+            }
         });
         let (armed, pulled) = tokio::join!(self.arm_guard(plan, services), futures_util::future::join_all(pulls));
         let mut pulled: HashMap<String, (String, Result<(), StepError>)> = pulled.into_iter().collect();
         // What arming looked at, moments ago: where the first service's first replace starts.
-        let mut armed_looks: Option<HashMap<String, Option<ContainerInfo>>> = None;
+        let mut armed_looks: HashMap<String, Option<ContainerInfo>> = HashMap::new();
         match armed {
-            Ok(looks) => armed_looks = Some(looks.into_iter().collect()),
+            Ok(looks) => armed_looks = looks.into_iter().collect(),
             Err(e) => failure = Some(("guard".into(), Failure { error: StepError::failed(e), restored: true })),
         }
 
@@ -194,7 +192,7 @@ impl<'a> Rollout<'a> {
             // The instance drained together with the previous one's undrain, if any.
             let mut pre_drained: Option<drain::Target> = None;
             // The instances the last replace looked at beside its pause: not asked again.
-            let mut looked: HashMap<String, Option<ContainerInfo>> = armed_looks.take().unwrap_or_default();
+            let mut looked: HashMap<String, Option<ContainerInfo>> = std::mem::take(&mut armed_looks);
             for (k, ip) in to_replace.iter().enumerate() {
                 // The container as it is now, and its successor's spec (with Compose's hash where it
                 // takes one); beside it, the next instance, which goes out of the load balancer with
