@@ -44,7 +44,7 @@ while :; do
   sleep 1
 done
 say "lease not renewed for ${age}s: taking over"
-# A change of the run's that found its lease in the lock (host::keep) ends before the takeover.
+# A change of the run's that found its lease in the lock (host::swap, host::drain) ends before the takeover.
 n=0; until mkdir "$g/busy" 2>/dev/null || [ "$n" -ge 600 ]; do sleep 0.1; n=$((n+1)); done
 t="$d/.lock.guard.$id"
 # Ours now, for long enough that no run takes it over while the guard works.
@@ -156,8 +156,8 @@ setsid sh -c "$5" capstan-guard "$d" "$2" "$3" "$4" < /dev/null >> "$g/guard.log
 echo armed"#
 );
 
-/// Stages the host's final record: a guard that fires from now on appends it
-/// and releases the lock, and changes nothing else.
+/// Stages the host's final record (a guard that fires from now on appends it and
+/// releases the lock, and changes nothing else), then removes the kept containers.
 /// `$1` state dir, `$2` lease id, `$3` Docker socket, then the kept containers: the
 /// record staged (when the guard is there), then each kept container removed, in the
 /// same command (`removed NAME`, or `failed NAME` and Docker's words).
@@ -299,12 +299,10 @@ pub async fn missing_tools(shell: &dyn Shell) -> Result<Vec<String>, GuardError>
     }
 }
 
-/// Stages the host's final record (with `@TIME@` for the time): from now on a
-/// guard that fires records it, removes the kept containers and releases the
-/// lock, and puts nothing back.
-/// Stages the run's final record with the guard, and then, in the same command, removes
-/// the containers `kept` for it (the guard no longer needs them): per container, whether
-/// it went (Docker's words when not).
+/// Stages the host's final record (with `@TIME@` for the time): from now on a guard
+/// that fires records it, removes the kept containers and releases the lock, and puts
+/// nothing back. Then, in the same command, removes the containers `kept` for it (the
+/// guard no longer needs them): per container, whether it went (Docker's words when not).
 pub async fn stage_done(
     shell: &dyn Shell,
     dir: &str,

@@ -184,8 +184,9 @@ impl Rollout<'_> {
         if let Some(why) = k.fence.closed() {
             return Some(why);
         }
-        // On a channel of its own (the kept shell may be busy). No timer of its own: over a dead link, SSH's keepalives end the master (and this
-        // command) within 15 s; over a live one it answers in a round trip.
+        // On a channel of its own (the kept shell may be busy). No timer of its own: over a
+        // dead link, SSH's keepalives end the master (and this command) within 15 s; over a
+        // live one it answers in a round trip.
         match self.host.shell.run_apart(&["true"], None).await {
             Ok(r) if r.ok() => None,
             _ => Some(k.fence.promise()),
