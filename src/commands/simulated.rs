@@ -174,6 +174,9 @@ impl Shell for Slow {
         self.call(Duration::ZERO).await;
         self.inner.run(argv, stdin).await
     }
+    fn round_trip(&self) -> Duration {
+        self.lat.rtt
+    }
 }
 
 #[async_trait]

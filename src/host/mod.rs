@@ -170,6 +170,13 @@ pub trait Shell: Send + Sync {
     async fn run_apart(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         self.run(argv, stdin).await
     }
+
+    /// The quickest answer a command has had from the host so far: a round trip over
+    /// the link and the host's least work (zero while unknown). What is to be seen on
+    /// the host at a given moment is asked this much ahead of it.
+    fn round_trip(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// An HTTP answer as seen from the host.

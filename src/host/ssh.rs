@@ -36,6 +36,8 @@ pub struct SshHost {
     docker_socket: Mutex<Option<(PathBuf, String)>>,
     /// Set once the host was found without `curl`: HTTP goes through tunnels then.
     no_curl: std::sync::atomic::AtomicBool,
+    /// The quickest answer of the kept shell so far, in microseconds ([`Shell::round_trip`]).
+    quickest_us: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,7 @@ pub async fn open(addr: &HostAddr, ssh: &Ssh) -> Result<Arc<SshHost>, ConnectErr
         kept,
         docker_socket: Mutex::new(None),
         no_curl: Default::default(),
+        quickest_us: std::sync::atomic::AtomicU64::new(u64::MAX),
     }))
 }
 
@@ -238,7 +241,18 @@ impl Shell for SshHost {
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         let Some(lane) = self.live_lane() else { return self.run_apart(argv, stdin).await };
         let _t = crate::host::Timed::new(label(argv, " (kept shell)"));
-        lane.run(argv, stdin).await.map_err(|e| ShellError(format!("{}: {}: {e}", self.name, argv.first().unwrap_or(&""))))
+        let sent = std::time::Instant::now();
+        let out = lane.run(argv, stdin).await.map_err(|e| ShellError(format!("{}: {}: {e}", self.name, argv.first().unwrap_or(&""))))?;
+        let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.quickest_us.fetch_min(us, std::sync::atomic::Ordering::Relaxed);
+        Ok(out)
+    }
+
+    fn round_trip(&self) -> Duration {
+        match self.quickest_us.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => Duration::ZERO,
+            us => Duration::from_micros(us),
+        }
     }
 
     async fn run_apart(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {

@@ -276,7 +276,10 @@ impl Rollout<'_> {
             self.step(s, name, &step("gates"), self.instance_window(svc, name, to_image, &mark)).await?;
         }
         self.step(s, name, &step("pause"), async {
-            self.wait(svc.pause, cancellable).await?;
+            // The last look leaves a round trip before the pause ends: it reaches the host a
+            // pause after the traffic check's answer left it (a round trip less over a slow link).
+            let ahead = self.host.shell.round_trip().min(svc.pause);
+            self.wait(svc.pause - ahead, cancellable).await?;
             let after = join_all(handover.then.iter().map(|n| async move { (n.to_string(), engine.inspect_container(n).await) }));
             let (c, after) = tokio::join!(engine.inspect_container(name), after);
             p.looked = after.into_iter().filter_map(|(n, r)| r.ok().map(|c| (n, c))).collect();
