@@ -185,6 +185,9 @@ impl Rollout<'_> {
         };
         loop {
             probes += 1;
+            // Probes leave `interval` apart, whatever their answers took: over a slow link the
+            // host sees them as often as over loopback, not a round trip further apart each.
+            let sent = Instant::now();
             let (c, answer) = match known.take().filter(|k| k.running) {
                 Some(k) => {
                     let (c, answer) = tokio::join!(inspect(), probe(self.host, svc, &k, true));
@@ -223,7 +226,7 @@ impl Rollout<'_> {
             if Instant::now() >= deadline {
                 return Err(format!("not healthy after {}: {last}", humantime::format_duration(h.timeout)).into());
             }
-            let nap = h.interval.min(deadline.saturating_duration_since(Instant::now()));
+            let nap = h.interval.saturating_sub(sent.elapsed()).min(deadline.saturating_duration_since(Instant::now()));
             self.wait(nap, cancellable).await?;
         }
     }
