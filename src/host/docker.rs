@@ -61,11 +61,11 @@ impl DockerEngine {
         };
         // One `GET /version` both negotiates the API version (as bollard's `negotiate_version`
         // would) and is kept for what asks the version later: a round trip, not three.
-        // A ping beside it leaves a second connection open: the first looks at a host go out
-        // in twos (a container beside the lock, two instances at once), and each connection
-        // opened later costs a round trip more over a slow link.
+        // Two pings beside it leave three connections open: the first looks at a host go out
+        // in twos and threes (two instances at once with the pull's image beside them), and
+        // each connection opened later costs a round trip more over a slow link.
         let first = connect(bollard::API_DEFAULT_VERSION)?;
-        let (v, _) = tokio::join!(first.version(), first.ping());
+        let (v, _, _) = tokio::join!(first.version(), first.ping(), first.ping());
         let v = v.map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
         let ours = bollard::API_DEFAULT_VERSION;
         let api = v.api_version.as_deref().and_then(parse_api).filter(|a| (a.major_version, a.minor_version) < (ours.major_version, ours.minor_version));
