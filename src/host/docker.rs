@@ -201,6 +201,20 @@ impl Engine for DockerEngine {
         Ok(Some(container_info(&c, image.as_ref())))
     }
 
+    /// The CLI prints the engine's own inspect (a list of one); its image is the one
+    /// `create` asked beside it.
+    fn read_printed(&self, printed: &str) -> Option<ContainerInfo> {
+        let c = match serde_json::from_str::<Vec<bollard::models::ContainerInspectResponse>>(printed) {
+            Ok(list) => list.into_iter().next()?,
+            Err(e) => {
+                tracing::debug!("the inspect printed on the host does not read: {e}");
+                return None;
+            }
+        };
+        let image = self.images.lock().unwrap_or_else(PoisonError::into_inner).get(c.image.as_deref()?).cloned()?;
+        Some(container_info(&c, Some(&image)))
+    }
+
     async fn list_containers(&self) -> Result<Vec<Listed>, EngineError> {
         let opts = ListContainersOptionsBuilder::new().all(true).build();
         let list = self.docker.list_containers(Some(opts)).await.map_err(|e| other("list containers", e))?;
@@ -428,5 +442,31 @@ mod tests {
         let fixed = to_urlsafe(&std).unwrap();
         assert!(!fixed.contains('+') && !fixed.contains('/'));
         assert_eq!(base64::engine::general_purpose::URL_SAFE.decode(fixed).unwrap(), br#"{"password":"p>?~>>?"}"#);
+    }
+
+    /// What `docker container inspect` printed on a Docker 20.10 host reads as the API's
+    /// inspect does, once the container's image was seen (no engine is asked).
+    #[test]
+    fn a_container_printed_by_the_cli_reads_as_the_engine_inspects_it() {
+        let printed = include_str!("testdata/container-inspect.json");
+        // A socket path that exists and that nothing is asked on.
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("docker.sock");
+        std::fs::write(&sock, "").unwrap();
+        let engine = DockerEngine {
+            docker: Docker::connect_with_unix(&sock.display().to_string(), 1, bollard::API_DEFAULT_VERSION).unwrap(),
+            images: Default::default(),
+            version: String::new(),
+        };
+        assert!(engine.read_printed(printed).is_none(), "its image not seen yet: the caller asks");
+        let image: Vec<ImageInspect> = serde_json::from_str(include_str!("testdata/image-inspect.json")).unwrap();
+        engine.remember(image.into_iter().next().unwrap());
+        let c = engine.read_printed(printed).expect("read");
+        let api: Vec<bollard::models::ContainerInspectResponse> = serde_json::from_str(printed).unwrap();
+        let cached = engine.images.lock().unwrap().values().next().cloned();
+        assert_eq!(format!("{c:?}"), format!("{:?}", container_info(&api[0], cached.as_ref())));
+        assert_eq!((c.name.as_str(), c.running, c.pid, c.addresses.clone()), ("capstan-fixture", true, 24201, vec!["172.17.0.2".to_string()]));
+        assert!(engine.read_printed("Error: No such container: web-1").is_none());
+        assert!(engine.read_printed("").is_none());
     }
 }

@@ -70,6 +70,12 @@ pub trait Engine: Send + Sync {
         let image = self.inspect_image(&c.image_id).await?;
         Ok(Some((c, image)))
     }
+    /// A container as the Docker CLI's `docker container inspect` printed it on the host,
+    /// read as [`Engine::inspect_container`] would: None where this engine cannot (its
+    /// image not seen yet, say), and the caller asks.
+    fn read_printed(&self, _printed: &str) -> Option<ContainerInfo> {
+        None
+    }
     /// Every container, running or not, with its Compose labels.
     async fn list_containers(&self) -> Result<Vec<Listed>, EngineError>;
     /// Runs `argv` inside a running container (no shell), to its end: its exit code and output.

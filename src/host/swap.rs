@@ -7,14 +7,17 @@
 //! took the lock over changes nothing (through the API, such a late rename
 //! would take the name from the container the guard had just put back). The
 //! check and the swap hold the guard's `busy` directory, which the guard takes
-//! before it takes the lock over, so the two never interleave. Needs the
-//! Docker CLI, which a guarded host has (the guard preflight).
+//! before it takes the lock over, so the two never interleave. Last, the
+//! started container's inspect comes back with the answer: the health gate's
+//! first look, a round trip less. Needs the Docker CLI, which a guarded host
+//! has (the guard preflight).
 
 use crate::host::{CmdOutput, Shell, ShellError};
 
 /// `$1` state dir, `$2` lease id, `$3` Docker socket, `$4` name, `$5` kept name,
 /// `$6` the new container's name. Prints each of `renamed`, `stopped`, `placed`,
-/// `started` once done, or why it stopped short (Docker's words on stderr).
+/// `started` once done, or why it stopped short (Docker's words on stderr); after
+/// `started`, the container's `docker container inspect`.
 const SWAP: &str = r#"d=$1 id=$2 name=$4 old=$5 new=$6; g="$d/guard/$id"; export DOCKER_HOST="unix://$3"
 if [ -d "$g" ]; then
   n=0; until mkdir "$g/busy" 2>/dev/null; do n=$((n+1)); [ "$n" -gt 100 ] && { echo busy; exit 0; }; sleep 0.05; done
@@ -28,7 +31,8 @@ echo stopped
 docker rename "$new" "$name" >&2 || exit 0
 echo placed
 docker start "$name" >/dev/null || exit 0
-echo started"#;
+echo started
+docker container inspect "$name" 2>/dev/null"#;
 
 /// How far a swap got.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +59,9 @@ pub enum SwapError {
 }
 
 /// Swaps `name` (kept as `old`) for `new`, once the lock at `dir` is seen to hold lease `id`.
-pub async fn swap(shell: &dyn Shell, dir: &str, id: &str, docker_socket: &str, name: &str, old: &str, new: &str) -> (Swapped, Result<(), SwapError>) {
+/// Once started: the container as `docker container inspect` printed it (empty if it
+/// printed nothing).
+pub async fn swap(shell: &dyn Shell, dir: &str, id: &str, docker_socket: &str, name: &str, old: &str, new: &str) -> (Swapped, Result<String, SwapError>) {
     match shell.run(&["sh", "-c", SWAP, "capstan-swap", dir, id, docker_socket, name, old, new], None).await {
         Ok(out) => outcome(&out, name, old, new),
         Err(e) => (Swapped::default(), Err(e.into())),
@@ -63,8 +69,13 @@ pub async fn swap(shell: &dyn Shell, dir: &str, id: &str, docker_socket: &str, n
 }
 
 /// What the script's lines say.
-fn outcome(out: &CmdOutput, name: &str, old: &str, new: &str) -> (Swapped, Result<(), SwapError>) {
-    let said: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+fn outcome(out: &CmdOutput, name: &str, old: &str, new: &str) -> (Swapped, Result<String, SwapError>) {
+    // After `started`, the inspect's JSON.
+    let (head, inspect) = match out.stdout.find("started\n") {
+        Some(i) => out.stdout.split_at(i + "started\n".len()),
+        None => (out.stdout.as_str(), ""),
+    };
+    let said: Vec<&str> = head.lines().map(str::trim).collect();
     let has = |w: &str| said.contains(&w);
     let done = Swapped { renamed: has("renamed"), stopped: has("stopped"), placed: has("placed"), started: has("started") };
     let failed = |what: String| {
@@ -87,7 +98,7 @@ fn outcome(out: &CmdOutput, name: &str, old: &str, new: &str) -> (Swapped, Resul
     } else if !done.started {
         failed(format!("start {name}"))
     } else {
-        Ok(())
+        Ok(inspect.to_string())
     };
     (done, result)
 }
@@ -99,12 +110,13 @@ mod tests {
     /// The script under a local `sh`, with a `docker` first on the PATH that records its
     /// arguments (and fails the subcommand it is told to): the lock decides what reaches
     /// Docker, and the guard's busy mark is let go.
-    fn run_script(lease_in_lock: &str, failing: &str) -> ((Swapped, Result<(), SwapError>), String) {
+    fn run_script(lease_in_lock: &str, failing: &str) -> ((Swapped, Result<String, SwapError>), String) {
         let t = tempfile::tempdir().unwrap();
         let bin = t.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let docker = bin.join("docker");
-        std::fs::write(&docker, "#!/bin/sh\necho \"$DOCKER_HOST $*\" >> \"$CALLS\"\n[ \"$1\" != \"$FAIL\" ]\n").unwrap();
+        let script = "#!/bin/sh\necho \"$DOCKER_HOST $*\" >> \"$CALLS\"\n[ \"$1\" = container ] && echo '[{\"Id\":\"c1\"}]'\n[ \"$1\" != \"$FAIL\" ]\n";
+        std::fs::write(&docker, script).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
         let state = t.path().join("state");
@@ -131,8 +143,11 @@ mod tests {
     fn with_the_lease_it_keeps_the_old_and_starts_the_new_in_its_place() {
         let ((done, r), calls) = run_script("ours", "");
         let s = "unix:///run/docker.sock";
-        assert_eq!(calls, format!("{s} rename web-1 web-1.capstan-old\n{s} stop web-1.capstan-old\n{s} rename web-1.capstan-new web-1\n{s} start web-1\n"));
-        assert_eq!((done, r), (Swapped { renamed: true, stopped: true, placed: true, started: true }, Ok(())));
+        assert_eq!(
+            calls,
+            format!("{s} rename web-1 web-1.capstan-old\n{s} stop web-1.capstan-old\n{s} rename web-1.capstan-new web-1\n{s} start web-1\n{s} container inspect web-1\n")
+        );
+        assert_eq!((done, r), (Swapped { renamed: true, stopped: true, placed: true, started: true }, Ok("[{\"Id\":\"c1\"}]\n".to_string())));
     }
 
     #[test]

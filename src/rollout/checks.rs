@@ -168,18 +168,19 @@ pub async fn swarm_now(host: &Host, svc: &Service, sw: &SwarmTarget, image: Opti
 impl Rollout<'_> {
     /// Waits for `healthy_after` healthy looks in a row (Docker's HEALTHCHECK still
     /// starting is not one). A forward gate gives up when the run is cancelled; an
-    /// undo's gate does not. The container as the last look saw it.
-    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool) -> StepResult<ContainerInfo> {
+    /// undo's gate does not. `seen`: the container as the command that started it saw
+    /// it, if one did (the first look). The container as the last look saw it.
+    pub(super) async fn health_gate(&self, svc: &Service, name: &str, cancellable: bool, seen: Option<ContainerInfo>) -> StepResult<ContainerInfo> {
         let h = &svc.health;
         let started = Instant::now();
         let deadline = started + h.timeout;
         let (mut good, mut probes) = (0u32, 0u32);
         let mut last = String::from("no probe answered yet");
-        // After the first look, the probe goes out beside the inspect (to the address the
+        // After the first look (or `seen`), the probe goes out beside the inspect (to the address the
         // last inspect gave, on the connection the last probe kept): one round trip a
         // look over a slow link, not three. A probe sent to an address the container no
         // longer has is sent again.
-        let mut known: Option<ContainerInfo> = None;
+        let mut known: Option<ContainerInfo> = seen;
         let inspect = || async {
             self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared")))
         };

@@ -56,6 +56,8 @@ struct Progress {
     new_id: Option<String>,
     /// The instances after this one as the pause's last look saw them (`Handover::then`).
     looked: Vec<(String, Option<ContainerInfo>)>,
+    /// The new container as the swap's command saw it once started: the health gate's first look.
+    started_as: Option<ContainerInfo>,
 }
 
 /// A forward replace that went through.
@@ -213,12 +215,15 @@ impl Rollout<'_> {
                     let id = k.lease.lock().await.id.clone();
                     let (done, result) = swap::swap(self.host.shell.as_ref(), &k.dir, &id, &k.docker_socket, name, old, &new).await;
                     (p.renamed, p.stopped, p.placed, p.started) = (done.renamed, done.stopped, done.placed, done.started);
-                    if let Err(e) = result {
-                        if matches!(e, swap::SwapError::LeaseLost { .. }) {
-                            // The guard acts: no later step of this run touches the host.
-                            k.fence.taken_over();
+                    match result {
+                        Ok(printed) => p.started_as = engine.read_printed(&printed),
+                        Err(e) => {
+                            if matches!(e, swap::SwapError::LeaseLost { .. }) {
+                                // The guard acts: no later step of this run touches the host.
+                                k.fence.taken_over();
+                            }
+                            return Err(StepError::failed(e));
                         }
-                        return Err(StepError::failed(e));
                     }
                 }
                 None => {
@@ -247,7 +252,7 @@ impl Rollout<'_> {
         })
         .await?;
         self.go_on(cancellable)?;
-        let healthy = self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable)).await?;
+        let healthy = self.step(s, name, &step("health"), self.health_gate(svc, name, cancellable, p.started_as.take())).await?;
         // The gates watch this instance beside the old ones: the next one is not taken out with this one's undrain.
         let gated = cancellable && watch::watched(&svc.gates);
         // With a next instance: one edit and one reload put this one back and take the next out.
@@ -351,7 +356,7 @@ impl Rollout<'_> {
             Ok(((), format!("{old} is {name} again")))
         })
         .await?;
-        self.step(s, name, "recover health", self.health_gate(svc, name, false)).await?;
+        self.step(s, name, "recover health", self.health_gate(svc, name, false, None)).await?;
         if lb {
             self.step(s, name, "recover undrain", async {
                 let d = self.drainer.apply(self.host, &svc.drain.method, &[(&target, false)]).await.map_err(StepError::failed)?;
@@ -420,7 +425,7 @@ impl Rollout<'_> {
                 .await
                 .is_ok();
             if ok && p.stopped {
-                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false)).await.is_ok();
+                ok &= self.step(s, name, &step("health"), self.health_gate(svc, name, false, None)).await.is_ok();
             }
         }
         if p.drained && ok {
