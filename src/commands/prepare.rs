@@ -199,13 +199,20 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     // A deploy in progress explains whatever half-done state the hosts are in: say so first.
     let now = OffsetDateTime::now_utc();
     // Every host at once here and below: one round trip of wall time, not one per host.
-    // The containers are looked at beside the lock (both only read): a round trip less over a
-    // slow link. A recovery, which changes things, waits for the lock's answer.
-    let seen = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
+    // The containers are looked at beside the lock (both only read), and a deploy's tags
+    // resolved beside them (the registry's answer depends on neither): round trips less over
+    // a slow link. A recovery, which changes things, waits for the lock's answer.
+    let looks = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
         let services = on_host(i);
         tokio::join!(state::read_lock(h.shell.as_ref(), &ctx.config.state_dir), observe(h, &services))
-    }))
-    .await;
+    }));
+    let resolving = async {
+        match want {
+            Want::Deploy { version, pinned } => Some(resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await),
+            _ => None,
+        }
+    };
+    let (seen, mut resolved) = tokio::join!(looks, resolving);
     let (leases, first_looks): (Vec<_>, Vec<_>) = seen.into_iter().unzip();
     for (h, lease) in hosts.iter().zip(leases) {
         let lease = lease.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
@@ -230,7 +237,10 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     .collect::<Result<Vec<_>, Error>>()?;
     let (command, version, per_host): (RunCommand, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
-            let images = resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?;
+            let images = match resolved.take() {
+                Some(images) => images?,
+                None => resolve_release(ctx, &hosts[0], &services, version, pinned, creds).await?,
+            };
             (RunCommand::Deploy, Some(version.clone()), observed.iter().map(|o| per_instance(&services, o, &images)).collect())
         }
         Want::Rollback { to } => {
