@@ -101,14 +101,15 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
         }
         let names = plan::resolve_instances(svc, &listed);
         o.instances.insert(svc.name.clone(), names.clone());
-        // Every instance at once: two round trips over a slow link, not two per instance.
-        let seen = join_all(names.iter().map(|name| async move {
-            let Some((c, image)) = host.engine.inspect_with_image(name).await? else { return Ok(None) };
-            Ok::<_, EngineError>(Some((name.clone(), c, image)))
-        }))
-        .await;
-        for (name, c, image) in seen.into_iter().collect::<Result<Vec<_>, _>>().map_err(unreachable)?.into_iter().flatten() {
-            o.containers.insert(name, (c, image));
+        // Every instance and the image each was listed with at once: one round trip over a
+        // slow link, not two per instance.
+        let wanted: Vec<(&str, Option<&str>)> =
+            names.iter().map(|n| (n.as_str(), listed.iter().find(|l| &l.name == n).and_then(|l| l.image_id.as_deref()))).collect();
+        let seen = host.engine.inspect_with_images(&wanted).await.map_err(unreachable)?;
+        for (name, seen) in names.iter().zip(seen) {
+            if let Some((c, image)) = seen {
+                o.containers.insert(name.clone(), (c, image));
+            }
         }
     }
     Ok(o)

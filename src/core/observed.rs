@@ -73,6 +73,8 @@ pub struct Listed {
     pub compose_service: Option<String>,
     /// `com.docker.compose.container-number`: the order of a scaled service's containers.
     pub number: Option<u32>,
+    /// The ID of the image it runs, as listed.
+    pub image_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

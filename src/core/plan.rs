@@ -287,6 +287,7 @@ mod tests {
             compose_project: Some(project.into()),
             compose_service: Some(service.into()),
             number: Some(n),
+            image_id: None,
         };
         let cases: &[(&[Listed], &[&str])] = &[
             // Compose v2 names; nothing else on the host.

@@ -225,11 +225,13 @@ impl Engine for DockerEngine {
                 let label = |k: &str| labels.get(k).cloned();
                 let (project, service, number) =
                     (label(COMPOSE_PROJECT), label(COMPOSE_SERVICE), label("com.docker.compose.container-number").and_then(|n| n.parse().ok()));
+                let image_id = c.image_id;
                 c.names.unwrap_or_default().into_iter().map(move |n| Listed {
                     name: n.trim_start_matches('/').to_string(),
                     compose_project: project.clone(),
                     compose_service: service.clone(),
                     number,
+                    image_id: image_id.clone(),
                 })
             })
             .collect())
@@ -250,17 +252,40 @@ impl Engine for DockerEngine {
         Ok((code, out))
     }
 
-    /// The image asked once, fresh (tags move), for both: a round trip less than the
-    /// container's inspect and then the image's.
-    async fn inspect_with_image(&self, name: &str) -> Result<Option<(ContainerInfo, Option<ImageInfo>)>, EngineError> {
-        let Some(c) = self.inspect_raw(name).await? else { return Ok(None) };
-        let image_id = c.image.clone().unwrap_or_default();
-        let image = match self.docker.inspect_image(&image_id).await {
-            Ok(i) => Some(self.remember(i)),
-            Err(e) if is_404(&e) => None,
-            Err(e) => return Err(other(&format!("inspect image {image_id}"), e)),
+    /// Every container and every image it was listed with at once, each image asked once
+    /// and fresh (tags move): one round trip, where each container's inspect and then its
+    /// image's took two. A container whose image changed since it was listed has its own
+    /// asked after.
+    async fn inspect_with_images(&self, wanted: &[(&str, Option<&str>)]) -> Result<Vec<Option<(ContainerInfo, Option<ImageInfo>)>>, EngineError> {
+        let ask = |id: String| async move {
+            match self.docker.inspect_image(&id).await {
+                Ok(i) => Ok((id, Some(self.remember(i)))),
+                Err(e) if is_404(&e) => Ok((id, None)),
+                Err(e) => Err(other(&format!("inspect image {id}"), e)),
+            }
         };
-        Ok(Some((container_info(&c, image.as_ref()), image.map(image_info))))
+        let listed: std::collections::BTreeSet<&str> = wanted.iter().filter_map(|(_, i)| *i).collect();
+        let (containers, images) =
+            tokio::join!(futures_util::future::join_all(wanted.iter().map(|(name, _)| self.inspect_raw(name))), futures_util::future::join_all(listed.into_iter().map(|id| ask(id.to_string()))));
+        let mut images: HashMap<String, Option<ImageInspect>> = images.into_iter().collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for c in containers {
+            let Some(c) = c? else {
+                out.push(None);
+                continue;
+            };
+            let image_id = c.image.clone().unwrap_or_default();
+            let image = match images.get(&image_id) {
+                Some(i) => i.clone(),
+                None => {
+                    let (id, i) = ask(image_id).await?;
+                    images.insert(id, i.clone());
+                    i
+                }
+            };
+            out.push(Some((container_info(&c, image.as_ref()), image.map(image_info))));
+        }
+        Ok(out)
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>, EngineError> {

@@ -64,11 +64,21 @@ pub enum EngineError {
 pub trait Engine: Send + Sync {
     async fn version(&self) -> Result<String, EngineError>;
     async fn inspect_container(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError>;
-    /// A container and its image (tags and digests as they are now), the image asked once.
-    async fn inspect_with_image(&self, name: &str) -> Result<Option<(ContainerInfo, Option<ImageInfo>)>, EngineError> {
-        let Some(c) = self.inspect_container(name).await? else { return Ok(None) };
-        let image = self.inspect_image(&c.image_id).await?;
-        Ok(Some((c, image)))
+    /// Containers and their images (tags and digests as they are now), each image asked
+    /// once. With each name, the image ID it was listed with, which may be asked beside
+    /// the containers. In the order asked; None for a container that does not exist.
+    async fn inspect_with_images(&self, wanted: &[(&str, Option<&str>)]) -> Result<Vec<Option<(ContainerInfo, Option<ImageInfo>)>>, EngineError> {
+        let mut out = Vec::new();
+        for (name, _) in wanted {
+            out.push(match self.inspect_container(name).await? {
+                Some(c) => {
+                    let image = self.inspect_image(&c.image_id).await?;
+                    Some((c, image))
+                }
+                None => None,
+            });
+        }
+        Ok(out)
     }
     /// A container as the Docker CLI's `docker container inspect` printed it on the host,
     /// read as [`Engine::inspect_container`] would: None where this engine cannot (its
