@@ -61,11 +61,12 @@ impl DockerEngine {
         };
         // One `GET /version` both negotiates the API version (as bollard's `negotiate_version`
         // would) and is kept for what asks the version later: a round trip, not three.
-        // Two pings beside it leave three connections open: the first looks at a host go out
-        // in twos and threes (two instances at once with the pull's image beside them), and
-        // each connection opened later costs a round trip more over a slow link.
+        // Pings beside it leave connections open for the first looks at a host, which go out
+        // in fours (two instances and their image beside the registry's answer; then two
+        // instances, the pull's image and the guard's): each connection opened later costs a
+        // round trip more over a slow link.
         let first = connect(bollard::API_DEFAULT_VERSION)?;
-        let (v, _, _) = tokio::join!(first.version(), first.ping(), first.ping());
+        let (v, _) = tokio::join!(first.version(), futures_util::future::join_all((0..OPENED_AHEAD).map(|_| first.ping())));
         let v = v.map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
         let ours = bollard::API_DEFAULT_VERSION;
         let api = v.api_version.as_deref().and_then(parse_api).filter(|a| (a.major_version, a.minor_version) < (ours.major_version, ours.minor_version));
@@ -93,6 +94,9 @@ impl DockerEngine {
         i
     }
 }
+
+/// How many engine connections are opened beside the first request (which opens one).
+const OPENED_AHEAD: usize = 3;
 
 /// How long an engine connection may stay idle in the pool, and how many may.
 const KEPT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
