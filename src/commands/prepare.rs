@@ -203,9 +203,11 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
     // The containers are looked at beside the lock (both only read), and a deploy's tags
     // resolved beside them (the registry's answer depends on neither): round trips less over
     // a slow link. A recovery, which changes things, waits for the lock's answer.
+    // The upstream files the drains' check reads, and the first host's log, are read beside
+    // them too.
     let looks = join_all(hosts.iter().enumerate().map(|(i, h)| async move {
         let services = on_host(i);
-        tokio::join!(state::read_lock(h.shell.as_ref(), &ctx.config.state_dir), observe(h, &services))
+        tokio::join!(state::read_lock(h.shell.as_ref(), &ctx.config.state_dir), observe(h, &services), crate::host::drain_check::read_files(h, &services))
     }));
     let resolving = async {
         match want {
@@ -213,8 +215,13 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
             _ => None,
         }
     };
-    let (seen, mut resolved) = tokio::join!(looks, resolving);
-    let (leases, first_looks): (Vec<_>, Vec<_>) = seen.into_iter().unzip();
+    let (seen, mut resolved, first_log) = tokio::join!(looks, resolving, state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir));
+    let mut leases = Vec::new();
+    let mut first_looks = Vec::new();
+    for (lease, look, files) in seen {
+        leases.push(lease);
+        first_looks.push((look, files));
+    }
     for (h, lease) in hosts.iter().zip(leases) {
         let lease = lease.map_err(|e| Error::Unreachable { host: h.name.clone(), message: e.to_string(), hint: None })?;
         match lease {
@@ -225,17 +232,20 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
             _ => {}
         }
     }
-    let observed = join_all(hosts.iter().zip(first_looks).enumerate().map(|(i, (h, first_look))| async move {
+    // A host put back by the recovery is looked at again, its files read again.
+    let looked = join_all(hosts.iter().zip(first_looks).enumerate().map(|(i, (h, (first_look, files)))| async move {
         let services = on_host(i);
-        let mut o = first_look?;
-        if !dry_run && recover(ctx, h, &services, &o).await? {
-            o = observe(h, &services).await?;
+        let o = first_look?;
+        match !dry_run && recover(ctx, h, &services, &o).await? {
+            true => Ok::<_, Error>((observe(h, &services).await?, crate::host::drain_check::read_files(h, &services).await, true)),
+            false => Ok((o, files, false)),
         }
-        Ok::<_, Error>(o)
     }))
     .await
     .into_iter()
     .collect::<Result<Vec<_>, Error>>()?;
+    let recovered_first = looked.first().is_some_and(|(_, _, r)| *r);
+    let (observed, files): (Vec<Observed>, Vec<_>) = looked.into_iter().map(|(o, f, _)| (o, f)).unzip();
     let (command, version, per_host): (RunCommand, Option<String>, Vec<Images>) = match want {
         Want::Deploy { version, pinned } => {
             let images = match resolved.take() {
@@ -290,7 +300,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
         }
     }
     // Whatever a drain would refuse, refuse now, before any change.
-    let drains = hosts.iter().zip(&observed).enumerate().map(|(i, (h, obs))| {
+    let drains = hosts.iter().zip(&observed).zip(&files).enumerate().map(|(i, ((h, obs), files))| {
         let services = on_host(i);
         async move {
             let with: Vec<(&Service, Vec<&crate::core::observed::ContainerInfo>)> = services
@@ -298,11 +308,17 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 .filter(|s| s.swarm.is_none())
                 .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
                 .collect();
-            crate::host::drain::check(h, &with).await
+            crate::host::drain_check::check(h, &with, files).await
         }
     });
-    // The version before, from the first host's log, asked beside the drains' checks.
-    let (drain_problems, log) = tokio::join!(join_all(drains), state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir));
+    // The version before, from the first host's log (asked again if the recovery wrote to it).
+    let log = async {
+        match recovered_first {
+            true => state::read_log(hosts[0].shell.as_ref(), &ctx.config.state_dir).await,
+            false => first_log,
+        }
+    };
+    let (drain_problems, log) = tokio::join!(join_all(drains), log);
     problems.extend(drain_problems.into_iter().flatten());
     if !problems.is_empty() {
         return Err(Error::input(problems.join("\n")));

@@ -371,7 +371,7 @@ impl Drainer {
     }
 }
 
-async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
+pub(super) async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
     let r = host.shell.run(&["cat", "--", file], None).await.map_err(|e| DrainError::Host(e.0))?;
     if !r.ok() {
         return Err(DrainError::Host(format!("cannot read {file}: {}", r.stderr.trim())));
@@ -384,7 +384,7 @@ async fn read(host: &Host, file: &str) -> Result<String, DrainError> {
 /// None: no server line). An exec's output can come back short on a loaded machine
 /// (none at all, or cut before the end): until it shows `wanted`, it is asked again, up
 /// to four times in all. A file nginx does not read shows no line however often it is asked.
-async fn effective(
+pub(super) async fn effective(
     host: &Host,
     container: &str,
     nginx: &str,
@@ -423,67 +423,8 @@ pub async fn resolve_container(host: &Host, name: &str, project: Option<&str>) -
     }
 }
 
-/// Before any change (`check`, `--dry-run` and `deploy` alike): every nginx drain of
-/// these services can find each instance's one `server` line in its file, no line
-/// reaches two instances, and an nginx container reads that file (its `nginx -T`
-/// shows the lines). `containers`: each instance's container as observed. One problem
-/// per line, naming the host, the file and the instance.
-pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)]) -> Vec<String> {
-    let mut problems = Vec::new();
-    // Per upstream file: the nginx settings and every instance that lives in it.
-    let mut files: Vec<(&Nginx, Vec<Target>)> = Vec::new();
-    for (svc, containers) in services {
-        let DrainMethod::Nginx(n) = &svc.drain.method else { continue };
-        let targets = containers.iter().map(|c| Target::of(svc, c));
-        match files.iter_mut().find(|(f, _)| f.upstream_conf == n.upstream_conf) {
-            Some((_, t)) => t.extend(targets),
-            None => files.push((n, targets.collect())),
-        }
-    }
-    for (n, targets) in files {
-        let file = &n.upstream_conf;
-        let text = match read(host, file).await {
-            Ok(t) => t,
-            Err(e) => {
-                problems.push(format!("{}: drain.nginx.upstream_conf: {e}", host.name));
-                continue;
-            }
-        };
-        let ids: Vec<Identity> = targets.iter().map(|t| t.id.clone()).collect();
-        if let Err(e) = upstream::locate(file, &text, &ids) {
-            problems.push(format!("{}: {e}", host.name));
-            continue;
-        }
-        let Some(name) = &n.container else { continue };
-        let project = targets.first().and_then(|t| t.project.as_deref());
-        let container = match resolve_container(host, name, project).await {
-            Ok(c) => c,
-            Err(e) => {
-                problems.push(format!("{}: {e}", host.name));
-                continue;
-            }
-        };
-        let nginx = n.reload_argv().first().cloned().unwrap_or_else(|| "nginx".into());
-        match effective(host, &container, &nginx, &ids, |seen| seen.iter().all(Option::is_some)).await {
-            Ok((0, _, seen)) => {
-                let missing: Vec<&str> = targets.iter().zip(&seen).filter(|(_, s)| s.is_none()).map(|(t, _)| t.instance.as_str()).collect();
-                if !missing.is_empty() {
-                    problems.push(format!(
-                        "{}: nginx in {container} has no server line for {} although {file} has: is {file} the file nginx reads (drain.nginx.upstream_conf)?",
-                        host.name,
-                        missing.join(", ")
-                    ));
-                }
-            }
-            Ok((code, out, _)) => problems.push(format!("{}: `{nginx} -T` in {container} failed with exit {code}: {}", host.name, last_lines(&out))),
-            Err(e) => problems.push(format!("{}: {e}", host.name)),
-        }
-    }
-    problems
-}
-
 /// The end of a command's output, for a message.
-fn last_lines(s: &str) -> String {
+pub(super) fn last_lines(s: &str) -> String {
     let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" / ")
 }

@@ -12,6 +12,7 @@ pub mod connect;
 pub mod curl;
 pub mod docker;
 pub mod drain;
+pub mod drain_check;
 #[cfg(test)]
 pub mod fake;
 pub mod gauges;
