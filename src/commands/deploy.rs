@@ -124,10 +124,23 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     // the same hosts, the one that took the first host takes the rest, and the other is refused
     // at the first without holding anything.
     let (first, rest) = roll.hosts.split_first().expect("prepare refuses a run with no host");
-    let mut results = vec![state::acquire(first.shell.as_ref(), dir, &lease, now).await];
-    if results[0].is_ok() {
-        results.extend(join_all(rest.iter().map(|h| state::acquire(h.shell.as_ref(), dir, &lease, now))).await);
-    }
+    let acquire = async {
+        let mut results = vec![state::acquire(first.shell.as_ref(), dir, &lease, now).await];
+        if results[0].is_ok() {
+            results.extend(join_all(rest.iter().map(|h| state::acquire(h.shell.as_ref(), dir, &lease, now))).await);
+        }
+        results
+    };
+    // Every preflight check on every host, beside the lock (they only read, and nothing
+    // is changed before both answered): a round trip less over a slow link. Their
+    // answers count only once the lock is ours.
+    let checks = roll
+        .hosts
+        .iter()
+        .zip(&roll.plan.hosts)
+        .zip(&roll.observed)
+        .map(|((h, hp), seen)| gates::preflight(ctx.config, h, &roll.services, hp, seen, gates::LockSeen::Ours, check_health, opts.force));
+    let (mut results, checks) = tokio::join!(acquire, join_all(checks));
     if let Some(i) = results.iter().position(Result::is_err) {
         let taken = roll.hosts.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(h, _)| h);
         join_all(taken.map(|l| state::release(l.shell.as_ref(), dir, &lease.id))).await;
@@ -144,14 +157,8 @@ pub async fn roll<'a>(ctx: &'a Ctx<'a>, want: Want, targets: &Targets, opts: Rol
     let fences: Vec<Arc<Fence>> = roll.hosts.iter().map(|_| Arc::new(Fence::new(ctx.config.lock_guard))).collect();
     let heartbeat = Heartbeat::start(roll.hosts.clone(), fences.clone(), dir.clone(), lease.clone(), ctx.config.lock_lease, ctx.config.lock_guard);
     let started_at = OffsetDateTime::now_utc();
-    // Under the lock, before any change: every preflight check on every host, reported together.
-    let checks = roll
-        .hosts
-        .iter()
-        .zip(&roll.plan.hosts)
-        .zip(&roll.observed)
-        .map(|((h, hp), seen)| gates::preflight(ctx.config, h, &roll.services, hp, seen, gates::LockSeen::Ours, check_health, opts.force));
-    let failed = emit_gates(ctx, join_all(checks).await);
+    // Under the lock, before any change: the preflight checks, reported together.
+    let failed = emit_gates(ctx, checks);
     if !failed.is_empty() {
         heartbeat.stop().await;
         return Ok(refuse(ctx, &roll, &lease, started_at, report, collector, refused("preflight", &failed)).await);
