@@ -99,18 +99,14 @@ impl Target {
 /// With `$5` (a lease id), only while the lock in state dir `$4` holds that lease, and
 /// under the guard's `busy` mark (as `host::swap`): an edit delivered after the guard
 /// took over changes nothing.
-const WRITE_IN_PLACE: &str = r#"set -e; f=$1; g=
-if [ -n "$5" ]; then
-  if [ -d "$4/guard/$5" ]; then
-    g="$4/guard/$5"; n=0
-    until mkdir "$g/busy" 2>/dev/null; do n=$((n+1)); [ "$n" -gt 100 ] && { cat >/dev/null; echo busy; exit 0; }; sleep 0.05; done
-  fi
-  trap '[ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || true' EXIT
-  grep -q "\"id\":\"$5\"" "$4/lock.json" 2>/dev/null || { cat >/dev/null; echo lease-lost; exit 0; }
-fi
-if [ -n "$2" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
+const WRITE_IN_PLACE: &str = concat!(
+    r#"set -e; f=$1 d=$4 id=$5
+"#,
+    crate::host::guard::lease_held!(),
+    r#"if [ -n "$2" ] && [ "$(sha256sum < "$f" | cut -d' ' -f1)" != "$2" ]; then cat >/dev/null; echo stale; exit 0; fi
 t=$(mktemp); trap 'rm -f "$t"; [ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || true' EXIT; cat > "$t"; cat "$t" > "$f"
-[ -z "$3" ] || sh -c "$3"; echo written"#;
+[ -z "$3" ] || sh -c "$3"; echo written"#
+);
 
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;

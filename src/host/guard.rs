@@ -133,6 +133,29 @@ sed -e "s/@TIME@/$now/" -e "s/@OUTCOME@/$outcome/" "$g/record" | I="$done_json" 
 ours "$id-guard" && rm -f "$d/lock.json"
 say "done: $outcome"; mv "$g/guard.log" "$d/guard-$id.log" 2>/dev/null; rm -rf "$g""#;
 
+/// The run's side of the `busy` mark, as the start of a script of the run's that changes a
+/// guarded host (`host::swap`, `host::drain`). With `$d` the state dir and `$id` the run's
+/// lease (empty: nothing to check), it takes the guard's `busy` mark, which the guard takes
+/// before it takes the lock over, and checks that the lock still holds the lease: else it
+/// prints `busy` (held for 5 s) or `lease-lost`, reads its input to the end and exits 0,
+/// having changed nothing. `$g` is the mark's directory while it is held (else empty): a
+/// script that sets an `EXIT` trap of its own lets it go there too.
+macro_rules! lease_held {
+    () => {
+        r#"g=
+if [ -n "$id" ]; then
+  if [ -d "$d/guard/$id" ]; then
+    g="$d/guard/$id"; n=0
+    until mkdir "$g/busy" 2>/dev/null; do n=$((n+1)); [ "$n" -gt 100 ] && { cat >/dev/null; echo busy; exit 0; }; sleep 0.05; done
+  fi
+  trap '[ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || true' EXIT
+  grep -q "\"id\":\"$id\"" "$d/lock.json" 2>/dev/null || { cat >/dev/null; echo lease-lost; exit 0; }
+fi
+"#
+    };
+}
+pub(crate) use lease_held;
+
 /// What the guard runs on the host besides `sh`: the Docker CLI, `setsid`, `tar`.
 macro_rules! guard_tools {
     () => {

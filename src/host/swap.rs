@@ -18,13 +18,11 @@ use crate::host::{CmdOutput, Shell, ShellError};
 /// `$6` the new container's name. Prints each of `renamed`, `stopped`, `placed`,
 /// `started` once done, or why it stopped short (Docker's words on stderr); after
 /// `started`, the container's `docker container inspect`.
-const SWAP: &str = r#"d=$1 id=$2 name=$4 old=$5 new=$6; g="$d/guard/$id"; export DOCKER_HOST="unix://$3"
-if [ -d "$g" ]; then
-  n=0; until mkdir "$g/busy" 2>/dev/null; do n=$((n+1)); [ "$n" -gt 100 ] && { echo busy; exit 0; }; sleep 0.05; done
-  trap 'rmdir "$g/busy" 2>/dev/null' EXIT
-fi
-grep -q "\"id\":\"$id\"" "$d/lock.json" 2>/dev/null || { echo lease-lost; exit 0; }
-docker rename "$name" "$old" >&2 || exit 0
+const SWAP: &str = concat!(
+    r#"d=$1 id=$2 name=$4 old=$5 new=$6; export DOCKER_HOST="unix://$3"
+"#,
+    crate::host::guard::lease_held!(),
+    r#"docker rename "$name" "$old" >&2 || exit 0
 echo renamed
 docker stop "$old" >/dev/null || exit 0
 echo stopped
@@ -32,7 +30,8 @@ docker rename "$new" "$name" >&2 || exit 0
 echo placed
 docker start "$name" >/dev/null || exit 0
 echo started
-docker container inspect "$name" 2>/dev/null"#;
+docker container inspect "$name" 2>/dev/null"#
+);
 
 /// How far a swap got.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
