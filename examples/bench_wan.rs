@@ -5,7 +5,8 @@
 //! delays (`BENCH_RUNS`, default 3). Prints, per delay, the medians of: wall
 //! time, the time beyond the waits the config asks for, the time before the
 //! first instance and per instance, the round trips before the first instance
-//! and per instance, and each against the loopback run. The load through nginx the
+//! and per instance, and each against the loopback run. Beside each run, the floor
+//! of any tool that works over SSH: `ssh host true` through the same link. The load through nginx the
 //! whole time: GETs, and POSTs (payments) on keep-alive connections.
 
 // A benchmark prints its table; the tests' support unwraps.
@@ -42,6 +43,9 @@ struct Sample {
     /// POSTs not answered 2xx, and sent.
     posts_failed: u64,
     posts_sent: u64,
+    /// `ssh host true` through the same link, timed beside the run: a new connection,
+    /// authenticated, and one command.
+    ssh_true_ms: u64,
     /// Milliseconds per step name, per instance.
     steps: std::collections::BTreeMap<String, u64>,
 }
@@ -81,6 +85,7 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     if let Ok(dir) = std::env::var("BENCH_STDERR") {
         let _ = std::fs::write(format!("{dir}/capstan-{rtt_ms}ms-{}.log", t.elapsed().as_nanos()), &out.stderr);
     }
+    let ssh_true_ms = ssh_true(sb, &app, &proxy);
     std::thread::sleep(Duration::from_millis(300));
     let stats = load.stop();
     let paid = posts.stop();
@@ -116,7 +121,22 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
         sent: stats.sent,
         posts_failed: paid.post_failed + paid.post_5xx + paid.post_other,
         posts_sent: paid.post_sent,
+        ssh_true_ms,
     }
+}
+
+/// Milliseconds for `ssh host true` through `proxy` (the sandbox's key, the known_hosts
+/// `support::wan::through` wrote for the proxy's port).
+fn ssh_true(sb: &Sandbox, app: &App, proxy: &support::wan::WanProxy) -> u64 {
+    let t = Instant::now();
+    let out = Command::new("ssh")
+        .args(support::ssh_base_args(sb.identity_file(), &app.dir().join("known_hosts_wan"), proxy.port()))
+        .arg(format!("{}@127.0.0.1", sb.ssh_user()))
+        .arg("true")
+        .output()
+        .expect("run ssh");
+    assert!(out.status.success(), "ssh host true: {}", String::from_utf8_lossy(&out.stderr));
+    t.elapsed().as_millis() as u64
 }
 
 fn main() {
@@ -146,8 +166,11 @@ fn main() {
     }
     let med = |k: usize, f: fn(&Sample) -> u64| median(samples[k].iter().map(f).collect());
     println!("\ncapstan deploy of 2 instances over a delayed SSH link; median of {runs} run(s), runs alternating\n");
-    println!("| round trip | wall | beyond the waits asked for | start | per instance | vs {} ms: start | vs {} ms: per instance | round trips: start | per instance | failed GETs | failed POSTs |", rtts[0], rtts[0]);
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| round trip | wall | beyond the waits asked for | start | per instance | vs {} ms: start | vs {} ms: per instance | round trips: start | per instance | `ssh host true` | vs {} ms | failed GETs | failed POSTs |",
+        rtts[0], rtts[0], rtts[0]
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let s = |ms: u64| format!("{:.2} s", ms as f64 / 1000.0);
     let signed = |ms: i64| format!("{:+.2} s", ms as f64 / 1000.0);
     for (k, rtt) in rtts.iter().enumerate() {
@@ -155,7 +178,7 @@ fn main() {
         let sent: u64 = samples[k].iter().map(|x| x.sent).sum();
         let (posts_failed, posts_sent): (u64, u64) = (samples[k].iter().map(|x| x.posts_failed).sum(), samples[k].iter().map(|x| x.posts_sent).sum());
         println!(
-            "| {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} | {failed} of {sent} | {posts_failed} of {posts_sent} |",
+            "| {rtt} ms | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {failed} of {sent} | {posts_failed} of {posts_sent} |",
             s(med(k, |x| x.wall_ms)),
             s(med(k, |x| x.beyond_ms)),
             s(med(k, |x| x.start_ms)),
@@ -164,6 +187,8 @@ fn main() {
             signed(med(k, |x| x.per_instance_ms) as i64 - med(0, |x| x.per_instance_ms) as i64),
             med(k, |x| x.start_trips as u64),
             med(k, |x| x.per_instance_trips as u64),
+            s(med(k, |x| x.ssh_true_ms)),
+            signed(med(k, |x| x.ssh_true_ms) as i64 - med(0, |x| x.ssh_true_ms) as i64),
         );
     }
     // Where the time goes: each step's median per instance, at each delay.

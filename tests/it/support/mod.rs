@@ -44,6 +44,8 @@ pub use config_edit::{edit, ConfigEdit};
 pub use fleet::Fleet;
 pub use keepalive_load::{KeepAliveLoad, KeepAliveOptions, KeepAliveStats, LedgerCheck, PostOutcome};
 pub use load::{LoadGen, LoadStats};
+#[allow(unused_imports)] // `bench/wan` times `ssh host true` with it
+pub(crate) use sandbox::ssh_base_args;
 pub use sandbox::Sandbox;
 pub use swarm::SwarmApp;
 // What only the examples name.
