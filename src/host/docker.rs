@@ -62,9 +62,9 @@ impl DockerEngine {
         // One `GET /version` both negotiates the API version (as bollard's `negotiate_version`
         // would) and is kept for what asks the version later: a round trip, not three.
         // Pings beside it leave connections open for the first looks at a host, which go out
-        // in fours (two instances and their image beside the registry's answer; then two
-        // instances, the pull's image and the guard's): each connection opened later costs a
-        // round trip more over a slow link.
+        // in fours (two instances and their image beside the registry's answer; later two
+        // instances beside the pull's image): each connection opened later costs a round trip
+        // more over a slow link.
         let first = connect(bollard::API_DEFAULT_VERSION)?;
         let (v, _) = tokio::join!(first.version(), futures_util::future::join_all((0..OPENED_AHEAD).map(|_| first.ping())));
         let v = v.map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
@@ -269,8 +269,10 @@ impl Engine for DockerEngine {
             }
         };
         let listed: std::collections::BTreeSet<&str> = wanted.iter().filter_map(|(_, i)| *i).collect();
-        let (containers, images) =
-            tokio::join!(futures_util::future::join_all(wanted.iter().map(|(name, _)| self.inspect_raw(name))), futures_util::future::join_all(listed.into_iter().map(|id| ask(id.to_string()))));
+        let (containers, images) = tokio::join!(
+            futures_util::future::join_all(wanted.iter().map(|(name, _)| self.inspect_raw(name))),
+            futures_util::future::join_all(listed.into_iter().map(|id| ask(id.to_string())))
+        );
         let mut images: HashMap<String, Option<ImageInspect>> = images.into_iter().collect::<Result<_, _>>()?;
         let mut out = Vec::new();
         for c in containers {
