@@ -322,6 +322,11 @@ pub async fn missing_tools(shell: &dyn Shell) -> Result<Vec<String>, GuardError>
     }
 }
 
+/// A kept container that the done command could not remove: Docker's words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRemoved(pub String);
+
 /// Stages the host's final record (with `@TIME@` for the time): from now on a guard
 /// that fires records it, removes the kept containers and releases the lock, and puts
 /// nothing back. Then, in the same command, removes the containers `kept` for it (the
@@ -333,7 +338,7 @@ pub async fn stage_done(
     docker_socket: &str,
     record_json: &str,
     kept: &[String],
-) -> Result<Vec<Result<(), String>>, GuardError> {
+) -> Result<Vec<Result<(), NotRemoved>>, GuardError> {
     let mut argv = vec!["sh", "-c", DONE, "capstan-done", dir, lease_id, docker_socket];
     argv.extend(kept.iter().map(String::as_str));
     let r = shell.run(&argv, Some(format!("{record_json}\n").as_bytes())).await?;
@@ -345,7 +350,7 @@ pub async fn stage_done(
         .iter()
         .map(|c| match lines.iter().any(|l| l.strip_prefix("removed ") == Some(c.as_str())) {
             true => Ok(()),
-            false => Err(lines.iter().find_map(|l| l.strip_prefix(&format!("failed {c} "))).unwrap_or("no answer").trim().to_string()),
+            false => Err(NotRemoved(lines.iter().find_map(|l| l.strip_prefix(&format!("failed {c} "))).unwrap_or("no answer").trim().to_string())),
         })
         .collect())
 }

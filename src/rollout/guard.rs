@@ -166,7 +166,7 @@ impl Rollout<'_> {
         for (((service, name), old), removed) in kept.iter().zip(&olds).zip(removals) {
             let removed = self
                 .step(service, name, "cleanup", async {
-                    removed.map_err(crate::rollout::steps::StepError::Failed)?;
+                    removed.map_err(crate::rollout::steps::StepError::failed)?;
                     Ok(((), format!("removed {old}, kept until the host was done")))
                 })
                 .await;
