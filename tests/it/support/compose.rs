@@ -821,7 +821,12 @@ impl PaymentSystem {
 
     /// Run capstan in `dir()` with `REGISTRY_PASSWORD` and `NO_COLOR=1`.
     pub fn capstan(&self, args: &[&str]) -> Run {
-        run_capstan(self.dir(), &self.registry_password, args, &[], CAPSTAN_TIMEOUT)
+        self.capstan_with(args, &[])
+    }
+
+    /// [`PaymentSystem::capstan`] with more environment (`CAPSTAN_LOG`, say).
+    pub fn capstan_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        run_capstan(self.dir(), &self.registry_password, args, env, CAPSTAN_TIMEOUT)
     }
 
     /// The GET+POST keep-alive load through nginx.
