@@ -17,6 +17,7 @@ use crate::core::config::{DrainMethod, Nginx, Service};
 use crate::core::observed::ContainerInfo;
 use crate::core::upstream::{self, Identity};
 use crate::host::guard::GuardLb;
+use crate::host::nginx_reload::{reload_in_container, Reloaded};
 use crate::host::Host;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -108,7 +109,8 @@ t=$(mktemp); trap 'rm -f "$t"; [ -z "$g" ] || rmdir "$g/busy" 2>/dev/null || tru
 [ -z "$3" ] || sh -c "$3"; echo written"#
 );
 
-fn sha256_hex(s: &str) -> String {
+/// The SHA-256 of `s` in hex, as `sha256sum` prints it.
+pub(crate) fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -124,13 +126,19 @@ pub struct Drainer {
     /// Once the guard is armed: the state dir and the run's lease, which every edit checks
     /// on the host first, and the run's side of the guard, closed when one finds it lost.
     lease: Mutex<Option<(String, String, std::sync::Arc<crate::host::guard::Fence>)>>,
+    /// Once the guard is armed: the host's Docker socket, for the Docker CLI the guard
+    /// needs there. An nginx container is then tested, reloaded and asked `nginx -T` in
+    /// one command beside the write, not three execs through the engine.
+    docker_socket: Mutex<Option<String>>,
 }
 
 impl Drainer {
     /// From now on, an edit is made only while the lock in `dir` holds lease `id`; one
     /// that finds it lost closes `fence` (the guard acts; the run touches the host no more).
-    pub fn hold(&self, dir: &str, id: &str, fence: std::sync::Arc<crate::host::guard::Fence>) {
+    /// The host's Docker CLI speaks to `docker_socket`.
+    pub fn hold(&self, dir: &str, id: &str, fence: std::sync::Arc<crate::host::guard::Fence>, docker_socket: &str) {
         *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some((dir.to_string(), id.to_string(), fence));
+        *self.docker_socket.lock().unwrap_or_else(PoisonError::into_inner) = Some(docker_socket.to_string());
     }
 
     /// Reloads of the load balancer so far, per service.
@@ -241,8 +249,20 @@ impl Drainer {
                 self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(file.clone(), current);
                 return Ok(format!("{what} in {file}: already so, no reload"));
             }
-            match self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload).await {
-                Ok(true) => return self.after_write(host, n, container.as_deref(), file, &current, &edited, edits, &what).await,
+            let write = self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload);
+            // With the Docker CLI on the host, the container's test, reload and `nginx -T` go
+            // right behind the write on the kept shell: one round trip for all.
+            let socket = self.docker_socket.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let (written, reloaded) = match (container.as_deref(), socket) {
+                (Some(c), Some(socket)) => {
+                    let sha = sha256_hex(&edited);
+                    let (w, r) = tokio::join!(write, reload_in_container(host, &socket, c, n, file, &sha));
+                    (w, r.ok().flatten())
+                }
+                _ => (write.await, None),
+            };
+            match written {
+                Ok(true) => return self.after_write(host, n, container.as_deref(), file, &current, &edited, edits, &what, reloaded).await,
                 Ok(false) => continue,
                 Err(e) => {
                     // Put the file back as it was, so that the next reload surprises no one.
@@ -263,7 +283,8 @@ impl Drainer {
     }
 
     /// In a container: `nginx -t` (the file goes back when it fails), the reload, and
-    /// `nginx -T` to prove nginx sees the change. Counts the reload.
+    /// `nginx -T` to prove nginx sees the change (`reloaded`: what the command beside the
+    /// write said of them, else each is asked through the engine). Counts the reload.
     #[allow(clippy::too_many_arguments)]
     async fn after_write(
         &self,
@@ -275,6 +296,7 @@ impl Drainer {
         edited: &str,
         edits: &[(&Target, bool)],
         what: &str,
+        reloaded: Option<Reloaded>,
     ) -> Result<String, DrainError> {
         let put_back = || async {
             self.known.lock().unwrap_or_else(PoisonError::into_inner).remove(file);
@@ -288,10 +310,24 @@ impl Drainer {
         let argv = n.reload_argv();
         let nginx = argv.first().map(String::as_str).unwrap_or("nginx");
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let (code, out) = host.engine.exec(c, &[nginx, "-t"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
-        if code != 0 {
-            put_back().await;
-            return Err(DrainError::Test { container: c.into(), file: file.into(), output: last_lines(&out) });
+        let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
+        let wanted: Vec<Option<bool>> = edits.iter().map(|(_, down)| Some(*down)).collect();
+        // What the command beside the write did; from where it stopped short, through the engine.
+        let shown = match reloaded {
+            Some(Reloaded::TestFailed(out)) => {
+                put_back().await;
+                return Err(DrainError::Test { container: c.into(), file: file.into(), output: last_lines(&out) });
+            }
+            Some(Reloaded::ReloadFailed { code, output }) => Some(Err((code, output))),
+            Some(Reloaded::Shown(dump)) => Some(Ok(dump)),
+            Some(Reloaded::NotWritten) | None => None,
+        };
+        if shown.is_none() {
+            let (code, out) = host.engine.exec(c, &[nginx, "-t"]).await.map_err(|e| DrainError::Host(e.to_string()))?;
+            if code != 0 {
+                put_back().await;
+                return Err(DrainError::Test { container: c.into(), file: file.into(), output: last_lines(&out) });
+            }
         }
         // Once nginx was reloaded with the edit, putting the file back reloads it again:
         // nginx must never run a file that is no longer on disk (a later edit would find
@@ -302,15 +338,28 @@ impl Drainer {
                 let _ = host.engine.exec(c, &args).await;
             }
         };
-        let (code, out) = host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))?;
-        if code != 0 {
-            put_back_and_reload().await;
-            return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
-        }
+        let dump = match shown {
+            Some(Ok(dump)) => Some(dump),
+            Some(Err((code, out))) => {
+                put_back_and_reload().await;
+                return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
+            }
+            None => {
+                let (code, out) = host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))?;
+                if code != 0 {
+                    put_back_and_reload().await;
+                    return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
+                }
+                None
+            }
+        };
         self.count(edits);
-        let ids: Vec<Identity> = edits.iter().map(|(t, _)| t.id.clone()).collect();
-        let wanted: Vec<Option<bool>> = edits.iter().map(|(_, down)| Some(*down)).collect();
-        let (code, dump, seen) = effective(host, c, nginx, &ids, |seen| seen == wanted.as_slice()).await?;
+        // `nginx -T` as the command beside the write printed it, if it shows the edit; else
+        // asked through the engine (again while its output comes back short).
+        let (code, dump, seen) = match dump.map(|dump| (upstream::down_in_effective(&dump, None, &ids), dump)) {
+            Some((seen, dump)) if seen == wanted => (0, dump, seen),
+            _ => effective(host, c, nginx, &ids, |seen| seen == wanted.as_slice()).await?,
+        };
         let wrong: Vec<String> = edits
             .iter()
             .zip(&seen)
@@ -519,7 +568,7 @@ mod tests {
         let fence = std::sync::Arc::new(crate::host::guard::Fence::new(std::time::Duration::from_secs(30)));
         fence.armed();
         let d = Drainer::default();
-        d.hold(&dir.display().to_string(), "run1", fence.clone());
+        d.hold(&dir.display().to_string(), "run1", fence.clone(), "/run/docker.sock");
         std::fs::write(dir.join("lock.json"), r#"{"id":"run1","holder":"t"}"#).unwrap();
         d.apply(&host, &method, &[(&target("web-1", 8081), true)]).await.unwrap();
         assert!(std::fs::read_to_string(&file).unwrap().contains("8081 down;"));

@@ -555,6 +555,30 @@ impl Shell for FakeHost {
             let stderr = result.err().map(|e| e.to_string()).unwrap_or_default();
             return Ok(CmdOutput { status: 0, stdout: said, stderr });
         }
+        // The in-container reload's Docker CLI calls go to this fake's engine (the script's own
+        // text runs under `sh` in `host::drain`'s tests): once the file holds what was written,
+        // `nginx -T`, then the reload, as the script prints them.
+        if let ["sh", "-c", _, "capstan-nginx", _, container, file, sha, nginx, reload @ ..] = argv {
+            let file = match &self.view {
+                Some(view) => file.replace(view.as_str(), &self.dir.path().display().to_string()),
+                None => file.to_string(),
+            };
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let said = |stdout: String| Ok(CmdOutput { status: 0, stdout, stderr: String::new() });
+            if crate::host::drain::sha256_hex(&text) != *sha {
+                return said("not-written\n".into());
+            }
+            let dump = match self.exec(container, &[nginx, "-T"]).await {
+                Ok((0, dump)) => dump,
+                Ok((_, out)) => return said(format!("test-failed\n{out}")),
+                Err(e) => return said(format!("test-failed\n{e}")),
+            };
+            return match self.exec(container, reload).await {
+                Ok((0, _)) => said(format!("reloaded\n{dump}")),
+                Ok((code, out)) => said(format!("reload-failed {code}\n{out}")),
+                Err(e) => said(format!("reload-failed 1\n{e}")),
+            };
+        }
         // The done script stages the record as written; the kept containers it removes go
         // to this fake's engine.
         if let ["sh", "-c", script, "capstan-done", dir, id, sock, kept @ ..] = argv {

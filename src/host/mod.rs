@@ -19,6 +19,7 @@ pub mod gauges;
 pub mod guard;
 pub mod lane;
 pub mod lb_batch;
+pub mod nginx_reload;
 pub mod spec;
 pub mod ssh;
 pub mod state;

@@ -114,7 +114,7 @@ impl Rollout<'_> {
         };
         guard::arm(self.host.shell.as_ref(), &plan).await?;
         k.fence.armed();
-        self.drainer.hold(&k.dir, &lease.id, k.fence.clone());
+        self.drainer.hold(&k.dir, &lease.id, k.fence.clone(), &k.docker_socket);
         self.info(format!(
             "guard armed: if this run stops renewing its lease for {}s, the host puts back what it replaced by itself",
             k.fence.bound().as_secs()
