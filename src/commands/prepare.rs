@@ -87,7 +87,8 @@ impl Ctx<'_> {
 pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observed, Error> {
     let unreachable = |e: EngineError| Error::Unreachable { host: host.name.clone(), message: e.to_string(), hint: None };
     let listed = host.engine.list_containers().await.map_err(unreachable)?;
-    let mut o = Observed { all_names: listed.iter().map(|c| c.name.clone()).collect(), ..Default::default() };
+    let mut o = Observed { all_names: listed.iter().map(|c| c.name.clone()).collect(), listed: listed.clone(), ..Default::default() };
+    let mut names: Vec<String> = Vec::new();
     for svc in services {
         if let Some(sw) = &svc.swarm {
             // A host that is no manager is a planning problem (exit 2), not an unreachable host.
@@ -99,17 +100,18 @@ pub(super) async fn observe(host: &Host, services: &[&Service]) -> Result<Observ
             o.swarm.insert(svc.name.clone(), seen);
             continue;
         }
-        let names = plan::resolve_instances(svc, &listed);
-        o.instances.insert(svc.name.clone(), names.clone());
-        // Every instance and the image each was listed with at once: one round trip over a
-        // slow link, not two per instance.
-        let wanted: Vec<(&str, Option<&str>)> =
-            names.iter().map(|n| (n.as_str(), listed.iter().find(|l| &l.name == n).and_then(|l| l.image_id.as_deref()))).collect();
-        let seen = host.engine.inspect_with_images(&wanted).await.map_err(unreachable)?;
-        for (name, seen) in names.iter().zip(seen) {
-            if let Some((c, image)) = seen {
-                o.containers.insert(name.clone(), (c, image));
-            }
+        let of_service = plan::resolve_instances(svc, &listed);
+        names.extend(of_service.iter().cloned());
+        o.instances.insert(svc.name.clone(), of_service);
+    }
+    // Every instance of every service and the image each was listed with at once: one round
+    // trip over a slow link, not two per instance.
+    let wanted: Vec<(&str, Option<&str>)> =
+        names.iter().map(|n| (n.as_str(), listed.iter().find(|l| &l.name == n).and_then(|l| l.image_id.as_deref()))).collect();
+    let seen = host.engine.inspect_with_images(&wanted).await.map_err(unreachable)?;
+    for (name, seen) in names.iter().zip(seen) {
+        if let Some((c, image)) = seen {
+            o.containers.insert(name.clone(), (c, image));
         }
     }
     Ok(o)
@@ -147,12 +149,17 @@ async fn resolve_release(
     pinned: &HashMap<String, String>,
     creds: Option<&Credentials>,
 ) -> Result<ReleaseImages, Error> {
+    // Every service's tag at once: one round trip over a slow link, not one per service.
+    let resolved = join_all(services.iter().map(|svc| async move {
+        match pinned.get(&svc.name) {
+            Some(i) => Ok(i.clone()),
+            None => resolve(host, svc, version, creds).await,
+        }
+    }))
+    .await;
     let mut images = ReleaseImages::new();
-    for svc in services {
-        let image = match pinned.get(&svc.name) {
-            Some(i) => i.clone(),
-            None => resolve(host, svc, version, creds).await?,
-        };
+    for (svc, image) in services.iter().zip(resolved) {
+        let image = image?;
         ctx.info(None, format!("{}: {version} is {}", svc.name, crate::core::image::short(&image)));
         images.insert(svc.name.clone(), image);
     }
@@ -308,7 +315,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 .filter(|s| s.swarm.is_none())
                 .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
                 .collect();
-            crate::host::drain_check::check(h, &with, files).await
+            crate::host::drain_check::check(h, &with, files, &obs.listed).await
         }
     });
     // The version before, from the first host's log (asked again if the recovery wrote to it).

@@ -18,6 +18,8 @@ pub struct Observed {
     pub containers: HashMap<String, (ContainerInfo, Option<ImageInfo>)>,
     /// Names of every container on the host (to spot leftovers of an interrupted run).
     pub all_names: Vec<String>,
+    /// Every container on the host as listed, with its Compose labels.
+    pub listed: Vec<Listed>,
     /// Per `target: swarm` service (by its config name): what the host said of its Swarm service.
     pub swarm: HashMap<String, SwarmSeen>,
     /// Per service (by its config name): the containers its `instances` are on this host,

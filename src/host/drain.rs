@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use crate::core::config::{DrainMethod, Nginx, Service};
-use crate::core::observed::ContainerInfo;
+use crate::core::observed::{ContainerInfo, Listed};
 use crate::core::upstream::{self, Identity};
 use crate::host::guard::GuardLb;
 use crate::host::nginx_reload::{reload_in_container, Reloaded};
@@ -450,19 +450,29 @@ pub(super) async fn effective(
 }
 
 /// The running container called `name`, else the one container of a Compose service `name`.
+/// (Both asked at once: one round trip over a slow link.)
 pub async fn resolve_container(host: &Host, name: &str, project: Option<&str>) -> Result<String, DrainError> {
-    if host.engine.inspect_container(name).await.map_err(|e| DrainError::Host(e.to_string()))?.is_some() {
+    let (named, listed) = tokio::join!(host.engine.inspect_container(name), host.engine.list_containers());
+    if named.map_err(|e| DrainError::Host(e.to_string()))?.is_some() {
         return Ok(name.to_string());
     }
-    let listed = host.engine.list_containers().await.map_err(|e| DrainError::Host(e.to_string()))?;
-    let of_service: Vec<String> = listed
-        .into_iter()
+    pick_container(&listed.map_err(|e| DrainError::Host(e.to_string()))?, name, project)
+}
+
+/// Among the containers `listed`: the one called `name`, else the one container of a
+/// Compose service `name` (of `project`, when given).
+pub fn pick_container(listed: &[Listed], name: &str, project: Option<&str>) -> Result<String, DrainError> {
+    if listed.iter().any(|c| c.name == name) {
+        return Ok(name.to_string());
+    }
+    let of_service: Vec<&str> = listed
+        .iter()
         .filter(|c| c.compose_service.as_deref() == Some(name) && project.is_none_or(|p| c.compose_project.as_deref() == Some(p)))
         .filter(|c| !c.name.ends_with(crate::core::plan::OLD_SUFFIX))
-        .map(|c| c.name)
+        .map(|c| c.name.as_str())
         .collect();
     match of_service.as_slice() {
-        [one] => Ok(one.clone()),
+        [one] => Ok(one.to_string()),
         [] => Err(DrainError::Host(format!("no container or Compose service {name} runs nginx on this host (drain.nginx.container)"))),
         many => Err(DrainError::Host(format!("Compose service {name} has {} containers ({}); name one in drain.nginx.container", many.len(), many.join(", ")))),
     }

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 
 use crate::core::config::{DrainMethod, Nginx, Service};
-use crate::core::observed::ContainerInfo;
+use crate::core::observed::{ContainerInfo, Listed};
 use crate::core::upstream::{self, Identity};
-use crate::host::drain::{effective, last_lines, read, resolve_container, DrainError, Target};
+use crate::host::drain::{effective, last_lines, pick_container, read, DrainError, Target};
 use crate::host::Host;
 
 /// The upstream files of these services' nginx drains by path, each read once, all at
@@ -32,7 +32,13 @@ pub async fn read_files(host: &Host, services: &[&Service]) -> HashMap<String, R
 /// reaches two instances, and an nginx container reads that file (its `nginx -T`
 /// shows the lines). `containers`: each instance's container as observed. One problem
 /// per line, naming the host, the file and the instance. `files`: as [`read_files`] read them.
-pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)], files_read: &HashMap<String, Result<String, DrainError>>) -> Vec<String> {
+/// `listed`: every container on the host as observed, where an nginx container is found.
+pub async fn check(
+    host: &Host,
+    services: &[(&Service, Vec<&ContainerInfo>)],
+    files_read: &HashMap<String, Result<String, DrainError>>,
+    listed: &[Listed],
+) -> Vec<String> {
     let mut problems = Vec::new();
     // Per upstream file: the nginx settings and every instance that lives in it.
     let mut files: Vec<(&Nginx, Vec<Target>)> = Vec::new();
@@ -69,7 +75,7 @@ pub async fn check(host: &Host, services: &[(&Service, Vec<&ContainerInfo>)], fi
         }
         let Some(name) = &n.container else { continue };
         let project = targets.first().and_then(|t| t.project.as_deref());
-        let container = match resolve_container(host, name, project).await {
+        let container = match pick_container(listed, name, project) {
             Ok(c) => c,
             Err(e) => {
                 problems.push(format!("{}: {e}", host.name));
