@@ -44,13 +44,17 @@ impl Rollout<'_> {
         let Some(k) = &self.lease else { return Ok(Vec::new()) };
         let mut instances = Vec::new();
         let mut looked = Vec::new();
-        for (svc, replaced) in guarded(plan, services) {
-            // Every instance at once, and the upstream file read beside them: one round trip
-            // over a slow link, not one per instance and one more.
-            let (seen, read) = tokio::join!(
+        // Every instance of every service at once, and the upstream files read beside them:
+        // one round trip over a slow link, not one per instance and one more per service.
+        let guarded: Vec<_> = guarded(plan, services).collect();
+        let looks = futures_util::future::join_all(guarded.iter().map(|(svc, replaced)| async move {
+            tokio::join!(
                 futures_util::future::join_all(replaced.iter().map(|ip| self.host.engine.inspect_container(&ip.name))),
                 self.drainer.read_once(self.host, &svc.drain.method)
-            );
+            )
+        }))
+        .await;
+        for ((svc, replaced), (seen, read)) in guarded.into_iter().zip(looks) {
             read.map_err(|e| GuardError::Host(e.to_string()))?;
             let mut targets = Vec::new();
             for (ip, c) in replaced.iter().zip(seen) {
