@@ -111,10 +111,12 @@ pub fn parse_hashes(out: &str) -> HashMap<String, String> {
 }
 
 /// The hashes Compose computes for the project's services with `variable` set to `value`.
+/// A short command that reads files, on the kept shell (one round trip; a channel of its
+/// own cost three): nothing else of the host's rollout runs while it does.
 pub async fn hashes(shell: &dyn Shell, p: &Project, variable: &str, value: &str) -> Result<HashMap<String, String>, ComposeError> {
     let argv = p.hash_argv(variable, value);
     let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-    let r = shell.run_apart(&args, None).await?;
+    let r = shell.run(&args, None).await?;
     let found = parse_hashes(&r.stdout);
     if !r.ok() || found.is_empty() {
         return Err(ComposeError::Hash { command: p.command.clone(), dir: p.working_dir.clone(), status: r.status, stderr: r.stderr.trim().to_string() });

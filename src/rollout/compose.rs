@@ -29,13 +29,14 @@ impl Rollout<'_> {
             return Err(format!("services.{}.compose.variable is set, but this run has no version to set it to", svc.name).into());
         };
         let engine = &self.host.engine;
-        let current = engine.inspect_container(first).await.map_err(StepError::failed)?.ok_or_else(|| format!("{first} disappeared"))?;
+        let tagged = image::tag_ref(&svc.image, version);
+        // The instance, the release's image and what its version tag names, asked at once.
+        let (current, new, at_tag) = tokio::join!(engine.inspect_container(first), engine.inspect_image(image), engine.inspect_image(&tagged));
+        let current = current.map_err(StepError::failed)?.ok_or_else(|| format!("{first} disappeared"))?;
         let project = crate::host::compose::Project::of(&current.spec, c)
             .ok_or_else(|| format!("{first} carries no Compose project labels: is it a container of Compose project {}?", c.project))?;
-        let new =
-            engine.inspect_image(image).await.map_err(StepError::failed)?.ok_or_else(|| format!("{} is not on the host", crate::core::image::short(image)))?;
-        let tagged = image::tag_ref(&svc.image, version);
-        match engine.inspect_image(&tagged).await.map_err(StepError::failed)? {
+        let new = new.map_err(StepError::failed)?.ok_or_else(|| format!("{} is not on the host", crate::core::image::short(image)))?;
+        let needs_tag = match at_tag.map_err(StepError::failed)? {
             Some(i) if i.id != new.id => {
                 return Err(format!(
                     "{tagged} on this host is another image ({}); capstan never moves a version tag: remove that tag, or deploy a new version",
@@ -43,10 +44,19 @@ impl Rollout<'_> {
                 )
                 .into())
             }
-            Some(_) => {}
-            None => engine.tag(image, &svc.image, version).await.map_err(StepError::failed)?,
-        }
-        let hashes = crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version).await.map_err(StepError::failed)?;
+            Some(_) => false,
+            None => true,
+        };
+        // The tag beside Compose's hashes, which read the project's files, not the images.
+        let tag = async {
+            match needs_tag {
+                true => engine.tag(image, &svc.image, version).await,
+                false => Ok(()),
+            }
+        };
+        let (tagged_now, hashes) = tokio::join!(tag, crate::host::compose::hashes(self.host.shell.as_ref(), &project, variable, version));
+        tagged_now.map_err(StepError::failed)?;
+        let hashes = hashes.map_err(StepError::failed)?;
         let out: HashMap<String, (String, String)> = hashes.into_iter().map(|(s, h)| (s, (h, new.id.clone()))).collect();
         Ok((out, format!("{tagged} is {}; {} config --hash with {variable}={version}", crate::core::image::short(image), project.command.join(" "))))
     }
