@@ -62,9 +62,8 @@ impl DockerEngine {
         // One `GET /version` both negotiates the API version (as bollard's `negotiate_version`
         // would) and is kept for what asks the version later: a round trip, not three.
         // Pings beside it leave connections open for the first looks at a host, which go out
-        // in fours (two instances and their image beside the registry's answer; later two
-        // instances beside the pull's image): each connection opened later costs a round trip
-        // more over a slow link.
+        // several at once (four instances and their two images, say, beside the registry's
+        // answers): each connection opened later costs a round trip more over a slow link.
         let first = connect(bollard::API_DEFAULT_VERSION)?;
         let (v, _) = tokio::join!(first.version(), futures_util::future::join_all((0..OPENED_AHEAD).map(|_| first.ping())));
         let v = v.map_err(|e| EngineError::Other(format!("the Docker engine did not answer: {e}")))?;
@@ -95,8 +94,9 @@ impl DockerEngine {
     }
 }
 
-/// How many engine connections are opened beside the first request (which opens one).
-const OPENED_AHEAD: usize = 3;
+/// How many engine connections are opened beside the first request (which opens one):
+/// as many as are kept idle.
+const OPENED_AHEAD: usize = KEPT_PER_HOST - 1;
 
 /// How long an engine connection may stay idle in the pool, and how many may.
 const KEPT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
