@@ -315,7 +315,7 @@ pub(super) async fn prepare<'a>(ctx: &'a Ctx<'a>, want: &Want, targets: &Targets
                 .filter(|s| s.swarm.is_none())
                 .map(|s| (*s, obs.instances_of(s).iter().filter_map(|n| obs.containers.get(n).map(|(c, _)| c)).collect()))
                 .collect();
-            crate::host::drain_check::check(h, &with, files, &obs.listed).await
+            crate::host::drain_check::check(h, &with, files, &obs.listed, &ctx.config.docker_socket).await
         }
     });
     // The version before, from the first host's log (asked again if the recovery wrote to it).

@@ -9,6 +9,7 @@ use crate::core::config::{DrainMethod, Nginx, Service};
 use crate::core::observed::{ContainerInfo, Listed};
 use crate::core::upstream::{self, Identity};
 use crate::host::drain::{effective, last_lines, pick_container, read, DrainError, Target};
+use crate::host::nginx_reload::dump_in_container;
 use crate::host::Host;
 
 /// The upstream files of these services' nginx drains by path, each read once, all at
@@ -32,12 +33,14 @@ pub async fn read_files(host: &Host, services: &[&Service]) -> HashMap<String, R
 /// reaches two instances, and an nginx container reads that file (its `nginx -T`
 /// shows the lines). `containers`: each instance's container as observed. One problem
 /// per line, naming the host, the file and the instance. `files`: as [`read_files`] read them.
-/// `listed`: every container on the host as observed, where an nginx container is found.
+/// `listed`: every container on the host as observed, where an nginx container is found;
+/// `docker_socket`: the engine's socket on the host, for the Docker CLI where it has one.
 pub async fn check(
     host: &Host,
     services: &[(&Service, Vec<&ContainerInfo>)],
     files_read: &HashMap<String, Result<String, DrainError>>,
     listed: &[Listed],
+    docker_socket: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     // Per upstream file: the nginx settings and every instance that lives in it.
@@ -83,7 +86,19 @@ pub async fn check(
             }
         };
         let nginx = n.reload_argv().first().cloned().unwrap_or_else(|| "nginx".into());
-        match effective(host, &container, &nginx, &ids, |seen| seen.iter().all(Option::is_some)).await {
+        // Through the Docker CLI on the host (one round trip) where its answer shows every
+        // line; else, and to be sure of a problem, through the engine's execs.
+        let through_cli = match dump_in_container(host, docker_socket, &container, &nginx).await {
+            Ok(Some((0, dump))) => {
+                Some(upstream::down_in_effective(&dump, None, &ids)).filter(|seen| seen.iter().all(Option::is_some)).map(|seen| (0, dump, seen))
+            }
+            _ => None,
+        };
+        let answer = match through_cli {
+            Some(a) => Ok(a),
+            None => effective(host, &container, &nginx, &ids, |seen| seen.iter().all(Option::is_some)).await,
+        };
+        match answer {
             Ok((0, _, seen)) => {
                 let missing: Vec<&str> = targets.iter().zip(&seen).filter(|(_, s)| s.is_none()).map(|(t, _)| t.instance.as_str()).collect();
                 if !missing.is_empty() {

@@ -579,6 +579,14 @@ impl Shell for FakeHost {
                 Err(e) => said(format!("reload-failed 1\n{e}")),
             };
         }
+        // The drain check's `nginx -T` through the Docker CLI: to this fake's engine.
+        if let ["sh", "-c", _, "capstan-nginx-dump", _, container, nginx] = argv {
+            let stdout = match self.exec(container, &[nginx, "-T"]).await {
+                Ok((code, dump)) => format!("dumped {code}\n{dump}"),
+                Err(e) => format!("dumped 1\n{e}"),
+            };
+            return Ok(CmdOutput { status: 0, stdout, stderr: String::new() });
+        }
         // The done script stages the record as written; the kept containers it removes go
         // to this fake's engine.
         if let ["sh", "-c", script, "capstan-done", dir, id, sock, kept @ ..] = argv {

@@ -1,7 +1,9 @@
 //! nginx in a container, tested and reloaded through the Docker CLI on the host in
 //! one command on the kept shell, sent right behind the write of its upstream file
 //! (`host::drain`): one round trip where the engine's execs take three each. Used
-//! where the guard is armed, whose preflight proved the Docker CLI is there.
+//! where the guard is armed, whose preflight proved the Docker CLI is there. Before
+//! any change, the drain check's `nginx -T` goes the same way where the host has the
+//! CLI.
 
 use crate::core::config::Nginx;
 use crate::host::{Host, ShellError};
@@ -25,7 +27,10 @@ cat "$e""#;
 pub(super) enum Reloaded {
     NotWritten,
     TestFailed(String),
-    ReloadFailed { code: i64, output: String },
+    ReloadFailed {
+        code: i64,
+        output: String,
+    },
     /// Tested, reloaded, and `nginx -T`'s output.
     Shown(String),
 }
@@ -55,6 +60,22 @@ pub(super) async fn reload_in_container(host: &Host, socket: &str, container: &s
     Ok(Reloaded::read(&r.stdout))
 }
 
+/// `$3 -T` in container `$2`, through the Docker CLI on the host at socket `$1`, where
+/// the host has it: `dumped CODE` and the output, else `no-cli`.
+const DUMP_IN_CONTAINER: &str = r#"command -v docker >/dev/null 2>&1 || { echo no-cli; exit 0; }
+export DOCKER_HOST="unix://$1"; r=0; o=$(mktemp); trap 'rm -f "$o"' EXIT
+docker exec "$2" "$3" -T > "$o" 2>&1 || r=$?
+echo "dumped $r"; cat "$o""#;
+
+/// `nginx -T` in `container` in one round trip, before any change (the drain check):
+/// its exit code and output, or None where the host has no Docker CLI (the engine's
+/// execs are then asked).
+pub async fn dump_in_container(host: &Host, socket: &str, container: &str, nginx: &str) -> Result<Option<(i64, String)>, ShellError> {
+    let r = host.shell.run(&["sh", "-c", DUMP_IN_CONTAINER, "capstan-nginx-dump", socket, container, nginx], None).await?;
+    let (first, rest) = r.stdout.split_once('\n').unwrap_or((r.stdout.as_str(), ""));
+    Ok(first.trim().strip_prefix("dumped ").and_then(|c| c.parse().ok()).map(|code| (code, rest.to_string())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +88,8 @@ mod tests {
         let bin = t.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let docker = bin.join("docker");
-        std::fs::write(&docker, "#!/bin/sh\necho \"$DOCKER_HOST $*\" >> \"$CALLS\"\n[ \"$4\" = -T ] && echo 'server a:80 down;'\n[ \"$4\" != \"$FAIL\" ]\n").unwrap();
+        std::fs::write(&docker, "#!/bin/sh\necho \"$DOCKER_HOST $*\" >> \"$CALLS\"\n[ \"$4\" = -T ] && echo 'server a:80 down;'\n[ \"$4\" != \"$FAIL\" ]\n")
+            .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&docker, std::fs::Permissions::from_mode(0o755)).unwrap();
         let file = t.path().join("upstream.conf");
