@@ -7,7 +7,7 @@
 //! Every value still reaches a command as a quoted argument (`shlex`), and a
 //! command's input as a `printf` format of octal escapes: any bytes, no tool
 //! beyond the shell. What may take long, or must not wait behind another
-//! command (hooks, Compose, the lease's renewal, the link's liveness check),
+//! command (hooks, the user's drain commands, the lease's renewal, the link's liveness check),
 //! runs on a channel of its own (`Shell::run_apart`).
 
 use std::collections::VecDeque;

@@ -183,7 +183,7 @@ pub trait Shell: Send + Sync {
     async fn run(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError>;
 
     /// A command on a channel of its own, never behind another: what may take long
-    /// (a hook, Compose, the user's drain command) or must not wait (the lease's
+    /// (a hook, the user's drain command) or must not wait (the lease's
     /// renewal, the check that the link is alive).
     async fn run_apart(&self, argv: &[&str], stdin: Option<&[u8]>) -> Result<CmdOutput, ShellError> {
         self.run(argv, stdin).await
