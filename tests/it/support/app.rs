@@ -527,11 +527,16 @@ pub(crate) fn versions(cli: &DockerCli, instances: &[String], get: impl Fn(&str)
         .iter()
         .map(|i| match instance_port(cli, i) {
             None => format!("<{i}: no published port>"),
-            Some(port) => match get(&format!("http://127.0.0.1:{port}/version")) {
-                Ok(r) if r.status == 200 => r.body.trim().to_string(),
-                Ok(r) => format!("<{i}: status {}>", r.status),
-                Err(e) => format!("<{i}: {e}>"),
-            },
+            // Asked up to three times: a release that answers some requests 500 on purpose
+            // (`err2`) answers `/version` so too.
+            Some(port) => {
+                let ask = || match get(&format!("http://127.0.0.1:{port}/version")) {
+                    Ok(r) if r.status == 200 => Ok(r.body.trim().to_string()),
+                    Ok(r) => Err(format!("<{i}: status {}>", r.status)),
+                    Err(e) => Err(format!("<{i}: {e}>")),
+                };
+                ask().or_else(|_| ask()).or_else(|_| ask()).unwrap_or_else(|e| e)
+            }
         })
         .collect()
 }

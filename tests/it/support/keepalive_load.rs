@@ -91,6 +91,10 @@ pub struct KeepAliveStats {
     pub post_2xx: u64,
     /// No answer at all (the error samples are in `post_samples`).
     pub post_failed: u64,
+    /// Of `post_failed`: no byte came back on a reused keep-alive connection, the one nginx
+    /// closes as it reloads while the request is on its way (which no client retries for a
+    /// POST: it cannot know that nothing was done).
+    pub post_reload_race: u64,
     pub post_5xx: u64,
     /// Answered, neither 2xx nor 5xx.
     pub post_other: u64,
@@ -437,6 +441,9 @@ fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Job>>) {
                     }
                     Err(f) => {
                         s.post_failed += 1;
+                        if f.before_any_byte && f.reused {
+                            s.post_reload_race += 1;
+                        }
                         sample(&mut s.post_samples, format!("t+{at}ms POST {id}: {}", f.what));
                         PostOutcome::Failed(f.what)
                     }
