@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{median, ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox, START_TAG};
+use support::{median, ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox};
 
 const PAUSE: Duration = Duration::from_secs(1);
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
@@ -54,18 +54,6 @@ struct Sample {
     steps: BTreeMap<String, u64>,
 }
 
-/// Leaves only v1.0.0 of both repositories in the engine, so that each run pulls v1.1.0.
-fn forget_new_images(sb: &Sandbox) {
-    let images = PaymentImages::get();
-    for service in ["service-a", "service-b"] {
-        let keep = &images.image(service, START_TAG).id;
-        let ids = sb.docker_ok(&["images", "--no-trunc", "--format", "{{.ID}}", &images.repo(service)]);
-        for id in ids.lines().filter(|id| id != keep) {
-            let _ = sb.docker(&["rmi", "-f", id]).output();
-        }
-    }
-}
-
 /// nginx's reloads since `before`, and how many containers `docker compose up -d` changes now.
 fn finish(sys: &PaymentSystem, before: usize) -> (usize, usize) {
     let reloads = sys.nginx_reloads() - before;
@@ -74,7 +62,7 @@ fn finish(sys: &PaymentSystem, before: usize) -> (usize, usize) {
 }
 
 fn capstan_run(sb: &Sandbox) -> Sample {
-    forget_new_images(sb);
+    PaymentImages::get().forget_all_but_start(sb);
     let sys = PaymentSystem::new("benchcapstan", ComposeCli::V2);
     sys.write_config(&sys.render_config(&sys.config()));
     let before = sys.nginx_reloads();
@@ -100,7 +88,7 @@ fn capstan_run(sb: &Sandbox) -> Sample {
 }
 
 fn runbook_run(sb: &Sandbox) -> Sample {
-    forget_new_images(sb);
+    PaymentImages::get().forget_all_but_start(sb);
     let sys = PaymentSystem::new("benchrunbook", ComposeCli::V2);
     let before = sys.nginx_reloads();
     let (wall, stats, check) = sys.under_load("runbook", || {

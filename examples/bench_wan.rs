@@ -20,6 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::wan::ReportTimes;
 use support::{capstan_bin, median, App, AppOptions, KeepAliveLoad, KeepAliveOptions, Sandbox};
 
 const RPS: u32 = 50;
@@ -95,26 +96,17 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     assert!(out.status.success(), "capstan failed over {rtt_ms} ms: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(app.versions(), vec!["v2", "v2"]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
-    let host = &report["hosts"][0];
-    let instances = host["instances"].as_array().expect("instances");
-    let steps: Vec<&Value> = instances.iter().flat_map(|i| i["steps"].as_array().expect("steps")).collect();
-    let first = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
-    let last = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0) + s["duration_ms"].as_u64().unwrap_or(0)).max().unwrap_or(0);
-    let step_ms = |name: &str| -> u64 { steps.iter().filter(|s| s["step"] == name).map(|s| s["duration_ms"].as_u64().unwrap_or(0)).sum() };
-    let n = instances.len().max(1) as u64;
-    let asked = n * (PAUSE_MS + DRAIN_WAIT_MS) + step_ms("pull");
+    let times = ReportTimes::of(&report);
+    let (first, last, n) = (times.first_ms, times.last_ms, times.instances);
+    let asked = n * (PAUSE_MS + DRAIN_WAIT_MS) + times.steps.get("pull").copied().unwrap_or(0);
     let start_trips = proxy.turns_between(t, Duration::ZERO, Duration::from_millis(first));
     let instance_trips = proxy.turns_between(t, Duration::from_millis(first), Duration::from_millis(last));
-    let mut per_step = std::collections::BTreeMap::new();
-    for st in &steps {
-        *per_step.entry(st["step"].as_str().unwrap_or("?").to_string()).or_insert(0) += st["duration_ms"].as_u64().unwrap_or(0) / n;
-    }
     Sample {
-        steps: per_step,
+        steps: times.per_instance_steps(),
         wall_ms,
         beyond_ms: wall_ms.saturating_sub(asked),
         start_ms: first,
-        per_instance_ms: (last - first) / n,
+        per_instance_ms: times.per_instance_ms(),
         start_trips,
         per_instance_trips: instance_trips / n as usize,
         failed: stats.failed,
@@ -141,8 +133,7 @@ fn ssh_true(sb: &Sandbox, app: &App, proxy: &support::wan::WanProxy) -> u64 {
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
-    let rtts: Vec<u64> =
-        std::env::var("BENCH_RTTS").unwrap_or_else(|_| "0 50 150".into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect();
+    let rtts = support::wan::bench_rtts("0 50 150");
     let sb = Sandbox::get();
     let mut samples: Vec<Vec<Sample>> = rtts.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
@@ -192,13 +183,5 @@ fn main() {
         );
     }
     // Where the time goes: each step's median per instance, at each delay.
-    let names: std::collections::BTreeSet<&String> = samples.iter().flatten().flat_map(|x| x.steps.keys()).collect();
-    println!("\nper instance, median milliseconds by step\n");
-    println!("| step | {} |", rtts.iter().map(|r| format!("{r} ms")).collect::<Vec<_>>().join(" | "));
-    println!("|---|{}", "---|".repeat(rtts.len()));
-    for name in names {
-        let cells: Vec<String> =
-            (0..rtts.len()).map(|k| median(samples[k].iter().map(|x| x.steps.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
-        println!("| {name} | {} |", cells.join(" | "));
-    }
+    support::wan::print_steps_table(&rtts, &samples.iter().map(|runs| runs.iter().map(|x| &x.steps).collect()).collect::<Vec<_>>());
 }

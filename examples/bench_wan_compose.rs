@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{median, ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox, START_TAG};
+use support::wan::ReportTimes;
+use support::{median, ComposeCli, KeepAliveStats, LedgerCheck, PaymentImages, PaymentSystem, Sandbox};
 
 struct Sample {
     wall_ms: u64,
@@ -34,28 +35,13 @@ struct Sample {
     steps: BTreeMap<String, u64>,
 }
 
-/// Leaves only v1.0.0 of both repositories in the engine, so that each run pulls v1.1.0.
-fn forget_new_images(sb: &Sandbox) {
-    let images = PaymentImages::get();
-    for service in ["service-a", "service-b"] {
-        let keep = &images.image(service, START_TAG).id;
-        let ids = sb.docker_ok(&["images", "--no-trunc", "--format", "{{.ID}}", &images.repo(service)]);
-        for id in ids.lines().filter(|id| id != keep) {
-            let _ = sb.docker(&["rmi", "-f", id]).output();
-        }
-    }
-}
-
 fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
-    forget_new_images(sb);
+    PaymentImages::get().forget_all_but_start(sb);
     let sys = PaymentSystem::new("benchwan", ComposeCli::V2);
     let proxy = support::wan::to_sandbox(sb, Duration::from_millis(rtt_ms));
     // The config, its one host reached through the proxy (the sandbox sshd's
     // host key, at the proxy's port, in a known_hosts of its own).
-    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
-    let key = known.lines().next().and_then(|l| l.split_once(' ')).expect("a host key line").1.to_string();
-    let known_hosts = sys.dir().join("known_hosts_wan");
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
+    let known_hosts = support::wan::known_hosts(sys.dir(), sb, &proxy);
     let yaml = sys
         .render_config(&sys.config())
         .replace(&format!("  - {}\n", sb.ssh_host()), &format!("  - {}@127.0.0.1:{}\n", sb.ssh_user(), proxy.port()))
@@ -75,22 +61,20 @@ fn run(sb: &Sandbox, rtt_ms: u64) -> Sample {
     assert!(run.success(), "capstan failed over {rtt_ms} ms: {run}");
     sys.assert_versions("v1.1.0", "v1.1.0");
     let report: Value = serde_json::from_str(&run.stdout).expect("capstan's JSON report");
-    let instances = report["hosts"][0]["instances"].as_array().cloned().unwrap_or_default();
-    let steps: Vec<&Value> = instances.iter().flat_map(|i| i["steps"].as_array().into_iter().flatten()).collect();
-    let first = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
-    let last = steps.iter().map(|s| s["started_ms"].as_u64().unwrap_or(0) + s["duration_ms"].as_u64().unwrap_or(0)).max().unwrap_or(0);
-    let n = instances.len().max(1) as u64;
-    let mut per_step = BTreeMap::new();
-    for s in &steps {
-        *per_step.entry(s["step"].as_str().unwrap_or("?").to_string()).or_insert(0) += s["duration_ms"].as_u64().unwrap_or(0) / n;
+    let times = ReportTimes::of(&report);
+    Sample {
+        wall_ms: wall.as_millis() as u64,
+        per_instance_ms: times.per_instance_ms(),
+        start_ms: times.first_ms,
+        stats,
+        check,
+        steps: times.per_instance_steps(),
     }
-    Sample { wall_ms: wall.as_millis() as u64, per_instance_ms: (last - first) / n, start_ms: first, stats, check, steps: per_step }
 }
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(3);
-    let rtts: Vec<u64> =
-        std::env::var("BENCH_RTTS").unwrap_or_else(|_| "0 150".into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect();
+    let rtts = support::wan::bench_rtts("0 150");
     let sb = Sandbox::get();
     PaymentImages::get();
     let mut samples: Vec<Vec<Sample>> = rtts.iter().map(|_| Vec::new()).collect();
@@ -141,13 +125,5 @@ fn main() {
             sum(k, &|x| x.check.missing.len() as u64),
         );
     }
-    let names: std::collections::BTreeSet<&String> = samples.iter().flatten().flat_map(|x| x.steps.keys()).collect();
-    println!("\nper instance, median milliseconds by step\n");
-    println!("| step | {} |", rtts.iter().map(|r| format!("{r} ms")).collect::<Vec<_>>().join(" | "));
-    println!("|---|{}", "---|".repeat(rtts.len()));
-    for name in names {
-        let cells: Vec<String> =
-            (0..rtts.len()).map(|k| median(samples[k].iter().map(|x| x.steps.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
-        println!("| {name} | {} |", cells.join(" | "));
-    }
+    support::wan::print_steps_table(&rtts, &samples.iter().map(|runs| runs.iter().map(|x| &x.steps).collect()).collect::<Vec<_>>());
 }

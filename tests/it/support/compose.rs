@@ -106,6 +106,19 @@ impl PaymentImages {
         format!("{}/payment/{service}", self.registry)
     }
 
+    /// Leaves only [`START_TAG`] of both repositories in the sandbox's engine, so that the
+    /// next deploy pulls the release.
+    #[allow(dead_code)] // the examples use it
+    pub fn forget_all_but_start(&self, sb: &Sandbox) {
+        for service in ["service-a", "service-b"] {
+            let keep = &self.image(service, START_TAG).id;
+            let ids = sb.docker_ok(&["images", "--no-trunc", "--format", "{{.ID}}", &self.repo(service)]);
+            for id in ids.lines().filter(|id| id != keep) {
+                let _ = sb.docker(&["rmi", "-f", id]).output();
+            }
+        }
+    }
+
     pub fn image(&self, service: &str, tag: &str) -> &PushedImage {
         self.pushed.get(&(service.to_string(), tag.to_string())).unwrap_or_else(|| panic!("no image {service}:{tag} was pushed"))
     }

@@ -168,13 +168,19 @@ fn pipe(mut from: TcpStream, to: TcpStream, s: Arc<Shared>, epoch: Instant, way:
     });
 }
 
+/// `<dir>/known_hosts_wan`: the sandbox sshd's host key, at `proxy`'s port. Its path.
+pub fn known_hosts(dir: &std::path::Path, sb: &super::Sandbox, proxy: &WanProxy) -> std::path::PathBuf {
+    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
+    let key = known.lines().next().and_then(|l| l.split_once(' ')).expect("a host key line").1.to_string();
+    let known_hosts = dir.join("known_hosts_wan");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
+    known_hosts
+}
+
 /// `app`'s config with its one host reached through `proxy`: the sandbox
 /// sshd's host key, now at the proxy's port, in a known_hosts of its own.
 pub fn through(app: &super::App, sb: &super::Sandbox, proxy: &WanProxy) -> super::ConfigEdit {
-    let known = std::fs::read_to_string(sb.known_hosts()).expect("known_hosts");
-    let key = known.lines().next().and_then(|l| l.split_once(' ')).expect("a host key line").1.to_string();
-    let known_hosts = app.dir().join("known_hosts_wan");
-    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {key}\n", proxy.port())).expect("write known_hosts");
+    let known_hosts = known_hosts(app.dir(), sb, proxy);
     super::edit(&app.default_config())
         .set("hosts", vec![format!("{}@127.0.0.1:{}", sb.ssh_user(), proxy.port())])
         .set("ssh.known_hosts", known_hosts.display().to_string())
@@ -183,4 +189,65 @@ pub fn through(app: &super::App, sb: &super::Sandbox, proxy: &WanProxy) -> super
 /// A proxy in front of the sandbox's sshd.
 pub fn to_sandbox(sb: &super::Sandbox, round_trip: Duration) -> WanProxy {
     WanProxy::start(([127, 0, 0, 1], sb.ssh_port()).into(), round_trip)
+}
+
+/// The delays a benchmark runs at: `BENCH_RTTS` (milliseconds, space-separated), else `default`.
+#[allow(dead_code)] // the benchmarks use it
+pub fn bench_rtts(default: &str) -> Vec<u64> {
+    std::env::var("BENCH_RTTS").unwrap_or_else(|_| default.into()).split_whitespace().map(|r| r.parse().expect("BENCH_RTTS: milliseconds")).collect()
+}
+
+/// Where a deploy's time went, from its `--json` report's first host: from the run's
+/// start to the first instance's first step, to the last step's end, and each step.
+#[allow(dead_code)] // the benchmarks use it
+pub struct ReportTimes {
+    pub first_ms: u64,
+    pub last_ms: u64,
+    pub instances: u64,
+    /// Milliseconds per step name, summed over the instances.
+    pub steps: std::collections::BTreeMap<String, u64>,
+}
+
+#[allow(dead_code)] // the benchmarks use it
+impl ReportTimes {
+    pub fn of(report: &serde_json::Value) -> ReportTimes {
+        let instances = report["hosts"][0]["instances"].as_array().cloned().unwrap_or_default();
+        let steps: Vec<&serde_json::Value> = instances.iter().flat_map(|i| i["steps"].as_array().into_iter().flatten()).collect();
+        let ms = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+        let mut by_name = std::collections::BTreeMap::new();
+        for s in &steps {
+            *by_name.entry(s["step"].as_str().unwrap_or("?").to_string()).or_insert(0) += ms(s, "duration_ms");
+        }
+        ReportTimes {
+            first_ms: steps.iter().map(|s| ms(s, "started_ms")).min().unwrap_or(0),
+            last_ms: steps.iter().map(|s| ms(s, "started_ms") + ms(s, "duration_ms")).max().unwrap_or(0),
+            instances: instances.len().max(1) as u64,
+            steps: by_name,
+        }
+    }
+
+    /// From the first instance's first step to the last step, per instance.
+    pub fn per_instance_ms(&self) -> u64 {
+        (self.last_ms - self.first_ms) / self.instances
+    }
+
+    /// Each step's milliseconds per instance.
+    pub fn per_instance_steps(&self) -> std::collections::BTreeMap<String, u64> {
+        self.steps.iter().map(|(k, v)| (k.clone(), v / self.instances)).collect()
+    }
+}
+
+/// Prints each step's median milliseconds per instance at each delay (`per_delay[k]`: the
+/// runs at `rtts[k]`, each its steps per instance).
+#[allow(dead_code, clippy::print_stdout)] // the benchmarks print it
+pub fn print_steps_table(rtts: &[u64], per_delay: &[Vec<&std::collections::BTreeMap<String, u64>>]) {
+    let names: std::collections::BTreeSet<&String> = per_delay.iter().flatten().flat_map(|s| s.keys()).collect();
+    println!("\nper instance, median milliseconds by step\n");
+    println!("| step | {} |", rtts.iter().map(|r| format!("{r} ms")).collect::<Vec<_>>().join(" | "));
+    println!("|---|{}", "---|".repeat(rtts.len()));
+    for name in names {
+        let cells: Vec<String> =
+            per_delay.iter().map(|runs| super::median(runs.iter().map(|s| s.get(name).copied().unwrap_or(0)).collect()).to_string()).collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    }
 }
