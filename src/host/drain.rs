@@ -123,13 +123,22 @@ pub struct Drainer {
     known: Mutex<HashMap<String, String>>,
     containers: Mutex<HashMap<String, String>>,
     reloads: Mutex<HashMap<String, u32>>,
-    /// Once the guard is armed: the state dir and the run's lease, which every edit checks
-    /// on the host first, and the run's side of the guard, closed when one finds it lost.
-    lease: Mutex<Option<(String, String, std::sync::Arc<crate::host::guard::Fence>)>>,
-    /// Once the guard is armed: the host's Docker socket, for the Docker CLI the guard
-    /// needs there. An nginx container is then tested, reloaded and asked `nginx -T` in
-    /// one command beside the write, not three execs through the engine.
-    docker_socket: Mutex<Option<String>>,
+    /// Once the guard is armed ([`Drainer::hold`]).
+    held: Mutex<Option<Held>>,
+}
+
+/// What a drain knows once the guard is armed.
+#[derive(Clone)]
+struct Held {
+    /// The state dir and the run's lease, which every edit checks on the host first.
+    dir: String,
+    id: String,
+    /// The run's side of the guard, closed when an edit finds the lease lost.
+    fence: std::sync::Arc<crate::host::guard::Fence>,
+    /// The host's Docker socket, for the Docker CLI the guard needs there: an nginx
+    /// container is tested and reloaded in one command beside the write, not through
+    /// the engine's execs.
+    docker_socket: String,
 }
 
 impl Drainer {
@@ -137,8 +146,8 @@ impl Drainer {
     /// that finds it lost closes `fence` (the guard acts; the run touches the host no more).
     /// The host's Docker CLI speaks to `docker_socket`.
     pub fn hold(&self, dir: &str, id: &str, fence: std::sync::Arc<crate::host::guard::Fence>, docker_socket: &str) {
-        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some((dir.to_string(), id.to_string(), fence));
-        *self.docker_socket.lock().unwrap_or_else(PoisonError::into_inner) = Some(docker_socket.to_string());
+        let held = Held { dir: dir.to_string(), id: id.to_string(), fence, docker_socket: docker_socket.to_string() };
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
     }
 
     /// Reloads of the load balancer so far, per service.
@@ -252,7 +261,7 @@ impl Drainer {
             let write = self.write(host, file, &edited, guarded.then(|| sha256_hex(&current)), host_reload);
             // With the Docker CLI on the host, the container's test, reload and `nginx -T` go
             // right behind the write on the kept shell: one round trip for all.
-            let socket = self.docker_socket.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let socket = self.held.lock().unwrap_or_else(PoisonError::into_inner).as_ref().map(|h| h.docker_socket.clone());
             let (written, reloaded) = match (container.as_deref(), socket) {
                 (Some(c), Some(socket)) => {
                     let sha = sha256_hex(&edited);
@@ -338,19 +347,19 @@ impl Drainer {
                 let _ = host.engine.exec(c, &args).await;
             }
         };
-        let dump = match shown {
-            Some(Ok(dump)) => Some(dump),
-            Some(Err((code, out))) => {
+        // The reload: as the command beside the write said, else through the engine.
+        let reloaded = match shown {
+            Some(said) => said.map(Some),
+            None => match host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))? {
+                (0, _) => Ok(None),
+                failed => Err(failed),
+            },
+        };
+        let dump = match reloaded {
+            Ok(dump) => dump,
+            Err((code, out)) => {
                 put_back_and_reload().await;
                 return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
-            }
-            None => {
-                let (code, out) = host.engine.exec(c, &args).await.map_err(|e| DrainError::Host(e.to_string()))?;
-                if code != 0 {
-                    put_back_and_reload().await;
-                    return Err(DrainError::Host(format!("`{}` in {c} failed with exit {code}: {}", n.reload, last_lines(&out))));
-                }
-                None
             }
         };
         self.count(edits);
@@ -388,8 +397,8 @@ impl Drainer {
     /// the file still has that digest: false when it had changed.
     async fn write(&self, host: &Host, file: &str, content: &str, guard: Option<String>, reload: &str) -> Result<bool, DrainError> {
         let guard = guard.unwrap_or_default();
-        let lease = self.lease.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let (dir, id) = lease.as_ref().map(|(d, i, _)| (d.as_str(), i.as_str())).unwrap_or(("", ""));
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (dir, id) = held.as_ref().map(|h| (h.dir.as_str(), h.id.as_str())).unwrap_or(("", ""));
         let r = host
             .shell
             .run(&["sh", "-c", WRITE_IN_PLACE, "capstan-drain", file, &guard, reload, dir, id], Some(content.as_bytes()))
@@ -398,8 +407,8 @@ impl Drainer {
         match r.stdout.trim_end().lines().last().unwrap_or("") {
             "stale" if r.ok() => return Ok(false),
             "lease-lost" => {
-                if let Some((_, _, fence)) = &lease {
-                    fence.taken_over();
+                if let Some(h) = &held {
+                    h.fence.taken_over();
                 }
                 return Err(DrainError::Host(format!("{file} left as it was: the host's lock no longer holds this run's lease (the guard took over)")));
             }
