@@ -71,9 +71,22 @@ pub async fn look(host: &Host, svc: &Service, c: &ContainerInfo) -> Health {
 /// A probe sent to an address the instance no longer has is sent again. None: no such
 /// container.
 pub async fn look_again(host: &Host, svc: &Service, name: &str, known: Option<&ContainerInfo>) -> Result<Option<Health>, crate::host::EngineError> {
+    Ok(inspect_and_probe(host, svc, name, known, false).await?.map(|(c, answer)| judge(svc, &c, answer)))
+}
+
+/// The container `name` and its probe's answer, the probe sent beside the inspect to
+/// where `known` says it listens (and sent again where it no longer does); `reusing`:
+/// on the connection the last probe kept. None: no such container.
+async fn inspect_and_probe(
+    host: &Host,
+    svc: &Service,
+    name: &str,
+    known: Option<&ContainerInfo>,
+    reusing: bool,
+) -> Result<Option<(ContainerInfo, Option<Result<u16, ProbeError>>)>, crate::host::EngineError> {
     let early = async {
         match known.filter(|k| k.running) {
-            Some(k) => Some(probe(host, svc, k, false).await),
+            Some(k) => Some(probe(host, svc, k, reusing).await),
             None => None,
         }
     };
@@ -82,9 +95,9 @@ pub async fn look_again(host: &Host, svc: &Service, name: &str, known: Option<&C
     let same = known.is_some_and(|k| k.addresses == c.addresses && k.ports == c.ports);
     let answer = match (early, same && c.running) {
         (Some(a), true) => Some(a),
-        _ => probe_if_running(host, svc, &c, false).await,
+        _ => probe_if_running(host, svc, &c, reusing).await,
     };
-    Ok(Some(judge(svc, &c, answer)))
+    Ok(Some((c, answer)))
 }
 
 /// The probe's answer when `c` runs (None when it does not: nothing to ask).
@@ -181,31 +194,15 @@ impl Rollout<'_> {
         // look over a slow link, not three. A probe sent to an address the container no
         // longer has is sent again.
         let mut known: Option<ContainerInfo> = seen;
-        let inspect = || async {
-            self.host.engine.inspect_container(name).await.map_err(StepError::failed)?.ok_or_else(|| StepError::from(format!("{name} disappeared")))
-        };
         loop {
             probes += 1;
             // Probes leave `interval` apart, whatever their answers took: over a slow link the
             // host sees them as often as over loopback, not a round trip further apart each.
             let sent = Instant::now();
-            let (c, answer) = match known.take().filter(|k| k.running) {
-                Some(k) => {
-                    let (c, answer) = tokio::join!(inspect(), probe(self.host, svc, &k, true));
-                    let c = c?;
-                    let moved = c.addresses != k.addresses || c.ports != k.ports;
-                    let answer = match moved {
-                        true => probe_if_running(self.host, svc, &c, true).await,
-                        false => Some(answer),
-                    };
-                    (c, answer)
-                }
-                None => {
-                    let c = inspect().await?;
-                    let answer = probe_if_running(self.host, svc, &c, true).await;
-                    (c, answer)
-                }
-            };
+            let (c, answer) = inspect_and_probe(self.host, svc, name, known.take().as_ref(), true)
+                .await
+                .map_err(StepError::failed)?
+                .ok_or_else(|| StepError::from(format!("{name} disappeared")))?;
             let health = judge(svc, &c, answer);
             match health {
                 Health::Healthy => {
